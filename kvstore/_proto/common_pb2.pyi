@@ -1,0 +1,71 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_UNSPECIFIED: _ClassVar[ErrorCode]
+    INVALID_ARGUMENT: _ClassVar[ErrorCode]
+    UNAVAILABLE: _ClassVar[ErrorCode]
+    TIMEOUT: _ClassVar[ErrorCode]
+    CORRUPTION: _ClassVar[ErrorCode]
+    INTERNAL: _ClassVar[ErrorCode]
+    NOT_READY: _ClassVar[ErrorCode]
+    NOT_LEADER: _ClassVar[ErrorCode]
+    CONFLICT: _ClassVar[ErrorCode]
+ERROR_UNSPECIFIED: ErrorCode
+INVALID_ARGUMENT: ErrorCode
+UNAVAILABLE: ErrorCode
+TIMEOUT: ErrorCode
+CORRUPTION: ErrorCode
+INTERNAL: ErrorCode
+NOT_READY: ErrorCode
+NOT_LEADER: ErrorCode
+CONFLICT: ErrorCode
+
+class ClockEntry(_message.Message):
+    __slots__ = ("node", "counter")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    counter: int
+    def __init__(self, node: _Optional[str] = ..., counter: _Optional[int] = ...) -> None: ...
+
+class Version(_message.Message):
+    __slots__ = ("dot", "past", "value", "tombstone", "written_at_ms")
+    DOT_FIELD_NUMBER: _ClassVar[int]
+    PAST_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    dot: ClockEntry
+    past: _containers.RepeatedCompositeFieldContainer[ClockEntry]
+    value: bytes
+    tombstone: bool
+    written_at_ms: int
+    def __init__(self, dot: _Optional[_Union[ClockEntry, _Mapping]] = ..., past: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., written_at_ms: _Optional[int] = ...) -> None: ...
+
+class VersionSet(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[Version]
+    def __init__(self, versions: _Optional[_Iterable[_Union[Version, _Mapping]]] = ...) -> None: ...
+
+class Context(_message.Message):
+    __slots__ = ("clock",)
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    clock: _containers.RepeatedCompositeFieldContainer[ClockEntry]
+    def __init__(self, clock: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: ErrorCode
+    message: str
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...

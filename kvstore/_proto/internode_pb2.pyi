@@ -1,0 +1,94 @@
+from kvstore._proto import common_pb2 as _common_pb2
+from kvstore._proto import client_pb2 as _client_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReplicaRead(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+
+class ReplicaWrite(_message.Message):
+    __slots__ = ("key", "state")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    state: _common_pb2.VersionSet
+    def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ...) -> None: ...
+
+class Forward(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: _client_pb2.ClientRequest
+    def __init__(self, request: _Optional[_Union[_client_pb2.ClientRequest, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("node_id", "address", "members")
+    class MembersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    members: _containers.ScalarMap[str, str]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., members: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PeerMessage(_message.Message):
+    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension")
+    READ_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RAFT_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
+    EXTENSION_FIELD_NUMBER: _ClassVar[int]
+    read: ReplicaRead
+    write: ReplicaWrite
+    forward: Forward
+    hello: Hello
+    raft: bytes
+    gossip: bytes
+    extension: bytes
+    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ...) -> None: ...
+
+class PeerResult(_message.Message):
+    __slots__ = ("state", "reply", "hello", "raw", "error", "found")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    state: _common_pb2.VersionSet
+    reply: _client_pb2.ClientReply
+    hello: Hello
+    raw: bytes
+    error: _common_pb2.Error
+    found: bool
+    def __init__(self, state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., reply: _Optional[_Union[_client_pb2.ClientReply, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raw: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
+
+class PeerBatch(_message.Message):
+    __slots__ = ("source", "messages")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    messages: _containers.RepeatedCompositeFieldContainer[PeerMessage]
+    def __init__(self, source: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[PeerMessage, _Mapping]]] = ...) -> None: ...
+
+class PeerBatchReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PeerResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[PeerResult, _Mapping]]] = ...) -> None: ...

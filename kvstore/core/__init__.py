@@ -1,0 +1,1 @@
+"""Pure protocol cores: no sockets, no asyncio, no clock reads. Time and randomness are arguments."""

@@ -1,0 +1,52 @@
+"""The one interface services use to talk to peers.
+
+Services never touch grpc: they call `Transport.call(peer_id, message, timeout)` and get a
+`PeerResult`, or an exception saying why not. Implementations coalesce every message
+pending for one peer into a single batch (one batch in flight per peer), which is where
+most of the throughput comes from (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from kvstore._proto import internode_pb2 as pb
+
+# Handles one inbound message from `source` and returns its result.
+Handler = Callable[[str, pb.PeerMessage], Awaitable[pb.PeerResult]]
+
+
+class TransportError(Exception):
+    """A message could not be delivered or answered."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"{peer}: {reason}")
+        self.peer = peer
+        self.reason = reason
+
+
+class PeerTimeout(TransportError):
+    """No answer within the deadline (the message may still have been applied)."""
+
+
+class PeerUnreachable(TransportError):
+    """The peer could not be reached (the message was not delivered)."""
+
+
+class Transport(Protocol):
+    node_id: str
+
+    async def start(self, handler: Handler) -> None:
+        """Begin delivering inbound messages to `handler`."""
+        ...
+
+    async def call(self, peer: str, message: pb.PeerMessage, timeout: float) -> pb.PeerResult:
+        """Send one message to `peer` and wait for its result, at most `timeout` seconds."""
+        ...
+
+    def set_address(self, peer: str, address: str) -> None:
+        """Learn or update where `peer` listens (membership feeds this)."""
+        ...
+
+    async def close(self) -> None: ...
