@@ -7,6 +7,17 @@ and is never returned as data.
 
 Engines are synchronous and single-writer; `AsyncStore` (store.py) puts them behind
 asyncio without blocking the event loop, and batches writes (group commit).
+
+Details both engines (memory.py, sqlite.py) implement, beyond the signatures below:
+
+* A mutation may return `DELETE` (memory.py; compared by identity) to remove the key, and
+  the mutation `DISCARD` removes a key without reading it (the way to clear a record that
+  fails its checksum; any other mutation on such a record fails with CorruptRecordError).
+* `scan` ranges follow `Ring.ranges()`: when start_token >= end_token the range wraps,
+  (start, TOKEN_MAX] then [TOKEN_MIN, end] in that order (start == end: the whole ring).
+  `after_key` is the last (token, key) already seen; the scan resumes strictly after it.
+* `apply` raises StorageError (and stores nothing of the batch) when the engine itself
+  fails (disk full, I/O error, damaged file); steps' own exceptions are only returned.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ class Engine(Protocol):
         """The record for `key`, or None. Raises CorruptRecordError on a checksum mismatch."""
         ...
 
-    def apply(self, mutations: list[tuple[bytes, Mutation]]) -> list[bytes | None | Exception]:
+    def apply(self, mutations: list[tuple[bytes, Mutation]]) -> list[bytes | Exception | None]:
         """Apply read-modify-write steps in order, in one durable transaction.
 
         Returns, per step, the record now stored, or the exception that step raised (a
