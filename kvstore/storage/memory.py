@@ -98,17 +98,26 @@ def scan_segments(
     in a non-wrapping range where one beyond `end` leaves nothing.
     """
     if start_token < end_token:
-        lower: Lower = (start_token, None)
-        if after_key is not None and after_key[0] >= start_token + 1:
-            lower = after_key
-        return [(lower, end_token)]
-    segments: list[tuple[Lower, int]] = [((start_token, None), TOKEN_MAX), (None, end_token)]
-    if after_key is not None:
+        if end_token < TOKEN_MIN or start_token >= TOKEN_MAX:
+            return []
+        lower: Lower = None if start_token < TOKEN_MIN else (start_token, None)
+        if after_key is not None and after_key[0] > start_token:
+            if after_key[0] > min(end_token, TOKEN_MAX):
+                return []
+            if after_key[0] >= TOKEN_MIN:
+                lower = after_key
+        return [(lower, min(end_token, TOKEN_MAX))]
+    segments: list[tuple[Lower, int]] = []
+    if start_token < TOKEN_MAX:
+        segments.append((None if start_token < TOKEN_MIN else (start_token, None), TOKEN_MAX))
+    if end_token >= TOKEN_MIN:
+        segments.append((None, min(end_token, TOKEN_MAX)))
+    if after_key is not None and segments:
         token = after_key[0]
-        if start_token < token <= TOKEN_MAX:
+        if start_token < token <= TOKEN_MAX and token >= TOKEN_MIN:
             segments[0] = (after_key, TOKEN_MAX)
         elif TOKEN_MIN <= token <= end_token:
-            segments = [(after_key, end_token)]
+            segments = [(after_key, min(end_token, TOKEN_MAX))]
     return segments
 
 
