@@ -1,0 +1,49 @@
+"""Node configuration: one dataclass, filled from flags or environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvstore.core.ring import DEFAULT_VNODES
+
+
+@dataclass
+class NodeConfig:
+    node_id: str
+    listen: str = "127.0.0.1:7001"
+    advertise: str = ""               # the address peers and clients use; default: listen
+    seeds: list[str] = field(default_factory=list)
+    data_dir: Path | None = None      # None: in-memory storage (tests)
+    replication_factor: int = 3
+    vnodes: int = DEFAULT_VNODES
+    sync: str = "full"                # storage sync policy: full | normal | off
+    timeout_ms: int = 2000
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1024 * 1024
+
+    @property
+    def address(self) -> str:
+        return self.advertise or self.listen
+
+    def validate(self) -> None:
+        """Raise ValueError naming what is wrong and what is allowed."""
+        if not self.node_id or any(c.isspace() or c in "=,@" for c in self.node_id):
+            raise ValueError(f"node id {self.node_id!r} must be non-empty, without spaces, "
+                             "'=', ',' or '@'")
+        for name, value in (("listen", self.listen), ("advertise", self.address)):
+            host, colon, port = value.rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"--{name} {value!r} must be host:port")
+        if not 1 <= self.replication_factor <= 15:
+            raise ValueError(f"replication factor {self.replication_factor} must be 1..15")
+        if not 1 <= self.vnodes <= 4096:
+            raise ValueError(f"vnodes {self.vnodes} must be 1..4096")
+        if self.sync not in ("full", "normal", "off"):
+            raise ValueError(f"sync {self.sync!r} must be full, normal or off")
+        if self.timeout_ms <= 0:
+            raise ValueError("timeout must be positive")
+        if not 1 <= self.max_key_bytes <= 65535:
+            raise ValueError("max key bytes must be 1..65535")
+        if not 0 <= self.max_value_bytes <= 32 * 1024 * 1024:
+            raise ValueError("max value bytes must be 0..33554432 (32 MiB)")

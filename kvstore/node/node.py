@@ -1,0 +1,97 @@
+"""The node: the composition root that wires the services to a transport and a store.
+
+It has no grpc in it, so the same Node runs over the in-memory network in simulations
+and over gRPC in real processes (server.py adds the servers around it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from kvstore._proto import common_pb2
+from kvstore._proto import internode_pb2 as pb
+from kvstore.core import versions
+from kvstore.core.errors import KVError
+from kvstore.node.config import NodeConfig
+from kvstore.services.coordinator import Coordinator, CoordinatorConfig
+from kvstore.services.membership import StaticMembership
+from kvstore.services.replica import Replica
+from kvstore.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+# A service that owns a PeerMessage body kind (raft, gossip, extension): bytes in, bytes out.
+RawHandler = Callable[[str, bytes], Awaitable[bytes]]
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Node:
+    def __init__(self, config: NodeConfig, transport: Transport, store,
+                 clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+        config.validate()
+        self.config = config
+        self.node_id = config.node_id
+        self.transport = transport
+        self.store = store
+        state_path = config.data_dir / "members.json" if config.data_dir else None
+        self.membership = StaticMembership(
+            config.node_id, config.address, config.seeds, transport,
+            vnodes=config.vnodes, state_path=state_path,
+        )
+        self.replica = Replica(config.node_id, store, clock_ms)
+        self.coordinator = Coordinator(
+            config.node_id, self.membership, transport, self.replica,
+            CoordinatorConfig(
+                replication_factor=config.replication_factor,
+                timeout_ms=config.timeout_ms,
+                max_key_bytes=config.max_key_bytes,
+                max_value_bytes=config.max_value_bytes,
+            ),
+        )
+        self.raw_handlers: dict[str, RawHandler] = {}
+
+    def register(self, kind: str, handler: RawHandler) -> None:
+        """Let a service own the `raft`, `gossip` or `extension` messages."""
+        self.raw_handlers[kind] = handler
+
+    async def start(self) -> None:
+        await self.transport.start(self.handle_peer)
+        self.membership.start()
+
+    async def stop(self) -> None:
+        await self.membership.stop()
+        await self.coordinator.drain()
+        await self.transport.close()
+
+    async def handle_peer(self, source: str, message: pb.PeerMessage) -> pb.PeerResult:
+        kind = message.WhichOneof("body")
+        try:
+            if kind == "read":
+                siblings = await self.replica.read(message.read.key)
+                return pb.PeerResult(state=versions.to_pb(siblings), found=bool(siblings))
+            if kind == "write":
+                incoming = versions.from_pb(message.write.state)
+                merged = await self.replica.merge(message.write.key, incoming)
+                return pb.PeerResult(state=versions.to_pb(merged), found=True)
+            if kind == "forward":
+                reply = await self.coordinator.execute(message.forward.request, forwarded=True)
+                return pb.PeerResult(reply=reply)
+            if kind == "hello":
+                return pb.PeerResult(hello=self.membership.on_hello(message.hello))
+            if kind in ("raft", "gossip", "extension"):
+                handler = self.raw_handlers.get(kind)
+                if handler is None:
+                    return pb.PeerResult(error=common_pb2.Error(
+                        code=common_pb2.INVALID_ARGUMENT,
+                        message=f"{self.node_id} does not run a {kind} service"))
+                return pb.PeerResult(raw=await handler(source, getattr(message, kind)))
+            return pb.PeerResult(error=common_pb2.Error(
+                code=common_pb2.INVALID_ARGUMENT,
+                message=f"unknown internode message {kind!r} from {source}"))
+        except KVError as exc:
+            return pb.PeerResult(error=exc.to_pb())

@@ -1,0 +1,392 @@
+"""The request coordinator: any node serves any request.
+
+Reads fan out to all N replicas of the key at once and return as soon as R of them
+answered; writes are minted at a replica of the key (the coordinator itself when it is
+one, otherwise the request is forwarded to one), made durable there, then sent to the
+other replicas at once, returning as soon as W (counting the minting replica) acknowledged.
+Replies that come later are not waited for. Every request can carry a trace that says
+what the coordinator asked, who answered, how fast, and which versions they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvstore._proto import client_pb2 as cpb
+from kvstore._proto import common_pb2
+from kvstore._proto import internode_pb2 as pb
+from kvstore.core import versions
+from kvstore.core.errors import (
+    Corruption,
+    InvalidArgument,
+    KVError,
+    NotReady,
+    Timeout,
+    Unavailable,
+    from_pb,
+)
+from kvstore.core.versions import Sibling
+from kvstore.services.replica import Replica
+from kvstore.transport.base import PeerTimeout, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+def _now() -> float:
+    """Seconds on the event loop's clock (virtual in simulations)."""
+    return asyncio.get_running_loop().time()
+
+
+LEVEL_NAMES = {cpb.ONE: "ONE", cpb.TWO: "TWO", cpb.THREE: "THREE", cpb.QUORUM: "QUORUM",
+               cpb.ALL: "ALL"}
+
+
+@dataclass
+class CoordinatorConfig:
+    replication_factor: int = 3
+    timeout_ms: int = 2000          # default request deadline
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1024 * 1024
+    default_level: int = cpb.QUORUM
+
+
+def required_replicas(quorum: cpb.Quorum, n: int, default_level: int, what: str) -> int:
+    """How many replicas must answer for this quorum with replication factor n."""
+    if quorum.count:
+        if quorum.count > n:
+            raise InvalidArgument(
+                f"{what}={quorum.count} exceeds the replication factor N={n}; use 1..{n}"
+            )
+        return quorum.count
+    level = quorum.level or default_level
+    fixed = {cpb.ONE: 1, cpb.TWO: 2, cpb.THREE: 3, cpb.QUORUM: n // 2 + 1, cpb.ALL: n}
+    if level not in fixed:
+        raise InvalidArgument(
+            f"unknown consistency level {level}; use ONE, TWO, THREE, QUORUM or ALL"
+        )
+    need = fixed[level]
+    if need > n:
+        raise InvalidArgument(
+            f"consistency {LEVEL_NAMES[level]} needs {need} replicas but the replication "
+            f"factor is N={n}"
+        )
+    return need
+
+
+class Trace:
+    """Collects what happened during one request (cheap no-op when disabled)."""
+
+    def __init__(self, enabled: bool, coordinator: str, started: float) -> None:
+        self.enabled = enabled
+        self.started = started
+        self.pb = cpb.Trace(coordinator=coordinator) if enabled else None
+
+    def ms(self) -> float:
+        return (_now() - self.started) * 1000
+
+    def event(self, text: str) -> None:
+        if self.pb is not None:
+            self.pb.events.append(cpb.TraceEvent(at_ms=round(self.ms(), 3), event=text))
+
+    def replica(self, node: str, address: str, ok: bool, latency_ms: float,
+                siblings: list[Sibling] | None, error: str = "", local: bool = False) -> None:
+        if self.pb is not None:
+            self.pb.replicas.append(cpb.ReplicaTrace(
+                node=node, address=address, ok=ok, latency_ms=round(latency_ms, 3),
+                versions=[versions.sibling_to_pb(s) for s in siblings or ()], error=error,
+                local=local,
+            ))
+
+
+@dataclass
+class _Answer:
+    node: str
+    ok: bool
+    latency_ms: float
+    siblings: list[Sibling] | None = None
+    error: KVError | TransportError | None = None
+
+    def describe(self) -> str:
+        if isinstance(self.error, TransportError):
+            return f"{self.node} {self.error.reason}"
+        if isinstance(self.error, KVError):
+            return f"{self.node}: {self.error.message}"
+        return f"{self.node}: {self.error}"
+
+
+class Coordinator:
+    def __init__(
+        self,
+        node_id: str,
+        membership,
+        transport: Transport,
+        replica: Replica,
+        config: CoordinatorConfig,
+    ) -> None:
+        self.node_id = node_id
+        self.membership = membership
+        self.transport = transport
+        self.replica = replica
+        self.config = config
+        self.background: set[asyncio.Task] = set()
+        # Hooks later services use to add their work to the read and write paths.
+        self.read_listeners: list[Callable[..., object]] = []
+
+    # -- entry point -----------------------------------------------------------------
+    async def execute(
+        self, request: cpb.ClientRequest, *, forwarded: bool = False
+    ) -> cpb.ClientReply:
+        started = _now()
+        trace = Trace(request.trace, self.node_id, started)
+        timeout = (request.timeout_ms or self.config.timeout_ms) / 1000
+        op = request.WhichOneof("op")
+        try:
+            if op == "get":
+                reply = await self._get(request.get, trace, timeout)
+            elif op == "put":
+                put = request.put
+                self._check_value(put.value)
+                reply = await self._write(request, put.key, put.value, put.context, put.quorum,
+                                          False, trace, timeout, forwarded)
+            elif op == "delete":
+                delete = request.delete
+                reply = await self._write(request, delete.key, b"", delete.context,
+                                          delete.quorum, True, trace, timeout, forwarded)
+            else:
+                raise InvalidArgument("the request names no operation; send get, put or delete")
+        except KVError as exc:
+            trace.event(f"failed: {exc.message}")
+            reply = cpb.ClientReply(error=exc.to_pb())
+        except Exception as exc:  # never let a request crash the node
+            log.exception("request failed")
+            reply = cpb.ClientReply(error=common_pb2.Error(code=common_pb2.INTERNAL,
+                                                           message=f"internal error: {exc!r}"))
+        if trace.pb is not None and not reply.trace.coordinator:
+            trace.pb.total_ms = round(trace.ms(), 3)
+            reply.trace.CopyFrom(trace.pb)
+        return reply
+
+    # -- validation and placement ----------------------------------------------------
+    def _check_key(self, key: bytes) -> None:
+        if not key:
+            raise InvalidArgument("the key is empty; keys are 1 to "
+                                  f"{self.config.max_key_bytes} bytes")
+        if len(key) > self.config.max_key_bytes:
+            raise InvalidArgument(f"the key is {len(key)} bytes; the limit is "
+                                  f"{self.config.max_key_bytes} bytes (--max-key-bytes)")
+
+    def _check_value(self, value: bytes) -> None:
+        if len(value) > self.config.max_value_bytes:
+            raise InvalidArgument(f"the value is {len(value)} bytes; the limit is "
+                                  f"{self.config.max_value_bytes} bytes (--max-value-bytes)")
+
+    def _preference_list(self, key: bytes, trace: Trace) -> list[str]:
+        if not self.membership.ready:
+            waiting = ", ".join(sorted(self.membership.unresolved_seeds()))
+            raise NotReady(f"{self.node_id} has not yet heard from seeds {waiting}; retry shortly")
+        n = self.config.replication_factor
+        pref = self.membership.ring.preference_list(key, n)
+        if trace.pb is not None:
+            trace.pb.preference_list.extend(pref)
+        return pref
+
+    def _address(self, node: str) -> str:
+        return self.membership.members.get(node, "")
+
+    # -- replica calls ---------------------------------------------------------------
+    async def _call(self, node: str, message: pb.PeerMessage, timeout: float) -> _Answer:
+        started = _now()
+        try:
+            result = await self.transport.call(node, message, timeout)
+        except TransportError as exc:
+            return _Answer(node, False, (_now() - started) * 1000, error=exc)
+        latency = (_now() - started) * 1000
+        if result.HasField("error"):
+            return _Answer(node, False, latency, error=from_pb(result.error))
+        return _Answer(node, True, latency, siblings=versions.from_pb(result.state))
+
+    async def _local(self, action) -> _Answer:
+        started = _now()
+        try:
+            siblings = await action
+        except KVError as exc:
+            return _Answer(self.node_id, False, (_now() - started) * 1000, error=exc)
+        return _Answer(self.node_id, True, (_now() - started) * 1000,
+                       siblings=siblings)
+
+    async def _gather(self, tasks: dict[str, asyncio.Task], need: int, timeout: float,
+                      trace: Trace) -> tuple[list[_Answer], list[_Answer], list[str]]:
+        """Wait until `need` answers succeeded, or all failed, or the deadline passed.
+
+        Returns (successes, failures, nodes still pending); pending tasks keep running.
+        """
+        ok: list[_Answer] = []
+        failed: list[_Answer] = []
+        pending = set(tasks.values())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while pending and len(ok) < need:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            done, pending = await asyncio.wait(pending, timeout=remaining,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                answer: _Answer = task.result()
+                (ok if answer.ok else failed).append(answer)
+                trace.replica(answer.node, self._address(answer.node), answer.ok,
+                              answer.latency_ms, answer.siblings,
+                              "" if answer.ok else answer.describe(),
+                              local=answer.node == self.node_id)
+        waiting = [node for node, task in tasks.items() if task in pending]
+        for task in pending:
+            self._keep(task)
+        return ok, failed, waiting
+
+    def _keep(self, task: asyncio.Task) -> None:
+        """Let a replica call finish after the client has its answer."""
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    @staticmethod
+    def _shortfall(what: str, need: int, ok: list[_Answer], failed: list[_Answer],
+                   waiting: list[str], timeout: float) -> str:
+        reasons = [a.describe() for a in failed]
+        reasons += [f"{node} timed out after {timeout * 1000:.0f} ms" for node in waiting]
+        answered = len(ok)
+        return (f"{what}={need} needs {need} replicas, {answered} answered"
+                + (f" ({'; '.join(reasons)})" if reasons else ""))
+
+    # -- get -------------------------------------------------------------------------
+    async def _get(self, get: cpb.GetRequest, trace: Trace, timeout: float) -> cpb.ClientReply:
+        key = get.key
+        self._check_key(key)
+        n = self.config.replication_factor
+        need = required_replicas(get.quorum, n, self.config.default_level, "R")
+        pref = self._preference_list(key, trace)
+        if trace.pb is not None:
+            trace.pb.required = need
+        trace.event(f"read from {', '.join(pref)}; R={need}")
+        message = pb.PeerMessage(read=pb.ReplicaRead(key=key))
+        tasks = {
+            node: asyncio.create_task(
+                self._local(self.replica.read(key)) if node == self.node_id
+                else self._call(node, message, timeout)
+            )
+            for node in pref
+        }
+        ok, failed, waiting = await self._gather(tasks, need, timeout, trace)
+        if len(ok) < need:
+            corrupt = [a for a in failed if isinstance(a.error, Corruption)]
+            message_text = self._shortfall("R", need, ok, failed, waiting, timeout)
+            if corrupt and len(ok) + len(corrupt) >= need:
+                raise Corruption(message_text + "; run `kv repair` to restore the record")
+            raise Unavailable(message_text)
+        merged: list[Sibling] = []
+        for answer in ok:
+            merged = versions.sync(merged, answer.siblings or [])
+        trace.event(f"R={need} reached; {len(merged)} version(s) after merge")
+        for listener in self.read_listeners:
+            listener(key, pref, ok, failed, merged)
+        values = versions.live(merged)
+        context = versions.encode_context(versions.context_of(merged))
+        return cpb.ClientReply(get=cpb.GetResult(
+            found=bool(values),
+            siblings=[versions.sibling_to_pb(s) for s in values],
+            context=context,
+        ))
+
+    # -- put / delete ----------------------------------------------------------------
+    async def _write(self, request: cpb.ClientRequest, key: bytes, value: bytes, context: bytes,
+                     quorum: cpb.Quorum, tombstone: bool, trace: Trace, timeout: float,
+                     forwarded: bool) -> cpb.ClientReply:
+        self._check_key(key)
+        n = self.config.replication_factor
+        need = required_replicas(quorum, n, self.config.default_level, "W")
+        try:
+            clock = versions.decode_context(context)
+        except versions.InvalidContext as exc:
+            raise InvalidArgument(str(exc)) from exc
+        pref = self._preference_list(key, trace)
+        if trace.pb is not None:
+            trace.pb.required = need
+        if self.node_id not in pref:
+            if forwarded:
+                raise NotReady(f"{self.node_id} was asked to coordinate a key it does not "
+                               "replicate; the nodes disagree about membership, retry shortly")
+            return await self._forward(request, pref, trace, timeout)
+        verb = "delete" if tombstone else "write"
+        local = await self._local(
+            self.replica.mint(key, clock, value, tombstone=tombstone))
+        trace.replica(self.node_id, self._address(self.node_id), local.ok, local.latency_ms,
+                      local.siblings, "" if local.ok else local.describe(), local=True)
+        if not local.ok:
+            raise local.error if isinstance(local.error, KVError) else Unavailable(local.describe())
+        new = local.siblings[-1]
+        trace.event(f"minted {verb} {new.node}:{new.counter} at {self.node_id} (durable)")
+        state = versions.to_pb(local.siblings)
+        message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state))
+        others = [node for node in pref if node != self.node_id]
+        tasks = {node: asyncio.create_task(self._call(node, message, timeout)) for node in others}
+        if others:
+            trace.event(f"sent to {', '.join(others)}; W={need}")
+        ok, failed, waiting = await self._gather(tasks, need - 1, timeout, trace)
+        acked = 1 + len(ok)
+        if acked < need:
+            stored_on = ", ".join([self.node_id, *(a.node for a in ok)])
+            raise Unavailable(
+                self._shortfall("W", need, [local, *ok], failed, waiting, timeout)
+                + f". The {verb} is durable on {stored_on} and may become visible to later "
+                "reads; it was not rolled back."
+            )
+        trace.event(f"W={need} reached")
+        return cpb.ClientReply(put=cpb.PutResult(
+            stored=[versions.sibling_to_pb(s) for s in local.siblings],
+            context=versions.encode_context(versions.context_of(local.siblings)),
+        ))
+
+    async def _forward(self, request: cpb.ClientRequest, pref: list[str], trace: Trace,
+                       timeout: float) -> cpb.ClientReply:
+        """Writes are minted at a replica: hand the request to the first one that answers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        reasons = []
+        for node in pref:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            trace.event(f"{self.node_id} is not a replica; forwarding to {node}")
+            message = pb.PeerMessage(forward=pb.Forward(request=request))
+            try:
+                result = await self.transport.call(node, message, remaining)
+            except PeerTimeout as exc:
+                raise Timeout(
+                    f"forwarded the write to {node}, which did not answer within "
+                    f"{timeout * 1000:.0f} ms ({exc.reason}); the write may have been applied"
+                ) from exc
+            except TransportError as exc:
+                reasons.append(f"{node} {exc.reason}")
+                continue
+            if result.HasField("error"):
+                raise from_pb(result.error)
+            reply = result.reply
+            if reply.HasField("trace") and trace.pb is not None:
+                inner = reply.trace
+                merged = cpb.Trace()
+                merged.CopyFrom(trace.pb)
+                merged.forwarded_to = node
+                merged.replicas.extend(inner.replicas)
+                merged.events.extend(inner.events)
+                merged.required = inner.required
+                merged.total_ms = round(trace.ms(), 3)
+                reply.trace.CopyFrom(merged)
+            return reply
+        raise Unavailable("no replica of the key could coordinate the write ("
+                          + "; ".join(reasons) + "); nothing was written")
+
+    async def drain(self) -> None:
+        """Wait for background replica calls (used on shutdown and in tests)."""
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)

@@ -1,0 +1,107 @@
+"""The gRPC implementation of `Transport`: one channel per peer, a deadline on every call.
+
+Inbound: an Internode servicer registered on the node's grpc.aio server hands every
+message of a batch to the handler concurrently and answers them in order.
+Outbound: the shared `Coalescer` sends at most one Exchange call per peer at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from kvstore._proto import common_pb2
+from kvstore._proto import internode_pb2 as pb
+from kvstore._proto import internode_pb2_grpc as pb_grpc
+from kvstore.transport.base import Handler, PeerTimeout, PeerUnreachable, TransportError
+from kvstore.transport.batching import Coalescer
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+
+
+class _InternodeServicer(pb_grpc.InternodeServicer):
+    def __init__(self, transport: GrpcTransport) -> None:
+        self.transport = transport
+
+    async def Exchange(
+        self, request: pb.PeerBatch, context: grpc.aio.ServicerContext
+    ) -> pb.PeerBatchReply:
+        handler = self.transport.handler
+        if handler is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "node is starting")
+        results = await asyncio.gather(
+            *(_safe(handler, request.source, m) for m in request.messages)
+        )
+        return pb.PeerBatchReply(results=results)
+
+
+async def _safe(handler: Handler, source: str, message: pb.PeerMessage) -> pb.PeerResult:
+    try:
+        return await handler(source, message)
+    except Exception as exc:  # one bad message must not fail the whole batch
+        log.exception("internode handler failed for a message from %s", source)
+        return pb.PeerResult(error=common_pb2.Error(code=common_pb2.INTERNAL, message=repr(exc)))
+
+
+class GrpcTransport:
+    def __init__(self, node_id: str, server: grpc.aio.Server) -> None:
+        self.node_id = node_id
+        self.handler: Handler | None = None
+        self.addresses: dict[str, str] = {}
+        self.channels: dict[str, tuple[str, grpc.aio.Channel, pb_grpc.InternodeStub]] = {}
+        self.coalescer = Coalescer(node_id, self._send)
+        pb_grpc.add_InternodeServicer_to_server(_InternodeServicer(self), server)
+
+    async def start(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def set_address(self, peer: str, address: str) -> None:
+        self.addresses[peer] = address
+
+    def _stub(self, peer: str) -> pb_grpc.InternodeStub:
+        address = self.addresses.get(peer)
+        if address is None:
+            raise PeerUnreachable(peer, "no known address for this node")
+        cached = self.channels.get(peer)
+        if cached and cached[0] == address:
+            return cached[2]
+        if cached:
+            asyncio.get_running_loop().create_task(cached[1].close())
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        stub = pb_grpc.InternodeStub(channel)
+        self.channels[peer] = (address, channel, stub)
+        return stub
+
+    async def _send(self, peer: str, batch: pb.PeerBatch, timeout: float) -> pb.PeerBatchReply:
+        stub = self._stub(peer)
+        try:
+            return await stub.Exchange(batch, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise PeerTimeout(peer, f"timed out after {timeout * 1000:.0f} ms") from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise PeerUnreachable(peer, f"unreachable ({exc.details()})") from None
+            raise TransportError(peer, f"{code.name}: {exc.details()}") from None
+
+    async def call(self, peer: str, message: pb.PeerMessage, timeout: float) -> pb.PeerResult:
+        return await self.coalescer.call(peer, message, timeout)
+
+    async def close(self) -> None:
+        await self.coalescer.close()
+        for _, channel, _ in self.channels.values():
+            await channel.close()
+        self.channels.clear()

@@ -1,0 +1,1 @@
+"""Deterministic simulation kit: a virtual-time asyncio loop and in-memory clusters."""

@@ -1,0 +1,103 @@
+"""Whole clusters in one process: Nodes over a MemoryNetwork with in-memory inline stores."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kvstore._proto import client_pb2 as cpb
+from kvstore.core import versions
+from kvstore.node.config import NodeConfig
+from kvstore.node.node import Node
+from kvstore.storage import AsyncStore, MemoryEngine
+from kvstore.transport.memory import MemoryNetwork
+
+LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
+          "ALL": cpb.ALL}
+
+
+class SimCluster:
+    def __init__(self, size: int = 3, *, seed: int = 0, replication_factor: int = 3,
+                 timeout_ms: int = 500, vnodes: int = 64) -> None:
+        self.network = MemoryNetwork(seed)
+        self.ids = [f"n{i + 1}" for i in range(size)]
+        self.replication_factor = replication_factor
+        self.timeout_ms = timeout_ms
+        self.vnodes = vnodes
+        self.engines = {node_id: MemoryEngine() for node_id in self.ids}
+        self.nodes: dict[str, Node] = {}
+        self.clock = 0
+
+    def _clock_ms(self) -> int:
+        return int(asyncio.get_running_loop().time() * 1000)
+
+    def _make(self, node_id: str) -> Node:
+        config = NodeConfig(
+            node_id=node_id, listen=f"{node_id}:1",
+            seeds=[f"{n}={n}:1" for n in self.ids],
+            replication_factor=self.replication_factor, vnodes=self.vnodes,
+            timeout_ms=self.timeout_ms,
+        )
+        transport = self.network.transport(node_id, config.address)
+        store = AsyncStore(self.engines[node_id], inline=True)
+        return Node(config, transport, store, clock_ms=self._clock_ms)
+
+    async def start(self) -> SimCluster:
+        for node_id in self.ids:
+            self.nodes[node_id] = self._make(node_id)
+            await self.nodes[node_id].start()
+        return self
+
+    async def stop(self) -> None:
+        for node in self.nodes.values():
+            await node.stop()
+
+    def crash(self, node_id: str) -> None:
+        self.network.crash(node_id)
+
+    async def restart(self, node_id: str) -> None:
+        """A crashed node comes back with what its engine held (memory engine = its disk)."""
+        await self.nodes[node_id].stop()
+        self.network.restart(node_id)
+        self.nodes[node_id] = self._make(node_id)
+        await self.nodes[node_id].start()
+
+    def replicas(self, key: bytes) -> list[str]:
+        return self.nodes[self.ids[0]].membership.ring.preference_list(key,
+                                                                       self.replication_factor)
+
+    def stored(self, node_id: str, key: bytes) -> list[versions.Sibling]:
+        return versions.decode(self.engines[node_id].get(key))
+
+    # -- client operations through any coordinator ------------------------------------
+    async def request(self, via: str, request: cpb.ClientRequest) -> cpb.ClientReply:
+        return await self.nodes[via].coordinator.execute(request)
+
+    async def get(self, via: str, key: bytes, level: str = "QUORUM", *, trace: bool = False,
+                  r: int = 0) -> cpb.ClientReply:
+        return await self.request(via, cpb.ClientRequest(
+            get=cpb.GetRequest(key=key, quorum=cpb.Quorum(level=LEVELS[level], count=r)),
+            trace=trace))
+
+    async def put(self, via: str, key: bytes, value: bytes, level: str = "QUORUM", *,
+                  context: bytes = b"", trace: bool = False, w: int = 0) -> cpb.ClientReply:
+        return await self.request(via, cpb.ClientRequest(
+            put=cpb.PutRequest(key=key, value=value, context=context,
+                               quorum=cpb.Quorum(level=LEVELS[level], count=w)),
+            trace=trace))
+
+    async def delete(self, via: str, key: bytes, level: str = "QUORUM", *,
+                     context: bytes = b"") -> cpb.ClientReply:
+        return await self.request(via, cpb.ClientRequest(
+            delete=cpb.DeleteRequest(key=key, context=context,
+                                     quorum=cpb.Quorum(level=LEVELS[level]))))
+
+    async def settle(self) -> None:
+        """Let background replica calls finish."""
+        for node in self.nodes.values():
+            await node.coordinator.drain()
+        await asyncio.sleep(0.05)
+
+
+def values(reply: cpb.ClientReply) -> list[bytes]:
+    assert reply.HasField("get"), reply
+    return sorted(s.value for s in reply.get.siblings)
