@@ -48,14 +48,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
         if args.check:
-            stale = [
-                f.name
-                for f in files
-                if not (OUT_PACKAGE / f.name).exists() or not filecmp.cmp(f, OUT_PACKAGE / f.name, shallow=False)
-            ]
-            extra = sorted({p.name for p in OUT_PACKAGE.iterdir() if p.is_file()} - {f.name for f in files})
+            def current(f: Path) -> bool:
+                committed = OUT_PACKAGE / f.name
+                return committed.exists() and filecmp.cmp(f, committed, shallow=False)
+
+            stale = [f.name for f in files if not current(f)]
+            committed_names = {p.name for p in OUT_PACKAGE.iterdir() if p.is_file()}
+            extra = sorted(committed_names - {f.name for f in files})
             if stale or extra:
-                print(f"generated code is stale: {stale + extra}; run `make proto`", file=sys.stderr)
+                print(f"generated code is stale: {stale + extra}; run `make proto`",
+                      file=sys.stderr)
                 return 1
             return 0
         OUT_PACKAGE.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,4 @@
-"""Pure protocol cores: no sockets, no asyncio, no clock reads. Time and randomness are arguments."""
+"""Pure protocol cores: no sockets, no asyncio, no clock reads.
+
+Time and randomness are arguments, so every core is deterministic and simulable.
+"""

@@ -252,9 +252,11 @@ def context_to_text(data: bytes) -> str:
 
 def context_from_text(text: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(text.encode("ascii"))
+        data = base64.b64decode(text.encode("ascii"), altchars=b"-_", validate=True)
     except (ValueError, UnicodeEncodeError) as exc:
-        raise InvalidContext("the context is not valid base64 from `kv get`") from exc
+        raise InvalidContext("the context is not the base64 text `kv get --json` prints") from exc
+    decode_context(data)  # reject what is not a context now, with the same clear message
+    return data
 
 
 def format_clock(clock: Mapping[str, int]) -> str:

@@ -32,7 +32,8 @@ def wall_clock_ms() -> int:
 
 class Node:
     def __init__(self, config: NodeConfig, transport: Transport, store,
-                 clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+                 clock_ms: Callable[[], int] = wall_clock_ms,
+                 monotonic: Callable[[], float] = time.perf_counter) -> None:
         config.validate()
         self.config = config
         self.node_id = config.node_id
@@ -52,6 +53,7 @@ class Node:
                 max_key_bytes=config.max_key_bytes,
                 max_value_bytes=config.max_value_bytes,
             ),
+            monotonic=monotonic,
         )
         self.raw_handlers: dict[str, RawHandler] = {}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,11 +34,6 @@ from kvstore.services.replica import Replica
 from kvstore.transport.base import PeerTimeout, Transport, TransportError
 
 log = logging.getLogger(__name__)
-
-def _now() -> float:
-    """Seconds on the event loop's clock (virtual in simulations)."""
-    return asyncio.get_running_loop().time()
-
 
 LEVEL_NAMES = {cpb.ONE: "ONE", cpb.TWO: "TWO", cpb.THREE: "THREE", cpb.QUORUM: "QUORUM",
                cpb.ALL: "ALL"}
@@ -78,13 +74,14 @@ def required_replicas(quorum: cpb.Quorum, n: int, default_level: int, what: str)
 class Trace:
     """Collects what happened during one request (cheap no-op when disabled)."""
 
-    def __init__(self, enabled: bool, coordinator: str, started: float) -> None:
+    def __init__(self, enabled: bool, coordinator: str, clock: Callable[[], float]) -> None:
         self.enabled = enabled
-        self.started = started
+        self.clock = clock
+        self.started = clock()
         self.pb = cpb.Trace(coordinator=coordinator) if enabled else None
 
     def ms(self) -> float:
-        return (_now() - self.started) * 1000
+        return (self.clock() - self.started) * 1000
 
     def event(self, text: str) -> None:
         if self.pb is not None:
@@ -124,7 +121,9 @@ class Coordinator:
         transport: Transport,
         replica: Replica,
         config: CoordinatorConfig,
+        monotonic: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self.monotonic = monotonic  # for latencies; the sim passes its virtual clock
         self.node_id = node_id
         self.membership = membership
         self.transport = transport
@@ -138,8 +137,7 @@ class Coordinator:
     async def execute(
         self, request: cpb.ClientRequest, *, forwarded: bool = False
     ) -> cpb.ClientReply:
-        started = _now()
-        trace = Trace(request.trace, self.node_id, started)
+        trace = Trace(request.trace, self.node_id, self.monotonic)
         timeout = (request.timeout_ms or self.config.timeout_ms) / 1000
         op = request.WhichOneof("op")
         try:
@@ -197,23 +195,23 @@ class Coordinator:
 
     # -- replica calls ---------------------------------------------------------------
     async def _call(self, node: str, message: pb.PeerMessage, timeout: float) -> _Answer:
-        started = _now()
+        started = self.monotonic()
         try:
             result = await self.transport.call(node, message, timeout)
         except TransportError as exc:
-            return _Answer(node, False, (_now() - started) * 1000, error=exc)
-        latency = (_now() - started) * 1000
+            return _Answer(node, False, (self.monotonic() - started) * 1000, error=exc)
+        latency = (self.monotonic() - started) * 1000
         if result.HasField("error"):
             return _Answer(node, False, latency, error=from_pb(result.error))
         return _Answer(node, True, latency, siblings=versions.from_pb(result.state))
 
     async def _local(self, action) -> _Answer:
-        started = _now()
+        started = self.monotonic()
         try:
             siblings = await action
         except KVError as exc:
-            return _Answer(self.node_id, False, (_now() - started) * 1000, error=exc)
-        return _Answer(self.node_id, True, (_now() - started) * 1000,
+            return _Answer(self.node_id, False, (self.monotonic() - started) * 1000, error=exc)
+        return _Answer(self.node_id, True, (self.monotonic() - started) * 1000,
                        siblings=siblings)
 
     async def _gather(self, tasks: dict[str, asyncio.Task], need: int, timeout: float,

@@ -39,7 +39,8 @@ class SimCluster:
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
-        return Node(config, transport, store, clock_ms=self._clock_ms)
+        return Node(config, transport, store, clock_ms=self._clock_ms,
+                    monotonic=lambda: asyncio.get_running_loop().time())
 
     async def start(self) -> SimCluster:
         for node_id in self.ids:

@@ -1,0 +1,248 @@
+"""The `kv` command line: data commands, and the node and cluster command groups.
+
+Errors print one line (`Error: ...`) and exit non-zero; `--debug` shows the traceback.
+Exit codes: 0 ok, 1 the request failed, 2 bad usage or invalid argument, 3 key not found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from kvstore.cli import output
+from kvstore.client import Client, InvalidArgument, KVError, parse_endpoints
+from kvstore.core import versions
+
+DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+CLUSTER_FILE = Path("data") / "cluster.json"
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
+LEVEL_CHOICE = click.Choice(["ONE", "TWO", "THREE", "QUORUM", "ALL"], case_sensitive=False)
+
+
+def default_endpoints() -> str:
+    """KV_ENDPOINTS, else the local cluster started here (data/cluster.json), else 7001-7003."""
+    if CLUSTER_FILE.exists():
+        try:
+            nodes = json.loads(CLUSTER_FILE.read_text())["nodes"]
+            return ",".join(n["address"] for n in nodes)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return DEFAULT_ENDPOINTS
+
+
+class Settings:
+    def __init__(self, endpoints: str | None, timeout: float, debug: bool) -> None:
+        self.endpoints = endpoints
+        self.timeout = timeout
+        self.debug = debug
+        self._client: Client | None = None
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(parse_endpoints(self.endpoints or default_endpoints()),
+                                  timeout=self.timeout)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--endpoints", envvar="KV_ENDPOINTS", metavar="HOST:PORT[,...]",
+              help="Nodes to talk to (any node serves any request). Default: KV_ENDPOINTS, "
+                   "else the cluster started by `kv cluster up` here, else 127.0.0.1:7001-7003.")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
+              help="Request deadline in seconds.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="kvstore", prog_name="kv")
+@click.pass_context
+def cli(ctx: click.Context, endpoints: str | None, timeout: float, debug: bool) -> None:
+    """kvstore: a replicated key-value store with tunable consistency.
+
+    \b
+    Start a local cluster:   kv cluster up --nodes 3
+    Write and read:          kv put user:1 alice --consistency QUORUM
+                             kv get user:1 --consistency ONE --trace
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Settings(endpoints, timeout, debug)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def consistency_options(letter: str):
+    """--consistency LEVEL and an explicit --r/--w count."""
+
+    def wrap(fn):
+        fn = click.option(f"--{letter}", f"count_{letter}", type=click.IntRange(min=1),
+                          default=None,
+                          help=f"Explicit number of replicas that must answer ({letter.upper()}); "
+                               "overrides --consistency.")(fn)
+        return click.option("--consistency", "-c", type=LEVEL_CHOICE, default=None,
+                            help="How many replicas must answer: ONE, TWO, THREE, QUORUM, ALL. "
+                                 "Default: the server's (QUORUM).")(fn)
+
+    return wrap
+
+
+def json_and_trace(fn):
+    fn = click.option("--trace", is_flag=True,
+                      help="Show what the coordinator did: replicas asked, latency, versions.")(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(fn)
+
+
+@cli.command()
+@click.argument("key")
+@consistency_options("r")
+@json_and_trace
+@click.pass_obj
+def get(s: Settings, key: str, consistency: str | None, count_r: int | None, trace: bool,
+        as_json: bool) -> None:
+    """Read KEY. Concurrent versions (siblings) are all shown, with their clocks."""
+    result = s.client().get(key, consistency=consistency, r=count_r, trace=trace)
+    if as_json:
+        output.print_json(output.get_json(result))
+    else:
+        output.print_get(result)
+    if trace and not as_json:
+        output.print_trace(result.trace)
+    if not result.found:
+        sys.exit(EXIT_NOT_FOUND)
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("value")
+@consistency_options("w")
+@click.option("--blind", is_flag=True,
+              help="Write without reading the current context first (the new value becomes a "
+                   "sibling of whatever is there).")
+@click.option("--context", "context_text", default=None, metavar="CONTEXT",
+              help="The context from `kv get --json` to supersede (instead of reading it now).")
+@json_and_trace
+@click.pass_obj
+def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int | None,
+        blind: bool, context_text: str | None, trace: bool, as_json: bool) -> None:
+    """Write VALUE to KEY, replacing the versions it has now (VALUE - reads stdin).
+
+    By default the current causal context is read first (at the same consistency), so the
+    write supersedes every sibling it saw; use --blind to skip that read.
+    """
+    data = click.get_binary_stream("stdin").read() if value == "-" else value.encode()
+    context = _context(s, key, consistency, blind, context_text)
+    result = s.client().put(key, data, context=context, consistency=consistency, w=count_w,
+                            trace=trace)
+    _print_write(result, "stored", trace, as_json)
+
+
+@cli.command()
+@click.argument("key")
+@consistency_options("w")
+@click.option("--blind", is_flag=True, help="Delete without reading the current context first.")
+@click.option("--context", "context_text", default=None, metavar="CONTEXT",
+              help="The context from `kv get --json` to supersede.")
+@json_and_trace
+@click.pass_obj
+def delete(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
+           context_text: str | None, trace: bool, as_json: bool) -> None:
+    """Delete KEY (writes a tombstone that supersedes the versions it saw)."""
+    context = _context(s, key, consistency, blind, context_text)
+    result = s.client().delete(key, context=context, consistency=consistency, w=count_w,
+                               trace=trace)
+    _print_write(result, "deleted", trace, as_json)
+
+
+def _context(s: Settings, key: str, consistency: str | None, blind: bool,
+             context_text: str | None) -> bytes:
+    if context_text is not None:
+        try:
+            return versions.context_from_text(context_text)
+        except versions.InvalidContext as exc:
+            raise InvalidArgument(str(exc)) from None
+    if blind:
+        return b""
+    try:
+        return s.client().get(key, consistency=consistency).context
+    except InvalidArgument:
+        raise
+    except KVError as exc:
+        raise type(exc)(f"could not read the current context first ({exc.message}); "
+                        "retry, or use --blind to write without it") from None
+
+
+def _print_write(result, verb: str, trace: bool, as_json: bool) -> None:
+    if as_json:
+        output.print_json(output.put_json(result))
+        return
+    live = [v for v in result.stored if not v.tombstone]
+    note = ""
+    if len(live) > 1:
+        note = (f" — the key now has {len(live)} siblings (concurrent writes); "
+                "`kv get` shows them")
+    click.echo(f"OK, {verb}{note}")
+    if trace:
+        output.print_trace(result.trace)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
+              help="The node to ask (default: the first endpoint).")
+@click.pass_obj
+def info(s: Settings, as_json: bool, endpoint: str | None) -> None:
+    """What a node knows: its id, the members, replication factor, keys stored."""
+    node = s.client().info(endpoint)
+    data = output.info_json(node)
+    if as_json:
+        output.print_json(data)
+    else:
+        output.print_info(data)
+
+
+def _register_groups() -> None:
+    from kvstore.cli.cluster_cmds import cluster
+    from kvstore.cli.node_cmds import node
+
+    cli.add_command(node)
+    cli.add_command(cluster)
+
+
+_register_groups()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI with short error messages instead of tracebacks."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="kv", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KVError as exc:
+        if debug:
+            raise
+        name = type(exc).__name__
+        click.echo(f"Error: {name}: {exc.message}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_FAILED)
+    except OSError as exc:
+        if debug:
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for "
+                   "the traceback)", err=True)
+        sys.exit(EXIT_FAILED)
+

@@ -1,0 +1,105 @@
+"""`kv node ...`: run one node, and ask a node whether it is healthy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def node() -> None:
+    """Run a node, or check one."""
+
+
+@node.command()
+@click.option("--id", "node_id", envvar="KV_NODE_ID", required=True,
+              help="This node's unique id (e.g. n1). [env KV_NODE_ID]")
+@click.option("--listen", envvar="KV_LISTEN", default="127.0.0.1:7001", show_default=True,
+              help="host:port to listen on. [env KV_LISTEN]")
+@click.option("--advertise", envvar="KV_ADVERTISE", default="",
+              help="host:port other nodes use to reach this one (default: --listen). "
+                   "[env KV_ADVERTISE]")
+@click.option("--seeds", envvar="KV_SEEDS", default="",
+              help="Comma-separated seed addresses, host:port or id=host:port; with static "
+                   "membership these are the cluster's members. [env KV_SEEDS]")
+@click.option("--data-dir", envvar="KV_DATA_DIR", type=click.Path(path_type=Path),
+              default=None, help="Where data lives (default: in memory, lost on exit). "
+                                 "[env KV_DATA_DIR]")
+@click.option("--replication-factor", "-n", envvar="KV_REPLICATION_FACTOR", default=3,
+              show_default=True, type=click.IntRange(1, 15),
+              help="N: replicas per key. Must be the same on every node. "
+                   "[env KV_REPLICATION_FACTOR]")
+@click.option("--vnodes", envvar="KV_VNODES", default=256, show_default=True,
+              type=click.IntRange(1, 4096),
+              help="Virtual nodes (tokens) per node. Same on every node. [env KV_VNODES]")
+@click.option("--sync", envvar="KV_SYNC", default="full", show_default=True,
+              type=click.Choice(["full", "normal", "off"]),
+              help="full: fsync every group commit (survives power loss); normal: survives "
+                   "kill -9 only; off: no guarantee. [env KV_SYNC]")
+@click.option("--timeout-ms", envvar="KV_TIMEOUT_MS", default=2000, show_default=True,
+              type=click.IntRange(1, 600_000), help="Default request deadline.")
+@click.option("--max-key-bytes", envvar="KV_MAX_KEY_BYTES", default=1024, show_default=True,
+              type=click.IntRange(1, 65535))
+@click.option("--max-value-bytes", envvar="KV_MAX_VALUE_BYTES", default=1024 * 1024,
+              show_default=True, type=click.IntRange(0, 32 * 1024 * 1024))
+@click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
+          replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
+          max_value_bytes: int, log_level: str) -> None:
+    """Run a node in the foreground until SIGTERM or Ctrl-C."""
+    from kvstore.node.config import NodeConfig
+    from kvstore.node.server import run_node
+
+    logging.getLogger().setLevel(log_level.upper())
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(log_level.upper())
+    config = NodeConfig(
+        node_id=node_id, listen=listen, advertise=advertise,
+        seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir,
+        replication_factor=replication_factor, vnodes=vnodes, sync=sync,
+        timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
+    )
+    try:
+        config.validate()
+        from kvstore.services.membership import parse_seed
+
+        for seed in config.seeds:
+            parse_seed(seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    _run(run_node(config))
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+@node.command()
+@click.option("--endpoint", default="127.0.0.1:7001", show_default=True,
+              help="The node to ask.")
+@click.option("--timeout", type=float, default=2.0, show_default=True)
+def health(endpoint: str, timeout: float) -> None:
+    """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
+        except grpc.RpcError as exc:
+            click.echo(f"{endpoint}: unreachable ({exc.code().name})", err=True)
+            sys.exit(1)
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    click.echo(f"{endpoint}: {name}")
+    sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)

@@ -1,0 +1,119 @@
+"""Rendering for the CLI: tables for people, one JSON object for scripts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kvstore.client import GetResult, PutResult
+from kvstore.client.core import text_or_base64
+from kvstore.core import versions
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def get_json(result: GetResult) -> dict[str, Any]:
+    """The documented get schema: key, found, siblings[{value, clock}], context, trace."""
+    key, _ = text_or_base64(result.key)
+    return {
+        "key": key,
+        "found": result.found,
+        "siblings": [v.to_json() for v in result.siblings],
+        "context": versions.context_to_text(result.context),
+        "trace": result.trace,
+    }
+
+
+def put_json(result: PutResult) -> dict[str, Any]:
+    key, _ = text_or_base64(result.key)
+    return {
+        "key": key,
+        "ok": True,
+        "siblings": [v.to_json() for v in result.stored if not v.tombstone],
+        "context": versions.context_to_text(result.context),
+        "trace": result.trace,
+    }
+
+
+def _show(value: bytes) -> str:
+    text, encoding = text_or_base64(value)
+    return text if encoding == "utf-8" else f"base64:{text}"
+
+
+def print_get(result: GetResult) -> None:
+    key = _show(result.key)
+    if not result.found:
+        click.echo(f"not found: {key}", err=True)
+        return
+    if len(result.siblings) == 1:
+        click.echo(_show(result.siblings[0].value))
+        return
+    click.echo(f"{len(result.siblings)} siblings (concurrent writes) for {key}:")
+    for v in result.siblings:
+        click.echo(f"  [{v.dot}] {_show(v.value)}    clock {versions.format_clock(v.clock)}")
+    click.echo(f"Resolve them with `kv put {key} VALUE` (it supersedes all of them).")
+
+
+def print_trace(trace: dict[str, Any] | None) -> None:
+    if not trace:
+        return
+    head = f"coordinator {trace['coordinator']}"
+    if trace.get("forwarded_to"):
+        head += f" → forwarded to {trace['forwarded_to']}"
+    head += (f", preference list {', '.join(trace['preference_list'])}, "
+             f"needed {trace['required']}, {trace['total_ms']:.2f} ms")
+    table = Table(title=head, title_justify="left")
+    for col in ("replica", "ok", "latency ms", "versions (dot clock value)", "error"):
+        table.add_column(col)
+    for r in trace["replicas"]:
+        shown = "\n".join(
+            f"{v['dot']} {versions.format_clock(v['clock'])} "
+            + ("(tombstone)" if v.get("tombstone") else repr(v["value"])[:40])
+            for v in r["versions"]
+        ) or "-"
+        name = r["node"] + (" (local)" if r.get("local") else "")
+        table.add_row(name, "yes" if r["ok"] else "NO", f"{r['latency_ms']:.2f}", shown,
+                      r.get("error") or "")
+    console.print(table)
+    for e in trace["events"]:
+        console.print(f"  {e['at_ms']:8.2f} ms  {e['event']}")
+
+
+def info_json(node) -> dict[str, Any]:
+    return {
+        "node_id": node.node_id,
+        "address": node.address,
+        "version": node.version,
+        "replication_factor": node.replication_factor,
+        "vnodes": node.vnodes,
+        "keys_stored": node.keys_stored,
+        "data_dir": node.data_dir,
+        "max_key_bytes": node.max_key_bytes,
+        "max_value_bytes": node.max_value_bytes,
+        "members": [
+            {"id": m.id, "address": m.address, "status": m.status, "up": m.up,
+             "phi": m.phi, "ownership": m.ownership, "hints_pending": m.hints_pending}
+            for m in node.members
+        ],
+    }
+
+
+def print_info(data: dict[str, Any]) -> None:
+    console.print(f"node {data['node_id']} at {data['address']} (kvstore {data['version']}), "
+                  f"N={data['replication_factor']}, {data['vnodes']} vnodes, "
+                  f"{data['keys_stored']} keys stored")
+    table = Table()
+    for col in ("member", "address", "status", "up", "ownership"):
+        table.add_column(col)
+    for m in data["members"]:
+        table.add_row(m["id"], m["address"], m["status"], "yes" if m["up"] else "NO",
+                      f"{m['ownership'] * 100:.1f}%")
+    console.print(table)

@@ -1,0 +1,374 @@
+"""The Python client: async (`AsyncClient`) and blocking (`Client`).
+
+Requests go to any listed endpoint, spread round-robin; concurrent requests to one node
+ride in one `Execute` call (one call in flight per node, the next batch fills meanwhile),
+which is how a single client process gets tens of thousands of requests per second out
+of Python. When a node cannot be reached the request moves on to the next endpoint, and
+the node is skipped for a moment.
+
+A request refused before delivery (connection failed) is retried on another node; one
+that timed out is not, because it may have been applied: the caller gets a Timeout that
+says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from kvstore._proto import admin_pb2, admin_pb2_grpc, client_pb2_grpc
+from kvstore._proto import client_pb2 as cpb
+from kvstore.core import errors, versions
+from kvstore.core.errors import InvalidArgument, KVError, Timeout, Unavailable
+
+LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
+          "ALL": cpb.ALL}
+MAX_PIPELINE = 512
+DOWN_FOR = 1.0  # seconds a node that refused a connection is skipped
+OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class ConnectionFailed(Unavailable):
+    """No listed endpoint could be reached."""
+
+
+@dataclass
+class Version:
+    """One sibling as the client sees it."""
+
+    value: bytes
+    clock: dict[str, int]
+    dot: str
+    tombstone: bool = False
+    written_at_ms: int = 0
+
+    @classmethod
+    def from_pb(cls, v) -> Version:
+        s = versions.sibling_from_pb(v)
+        return cls(s.value, s.clock(), f"{s.node}:{s.counter}", s.tombstone, s.written_at_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        value, encoding = text_or_base64(self.value)
+        out: dict[str, Any] = {"value": value, "clock": self.clock, "dot": self.dot}
+        if encoding != "utf-8":
+            out["value_encoding"] = encoding
+        if self.tombstone:
+            out["tombstone"] = True
+        return out
+
+
+@dataclass
+class GetResult:
+    key: bytes
+    found: bool
+    siblings: list[Version]
+    context: bytes
+    trace: dict[str, Any] | None = None
+
+    @property
+    def value(self) -> bytes | None:
+        """The value when there is exactly one sibling; None when not found."""
+        if not self.siblings:
+            return None
+        if len(self.siblings) > 1:
+            raise ValueError(f"{len(self.siblings)} siblings: read .siblings and resolve them")
+        return self.siblings[0].value
+
+
+@dataclass
+class PutResult:
+    key: bytes
+    context: bytes
+    stored: list[Version] = field(default_factory=list)
+    trace: dict[str, Any] | None = None
+
+
+def text_or_base64(data: bytes) -> tuple[str, str]:
+    import base64
+
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def trace_to_dict(trace: cpb.Trace) -> dict[str, Any]:
+    """The documented trace schema (docs/trace.md): names here are a public contract."""
+    return {
+        "coordinator": trace.coordinator,
+        "forwarded_to": trace.forwarded_to or None,
+        "preference_list": list(trace.preference_list),
+        "required": trace.required,
+        "total_ms": trace.total_ms,
+        "replicas": [
+            {
+                "node": r.node,
+                "address": r.address,
+                "ok": r.ok,
+                "latency_ms": r.latency_ms,
+                "local": r.local,
+                "error": r.error or None,
+                "versions": [Version.from_pb(v).to_json() for v in r.versions],
+            }
+            for r in trace.replicas
+        ],
+        "events": [{"at_ms": e.at_ms, "event": e.event} for e in trace.events],
+    }
+
+
+def as_bytes(data: bytes | str) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else data
+
+
+def make_quorum(consistency: str | None, count: int | None) -> cpb.Quorum:
+    if count is not None:
+        if count < 1:
+            raise InvalidArgument(f"an explicit replica count must be at least 1, got {count}")
+        return cpb.Quorum(count=count)
+    if consistency is None:
+        return cpb.Quorum()
+    level = LEVELS.get(consistency.upper())
+    if level is None:
+        raise InvalidArgument(
+            f"unknown consistency level {consistency!r}; use ONE, TWO, THREE, QUORUM or ALL"
+        )
+    return cpb.Quorum(level=level)
+
+
+def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    out = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidArgument(f"endpoint {item!r} is not host:port")
+        out.append(item)
+    if not out:
+        raise InvalidArgument("no endpoints given; pass --endpoints host:port[,host:port...]")
+    return out
+
+
+class _Endpoint:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=OPTIONS)
+        self.kv = client_pb2_grpc.KVStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
+        self.pending: list[tuple[cpb.ClientRequest, asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+        self.down_until = 0.0
+
+
+class _Refused(Exception):
+    """The endpoint could not be reached: the request was not delivered."""
+
+
+class AsyncClient:
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0,
+                 pipeline: bool = True) -> None:
+        self.endpoints = [_Endpoint(a) for a in parse_endpoints(endpoints)]
+        self.timeout = timeout
+        self.pipeline = pipeline
+        self._next = itertools.cycle(range(len(self.endpoints)))
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for ep in self.endpoints:
+            if ep.task and not ep.task.done():
+                ep.task.cancel()
+            await ep.channel.close()
+
+    # -- high level ------------------------------------------------------------------
+    async def get(self, key: bytes | str, *, consistency: str | None = None,
+                  r: int | None = None, trace: bool = False,
+                  timeout: float | None = None) -> GetResult:
+        key = as_bytes(key)
+        request = cpb.ClientRequest(get=cpb.GetRequest(key=key, quorum=make_quorum(consistency, r)),
+                                    trace=trace, timeout_ms=self._timeout_ms(timeout))
+        reply = await self.execute(request)
+        result = reply.get
+        return GetResult(key, result.found, [Version.from_pb(v) for v in result.siblings],
+                         result.context, trace_to_dict(reply.trace) if trace else None)
+
+    async def put(self, key: bytes | str, value: bytes | str, *, context: bytes = b"",
+                  consistency: str | None = None, w: int | None = None, trace: bool = False,
+                  timeout: float | None = None) -> PutResult:
+        key = as_bytes(key)
+        request = cpb.ClientRequest(
+            put=cpb.PutRequest(key=key, value=as_bytes(value), context=context,
+                               quorum=make_quorum(consistency, w)),
+            trace=trace, timeout_ms=self._timeout_ms(timeout))
+        return self._put_result(key, await self.execute(request), trace)
+
+    async def delete(self, key: bytes | str, *, context: bytes = b"",
+                     consistency: str | None = None, w: int | None = None,
+                     trace: bool = False, timeout: float | None = None) -> PutResult:
+        key = as_bytes(key)
+        request = cpb.ClientRequest(
+            delete=cpb.DeleteRequest(key=key, context=context, quorum=make_quorum(consistency, w)),
+            trace=trace, timeout_ms=self._timeout_ms(timeout))
+        return self._put_result(key, await self.execute(request), trace)
+
+    @staticmethod
+    def _put_result(key: bytes, reply: cpb.ClientReply, trace: bool) -> PutResult:
+        return PutResult(key, reply.put.context, [Version.from_pb(v) for v in reply.put.stored],
+                         trace_to_dict(reply.trace) if trace else None)
+
+    def _timeout_ms(self, timeout: float | None) -> int:
+        return int((timeout if timeout is not None else self.timeout) * 1000)
+
+    async def info(self, endpoint: str | None = None) -> admin_pb2.NodeInfo:
+        ep = self._endpoint(endpoint)
+        try:
+            return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._rpc_error(ep, exc) from None
+
+    async def ping(self, payload: bytes = b"", endpoint: str | None = None) -> bytes:
+        ep = self._endpoint(endpoint)
+        try:
+            reply = await ep.kv.Ping(cpb.PingRequest(payload=payload), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._rpc_error(ep, exc) from None
+        return reply.payload
+
+    def _endpoint(self, address: str | None) -> _Endpoint:
+        if address is None:
+            return self.endpoints[0]
+        for ep in self.endpoints:
+            if ep.address == address:
+                return ep
+        ep = _Endpoint(address)
+        self.endpoints.append(ep)
+        return ep
+
+    # -- request routing -------------------------------------------------------------
+    async def execute(self, request: cpb.ClientRequest) -> cpb.ClientReply:
+        """Send one request (failing over between endpoints); raise its error if it failed."""
+        loop = asyncio.get_running_loop()
+        refused: list[str] = []
+        for ep in self._order(loop.time()):
+            try:
+                reply = await self._send(ep, request)
+            except _Refused as exc:
+                ep.down_until = loop.time() + DOWN_FOR
+                refused.append(f"{ep.address}: {exc}")
+                continue
+            if reply.HasField("error"):
+                raise errors.from_pb(reply.error)
+            return reply
+        raise ConnectionFailed("could not reach any node (" + "; ".join(refused) + "). "
+                               "Is the cluster running? Start one with `kv cluster up`.")
+
+    def _order(self, now: float) -> list[_Endpoint]:
+        start = next(self._next)
+        ring = self.endpoints[start:] + self.endpoints[:start]
+        up = [ep for ep in ring if ep.down_until <= now]
+        return up + [ep for ep in ring if ep.down_until > now]
+
+    async def _send(self, ep: _Endpoint, request: cpb.ClientRequest) -> cpb.ClientReply:
+        if not self.pipeline:
+            replies = await self._call(ep, [request])
+            return replies[0]
+        future = asyncio.get_running_loop().create_future()
+        ep.pending.append((request, future))
+        if ep.task is None or ep.task.done():
+            ep.task = asyncio.get_running_loop().create_task(self._pump(ep))
+        return await future
+
+    async def _pump(self, ep: _Endpoint) -> None:
+        while ep.pending:
+            batch = ep.pending[:MAX_PIPELINE]
+            del ep.pending[:MAX_PIPELINE]
+            try:
+                replies = await self._call(ep, [r for r, _ in batch])
+            except (Exception, asyncio.CancelledError) as exc:  # hand the failure to every caller
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else
+                                          Unavailable("client closed"))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, fut), reply in zip(batch, replies, strict=True):
+                if not fut.done():
+                    fut.set_result(reply)
+
+    async def _call(
+        self, ep: _Endpoint, requests: list[cpb.ClientRequest]
+    ) -> list[cpb.ClientReply]:
+        deadline = max(r.timeout_ms for r in requests) / 1000 + 1.0
+        try:
+            reply = await ep.kv.Execute(cpb.ClientBatch(requests=requests), timeout=deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise self._rpc_error(ep, exc) from None
+        return list(reply.replies)
+
+    @staticmethod
+    def _rpc_error(ep: _Endpoint, exc: grpc.aio.AioRpcError) -> Exception:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return _Refused(f"unreachable ({exc.details()})")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Timeout(f"{ep.address} did not answer in time; the request may have been "
+                           "applied")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return InvalidArgument(f"{ep.address} refused the request: {exc.details()}")
+        return KVError(f"{ep.address}: {code.name}: {exc.details()}")
+
+
+class Client:
+    """A blocking client for scripts and the CLI (owns a private event loop)."""
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = self._run(self._make(endpoints, timeout))
+
+    @staticmethod
+    async def _make(endpoints, timeout) -> AsyncClient:
+        return AsyncClient(endpoints, timeout=timeout, pipeline=False)
+
+    def _run(self, coro):
+        return self._loop.run_until_complete(coro)
+
+    def get(self, key, **kwargs) -> GetResult:
+        return self._run(self._async.get(key, **kwargs))
+
+    def put(self, key, value, **kwargs) -> PutResult:
+        return self._run(self._async.put(key, value, **kwargs))
+
+    def delete(self, key, **kwargs) -> PutResult:
+        return self._run(self._async.delete(key, **kwargs))
+
+    def info(self, endpoint: str | None = None) -> admin_pb2.NodeInfo:
+        return self._run(self._async.info(endpoint))
+
+    def ping(self, payload: bytes = b"", endpoint: str | None = None) -> bytes:
+        return self._run(self._async.ping(payload, endpoint))
+
+    def close(self) -> None:
+        self._run(self._async.close())
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,131 @@
+"""The real `kv` entry point against a real cluster: output, JSON schema, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def kv(cluster, *args: str, endpoints: str | None = None,
+       stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KV_ENDPOINTS=endpoints or ",".join(cluster.endpoints()))
+    return subprocess.run([sys.executable, "-m", "kvstore", *args], capture_output=True,
+                          text=True, env=env, timeout=60, input=stdin)
+
+
+def test_put_get_delete_round_trip(shared_cluster):
+    r = kv(shared_cluster, "put", "user:1", "alice", "--consistency", "QUORUM")
+    assert r.returncode == 0 and "OK" in r.stdout, r
+    r = kv(shared_cluster, "get", "user:1", "--consistency", "ONE")
+    assert r.returncode == 0 and r.stdout.strip() == "alice"
+    r = kv(shared_cluster, "delete", "user:1", "--consistency", "ALL")
+    assert r.returncode == 0, r
+    r = kv(shared_cluster, "get", "user:1", "--json")
+    assert r.returncode == 3
+    data = json.loads(r.stdout)
+    assert data["found"] is False and data["siblings"] == [] and data["context"]
+
+
+def test_get_json_with_trace_has_the_documented_schema(shared_cluster):
+    assert kv(shared_cluster, "put", "k:json", "v1").returncode == 0
+    r = kv(shared_cluster, "get", "k:json", "--consistency", "ALL", "--trace", "--json")
+    assert r.returncode == 0, r
+    data = json.loads(r.stdout)
+    assert {"key", "siblings", "context", "trace"} <= set(data)
+    assert data["siblings"][0]["value"] == "v1" and data["siblings"][0]["clock"]
+    trace = data["trace"]
+    assert trace["coordinator"] in {"n1", "n2", "n3"}
+    assert len(trace["replicas"]) == 3
+    for replica in trace["replicas"]:
+        assert {"node", "ok", "latency_ms", "versions"} <= set(replica)
+        assert replica["ok"] and replica["versions"][0]["value"] == "v1"
+        assert set(replica["versions"][0]) >= {"value", "clock"}
+
+
+def test_trace_table_for_people(shared_cluster):
+    r = kv(shared_cluster, "put", "k:trace", "v", "--trace")
+    assert r.returncode == 0 and "minted write" in r.stdout, r.stdout
+
+
+def test_siblings_are_shown_and_resolved_by_a_put(shared_cluster):
+    assert kv(shared_cluster, "put", "k:sib", "a", "--blind", "-c", "ALL").returncode == 0
+    r = kv(shared_cluster, "put", "k:sib", "b", "--blind", "-c", "ALL")
+    assert "2 siblings" in r.stdout
+    r = kv(shared_cluster, "get", "k:sib", "-c", "ALL")
+    assert "2 siblings" in r.stdout and " a " in r.stdout + " " and "b" in r.stdout
+    data = json.loads(kv(shared_cluster, "get", "k:sib", "-c", "ALL", "--json").stdout)
+    assert sorted(s["value"] for s in data["siblings"]) == ["a", "b"]
+    # put reads the context first, so it supersedes both
+    assert kv(shared_cluster, "put", "k:sib", "c", "-c", "ALL").returncode == 0
+    r = kv(shared_cluster, "get", "k:sib", "-c", "ALL")
+    assert r.stdout.strip() == "c"
+    # an explicit context from get --json works too
+    ctx = json.loads(kv(shared_cluster, "get", "k:sib", "--json").stdout)["context"]
+    assert kv(shared_cluster, "put", "k:sib", "d", "--context", ctx, "-c", "ALL").returncode == 0
+    assert kv(shared_cluster, "get", "k:sib", "-c", "ALL").stdout.strip() == "d"
+
+
+def test_explicit_r_and_w(shared_cluster):
+    assert kv(shared_cluster, "put", "k:rw", "v", "--w", "3").returncode == 0
+    assert kv(shared_cluster, "get", "k:rw", "--r", "1").stdout.strip() == "v"
+    r = kv(shared_cluster, "get", "k:rw", "--r", "4")
+    assert r.returncode == 2 and "R=4 exceeds the replication factor N=3" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["get", "k" * 5000], 2, "the limit is 1024 bytes"),
+        (["get", "k", "--consistency", "FIVE"], 2, "is not one of"),
+        (["frobnicate"], 2, "No such command"),
+        (["put", "k", "v", "--context", "%%%"], 2, "context"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_no_traceback(shared_cluster, args, code, message):
+    r = kv(shared_cluster, *args)
+    assert r.returncode == code, r
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_oversized_value_from_stdin_is_refused_before_anything_is_written(shared_cluster):
+    r = kv(shared_cluster, "put", "k:big", "-", "--blind", stdin="x" * 2_000_000)
+    assert r.returncode == 2 and "the limit is 1048576 bytes" in r.stderr, r.stderr
+    assert kv(shared_cluster, "get", "k:big").returncode == 3
+    r = kv(shared_cluster, "put", "k:big", "-", stdin="from stdin")
+    assert r.returncode == 0
+    assert kv(shared_cluster, "get", "k:big").stdout.strip() == "from stdin"
+
+
+def test_unreachable_endpoint_is_a_short_error(shared_cluster):
+    r = kv(shared_cluster, "get", "k", endpoints="127.0.0.1:9")
+    assert r.returncode == 1
+    assert "could not reach any node" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_failover_to_a_live_endpoint(shared_cluster):
+    assert kv(shared_cluster, "put", "k:fo", "v").returncode == 0
+    r = kv(shared_cluster, "get", "k:fo", endpoints="127.0.0.1:9," + shared_cluster.endpoints()[0])
+    assert r.returncode == 0 and r.stdout.strip() == "v"
+
+
+def test_info_json(shared_cluster):
+    data = json.loads(kv(shared_cluster, "info", "--json").stdout)
+    assert data["replication_factor"] == 3
+    assert sorted(m["id"] for m in data["members"]) == ["n1", "n2", "n3"]
+    assert abs(sum(m["ownership"] for m in data["members"]) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("command", [[], ["get"], ["put"], ["delete"], ["info"], ["node"],
+                                     ["node", "start"], ["node", "health"], ["cluster"],
+                                     ["cluster", "up"], ["cluster", "down"], ["cluster", "status"]])
+def test_every_command_has_help(command):
+    r = subprocess.run([sys.executable, "-m", "kvstore", *command, "--help"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "Usage:" in r.stdout
