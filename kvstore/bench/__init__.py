@@ -1,0 +1,1 @@
+"""Benchmark engine behind `kv bench` and bench/ scripts."""
