@@ -33,7 +33,7 @@ def node() -> None:
               show_default=True, type=click.IntRange(1, 15),
               help="N: replicas per key. Must be the same on every node. "
                    "[env KV_REPLICATION_FACTOR]")
-@click.option("--vnodes", envvar="KV_VNODES", default=256, show_default=True,
+@click.option("--vnodes", envvar="KV_VNODES", default=512, show_default=True,
               type=click.IntRange(1, 4096),
               help="Virtual nodes (tokens) per node. Same on every node. [env KV_VNODES]")
 @click.option("--sync", envvar="KV_SYNC", default="full", show_default=True,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import mmh3
 
-DEFAULT_VNODES = 256
+DEFAULT_VNODES = 512
 TOKEN_MIN = -(2**63)
 TOKEN_MAX = 2**63 - 1
 TOKEN_SPACE = 2**64
