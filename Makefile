@@ -23,7 +23,7 @@ run: install
 	$(BIN)/kv cluster up --nodes $(NODES)
 
 lint: install-test
-	$(BIN)/ruff check kvstore tests bench scripts
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 test: lint
