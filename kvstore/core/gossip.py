@@ -27,6 +27,7 @@ or hostile message raises `GossipError` and leaves the state exactly as it was.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -163,14 +164,22 @@ class _Delta:
     load: tuple[int, int] | None  # (version, load)
 
 
+_SPACE: Final = re.compile(r"\s")
+
+
 def _check_id(value: object, what: str, limits: Limits) -> str:
+    if (
+        type(value) is str
+        and 0 < len(value) <= limits.max_id_chars
+        and value.isprintable()
+        and not _SPACE.search(value)
+    ):
+        return value  # the fast path: every valid id
     if type(value) is not str or not value:
         raise GossipError(f"{what} must be a non-empty string")
     if len(value) > limits.max_id_chars:
         raise GossipError(f"{what} is {len(value)} characters (limit {limits.max_id_chars})")
-    if not value.isprintable() or any(c.isspace() for c in value):
-        raise GossipError(f"{what} {value[:40]!r} contains whitespace or unprintable characters")
-    return value
+    raise GossipError(f"{what} {value[:40]!r} contains whitespace or unprintable characters")
 
 
 def _check_address(value: object, what: str, limits: Limits) -> str:
@@ -183,7 +192,7 @@ def _check_address(value: object, what: str, limits: Limits) -> str:
         not colon
         or not host
         or not value.isprintable()
-        or any(c.isspace() for c in value)
+        or _SPACE.search(value)
         or not port.isascii()
         or not port.isdigit()
         or not 0 < int(port) < 65536
@@ -210,7 +219,10 @@ def _check_generation(value: object, what: str, now: float, limits: Limits, low:
     return gen
 
 
-def _check_tokens(tokens: Iterable[int], status: Status, what: str, limits: Limits) -> tuple:
+def _check_tokens(
+    tokens: Iterable[int], status: Status, what: str, limits: Limits, *, wire: bool = False
+) -> tuple:
+    """Tokens as a sorted tuple. `wire`: they came from sfixed64, so each is an int64."""
     out = tuple(tokens)
     if len(out) > limits.max_tokens:
         raise GossipError(f"{what}: {len(out)} tokens (limit {limits.max_tokens} per node)")
@@ -218,7 +230,7 @@ def _check_tokens(tokens: Iterable[int], status: Status, what: str, limits: Limi
         raise GossipError(f"{what}: duplicate tokens")
     if not out and status in RING_STATUSES:
         raise GossipError(f"{what}: status {status.name} with no tokens")
-    if not all(type(t) is int and -(2**63) <= t < 2**63 for t in out):
+    if not wire and not all(type(t) is int and -(2**63) <= t < 2**63 for t in out):
         raise GossipError(f"{what}: tokens must be signed 64-bit integers")
     return tuple(sorted(out))
 
@@ -233,8 +245,11 @@ def _check_digest(
     d: pb.GossipDigest, what: str, now: float, limits: Limits, low_gen: int
 ) -> Digest:
     node_id = _check_id(d.node_id, f"{what} node id", limits)
-    gen = _check_generation(d.generation, f"{what} {node_id} generation", now, limits, low_gen)
-    ver = _check_int(d.max_version, f"{what} {node_id} version", 0, limits.max_version)
+    gen, ver = d.generation, d.max_version
+    if not (low_gen <= gen <= limits.max_version and gen <= now + limits.max_generation_ahead_s):
+        _check_generation(gen, f"{what} {node_id} generation", now, limits, low_gen)
+    if not 0 <= ver <= limits.max_version:
+        _check_int(ver, f"{what} {node_id} version", 0, limits.max_version)
     return Digest(node_id, gen, ver)
 
 
@@ -252,21 +267,28 @@ def _check_digests(
 
 def _check_endpoint(e: pb.GossipEndpoint, now: float, limits: Limits) -> _Delta:
     node_id = _check_id(e.node_id, "state node id", limits)
-    what = f"state of {node_id}"
-    gen = _check_generation(e.generation, f"{what}: generation", now, limits)
-    hb = _check_int(e.heartbeat, f"{what}: heartbeat", 0, limits.max_version)
+    top = limits.max_version
+    gen, hb = e.generation, e.heartbeat
+    # Fast path for valid values; the _check_* calls only run to raise the right error.
+    if not (1 <= gen <= top and gen <= now + limits.max_generation_ahead_s):
+        _check_generation(gen, f"state of {node_id}: generation", now, limits)
+    if not 0 <= hb <= top:
+        _check_int(hb, f"state of {node_id}: heartbeat", 0, top)
     meta = None
     if e.HasField("meta"):
         m = e.meta
-        mver = _check_int(m.version, f"{what}: meta version", 1, limits.max_version)
+        what = f"state of {node_id}"
+        mver = _check_int(m.version, f"{what}: meta version", 1, top)
         address = _check_address(m.address, what, limits)
         status = _check_status(m.status, what)
-        tokens = _check_tokens(m.tokens, status, what, limits)
+        tokens = _check_tokens(m.tokens, status, what, limits, wire=True)
         meta = _Meta(mver, address, status, tokens)
     load = None
     if e.HasField("load"):
-        lver = _check_int(e.load.version, f"{what}: load version", 1, limits.max_version)
-        lval = _check_int(e.load.load, f"{what}: load", 0, limits.max_load)
+        lver, lval = e.load.version, e.load.load
+        if not (1 <= lver <= top and 0 <= lval <= limits.max_load):
+            _check_int(lver, f"state of {node_id}: load version", 1, top)
+            _check_int(lval, f"state of {node_id}: load", 0, limits.max_load)
         load = (lver, lval)
     return _Delta(node_id, gen, hb, meta, load)
 
@@ -595,8 +617,11 @@ class Gossiper:
                 continue  # a stale report of a previous life
             new = cur
             hb = d.heartbeat > cur.heartbeat
-            if hb:
-                new = replace(new, heartbeat=d.heartbeat)
+            if hb:  # the common case, built directly (dataclasses.replace is slow)
+                new = EndpointState(
+                    cur.node_id, cur.address, cur.generation, d.heartbeat, cur.status,
+                    cur.tokens, cur.load, cur.meta_version, cur.load_version,
+                )
             meta = d.meta is not None and d.meta.version > cur.meta_version
             if meta:
                 m = d.meta
