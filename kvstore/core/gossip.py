@@ -475,9 +475,19 @@ class Gossiper:
 
     def make_syn(self) -> bytes:
         """The SYN that opens a round: a digest of every member known."""
-        syn = pb.GossipSyn(sender=self.node_id, cluster=self.cluster)
-        for d in self.digests():
-            syn.digests.add(node_id=d.node_id, generation=d.generation, max_version=d.max_version)
+        digest = pb.GossipDigest
+        syn = pb.GossipSyn(
+            sender=self.node_id,
+            cluster=self.cluster,
+            digests=[
+                digest(
+                    node_id=i,
+                    generation=s.generation,
+                    max_version=max(s.heartbeat, s.meta_version, s.load_version),
+                )
+                for i, s in self._states.items()
+            ],
+        )
         return pb.GossipMessage(syn=syn).SerializeToString()
 
     def receive(self, data: bytes, now: float) -> Received:
@@ -577,12 +587,14 @@ class Gossiper:
                 ack.requests.add(node_id=d.node_id, generation=local.generation, max_version=0)
             elif d.generation < local.generation:
                 ack.states.append(self._delta(local, 0))
-            elif d.max_version > local.max_version:
-                ack.requests.add(
-                    node_id=d.node_id, generation=local.generation, max_version=local.max_version
-                )
-            elif d.max_version < local.max_version:
-                ack.states.append(self._delta(local, d.max_version))
+            else:
+                held = max(local.heartbeat, local.meta_version, local.load_version)
+                if d.max_version > held:
+                    ack.requests.add(
+                        node_id=d.node_id, generation=local.generation, max_version=held
+                    )
+                elif d.max_version < held:
+                    ack.states.append(self._delta(local, d.max_version))
         # Members the initiator has not heard of at all: send them whole (Cassandra waits for
         # the reverse round; this halves the time a join takes to spread).
         for node_id, local in self._states.items():
