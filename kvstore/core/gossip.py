@@ -79,6 +79,7 @@ class Limits:
 
     max_message_bytes: int = 8 * 1024 * 1024
     max_endpoints: int = 4096  # digests or states in one message
+    max_members: int = 4096  # members held; a message that would exceed it is refused
     max_tokens: int = 4096  # per node
     max_id_chars: int = 128
     max_address_chars: int = 256
@@ -135,8 +136,9 @@ class Change:
 
 @dataclass(frozen=True)
 class Received:
-    """The outcome of `Gossiper.receive`: the reply to send back (ACK for a SYN, ACK2 for an
-    ACK, None for an ACK2), what changed, and who sent it."""
+    """The outcome of `Gossiper.receive`: the reply to send back (ACK for a SYN; ACK2 for an
+    ACK, or None if the peer asked for nothing; None for an ACK2), what changed, and who
+    sent it."""
 
     kind: str  # "syn" | "ack" | "ack2"
     sender: str
@@ -511,7 +513,9 @@ class Gossiper:
                     ack2.states.append(self._delta(s, 0))
                 elif s.generation == r.generation and s.max_version > r.max_version:
                     ack2.states.append(self._delta(s, r.max_version))
-            return Received(kind, sender, pb.GossipMessage(ack2=ack2).SerializeToString(), changes)
+            # Nothing requested: no ACK2 at all (saves a message in most steady rounds).
+            reply = pb.GossipMessage(ack2=ack2).SerializeToString() if ack2.states else None
+            return Received(kind, sender, reply, changes)
         return Received(kind, sender, None, self._apply(parsed))
 
     def _parse(self, data: bytes, now: float) -> tuple[str, str, object]:
@@ -537,17 +541,27 @@ class Gossiper:
                 return kind, sender, _check_digests(msg.syn.digests, "digest", now, lim, 1)
             if kind == "ack":
                 sender = self._check_sender(msg.ack.sender)
-                states = _check_states(msg.ack.states, now, lim)
+                states = self._check_room(_check_states(msg.ack.states, now, lim))
                 requests = _check_digests(msg.ack.requests, "request", now, lim, 0)
                 return kind, sender, (states, requests)
             if kind == "ack2":
                 sender = self._check_sender(msg.ack2.sender)
-                return kind, sender, _check_states(msg.ack2.states, now, lim)
+                return kind, sender, self._check_room(_check_states(msg.ack2.states, now, lim))
             raise GossipError("gossip message has no SYN, ACK or ACK2 body")
         except GossipError:
             raise
         except Exception as exc:  # the decoder's errors (DecodeError, bad UTF-8, ...)
             raise GossipError(f"malformed gossip message: {type(exc).__name__}: {exc}") from None
+
+    def _check_room(self, deltas: list[_Delta]) -> list[_Delta]:
+        """Refuse a message that would grow the member table past `max_members`."""
+        fresh = sum(1 for d in deltas if d.node_id not in self._states and d.meta is not None)
+        if fresh and len(self._states) + fresh > self.limits.max_members:
+            raise GossipError(
+                f"message introduces {fresh} new members; {len(self._states)} are known and"
+                f" the limit is {self.limits.max_members}"
+            )
+        return deltas
 
     def _check_sender(self, sender: str) -> str:
         _check_id(sender, "sender", self.limits)

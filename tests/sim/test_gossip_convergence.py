@@ -114,7 +114,7 @@ class Sim:
             return
         out = a.gossiper.receive(ack.reply, self.wall)
         self._feed(a, out)
-        if not self._send(out.reply, b_id):
+        if out.reply is None or not self._send(out.reply, b_id):
             return
         self._feed(b, b.gossiper.receive(out.reply, self.wall))
 

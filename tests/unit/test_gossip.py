@@ -32,6 +32,8 @@ def exchange(a: Gossiper, b: Gossiper, now: float = NOW) -> tuple[list[Change], 
     assert ack.kind == "syn" and ack.sender == a.node_id and ack.changes == []
     ack2 = a.receive(ack.reply, now)
     assert ack2.kind == "ack" and ack2.sender == b.node_id
+    if ack2.reply is None:  # b asked for nothing
+        return ack2.changes, []
     done = b.receive(ack2.reply, now)
     assert done.kind == "ack2" and done.reply is None
     return ack2.changes, done.changes
@@ -232,3 +234,14 @@ def test_targets_skip_self_and_left_members_and_split_by_detector() -> None:
         picked.update(out)
     assert set(picked) == {"b", "c", "d"}
     assert picked["d"] < picked["c"]
+
+
+def test_no_ack2_when_nothing_was_requested() -> None:
+    a, b = node("a"), node("b")
+    exchange(a, b)
+    b.beat()
+    out = a.receive(b.receive(a.make_syn(), NOW).reply, NOW)
+    assert out.reply is None and [c.node_id for c in out.changes] == ["b"]
+    a.beat()
+    out = a.receive(b.receive(a.make_syn(), NOW).reply, NOW)
+    assert out.reply is not None and decode(out.reply).ack2.states[0].node_id == "a"

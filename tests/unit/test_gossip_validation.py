@@ -178,3 +178,17 @@ def test_non_bytes_input_is_rejected() -> None:
     g = receiver()
     with pytest.raises(GossipError, match="must be bytes"):
         g.receive("a string", NOW)  # type: ignore[arg-type]
+
+
+def test_member_table_is_bounded() -> None:
+    g = Gossiper("r", "h:1", GEN, limits=Limits(max_members=3))
+    three = ack(endpoint("x"), endpoint("y"), endpoint("z")).SerializeToString()
+    with pytest.raises(GossipError, match="introduces 3 new members"):
+        g.receive(three, NOW)
+    assert set(g.endpoints) == {"r"}
+    g.receive(ack(endpoint("x")).SerializeToString(), NOW)
+    g.receive(ack(endpoint("x"), endpoint("y")).SerializeToString(), NOW)  # y is the 3rd
+    assert set(g.endpoints) == {"r", "x", "y"}
+    with pytest.raises(GossipError, match="limit is 3"):
+        g.receive(ack(endpoint("z")).SerializeToString(), NOW)
+    assert set(g.endpoints) == {"r", "x", "y"}
