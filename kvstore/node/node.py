@@ -7,6 +7,7 @@ and over gRPC in real processes (server.py adds the servers around it).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -33,7 +34,8 @@ def wall_clock_ms() -> int:
 class Node:
     def __init__(self, config: NodeConfig, transport: Transport, store,
                  clock_ms: Callable[[], int] = wall_clock_ms,
-                 monotonic: Callable[[], float] = time.perf_counter) -> None:
+                 monotonic: Callable[[], float] = time.perf_counter,
+                 rng: random.Random | None = None) -> None:
         config.validate()
         self.config = config
         self.node_id = config.node_id
@@ -54,6 +56,7 @@ class Node:
                 max_value_bytes=config.max_value_bytes,
             ),
             monotonic=monotonic,
+            rng=rng,
         )
         self.raw_handlers: dict[str, RawHandler] = {}
 

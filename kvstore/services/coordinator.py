@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,14 @@ class CoordinatorConfig:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     default_level: int = cpb.QUORUM
+    # Chance that a read asks all N replicas rather than just R. All N (the default) costs
+    # little with per-peer batching, tolerates a silent replica without waiting, and lets
+    # read repair reach every replica. Below 1.0, R-only reads ask a spare replica when one
+    # fails or when no quorum answered within a quarter of the deadline (speculative retry).
+    read_all_chance: float = 1.0
+    # Repair stale replicas that took part in a QUORUM-or-stronger read before answering,
+    # so a value once read at QUORUM is never "un-read" by the next QUORUM read.
+    blocking_read_repair: bool = True
 
 
 def required_replicas(quorum: cpb.Quorum, n: int, default_level: int, what: str) -> int:
@@ -122,8 +131,11 @@ class Coordinator:
         replica: Replica,
         config: CoordinatorConfig,
         monotonic: Callable[[], float] = time.perf_counter,
+        rng: random.Random | None = None,
     ) -> None:
         self.monotonic = monotonic  # for latencies; the sim passes its virtual clock
+        self.rng = rng or random.Random()
+        self.repairs = {"blocking": 0, "background": 0, "failed": 0}
         self.node_id = node_id
         self.membership = membership
         self.transport = transport
@@ -215,25 +227,39 @@ class Coordinator:
                        siblings=siblings)
 
     async def _gather(self, tasks: dict[str, asyncio.Task], need: int, timeout: float,
-                      trace: Trace) -> tuple[list[_Answer], list[_Answer], list[str]]:
+                      trace: Trace, spares: Callable[[], asyncio.Task | None] | None = None,
+                      ) -> tuple[list[_Answer], list[_Answer], list[str]]:
         """Wait until `need` answers succeeded, or all failed, or the deadline passed.
 
-        Returns (successes, failures, nodes still pending); pending tasks keep running.
+        When an answer fails and `spares` can start another request (a replica not yet
+        asked), it is started. Returns (successes, failures, nodes still pending); pending
+        tasks keep running.
         """
         ok: list[_Answer] = []
         failed: list[_Answer] = []
         pending = set(tasks.values())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        speculate_at = loop.time() + timeout / 4 if spares is not None else deadline
         while pending and len(ok) < need:
-            remaining = deadline - loop.time()
+            now = loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 break
-            done, pending = await asyncio.wait(pending, timeout=remaining,
+            if speculate_at <= now:
+                speculate_at = deadline
+                while (spare := spares()) is not None:
+                    pending.add(spare)
+            wait_for = min(remaining, speculate_at - now) if speculate_at > now else remaining
+            done, pending = await asyncio.wait(pending, timeout=wait_for,
                                                return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 answer: _Answer = task.result()
                 (ok if answer.ok else failed).append(answer)
+                if not answer.ok and spares is not None:
+                    spare = spares()
+                    if spare is not None:
+                        pending.add(spare)
                 trace.replica(answer.node, self._address(answer.node), answer.ok,
                               answer.latency_ms, answer.siblings,
                               "" if answer.ok else answer.describe(),
@@ -266,16 +292,34 @@ class Coordinator:
         pref = self._preference_list(key, trace)
         if trace.pb is not None:
             trace.pb.required = need
-        trace.event(f"read from {', '.join(pref)}; R={need}")
         message = pb.PeerMessage(read=pb.ReplicaRead(key=key))
-        tasks = {
-            node: asyncio.create_task(
+
+        def ask(node: str) -> asyncio.Task:
+            task = asyncio.create_task(
                 self._local(self.replica.read(key)) if node == self.node_id
-                else self._call(node, message, timeout)
-            )
-            for node in pref
-        }
-        ok, failed, waiting = await self._gather(tasks, need, timeout, trace)
+                else self._call(node, message, timeout))
+            tasks[node] = task
+            return task
+
+        # Ask R replicas (ourselves first when we are one), or, by chance, all N; a
+        # replica that fails is replaced by one not yet asked.
+        ordered = sorted(pref, key=lambda node: node != self.node_id)
+        read_all = need >= n or self.rng.random() < self.config.read_all_chance
+        first, unasked = (ordered, []) if read_all else (ordered[:need], ordered[need:])
+        tasks: dict[str, asyncio.Task] = {}
+        for node in first:
+            ask(node)
+        trace.event(f"read from {', '.join(first)}; R={need}"
+                    + (" (all replicas)" if read_all and need < n else ""))
+
+        def spare() -> asyncio.Task | None:
+            if not unasked:
+                return None
+            node = unasked.pop(0)
+            trace.event(f"no quorum yet; also asking {node}")
+            return ask(node)
+
+        ok, failed, waiting = await self._gather(tasks, need, timeout, trace, spare)
         if len(ok) < need:
             corrupt = [a for a in failed if isinstance(a.error, Corruption)]
             message_text = self._shortfall("R", need, ok, failed, waiting, timeout)
@@ -286,6 +330,7 @@ class Coordinator:
         for answer in ok:
             merged = versions.sync(merged, answer.siblings or [])
         trace.event(f"R={need} reached; {len(merged)} version(s) after merge")
+        await self._read_repair(key, merged, ok, waiting, tasks, need, n, trace, timeout)
         for listener in self.read_listeners:
             listener(key, pref, ok, failed, merged)
         values = versions.live(merged)
@@ -295,6 +340,57 @@ class Coordinator:
             siblings=[versions.sibling_to_pb(s) for s in values],
             context=context,
         ))
+
+    # -- read repair -----------------------------------------------------------------
+    async def _read_repair(self, key: bytes, merged: list[Sibling], ok: list[_Answer],
+                           waiting: list[str], tasks: dict[str, asyncio.Task], need: int,
+                           n: int, trace: Trace, timeout: float) -> None:
+        """Send the merged versions to replicas that answered with less.
+
+        Replicas that took part in a QUORUM-or-stronger read are repaired before the read
+        returns; replicas that answer later are repaired in the background.
+        """
+        want = {s.dot for s in merged}
+        stale = [a for a in ok if {s.dot for s in a.siblings or ()} != want]
+        if stale:
+            blocking = self.config.blocking_read_repair and need >= n // 2 + 1
+            names = ", ".join(a.node for a in stale)
+            trace.event(f"read repair: {names} stale; sending merged versions"
+                        + (" (before answering)" if blocking else " (in the background)"))
+            repairs = [self._repair(a.node, key, merged, timeout) for a in stale]
+            if blocking:
+                results = await asyncio.gather(*repairs)
+                self.repairs["blocking"] += len(results)
+                failed = [node for node, done in zip(stale, results, strict=True) if not done]
+                trace.event("read repair done" if not failed else
+                            "read repair failed for " + ", ".join(a.node for a in failed))
+            else:
+                for repair in repairs:
+                    self._keep(asyncio.ensure_future(repair))
+                self.repairs["background"] += len(repairs)
+        for node in waiting:
+            task = tasks[node]
+
+            def late(done: asyncio.Task, node: str = node) -> None:
+                if done.cancelled():
+                    return
+                answer: _Answer = done.result()
+                if answer.ok and {s.dot for s in answer.siblings or ()} != want:
+                    self.repairs["background"] += 1
+                    self._keep(asyncio.ensure_future(self._repair(node, key, merged, timeout)))
+
+            task.add_done_callback(late)
+
+    async def _repair(self, node: str, key: bytes, merged: list[Sibling], timeout: float) -> bool:
+        if node == self.node_id:
+            answer = await self._local(self.replica.merge(key, merged))
+        else:
+            message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=versions.to_pb(merged)))
+            answer = await self._call(node, message, timeout)
+        if not answer.ok:
+            self.repairs["failed"] += 1
+            log.info("read repair of %r on %s failed: %s", key, node, answer.describe())
+        return answer.ok
 
     # -- put / delete ----------------------------------------------------------------
     async def _write(self, request: cpb.ClientRequest, key: bytes, value: bytes, context: bytes,

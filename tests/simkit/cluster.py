@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 from kvstore._proto import client_pb2 as cpb
 from kvstore.core import versions
@@ -17,7 +18,9 @@ LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUOR
 
 class SimCluster:
     def __init__(self, size: int = 3, *, seed: int = 0, replication_factor: int = 3,
-                 timeout_ms: int = 500, vnodes: int = 64) -> None:
+                 timeout_ms: int = 500, vnodes: int = 64, read_all_chance: float = 1.0) -> None:
+        self.seed = seed
+        self.read_all_chance = read_all_chance
         self.network = MemoryNetwork(seed)
         self.ids = [f"n{i + 1}" for i in range(size)]
         self.replication_factor = replication_factor
@@ -39,8 +42,11 @@ class SimCluster:
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
-        return Node(config, transport, store, clock_ms=self._clock_ms,
-                    monotonic=lambda: asyncio.get_running_loop().time())
+        node = Node(config, transport, store, clock_ms=self._clock_ms,
+                    monotonic=lambda: asyncio.get_running_loop().time(),
+                    rng=random.Random(f"{self.seed}/{node_id}"))
+        node.coordinator.config.read_all_chance = self.read_all_chance
+        return node
 
     async def start(self) -> SimCluster:
         for node_id in self.ids:
