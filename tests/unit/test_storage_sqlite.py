@@ -84,6 +84,13 @@ def test_apply_is_one_transaction(tmp_path: Path) -> None:
     assert sum(s.startswith("COMMIT") for s in statements) == 1
     assert sum(s.startswith("BEGIN") for s in statements) == 1
     assert eng.get(KEYS[0]) == value_of(KEYS[0]) + b"!"
+    # Steps that leave records unchanged write nothing (a replica re-receiving a write).
+    statements.clear()
+    assert eng.apply([(k, lambda c: None) for k in KEYS[:50]])[:2] == [
+        value_of(KEYS[0]) + b"!",
+        value_of(KEYS[1]),
+    ]
+    assert not [s for s in statements if s.startswith(("INSERT", "DELETE"))]
     eng.close()
 
 
