@@ -227,6 +227,14 @@ class MemoryEngine:
         with self._lock:
             self._closed = True
 
+    def reopen(self) -> MemoryEngine:
+        """A new open engine over the same records: what reopening a file is to SqliteEngine
+        (simulations restart a node on the "disk" its closed engine left behind)."""
+        with self._lock:
+            other = MemoryEngine()
+            other._data = self._data
+            return other
+
     def corrupt_for_test(self, key: bytes) -> None:
         """Flip one byte of the stored record and keep the old checksum (tests only)."""
         with self._lock:

@@ -217,3 +217,13 @@ def test_closed_engine_refuses(engine) -> None:
     with pytest.raises(StorageError):
         engine.apply([(b"k", put(b"v"))])
     engine.close()  # idempotent
+
+
+def test_memory_engine_reopens_over_the_same_records() -> None:
+    eng = MemoryEngine()
+    eng.apply([(b"k", put(b"v"))])
+    eng.close()
+    again = eng.reopen()
+    assert again.get(b"k") == b"v" and again.count() == 1
+    with pytest.raises(StorageError):
+        eng.get(b"k")
