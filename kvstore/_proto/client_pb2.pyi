@@ -40,26 +40,30 @@ class GetRequest(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ...) -> None: ...
 
 class PutRequest(_message.Message):
-    __slots__ = ("key", "value", "context", "quorum")
+    __slots__ = ("key", "value", "context", "quorum", "strict")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
     context: bytes
     quorum: Quorum
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ...) -> None: ...
+    strict: bool
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("key", "context", "quorum")
+    __slots__ = ("key", "context", "quorum", "strict")
     KEY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     context: bytes
     quorum: Quorum
-    def __init__(self, key: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ...) -> None: ...
+    strict: bool
+    def __init__(self, key: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class ClientRequest(_message.Message):
     __slots__ = ("get", "put", "delete", "trace", "timeout_ms")
@@ -76,7 +80,7 @@ class ClientRequest(_message.Message):
     def __init__(self, get: _Optional[_Union[GetRequest, _Mapping]] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., trace: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ReplicaTrace(_message.Message):
-    __slots__ = ("node", "address", "ok", "latency_ms", "versions", "error", "local")
+    __slots__ = ("node", "address", "ok", "latency_ms", "versions", "error", "local", "hint_for")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +88,7 @@ class ReplicaTrace(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
+    HINT_FOR_FIELD_NUMBER: _ClassVar[int]
     node: str
     address: str
     ok: bool
@@ -91,7 +96,8 @@ class ReplicaTrace(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Version]
     error: str
     local: bool
-    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., ok: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., versions: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., error: _Optional[str] = ..., local: _Optional[bool] = ...) -> None: ...
+    hint_for: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., ok: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., versions: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., error: _Optional[str] = ..., local: _Optional[bool] = ..., hint_for: _Optional[str] = ...) -> None: ...
 
 class TraceEvent(_message.Message):
     __slots__ = ("at_ms", "event")

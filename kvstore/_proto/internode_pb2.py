@@ -26,7 +26,7 @@ from kvstore._proto import common_pb2 as kvstore_dot___proto_dot_common__pb2
 from kvstore._proto import client_pb2 as kvstore_dot___proto_dot_client__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekvstore/_proto/internode.proto\x12\x07kvstore\x1a\x1bkvstore/_proto/common.proto\x1a\x1bkvstore/_proto/client.proto\"\x1a\n\x0bReplicaRead\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"?\n\x0cReplicaWrite\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.kvstore.VersionSet\"2\n\x07\x46orward\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.kvstore.ClientRequest\"\x87\x01\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12,\n\x07members\x18\x03 \x03(\x0b\x32\x1b.kvstore.Hello.MembersEntry\x1a.\n\x0cMembersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x01\n\x0bPeerMessage\x12$\n\x04read\x18\x01 \x01(\x0b\x32\x14.kvstore.ReplicaReadH\x00\x12&\n\x05write\x18\x02 \x01(\x0b\x32\x15.kvstore.ReplicaWriteH\x00\x12#\n\x07\x66orward\x18\x03 \x01(\x0b\x32\x10.kvstore.ForwardH\x00\x12\x1f\n\x05hello\x18\x04 \x01(\x0b\x32\x0e.kvstore.HelloH\x00\x12\x0e\n\x04raft\x18\x05 \x01(\x0cH\x00\x12\x10\n\x06gossip\x18\x06 \x01(\x0cH\x00\x12\x13\n\textension\x18\x07 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"\xc1\x01\n\nPeerResult\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x13.kvstore.VersionSetH\x00\x12%\n\x05reply\x18\x02 \x01(\x0b\x32\x14.kvstore.ClientReplyH\x00\x12\x1f\n\x05hello\x18\x03 \x01(\x0b\x32\x0e.kvstore.HelloH\x00\x12\r\n\x03raw\x18\x04 \x01(\x0cH\x00\x12\x1f\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0e.kvstore.ErrorH\x00\x12\r\n\x05\x66ound\x18\x06 \x01(\x08\x42\x06\n\x04\x62ody\"C\n\tPeerBatch\x12\x0e\n\x06source\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.kvstore.PeerMessage\"6\n\x0ePeerBatchReply\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.kvstore.PeerResult2D\n\tInternode\x12\x37\n\x08\x45xchange\x12\x12.kvstore.PeerBatch\x1a\x17.kvstore.PeerBatchReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekvstore/_proto/internode.proto\x12\x07kvstore\x1a\x1bkvstore/_proto/common.proto\x1a\x1bkvstore/_proto/client.proto\"\x1a\n\x0bReplicaRead\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"Q\n\x0cReplicaWrite\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.kvstore.VersionSet\x12\x10\n\x08hint_for\x18\x03 \x01(\t\"2\n\x07\x46orward\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.kvstore.ClientRequest\"\x87\x01\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12,\n\x07members\x18\x03 \x03(\x0b\x32\x1b.kvstore.Hello.MembersEntry\x1a.\n\x0cMembersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x01\n\x0bPeerMessage\x12$\n\x04read\x18\x01 \x01(\x0b\x32\x14.kvstore.ReplicaReadH\x00\x12&\n\x05write\x18\x02 \x01(\x0b\x32\x15.kvstore.ReplicaWriteH\x00\x12#\n\x07\x66orward\x18\x03 \x01(\x0b\x32\x10.kvstore.ForwardH\x00\x12\x1f\n\x05hello\x18\x04 \x01(\x0b\x32\x0e.kvstore.HelloH\x00\x12\x0e\n\x04raft\x18\x05 \x01(\x0cH\x00\x12\x10\n\x06gossip\x18\x06 \x01(\x0cH\x00\x12\x13\n\textension\x18\x07 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"\xc1\x01\n\nPeerResult\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x13.kvstore.VersionSetH\x00\x12%\n\x05reply\x18\x02 \x01(\x0b\x32\x14.kvstore.ClientReplyH\x00\x12\x1f\n\x05hello\x18\x03 \x01(\x0b\x32\x0e.kvstore.HelloH\x00\x12\r\n\x03raw\x18\x04 \x01(\x0cH\x00\x12\x1f\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0e.kvstore.ErrorH\x00\x12\r\n\x05\x66ound\x18\x06 \x01(\x08\x42\x06\n\x04\x62ody\"C\n\tPeerBatch\x12\x0e\n\x06source\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.kvstore.PeerMessage\"6\n\x0ePeerBatchReply\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.kvstore.PeerResult2D\n\tInternode\x12\x37\n\x08\x45xchange\x12\x12.kvstore.PeerBatch\x1a\x17.kvstore.PeerBatchReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,21 +38,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICAREAD']._serialized_start=101
   _globals['_REPLICAREAD']._serialized_end=127
   _globals['_REPLICAWRITE']._serialized_start=129
-  _globals['_REPLICAWRITE']._serialized_end=192
-  _globals['_FORWARD']._serialized_start=194
-  _globals['_FORWARD']._serialized_end=244
-  _globals['_HELLO']._serialized_start=247
-  _globals['_HELLO']._serialized_end=382
-  _globals['_HELLO_MEMBERSENTRY']._serialized_start=336
-  _globals['_HELLO_MEMBERSENTRY']._serialized_end=382
-  _globals['_PEERMESSAGE']._serialized_start=385
-  _globals['_PEERMESSAGE']._serialized_end=609
-  _globals['_PEERRESULT']._serialized_start=612
-  _globals['_PEERRESULT']._serialized_end=805
-  _globals['_PEERBATCH']._serialized_start=807
-  _globals['_PEERBATCH']._serialized_end=874
-  _globals['_PEERBATCHREPLY']._serialized_start=876
-  _globals['_PEERBATCHREPLY']._serialized_end=930
-  _globals['_INTERNODE']._serialized_start=932
-  _globals['_INTERNODE']._serialized_end=1000
+  _globals['_REPLICAWRITE']._serialized_end=210
+  _globals['_FORWARD']._serialized_start=212
+  _globals['_FORWARD']._serialized_end=262
+  _globals['_HELLO']._serialized_start=265
+  _globals['_HELLO']._serialized_end=400
+  _globals['_HELLO_MEMBERSENTRY']._serialized_start=354
+  _globals['_HELLO_MEMBERSENTRY']._serialized_end=400
+  _globals['_PEERMESSAGE']._serialized_start=403
+  _globals['_PEERMESSAGE']._serialized_end=627
+  _globals['_PEERRESULT']._serialized_start=630
+  _globals['_PEERRESULT']._serialized_end=823
+  _globals['_PEERBATCH']._serialized_start=825
+  _globals['_PEERBATCH']._serialized_end=892
+  _globals['_PEERBATCHREPLY']._serialized_start=894
+  _globals['_PEERBATCHREPLY']._serialized_end=948
+  _globals['_INTERNODE']._serialized_start=950
+  _globals['_INTERNODE']._serialized_end=1018
 # @@protoc_insertion_point(module_scope)

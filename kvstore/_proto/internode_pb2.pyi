@@ -15,12 +15,14 @@ class ReplicaRead(_message.Message):
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaWrite(_message.Message):
-    __slots__ = ("key", "state")
+    __slots__ = ("key", "state", "hint_for")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    HINT_FOR_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     state: _common_pb2.VersionSet
-    def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ...) -> None: ...
+    hint_for: str
+    def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., hint_for: _Optional[str] = ...) -> None: ...
 
 class Forward(_message.Message):
     __slots__ = ("request",)

@@ -90,6 +90,12 @@ def consistency_options(letter: str):
     return wrap
 
 
+def strict_option(fn):
+    return click.option("--strict", is_flag=True,
+                        help="Strict quorum: only the key's own replicas count towards W "
+                             "(hints written to fallback nodes do not).")(fn)
+
+
 def json_and_trace(fn):
     fn = click.option("--trace", is_flag=True,
                       help="Show what the coordinator did: replicas asked, latency, versions.")(fn)
@@ -124,10 +130,12 @@ def get(s: Settings, key: str, consistency: str | None, count_r: int | None, tra
                    "sibling of whatever is there).")
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
               help="The context from `kv get --json` to supersede (instead of reading it now).")
+@strict_option
 @json_and_trace
 @click.pass_obj
 def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int | None,
-        blind: bool, context_text: str | None, trace: bool, as_json: bool) -> None:
+        blind: bool, context_text: str | None, strict: bool, trace: bool,
+        as_json: bool) -> None:
     """Write VALUE to KEY, replacing the versions it has now (VALUE - reads stdin).
 
     By default the current causal context is read first (at the same consistency), so the
@@ -136,7 +144,7 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
     data = click.get_binary_stream("stdin").read() if value == "-" else value.encode()
     context = _context(s, key, consistency, blind, context_text)
     result = s.client().put(key, data, context=context, consistency=consistency, w=count_w,
-                            trace=trace)
+                            trace=trace, strict=strict)
     _print_write(result, "stored", trace, as_json)
 
 
@@ -146,14 +154,15 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
 @click.option("--blind", is_flag=True, help="Delete without reading the current context first.")
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
               help="The context from `kv get --json` to supersede.")
+@strict_option
 @json_and_trace
 @click.pass_obj
 def delete(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
-           context_text: str | None, trace: bool, as_json: bool) -> None:
+           context_text: str | None, strict: bool, trace: bool, as_json: bool) -> None:
     """Delete KEY (writes a tombstone that supersedes the versions it saw)."""
     context = _context(s, key, consistency, blind, context_text)
     result = s.client().delete(key, context=context, consistency=consistency, w=count_w,
-                               trace=trace)
+                               trace=trace, strict=strict)
     _print_write(result, "deleted", trace, as_json)
 
 
@@ -202,6 +211,22 @@ def info(s: Settings, as_json: bool, endpoint: str | None) -> None:
         output.print_json(data)
     else:
         output.print_info(data)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"members": [{"id", "address", "status", "up", "phi", "ownership", '
+                   '"hints_pending"}]}.')
+@click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
+              help="The node whose view to show (default: the first endpoint).")
+@click.pass_obj
+def status(s: Settings, as_json: bool, endpoint: str | None) -> None:
+    """Every member as one node sees it: address, status, up/down, phi, ownership, hints."""
+    data = output.info_json(s.client().info(endpoint))
+    if as_json:
+        output.print_json({"node": data["node_id"], "members": data["members"]})
+    else:
+        output.print_status(data)
 
 
 def _register_groups() -> None:

@@ -46,11 +46,17 @@ def node() -> None:
               type=click.IntRange(1, 65535))
 @click.option("--max-value-bytes", envvar="KV_MAX_VALUE_BYTES", default=1024 * 1024,
               show_default=True, type=click.IntRange(0, 32 * 1024 * 1024))
+@click.option("--no-hinted-handoff", is_flag=True, envvar="KV_NO_HINTED_HANDOFF",
+              help="Write no hints and deliver none (strict quorums only); for experiments "
+                   "that must isolate anti-entropy. [env KV_NO_HINTED_HANDOFF]")
+@click.option("--hint-max-age", envvar="KV_HINT_MAX_AGE", default=3 * 3600.0, show_default=True,
+              type=click.FloatRange(min=1), help="Seconds a hint is kept before it is dropped.")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
-          max_value_bytes: int, log_level: str) -> None:
+          max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
+          log_level: str) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
@@ -63,6 +69,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir,
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
+        hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
     )
     try:
         config.validate()

@@ -80,6 +80,8 @@ def print_trace(trace: dict[str, Any] | None) -> None:
             for v in r["versions"]
         ) or "-"
         name = r["node"] + (" (local)" if r.get("local") else "")
+        if r.get("hint_for"):
+            name += f" (hint for {r['hint_for']})"
         table.add_row(name, "yes" if r["ok"] else "NO", f"{r['latency_ms']:.2f}", shown,
                       r.get("error") or "")
     console.print(table)
@@ -116,4 +118,17 @@ def print_info(data: dict[str, Any]) -> None:
     for m in data["members"]:
         table.add_row(m["id"], m["address"], m["status"], "yes" if m["up"] else "NO",
                       f"{m['ownership'] * 100:.1f}%")
+    console.print(table)
+
+
+def print_status(data: dict[str, Any]) -> None:
+    console.print(f"members as seen by {data['node_id']} ({data['address']}), "
+                  f"N={data['replication_factor']}")
+    table = Table()
+    for col in ("member", "address", "status", "up", "phi", "ownership", "hints held for it"):
+        table.add_column(col)
+    for m in data["members"]:
+        table.add_row(m["id"], m["address"], m["status"],
+                      "[green]up[/green]" if m["up"] else "[red]DOWN[/red]", f"{m['phi']:.2f}",
+                      f"{m['ownership'] * 100:.1f}%", str(m["hints_pending"]))
     console.print(table)

@@ -117,6 +117,7 @@ def trace_to_dict(trace: cpb.Trace) -> dict[str, Any]:
                 "ok": r.ok,
                 "latency_ms": r.latency_ms,
                 "local": r.local,
+                "hint_for": r.hint_for or None,
                 "error": r.error or None,
                 "versions": [Version.from_pb(v).to_json() for v in r.versions],
             }
@@ -209,20 +210,22 @@ class AsyncClient:
 
     async def put(self, key: bytes | str, value: bytes | str, *, context: bytes = b"",
                   consistency: str | None = None, w: int | None = None, trace: bool = False,
-                  timeout: float | None = None) -> PutResult:
+                  timeout: float | None = None, strict: bool = False) -> PutResult:
         key = as_bytes(key)
         request = cpb.ClientRequest(
             put=cpb.PutRequest(key=key, value=as_bytes(value), context=context,
-                               quorum=make_quorum(consistency, w)),
+                               quorum=make_quorum(consistency, w), strict=strict),
             trace=trace, timeout_ms=self._timeout_ms(timeout))
         return self._put_result(key, await self.execute(request), trace)
 
     async def delete(self, key: bytes | str, *, context: bytes = b"",
                      consistency: str | None = None, w: int | None = None,
-                     trace: bool = False, timeout: float | None = None) -> PutResult:
+                     trace: bool = False, timeout: float | None = None,
+                     strict: bool = False) -> PutResult:
         key = as_bytes(key)
         request = cpb.ClientRequest(
-            delete=cpb.DeleteRequest(key=key, context=context, quorum=make_quorum(consistency, w)),
+            delete=cpb.DeleteRequest(key=key, context=context, quorum=make_quorum(consistency, w),
+                                     strict=strict),
             trace=trace, timeout_ms=self._timeout_ms(timeout))
         return self._put_result(key, await self.execute(request), trace)
 

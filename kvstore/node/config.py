@@ -21,6 +21,9 @@ class NodeConfig:
     timeout_ms: int = 2000
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
+    hinted_handoff: bool = True       # sloppy quorum + hints (--no-hinted-handoff)
+    hint_max_age_ms: int = 3 * 3600 * 1000
+    handoff_interval: float = 1.0
 
     @property
     def address(self) -> str:

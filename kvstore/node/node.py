@@ -6,6 +6,7 @@ and over gRPC in real processes (server.py adds the servers around it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -17,8 +18,10 @@ from kvstore.core import versions
 from kvstore.core.errors import KVError
 from kvstore.node.config import NodeConfig
 from kvstore.services.coordinator import Coordinator, CoordinatorConfig
+from kvstore.services.handoff import HandoffService, inline
 from kvstore.services.membership import StaticMembership
 from kvstore.services.replica import Replica
+from kvstore.storage.hints import HintStore
 from kvstore.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,9 @@ class Node:
     def __init__(self, config: NodeConfig, transport: Transport, store,
                  clock_ms: Callable[[], int] = wall_clock_ms,
                  monotonic: Callable[[], float] = time.perf_counter,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 hints: HintStore | None = None,
+                 inline_io: bool = False) -> None:
         config.validate()
         self.config = config
         self.node_id = config.node_id
@@ -58,6 +63,17 @@ class Node:
             monotonic=monotonic,
             rng=rng,
         )
+        self.coordinator.config.hinted_handoff = config.hinted_handoff
+        if hints is None:
+            hints = HintStore(config.data_dir / "hints.db" if config.data_dir else None,
+                              sync=config.sync)
+        self.handoff = HandoffService(
+            config.node_id, hints, transport, self.membership, clock_ms=clock_ms,
+            offload=inline if inline_io else asyncio.to_thread,
+            enabled=config.hinted_handoff, interval=config.handoff_interval,
+            max_age_ms=config.hint_max_age_ms, timeout=config.timeout_ms / 1000,
+        )
+        self.coordinator.hint_sink = self.handoff.store
         self.raw_handlers: dict[str, RawHandler] = {}
 
     def register(self, kind: str, handler: RawHandler) -> None:
@@ -67,8 +83,10 @@ class Node:
     async def start(self) -> None:
         await self.transport.start(self.handle_peer)
         self.membership.start()
+        self.handoff.start()
 
     async def stop(self) -> None:
+        await self.handoff.stop()
         await self.membership.stop()
         await self.coordinator.drain()
         await self.transport.close()
@@ -80,8 +98,12 @@ class Node:
                 siblings = await self.replica.read(message.read.key)
                 return pb.PeerResult(state=versions.to_pb(siblings), found=bool(siblings))
             if kind == "write":
-                incoming = versions.from_pb(message.write.state)
-                merged = await self.replica.merge(message.write.key, incoming)
+                write = message.write
+                incoming = versions.from_pb(write.state)
+                if write.hint_for and write.hint_for != self.node_id:
+                    await self.handoff.store(write.hint_for, write.key, incoming)
+                    return pb.PeerResult(state=write.state, found=True)
+                merged = await self.replica.merge(write.key, incoming)
                 return pb.PeerResult(state=versions.to_pb(merged), found=True)
             if kind == "forward":
                 reply = await self.coordinator.execute(message.forward.request, forwarded=True)

@@ -59,9 +59,13 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
     config = node.config
     membership = node.membership
     shares = membership.ring.ownership()
+    hints = await node.handoff.pending_by_target()
     members = [
-        admin_pb2.Member(id=member, address=address, status="NORMAL", up=True,
-                         ownership=round(shares.get(member, 0.0), 6))
+        admin_pb2.Member(id=member, address=address, status=membership.status(member),
+                         up=member == node.node_id or membership.is_up(member),
+                         phi=round(membership.phi(member), 3),
+                         ownership=round(shares.get(member, 0.0), 6),
+                         hints_pending=hints.get(member, 0))
         for member, address in sorted(membership.members.items())
     ]
     return admin_pb2.NodeInfo(
@@ -124,6 +128,7 @@ class NodeServer:
         await self.server.stop(grace)
         await self.node.stop()
         await self.store.close()
+        self.node.handoff.hints.close()
         log.info("node %s stopped", self.config.node_id)
 
 

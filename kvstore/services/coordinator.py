@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kvstore._proto import client_pb2 as cpb
@@ -30,6 +30,7 @@ from kvstore.core.errors import (
     Unavailable,
     from_pb,
 )
+from kvstore.core.ring import token_of
 from kvstore.core.versions import Sibling
 from kvstore.services.replica import Replica
 from kvstore.transport.base import PeerTimeout, Transport, TransportError
@@ -55,6 +56,10 @@ class CoordinatorConfig:
     # Repair stale replicas that took part in a QUORUM-or-stronger read before answering,
     # so a value once read at QUORUM is never "un-read" by the next QUORUM read.
     blocking_read_repair: bool = True
+    # Sloppy quorum: when a replica is down or does not answer, write a hint to the next
+    # healthy node past the preference list; it counts towards W unless the request is
+    # strict. Off (--no-hinted-handoff): no hints are written at all.
+    hinted_handoff: bool = True
 
 
 def required_replicas(quorum: cpb.Quorum, n: int, default_level: int, what: str) -> int:
@@ -97,12 +102,13 @@ class Trace:
             self.pb.events.append(cpb.TraceEvent(at_ms=round(self.ms(), 3), event=text))
 
     def replica(self, node: str, address: str, ok: bool, latency_ms: float,
-                siblings: list[Sibling] | None, error: str = "", local: bool = False) -> None:
+                siblings: list[Sibling] | None, error: str = "", local: bool = False,
+                hint_for: str = "") -> None:
         if self.pb is not None:
             self.pb.replicas.append(cpb.ReplicaTrace(
                 node=node, address=address, ok=ok, latency_ms=round(latency_ms, 3),
                 versions=[versions.sibling_to_pb(s) for s in siblings or ()], error=error,
-                local=local,
+                local=local, hint_for=hint_for,
             ))
 
 
@@ -113,13 +119,21 @@ class _Answer:
     latency_ms: float
     siblings: list[Sibling] | None = None
     error: KVError | TransportError | None = None
+    hint_for: str = ""
 
     def describe(self) -> str:
+        if self.hint_for:
+            return f"{self.node} (fallback for {self.hint_for}): {self._reason()}"
         if isinstance(self.error, TransportError):
             return f"{self.node} {self.error.reason}"
+        return f"{self.node}: {self._reason()}"
+
+    def _reason(self) -> str:
+        if isinstance(self.error, TransportError):
+            return self.error.reason
         if isinstance(self.error, KVError):
-            return f"{self.node}: {self.error.message}"
-        return f"{self.node}: {self.error}"
+            return self.error.message
+        return str(self.error)
 
 
 class Coordinator:
@@ -135,6 +149,8 @@ class Coordinator:
     ) -> None:
         self.monotonic = monotonic  # for latencies; the sim passes its virtual clock
         self.rng = rng or random.Random()
+        # Where hints for owners that missed a write are kept (the handoff service).
+        self.hint_sink: Callable[[str, bytes, list[Sibling]], Awaitable[None]] | None = None
         self.repairs = {"blocking": 0, "background": 0, "failed": 0}
         self.node_id = node_id
         self.membership = membership
@@ -159,11 +175,12 @@ class Coordinator:
                 put = request.put
                 self._check_value(put.value)
                 reply = await self._write(request, put.key, put.value, put.context, put.quorum,
-                                          False, trace, timeout, forwarded)
+                                          False, trace, timeout, forwarded, put.strict)
             elif op == "delete":
                 delete = request.delete
                 reply = await self._write(request, delete.key, b"", delete.context,
-                                          delete.quorum, True, trace, timeout, forwarded)
+                                          delete.quorum, True, trace, timeout, forwarded,
+                                          delete.strict)
             else:
                 raise InvalidArgument("the request names no operation; send get, put or delete")
         except KVError as exc:
@@ -206,16 +223,19 @@ class Coordinator:
         return self.membership.members.get(node, "")
 
     # -- replica calls ---------------------------------------------------------------
-    async def _call(self, node: str, message: pb.PeerMessage, timeout: float) -> _Answer:
+    async def _call(self, node: str, message: pb.PeerMessage, timeout: float,
+                    hint_for: str = "") -> _Answer:
         started = self.monotonic()
         try:
             result = await self.transport.call(node, message, timeout)
         except TransportError as exc:
-            return _Answer(node, False, (self.monotonic() - started) * 1000, error=exc)
+            return _Answer(node, False, (self.monotonic() - started) * 1000, error=exc,
+                           hint_for=hint_for)
         latency = (self.monotonic() - started) * 1000
         if result.HasField("error"):
-            return _Answer(node, False, latency, error=from_pb(result.error))
-        return _Answer(node, True, latency, siblings=versions.from_pb(result.state))
+            return _Answer(node, False, latency, error=from_pb(result.error), hint_for=hint_for)
+        return _Answer(node, True, latency, siblings=versions.from_pb(result.state),
+                       hint_for=hint_for)
 
     async def _local(self, action) -> _Answer:
         started = self.monotonic()
@@ -226,45 +246,52 @@ class Coordinator:
         return _Answer(self.node_id, True, (self.monotonic() - started) * 1000,
                        siblings=siblings)
 
-    async def _gather(self, tasks: dict[str, asyncio.Task], need: int, timeout: float,
-                      trace: Trace, spares: Callable[[], asyncio.Task | None] | None = None,
-                      ) -> tuple[list[_Answer], list[_Answer], list[str]]:
-        """Wait until `need` answers succeeded, or all failed, or the deadline passed.
+    async def _gather(
+        self, tasks: dict[str, asyncio.Task], need: int, timeout: float, trace: Trace,
+        spares: Callable[[_Answer | None], list[asyncio.Task]] | None = None,
+        counts_for: Callable[[_Answer], str | None] = lambda a: a.node,
+    ) -> tuple[list[_Answer], list[_Answer], list[str]]:
+        """Wait until `need` distinct owners answered, or all failed, or the deadline passed.
 
-        When an answer fails and `spares` can start another request (a replica not yet
-        asked), it is started. Returns (successes, failures, nodes still pending); pending
-        tasks keep running.
+        `counts_for` names the replica an answer counts for (a hint counts for its owner;
+        None: it does not count). When an answer fails, or no quorum has answered within a
+        quarter of the deadline (speculation), `spares` may start more requests. Returns
+        (successes, failures, labels still pending); pending tasks keep running.
         """
         ok: list[_Answer] = []
         failed: list[_Answer] = []
+        covered: set[str] = set()
         pending = set(tasks.values())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         speculate_at = loop.time() + timeout / 4 if spares is not None else deadline
-        while pending and len(ok) < need:
+        while pending and len(covered) < need:
             now = loop.time()
             remaining = deadline - now
             if remaining <= 0:
                 break
             if speculate_at <= now:
                 speculate_at = deadline
-                while (spare := spares()) is not None:
-                    pending.add(spare)
+                pending.update(spares(None))
             wait_for = min(remaining, speculate_at - now) if speculate_at > now else remaining
             done, pending = await asyncio.wait(pending, timeout=wait_for,
                                                return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 answer: _Answer = task.result()
-                (ok if answer.ok else failed).append(answer)
-                if not answer.ok and spares is not None:
-                    spare = spares()
-                    if spare is not None:
-                        pending.add(spare)
+                if answer.ok:
+                    ok.append(answer)
+                    owner = counts_for(answer)
+                    if owner is not None:
+                        covered.add(owner)
+                else:
+                    failed.append(answer)
+                    if spares is not None:
+                        pending.update(spares(answer))
                 trace.replica(answer.node, self._address(answer.node), answer.ok,
                               answer.latency_ms, answer.siblings,
                               "" if answer.ok else answer.describe(),
-                              local=answer.node == self.node_id)
-        waiting = [node for node, task in tasks.items() if task in pending]
+                              local=answer.node == self.node_id, hint_for=answer.hint_for)
+        waiting = [label for label, task in tasks.items() if task in pending]
         for task in pending:
             self._keep(task)
         return ok, failed, waiting
@@ -312,12 +339,14 @@ class Coordinator:
         trace.event(f"read from {', '.join(first)}; R={need}"
                     + (" (all replicas)" if read_all and need < n else ""))
 
-        def spare() -> asyncio.Task | None:
-            if not unasked:
-                return None
-            node = unasked.pop(0)
-            trace.event(f"no quorum yet; also asking {node}")
-            return ask(node)
+        def spare(failed: _Answer | None) -> list[asyncio.Task]:
+            """On a failure ask one more replica; on speculation, all the rest."""
+            started = []
+            while unasked and (failed is None or not started):
+                node = unasked.pop(0)
+                trace.event(f"no quorum yet; also asking {node}")
+                started.append(ask(node))
+            return started
 
         ok, failed, waiting = await self._gather(tasks, need, timeout, trace, spare)
         if len(ok) < need:
@@ -395,7 +424,7 @@ class Coordinator:
     # -- put / delete ----------------------------------------------------------------
     async def _write(self, request: cpb.ClientRequest, key: bytes, value: bytes, context: bytes,
                      quorum: cpb.Quorum, tombstone: bool, trace: Trace, timeout: float,
-                     forwarded: bool) -> cpb.ClientReply:
+                     forwarded: bool, strict: bool = False) -> cpb.ClientReply:
         self._check_key(key)
         n = self.config.replication_factor
         need = required_replicas(quorum, n, self.config.default_level, "W")
@@ -423,23 +452,103 @@ class Coordinator:
         state = versions.to_pb(local.siblings)
         message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state))
         others = [node for node in pref if node != self.node_id]
-        tasks = {node: asyncio.create_task(self._call(node, message, timeout)) for node in others}
-        if others:
-            trace.event(f"sent to {', '.join(others)}; W={need}")
-        ok, failed, waiting = await self._gather(tasks, need - 1, timeout, trace)
-        acked = 1 + len(ok)
-        if acked < need:
+        sloppy = self.config.hinted_handoff and not strict
+        hinting = self.config.hinted_handoff
+        fallbacks = (node for node in self.membership.ring.walk(token_of(key))
+                     if node not in pref and self.membership.is_up(node))
+        tasks: dict[str, asyncio.Task] = {}
+        hinted: dict[str, str] = {}  # owner -> fallback holding its hint
+
+        def hint(owner: str) -> list[asyncio.Task]:
+            """Send the write to the next healthy node past the preference list."""
+            if not hinting or owner in hinted:
+                return []
+            fallback = next(fallbacks, None)
+            if fallback is None:
+                trace.event(f"no healthy fallback node to hold a hint for {owner}")
+                hinted[owner] = ""
+                return []
+            hinted[owner] = fallback
+            trace.event(f"{owner} is down or slow: writing a hint for it to {fallback}")
+            hint_message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state,
+                                                                hint_for=owner))
+            task = asyncio.create_task(self._call(fallback, hint_message, timeout, owner))
+            tasks[f"{fallback} (hint for {owner})"] = task
+            return [task]
+
+        for node in others:
+            if self.membership.is_up(node):
+                tasks[node] = asyncio.create_task(self._call(node, message, timeout))
+        if tasks:
+            trace.event(f"sent to {', '.join(tasks)}; W={need}")
+        for node in others:
+            if not self.membership.is_up(node):
+                hint(node)
+
+        def spare(failed: _Answer | None) -> list[asyncio.Task]:
+            if failed is not None:
+                owner = failed.hint_for or failed.node
+                if failed.hint_for:
+                    hinted.pop(owner, None)  # that fallback failed: try the next one
+                return hint(owner)
+            # speculation: hint for every owner that has not answered yet
+            answered = {a for a, t in tasks.items() if t.done() and t.result().ok}
+            return [t for node in others if node not in answered for t in hint(node)]
+
+        def counts_for(answer: _Answer) -> str | None:
+            return (answer.hint_for if sloppy else None) if answer.hint_for else answer.node
+
+        ok, failed, waiting = await self._gather(
+            tasks, need - 1, timeout, trace, spare if hinting else None, counts_for)
+        if hinting:
+            self._hint_stragglers(key, local.siblings, others, tasks, ok, trace)
+        owners = {self.node_id} | {o for a in ok if (o := counts_for(a))}
+        if len(owners) < need:
             stored_on = ", ".join([self.node_id, *(a.node for a in ok)])
             raise Unavailable(
                 self._shortfall("W", need, [local, *ok], failed, waiting, timeout)
+                + (" (hints do not count: --strict)" if strict and hinted else "")
                 + f". The {verb} is durable on {stored_on} and may become visible to later "
                 "reads; it was not rolled back."
             )
-        trace.event(f"W={need} reached")
+        trace.event(f"W={need} reached" + (" (sloppy quorum: hints counted)"
+                                           if any(a.hint_for for a in ok) and sloppy else ""))
         return cpb.ClientReply(put=cpb.PutResult(
             stored=[versions.sibling_to_pb(s) for s in local.siblings],
             context=versions.encode_context(versions.context_of(local.siblings)),
         ))
+
+    def _hint_stragglers(self, key: bytes, siblings: list[Sibling], owners: list[str],
+                         tasks: dict[str, asyncio.Task], ok: list[_Answer],
+                         trace: Trace) -> None:
+        """Keep a hint here for every owner that has not got the write (Cassandra-style).
+
+        Owners that failed are hinted now; owners still being waited for are hinted if
+        their write fails later. Hinted handoff delivers these like any other hint.
+        """
+        covered = {a.hint_for or a.node for a in ok}
+        for owner in owners:
+            if owner in covered:
+                continue
+            task = tasks.get(owner)
+            if task is None or task.done():
+                trace.event(f"keeping a hint for {owner} on {self.node_id}")
+                self._keep(asyncio.ensure_future(self._hint_locally(owner, key, siblings)))
+            else:
+                def later(done: asyncio.Task, owner: str = owner) -> None:
+                    if not done.cancelled() and not done.result().ok:
+                        self._keep(asyncio.ensure_future(
+                            self._hint_locally(owner, key, siblings)))
+
+                task.add_done_callback(later)
+
+    async def _hint_locally(self, owner: str, key: bytes, siblings: list[Sibling]) -> None:
+        if self.hint_sink is None:
+            return
+        try:
+            await self.hint_sink(owner, key, siblings)
+        except KVError as exc:
+            log.warning("could not keep a hint for %s (key %r): %s", owner, key, exc.message)
 
     async def _forward(self, request: cpb.ClientRequest, pref: list[str], trace: Trace,
                        timeout: float) -> cpb.ClientReply:
@@ -447,7 +556,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         reasons = []
-        for node in pref:
+        for node in sorted(pref, key=lambda node: not self.membership.is_up(node)):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

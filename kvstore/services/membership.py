@@ -89,6 +89,17 @@ class StaticMembership:
     def unresolved_seeds(self) -> set[str]:
         return self.seed_addresses - set(self.members.values())
 
+    def is_up(self, node: str) -> bool:
+        """Static membership has no failure detector: every member counts as up, and a
+        dead one is found out by its timeouts (gossip's phi detector replaces this)."""
+        return node in self.members
+
+    def phi(self, node: str) -> float:
+        return 0.0
+
+    def status(self, node: str) -> str:
+        return "NORMAL"
+
     @property
     def ready(self) -> bool:
         return not self.unresolved_seeds()

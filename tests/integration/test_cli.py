@@ -166,3 +166,15 @@ def test_internode_message_from_unknown_sender_is_refused_cleanly(shared_cluster
             ipb.PeerMessage(raft=b"\x00\x01"), ipb.PeerMessage()]), timeout=5)
     assert len(reply.results) == 2
     assert all(r.HasField("error") for r in reply.results)
+
+
+def test_status_json_lists_every_member(shared_cluster):
+    r = kv(shared_cluster, "status", "--json")
+    assert r.returncode == 0, r
+    members = json.loads(r.stdout)["members"]
+    assert sorted(m["id"] for m in members) == ["n1", "n2", "n3"]
+    for m in members:
+        assert {"id", "address", "status", "up", "phi", "ownership", "hints_pending"} <= set(m)
+        assert m["up"] is True and m["hints_pending"] == 0
+    r = kv(shared_cluster, "status")
+    assert r.returncode == 0 and "hints" in r.stdout and "n3" in r.stdout

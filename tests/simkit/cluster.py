@@ -10,6 +10,7 @@ from kvstore.core import versions
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
 from kvstore.storage import AsyncStore, MemoryEngine
+from kvstore.storage.hints import HintStore
 from kvstore.transport.memory import MemoryNetwork
 
 LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
@@ -18,7 +19,9 @@ LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUOR
 
 class SimCluster:
     def __init__(self, size: int = 3, *, seed: int = 0, replication_factor: int = 3,
-                 timeout_ms: int = 500, vnodes: int = 64, read_all_chance: float = 1.0) -> None:
+                 timeout_ms: int = 500, vnodes: int = 64, read_all_chance: float = 1.0,
+                 hinted_handoff: bool = True) -> None:
+        self.hinted_handoff = hinted_handoff
         self.seed = seed
         self.read_all_chance = read_all_chance
         self.network = MemoryNetwork(seed)
@@ -27,6 +30,7 @@ class SimCluster:
         self.timeout_ms = timeout_ms
         self.vnodes = vnodes
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
+        self.hints = {node_id: HintStore(None) for node_id in self.ids}
         self.nodes: dict[str, Node] = {}
         self.clock = 0
 
@@ -38,13 +42,14 @@ class SimCluster:
             node_id=node_id, listen=f"{node_id}:1",
             seeds=[f"{n}={n}:1" for n in self.ids],
             replication_factor=self.replication_factor, vnodes=self.vnodes,
-            timeout_ms=self.timeout_ms,
+            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff,
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
         node = Node(config, transport, store, clock_ms=self._clock_ms,
                     monotonic=lambda: asyncio.get_running_loop().time(),
-                    rng=random.Random(f"{self.seed}/{node_id}"))
+                    rng=random.Random(f"{self.seed}/{node_id}"),
+                    hints=self.hints[node_id], inline_io=True)
         node.coordinator.config.read_all_chance = self.read_all_chance
         return node
 
