@@ -235,6 +235,7 @@ def _register_groups() -> None:
 
     cli.add_command(node)
     cli.add_command(cluster)
+    cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)
 
 
 _register_groups()

@@ -1,0 +1,541 @@
+"""The benchmark runner: load phase, ceilings, one measured phase per consistency level.
+
+Closed-loop mode (default): `concurrency` workers each issue the next operation as soon as
+the previous one finished. Fixed-rate mode (`rate`): operations are scheduled at
+start + i/rate and latency is measured from that *intended* start, so a stalled server is
+charged for the requests it delayed (coordinated-omission correction, as wrk2 does); the
+time from the actual send is kept as `service_time`.
+
+Everything runs in one asyncio loop in this process with one pipelining AsyncClient; the
+harness's own CPU cost is part of what is measured, the same for every level and for the
+ceiling, which is why they are comparable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import platform
+import random
+import signal
+import socket
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from kvstore._proto import client_pb2 as cpb
+from kvstore.bench.keys import key_name, make_keys
+from kvstore.bench.levels import Level, parse_levels
+from kvstore.bench.staleness import StalenessDetector, decode_write_id, encode_value
+from kvstore.bench.stats import Recorder
+from kvstore.bench.workloads import (
+    CEILINGS,
+    NULL,
+    PING,
+    READ,
+    RMW,
+    UPDATE,
+    Workload,
+    get_workload,
+)
+from kvstore.client import AsyncClient, InvalidArgument, KVError
+from kvstore.node.local_cluster import LocalCluster
+
+RESULTS_SCHEMA = 1
+
+
+@dataclass
+class BenchConfig:
+    """What to run. Durations are seconds; `local_nodes` > 0 starts a private cluster."""
+
+    endpoints: list[str] = field(default_factory=list)
+    workload: str = "a"
+    levels: list[str] = field(default_factory=lambda: ["ONE", "QUORUM", "ALL"])
+    duration_s: float = 30.0
+    warmup_s: float = 2.0
+    concurrency: int = 64
+    records: int = 10_000
+    value_size: int = 100
+    distribution: str = "uniform"
+    rate: float | None = None
+    seed: int = 1
+    load: bool = True
+    load_consistency: str = "ALL"
+    ceiling: bool = True
+    ceiling_duration_s: float | None = None  # default: duration_s
+    local_nodes: int = 0
+    replication_factor: int = 3
+    sync: str = "full"
+    fault: bool = False
+    fault_node: str | None = None  # default: the last node
+    interval_s: float = 1.0
+    timeout_s: float = 5.0
+    uvloop: bool = True
+
+    def validate(self) -> None:
+        get_workload(self.workload)
+        parse_levels(self.levels)
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.records < 1:
+            raise ValueError("records must be at least 1")
+        if self.value_size < 8:
+            raise ValueError("value size must be at least 8 bytes (the write id)")
+        if self.distribution not in ("uniform", "zipfian"):
+            raise ValueError("distribution must be uniform or zipfian")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("rate must be positive")
+        if self.duration_s <= 0:
+            raise ValueError("duration must be positive")
+        if self.fault and not self.local_nodes:
+            raise ValueError("--fault needs a cluster the harness owns: use --local N")
+        if not self.local_nodes and not self.endpoints:
+            raise ValueError("give endpoints, or --local N to start a local cluster")
+
+
+class Progress(Protocol):
+    """Live display hooks (the CLI draws a rich table; scripts may pass None)."""
+
+    def start(self, phase: str, total: float, unit: str) -> None: ...
+
+    def update(self, phase: str, done: float, snapshot: dict[str, Any]) -> None: ...
+
+    def finish(self, phase: str, result: dict[str, Any]) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+def error_kind(exc: BaseException) -> str:
+    """The name errors are counted under: the client's error class, else the Python type."""
+    if isinstance(exc, KVError):
+        return type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "Timeout"
+    return f"other:{type(exc).__name__}"
+
+
+class Bench:
+    """One benchmark session against one cluster (a client, contexts, the staleness record)."""
+
+    def __init__(self, config: BenchConfig, client: AsyncClient, *,
+                 cluster: LocalCluster | None = None, progress: Progress | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.cluster = cluster
+        self.progress = progress
+        self.detector = StalenessDetector()
+        self.contexts: dict[str, bytes] = {}
+        self.next_write_id = 1
+        self.endpoint_cycle = 0
+        self.payload = b"p" * config.value_size
+        self.replication_factor = config.replication_factor
+
+    # -- operations ------------------------------------------------------------------
+    def _write_id(self) -> int:
+        wid = self.next_write_id
+        self.next_write_id += 1
+        return wid
+
+    async def _read(self, key: str, level: Level, started: float, judge: bool,
+                    rec: Recorder | None) -> bytes:
+        result = await self.client.get(key, consistency=level.read,
+                                       timeout=self.config.timeout_s)
+        self.contexts[key] = result.context
+        if judge:
+            ids = [decode_write_id(v.value) for v in result.siblings if not v.tombstone]
+            self.detector.read(key, started, ids)
+        if rec is not None:
+            rec.siblings(len(result.siblings))
+        return result.context
+
+    async def _update(self, key: str, level: Level, context: bytes | None = None) -> None:
+        wid = self._write_id()
+        if context is None:
+            context = self.contexts.get(key, b"")
+        result = await self.client.put(key, encode_value(wid, self.config.value_size),
+                                       context=context, consistency=level.write,
+                                       timeout=self.config.timeout_s)
+        self.contexts[key] = result.context
+        self.detector.write_acked(key, wid, asyncio.get_running_loop().time())
+
+    async def do(self, op: str, key: str, level: Level | None, started: float,
+                 rec: Recorder | None) -> None:
+        """Run one operation; raises what the client raised."""
+        if op == READ:
+            await self._read(key, level, started, rec is not None, rec)
+        elif op == UPDATE:
+            await self._update(key, level)
+        elif op == RMW:
+            context = await self._read(key, level, started, rec is not None, rec)
+            await self._update(key, level, context)
+        elif op == PING:
+            endpoints = self.client.endpoints
+            self.endpoint_cycle = (self.endpoint_cycle + 1) % len(endpoints)
+            await self.client.ping(self.payload, endpoint=endpoints[self.endpoint_cycle].address)
+        elif op == NULL:
+            try:
+                await self.client.execute(
+                    cpb.ClientRequest(timeout_ms=int(self.config.timeout_s * 1000)))
+            except InvalidArgument:
+                return  # the expected answer: rejected before any storage work
+            raise RuntimeError("the server accepted a request naming no operation")
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+
+    # -- phases ----------------------------------------------------------------------
+    async def load(self) -> dict[str, Any]:
+        """Write every record once (at load_consistency) so reads find data and a write id.
+
+        Each record is read first (for its context) and then written, so it is safe to
+        load again into a cluster that holds an earlier run's data.
+        """
+        cfg = self.config
+        level = Level.parse(cfg.load_consistency)
+        rec = Recorder(cfg.interval_s)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        next_index = 0
+        if self.progress:
+            self.progress.start("load", cfg.records, "records")
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < cfg.records:
+                index = next_index
+                next_index += 1
+                key = key_name(index)
+                rec.issue()
+                t0 = loop.time()
+                try:
+                    # read the context first: a rerun against the same cluster then
+                    # supersedes the old value instead of adding a sibling to it
+                    context = (await self.client.get(key, consistency=level.read,
+                                                     timeout=cfg.timeout_s)).context
+                    await self._update(key, level, context)
+                except Exception as exc:
+                    rec.failure(UPDATE, error_kind(exc), loop.time() - start, str(exc))
+                    continue
+                now = loop.time()
+                rec.success(UPDATE, now - t0, now - start)
+
+        ticker = loop.create_task(self._tick("load", rec, start, lambda: rec.completed))
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, cfg.records))))
+        finally:
+            ticker.cancel()
+        result = {"records": cfg.records, "consistency": level.name,
+                  **rec.to_json(loop.time() - start)}
+        result.pop("timeline")
+        if self.progress:
+            self.progress.finish("load", result)
+        return result
+
+    async def _tick(self, phase: str, rec: Recorder, origin: float, done) -> None:
+        if self.progress is None:
+            return
+        loop = asyncio.get_running_loop()
+        last_ok, last_t = 0, loop.time()
+        while True:
+            await asyncio.sleep(0.5)
+            now = loop.time()
+            rate = (rec.ok - last_ok) / max(1e-9, now - last_t)
+            last_ok, last_t = rec.ok, now
+            p99 = rec.hist.get_value_at_percentile(99.0) / 1000 if rec.ok else None
+            self.progress.update(phase, done(), {"ops": rec.ok, "ops_per_s": rate,
+                                                 "p99_ms": p99,
+                                                 "errors": sum(rec.errors.values())})
+
+    async def phase(self, name: str, workload: Workload, level: Level | None,
+                    duration_s: float, *, fault: bool = False) -> dict[str, Any]:
+        """One measured run: warm up, then measure for `duration_s`; returns its figures."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        rec = Recorder(cfg.interval_s)
+        self.detector.reset_stats()
+        begin = loop.time()
+        measure_start = begin + cfg.warmup_s
+        end = measure_start + duration_s
+        seed_base = zlib.crc32(f"{cfg.seed}:{name}".encode())  # stable across processes
+        slots = 0
+        rate = cfg.rate if workload.name not in CEILINGS else None
+
+        async def closed_worker(wid: int) -> None:
+            rng = random.Random(seed_base * 1000 + wid)
+            choose, keys = workload.chooser(rng), make_keys(cfg.distribution, cfg.records, rng)
+            while True:
+                started = loop.time()
+                if started >= end:
+                    return
+                measured = started >= measure_start
+                op, key = choose(), key_name(keys.next_index())
+                await self._one(op, key, level, rec if measured else None, started, started,
+                                measure_start)
+
+        async def rate_worker(wid: int) -> None:
+            nonlocal slots
+            rng = random.Random(seed_base * 1000 + wid)
+            choose, keys = workload.chooser(rng), make_keys(cfg.distribution, cfg.records, rng)
+            give_up = end + max(1.0, 0.1 * duration_s)  # a hopeless backlog is not drained
+            while True:
+                intended = begin + slots / rate
+                if intended >= end or loop.time() >= give_up:
+                    return
+                slots += 1
+                delay = intended - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                measured = intended >= measure_start
+                op, key = choose(), key_name(keys.next_index())
+                await self._one(op, key, level, rec if measured else None, intended,
+                                loop.time(), measure_start)
+
+        if self.progress:
+            self.progress.start(name, cfg.warmup_s + duration_s, "s")
+        ticker = loop.create_task(self._tick(name, rec, begin, lambda: loop.time() - begin))
+        fault_task = loop.create_task(self._fault(measure_start, duration_s)) if fault else None
+        worker = rate_worker if rate else closed_worker
+        try:
+            await asyncio.gather(*(worker(i) for i in range(cfg.concurrency)))
+        finally:
+            ticker.cancel()
+        elapsed = loop.time() - measure_start
+        result: dict[str, Any] = {"phase": name, "workload": workload.name}
+        if level is not None:
+            r, w = level.counts(self.replication_factor)
+            result.update(level=level.name, read=level.read, write=level.write, r=r, w=w,
+                          r_plus_w_gt_n=r + w > self.replication_factor)
+        result.update(rec.to_json(elapsed))
+        if rate:
+            result["target_rate"] = rate
+        if workload.reads and level is not None:
+            result["staleness"] = self.detector.stats.to_json()
+        if fault_task is not None:
+            events = await fault_task
+            result["fault"] = analyze_fault(result["timeline"], cfg.interval_s, duration_s,
+                                            events)
+        if self.progress:
+            self.progress.finish(name, result)
+        return result
+
+    async def _one(self, op: str, key: str, level: Level | None, rec: Recorder | None,
+                   intended: float, sent: float, origin: float) -> None:
+        loop = asyncio.get_running_loop()
+        if rec is not None:
+            rec.issue()
+        try:
+            await self.do(op, key, level, sent, rec)
+        except Exception as exc:
+            if rec is not None:
+                rec.failure(op, error_kind(exc), loop.time() - origin, str(exc))
+            return
+        if rec is not None:
+            done = loop.time()
+            service = done - sent if intended != sent else None
+            rec.success(op, done - intended, done - origin, service)
+
+    async def _fault(self, measure_start: float, duration_s: float) -> dict[str, Any]:
+        """Kill a node a third of the way in, restart it at two thirds; when things happened."""
+        assert self.cluster is not None
+        loop = asyncio.get_running_loop()
+        node = self.config.fault_node or self.cluster.nodes[-1].id
+        events: dict[str, Any] = {"node": node}
+        await asyncio.sleep(max(0.0, measure_start + duration_s / 3 - loop.time()))
+        events["kill_s"] = loop.time() - measure_start
+        await asyncio.to_thread(self.cluster.kill, node, signal.SIGKILL)
+        if self.progress:
+            self.progress.note(f"fault: killed {node} (SIGKILL)")
+        await asyncio.sleep(max(0.0, measure_start + 2 * duration_s / 3 - loop.time()))
+        events["restart_s"] = loop.time() - measure_start
+        await asyncio.to_thread(self.cluster.start_node, node)
+        try:
+            await asyncio.to_thread(self.cluster.wait_healthy, 60.0, [node])
+            events["healthy_s"] = loop.time() - measure_start
+        except (TimeoutError, RuntimeError) as exc:
+            events["healthy_error"] = str(exc)
+        if self.progress:
+            self.progress.note(f"fault: {node} restarted, serving again at "
+                               f"{events.get('healthy_s', float('nan')):.1f} s")
+        return events
+
+    # -- the whole session -----------------------------------------------------------
+    async def cluster_info(self) -> dict[str, Any]:
+        nodes = []
+        for ep in list(self.client.endpoints):
+            try:
+                info = await self.client.info(ep.address)
+            except Exception as exc:
+                nodes.append({"address": ep.address, "error": str(exc)})
+                continue
+            nodes.append({"id": info.node_id, "address": info.address,
+                          "version": info.version, "vnodes": info.vnodes,
+                          "replication_factor": info.replication_factor,
+                          "members": len(info.members), "keys_stored": info.keys_stored})
+        known = [n for n in nodes if "error" not in n]
+        if known:
+            self.replication_factor = known[0]["replication_factor"]
+        return {"endpoints": [ep.address for ep in self.client.endpoints],
+                "size": max((n["members"] for n in known), default=len(nodes)),
+                "replication_factor": self.replication_factor, "nodes": nodes}
+
+    async def run(self) -> dict[str, Any]:
+        cfg = self.config
+        workload = get_workload(cfg.workload)
+        levels = parse_levels(cfg.levels)
+        results: dict[str, Any] = {"schema": RESULTS_SCHEMA,
+                                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                               time.gmtime())}
+        machine = machine_info()
+        results["cluster"] = await self.cluster_info()
+        results["config"] = {**asdict(cfg), "workload_description": workload.ycsb,
+                             "mix": dict(workload.mix)}
+        results["versions"] = versions()
+        results["load"] = await self.load() if cfg.load else None
+        ceilings: dict[str, Any] = {}
+        if cfg.ceiling:
+            duration = cfg.ceiling_duration_s or cfg.duration_s
+            for name, ceiling in CEILINGS.items():
+                ceilings[name] = await self.phase(f"ceiling:{name}", ceiling, None, duration)
+        results["ceiling"] = ceilings
+        results["levels"] = []
+        for level in levels:
+            result = await self.phase(level.name, workload, level, cfg.duration_s,
+                                      fault=cfg.fault)
+            for name, ceiling in ceilings.items():
+                if ceiling["ops_per_s"]:
+                    result[f"fraction_of_{name}_ceiling"] = (result["ops_per_s"]
+                                                             / ceiling["ops_per_s"])
+            results["levels"].append(result)
+        machine["loadavg_end"] = list(os.getloadavg())
+        results["machine"] = machine
+        results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return results
+
+
+def analyze_fault(timeline: list[dict[str, Any]], interval_s: float, duration_s: float,
+                  events: dict[str, Any]) -> dict[str, Any]:
+    """Errors, latency spike and recovery time around a node kill, from the timeline.
+
+    Baseline: the full intervals before the kill. Recovered: from the first interval after
+    which every full interval to the end has no errors and at least 80% of the baseline
+    throughput. recovery_s counts from the kill.
+    """
+    out: dict[str, Any] = dict(events)
+    kill = events.get("kill_s")
+    if kill is None:
+        return out
+    full = [iv for iv in timeline if iv["t_s"] + interval_s <= duration_s + 1e-9]
+    before = [iv for iv in full if iv["t_s"] + interval_s <= kill]
+    after = [iv for iv in timeline if iv["t_s"] + interval_s > kill]
+    base_ops = sum(iv["ops_per_s"] for iv in before) / len(before) if before else None
+    base_p99 = sorted(iv["p99_ms"] for iv in before if iv["p99_ms"] is not None)
+    out["baseline_ops_per_s"] = base_ops
+    out["baseline_p99_ms"] = base_p99[len(base_p99) // 2] if base_p99 else None
+    spikes = [iv["p99_ms"] for iv in after if iv["p99_ms"] is not None]
+    out["spike_p99_ms"] = max(spikes) if spikes else None
+    out["errors_after_kill"] = sum(iv["errors"] for iv in after)
+    out["min_ops_per_s_after_kill"] = min((iv["ops_per_s"] for iv in after if iv in full),
+                                          default=None)
+    recovered_at = None
+    for iv in reversed([iv for iv in full if iv["t_s"] + interval_s > kill]):
+        ok = iv["errors"] == 0 and (base_ops is None or iv["ops_per_s"] >= 0.8 * base_ops)
+        if not ok:
+            break
+        recovered_at = iv["t_s"]
+    out["recovered_at_s"] = recovered_at
+    out["recovery_s"] = max(0.0, recovered_at - kill) if recovered_at is not None else None
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = int(line.split()[1]) * 1024
+                break
+    return {"hostname": socket.gethostname(), "platform": platform.platform(),
+            "cpu": cpu, "cpu_count": os.cpu_count(), "memory_bytes": memory,
+            "python": sys.version.split()[0], "loadavg_start": list(os.getloadavg())}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("kvstore", "grpcio", "protobuf", "hdrhistogram", "uvloop", "rich",
+                 "matplotlib"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the OS says are free now (bound together so they differ)."""
+    socks, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+async def run_async(config: BenchConfig, *, progress: Progress | None = None,
+                    cluster: LocalCluster | None = None) -> dict[str, Any]:
+    """Run the benchmark against config.endpoints (or `cluster`); returns the results."""
+    config.validate()
+    endpoints = cluster.endpoints() if cluster is not None else config.endpoints
+    async with AsyncClient(endpoints, timeout=config.timeout_s) as client:
+        bench = Bench(config, client, cluster=cluster, progress=progress)
+        results = await bench.run()
+    if cluster is not None:
+        results["cluster"]["local"] = {"nodes": len(cluster.nodes), "sync": config.sync,
+                                       "data_root": str(cluster.data_root)}
+    results["config"]["event_loop"] = type(asyncio.get_running_loop()).__module__
+    return results
+
+
+def run(config: BenchConfig, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Blocking entry point: starts a local cluster if asked, runs, always stops it."""
+    config.validate()
+    loop_factory = None
+    if config.uvloop:
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            loop_factory = None
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if config.local_nodes:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kv-bench-")))
+            cluster = LocalCluster(root / "data", nodes=config.local_nodes,
+                                   ports=free_ports(config.local_nodes),
+                                   replication_factor=min(config.replication_factor,
+                                                          config.local_nodes),
+                                   extra_args=["--sync", config.sync])
+            if progress:
+                progress.note(f"starting a local cluster of {config.local_nodes} nodes "
+                              f"(sync={config.sync}) in {root}")
+            stack.callback(cluster.stop)
+            cluster.start()
+            cluster.wait_healthy(timeout=60)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(run_async(config, progress=progress, cluster=cluster))

@@ -1,0 +1,129 @@
+"""`kv bench`: what each consistency level costs (latency, throughput) and buys (freshness).
+
+A thin wrapper over kvstore.bench (the same engine bench/consistency.py drives).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from kvstore.bench import report
+from kvstore.bench.levels import parse_duration, parse_levels
+from kvstore.bench.runner import BenchConfig, run
+from kvstore.bench.workloads import WORKLOADS
+
+
+def _duration(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _levels(ctx, param, value):
+    try:
+        return [lv.name for lv in parse_levels(value)]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.option("--endpoints", "bench_endpoints", metavar="HOST:PORT[,...]", default=None,
+              help="Nodes to benchmark (default: the kv --endpoints / KV_ENDPOINTS / local "
+                   "cluster default). Ignored with --local.")
+@click.option("--workload", "-w", type=click.Choice(sorted(WORKLOADS), case_sensitive=False),
+              default="a", show_default=True,
+              help="a 50/50 read/update, b 95/5, c read only, f read + read-modify-write, "
+                   "w write only (see bench/README.md for the YCSB mapping).")
+@click.option("--consistency", "-c", "levels", default="ONE,QUORUM,ALL", show_default=True,
+              callback=_levels,
+              help="Comma-separated levels to compare; READ/WRITE pairs such as ONE/ALL too.")
+@click.option("--duration", "-d", default="30s", show_default=True, callback=_duration,
+              help="Measured time per level (30s, 2m, 500ms).")
+@click.option("--warmup", default="2s", show_default=True, callback=_duration,
+              help="Unmeasured time before each measured run.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests in flight (closed loop), or the most in flight with --rate.")
+@click.option("--records", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Keys in the data set (written in the load phase).")
+@click.option("--value-size", type=click.IntRange(min=8), default=100, show_default=True,
+              help="Bytes per value (the first 8 carry the write id).")
+@click.option("--distribution", type=click.Choice(["uniform", "zipfian"]), default="uniform",
+              show_default=True, help="How keys are chosen (zipfian: YCSB's, scrambled, 0.99).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Fixed rate in ops/s (latency from the intended start: coordinated-omission "
+                   "corrected). Default: closed loop, as fast as it goes.")
+@click.option("--no-load", is_flag=True, help="Skip the load phase (data already there).")
+@click.option("--no-ceiling", is_flag=True, help="Skip the Ping / null-request ceiling runs.")
+@click.option("--ceiling-duration", default=None, callback=_duration,
+              help="Measured time of each ceiling run (default: --duration).")
+@click.option("--local", "local_nodes", type=click.IntRange(min=0, max=32), default=0,
+              help="Start a private local cluster of N nodes in a temp dir (stopped after).")
+@click.option("--sync", type=click.Choice(["full", "normal", "off"]), default="full",
+              show_default=True, help="Durability of the --local nodes.")
+@click.option("--fault", is_flag=True,
+              help="With --local: SIGKILL a node at 1/3 of each run, restart it at 2/3, and "
+                   "report errors, latency spike and recovery per level.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--interval", default="1s", show_default=True, callback=_duration,
+              help="Timeline resolution (per-interval throughput and p99).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Write DIR/results.json and DIR/results.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("--no-live", is_flag=True, help="No live progress display.")
+@click.option("--uvloop/--no-uvloop", default=True, show_default=True,
+              help="Run the client on uvloop when it is installed.")
+@click.pass_context
+def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels: list[str],
+          duration: float, warmup: float, concurrency: int, records: int, value_size: int,
+          distribution: str, rate: float | None, no_load: bool, no_ceiling: bool,
+          ceiling_duration: float | None, local_nodes: int, sync: str, fault: bool,
+          seed: int, interval: float, out_dir: Path | None, as_json: bool, no_live: bool,
+          uvloop: bool) -> None:
+    """Measure throughput, latency and staleness per consistency level.
+
+    \b
+    kv bench --local 3 --workload a --consistency ONE,QUORUM,ALL --duration 30s --out out/
+    kv bench --endpoints 127.0.0.1:7001,127.0.0.1:7002 -w b --distribution zipfian
+    kv bench --local 3 --fault --duration 30s      # a node dies mid-run
+    """
+    endpoints: list[str] = []
+    if not local_nodes:
+        from kvstore.cli.main import default_endpoints
+        from kvstore.client import parse_endpoints
+
+        settings = ctx.obj
+        text = bench_endpoints or getattr(settings, "endpoints", None) or default_endpoints()
+        endpoints = parse_endpoints(text)
+    config = BenchConfig(
+        endpoints=endpoints, workload=workload.lower(), levels=levels, duration_s=duration,
+        warmup_s=warmup, concurrency=concurrency, records=records, value_size=value_size,
+        distribution=distribution, rate=rate, load=not no_load, ceiling=not no_ceiling,
+        ceiling_duration_s=ceiling_duration, local_nodes=local_nodes, sync=sync, fault=fault,
+        seed=seed, interval_s=interval or 1.0,
+        timeout_s=getattr(ctx.obj, "timeout", 5.0), uvloop=uvloop)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    console = Console(stderr=as_json)
+    live = not no_live and console.is_terminal
+    if live:
+        with report.LiveProgress(Console(stderr=True)) as progress:
+            results = run(config, progress=progress)
+    else:
+        results = run(config)
+    if out_dir is not None:
+        for path in report.write_outputs(results, out_dir):
+            console.print(f"wrote {path}")
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    else:
+        report.print_results(results, console)
