@@ -65,7 +65,8 @@ class AsyncStore:
         self.engine = engine
         self.inline = inline
         self._max_batch = max_batch
-        self._closed = False
+        self._closed = False  # refuse new calls
+        self._shut_down = False  # close() ran
         # Counters for benchmarks and tests: engine.apply calls and the steps they carried.
         self.batches = 0
         self.steps = 0
@@ -127,32 +128,39 @@ class AsyncStore:
     def _write_loop(self) -> None:
         q = self._queue
         stop = False
-        while not stop:
-            item = q.get()
-            if item is _STOP:
-                break
-            batch: list[_Item] = [item]
-            while len(batch) < self._max_batch:
+        batch: list[_Item] = []
+        try:
+            while not stop:
+                item = q.get()
+                if item is _STOP:
+                    break
+                batch = [item]
+                while len(batch) < self._max_batch:
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._commit(batch)
+                batch = []
+        except BaseException as exc:  # never leave callers waiting on a dead writer
+            self._closed = True
+            self._settle(batch, None, StorageError(f"the storage writer thread died: {exc!r}"))
+        finally:
+            # Anything queued after close() (or after a crash): refuse it, don't hang it.
+            leftovers: list[_Item] = []
+            while True:
                 try:
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            self._commit(batch)
-        # Anything queued after close() was called: refuse it rather than leave it hanging.
-        leftovers: list[_Item] = []
-        while True:
-            try:
-                item = q.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                leftovers.append(item)
-        if leftovers:
-            self._settle(leftovers, None, StorageError("the store is closed"))
+                if item is not _STOP:
+                    leftovers.append(item)
+            if leftovers:
+                self._settle(leftovers, None, StorageError("the store is closed"))
 
     def _commit(self, batch: list[_Item]) -> None:
         steps: list[tuple[bytes, Mutation]] = []
@@ -227,8 +235,9 @@ class AsyncStore:
 
     async def close(self) -> None:
         """Finish every queued update, stop the threads, close the engine. Idempotent."""
-        if self._closed:
+        if self._shut_down:
             return
+        self._shut_down = True
         self._closed = True
         if self._writer is not None:
             self._queue.put(_STOP)

@@ -264,3 +264,24 @@ def test_cancelled_caller_still_gets_its_write_applied() -> None:
         await store.close()
 
     asyncio.run(main())
+
+
+def test_a_dead_writer_fails_callers_instead_of_hanging() -> None:
+    class Fatal(BaseException):
+        pass
+
+    async def main() -> None:
+        store = AsyncStore(MemoryEngine())
+
+        def fatal(_cur: bytes | None) -> bytes:
+            raise Fatal()
+
+        with pytest.raises(StorageError, match="writer thread died"):
+            await store.update(b"k", fatal)
+        with pytest.raises(StorageError, match="closed"):
+            await store.update(b"k", increment)
+        await store.close()
+        with pytest.raises(StorageError, match="closed"):
+            store.engine.get(b"k")  # close() still closed the engine
+
+    asyncio.run(main())
