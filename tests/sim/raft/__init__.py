@@ -1,0 +1,1 @@
+"""Deterministic simulation of the Raft metadata group (see docs/raft.md)."""

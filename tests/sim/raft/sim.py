@@ -1,0 +1,614 @@
+"""The Raft simulator: real `RaftNode`s, real `RaftLog`s on simulated disks, a simulated
+network and clock, all derived from one seed.
+
+Time is an integer number of virtual milliseconds; nothing sleeps. One seed derives the
+scenario (cluster size, loss, duplication, delays, partitions, crashes, membership changes,
+snapshot frequency, clock drift) and every random choice made while running it, so a seed
+replays exactly. Invariants are checked as the run goes (see checkers.py); at the end all
+faults heal, a leader must appear within a bound, the members must converge, and the client
+history must be linearizable.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+
+from kvstore.core.meta import MetaStateMachine, encode_cas, encode_put
+from kvstore.core.raft import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    Config,
+    EntryType,
+    Message,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftNode,
+    Ready,
+    Role,
+    decode_message,
+    encode_message,
+)
+from kvstore.storage.raftlog import LOG_FILE, RaftLog
+
+from .checkers import InvariantChecker, SimFailure
+from .disk import MemFiles
+from .linearizability import Op, check_history
+
+ELECTION_TICK = 10
+HEARTBEAT_TICK = 2
+TICK_MS = 10
+ELECTION_MS = ELECTION_TICK * TICK_MS
+OP_TIMEOUT_MS = 400
+# After the last fault heals a leader must be in place within this many election timeouts.
+LIVENESS_BOUND_TIMEOUTS = 15
+
+FAULT_KINDS = ("partition", "asym", "flap", "crash", "power_loss", "isolate_leader")
+
+
+@dataclass
+class Fault:
+    kind: str
+    start: int
+    end: int
+    nodes: tuple[str, ...] = ()  # the cut-off group / the crashed node
+    period: int = 0  # flapping period
+
+    def describe(self) -> str:
+        who = ",".join(self.nodes) or "leader"
+        extra = f" every {self.period}ms" if self.period else ""
+        return f"{self.kind}({who})@{self.start}-{self.end}{extra}"
+
+
+@dataclass
+class Scenario:
+    seed: int
+    n_nodes: int
+    spare: bool
+    loss: float
+    dup: float
+    max_delay: int
+    long_delay_p: float
+    faults: list[Fault]
+    heal_at: int
+    snap_every: int
+    keep_entries: int
+    clients: int
+    keys: int
+    drift: tuple[int, ...]
+
+    @classmethod
+    def from_seed(cls, seed: int, long: bool = False) -> Scenario:
+        r = random.Random(f"scenario-{seed}")
+        n = r.choice((3, 3, 5))
+        spare = n == 3 and r.random() < 0.3
+        ids = [f"n{i}" for i in range(1, n + 1)]
+        window = r.randrange(3000, 10000) if long else r.randrange(300, 1200)
+        faults = []
+        for _ in range(r.randint(1, 6 if long else 3)):
+            kind = r.choice(FAULT_KINDS)
+            start = r.randrange(50, window - 40)
+            end = min(window, start + r.randrange(40, 900))
+            group: tuple[str, ...] = ()
+            period = 0
+            if kind in ("crash", "power_loss"):
+                group = (r.choice(ids),)
+            elif kind in ("partition", "asym", "flap"):
+                size = r.randint(1, (n - 1) // 2 if r.random() < 0.7 else n - 1)
+                group = tuple(sorted(r.sample(ids, size)))
+                if kind == "flap":
+                    period = r.randrange(20, 150)
+            faults.append(Fault(kind, start, end, group, period))
+        return cls(
+            seed=seed,
+            n_nodes=n,
+            spare=spare,
+            loss=r.choice((0.0, 0.01, 0.05, 0.1, 0.2)),
+            dup=r.choice((0.0, 0.01, 0.05)),
+            max_delay=r.choice((3, 8, 20)),
+            long_delay_p=r.choice((0.0, 0.005, 0.02)),
+            faults=faults,
+            heal_at=max(f.end for f in faults),
+            snap_every=r.choice((8, 20, 60)),
+            keep_entries=r.choice((0, 3, 10)),
+            clients=r.randint(2, 3),
+            keys=r.randint(1, 3),
+            drift=tuple(r.choice((0, 0, 1, -1)) for _ in range(n + 1)),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"seed={self.seed} nodes={self.n_nodes}{'+spare' if self.spare else ''} "
+            f"loss={self.loss} dup={self.dup} delay<={self.max_delay}ms "
+            f"long_delay_p={self.long_delay_p} snap_every={self.snap_every} "
+            f"keep={self.keep_entries} clients={self.clients} keys={self.keys} "
+            f"drift={self.drift} heal_at={self.heal_at}ms "
+            f"faults=[{' '.join(f.describe() for f in self.faults)}]"
+        )
+
+
+@dataclass
+class Client:
+    id: int
+    hint: str = ""
+    op: Op | None = None
+    seq: int = 0
+    cmd: bytes = b""
+    rid: str = ""
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    ops: int
+    indeterminate: int
+    elect_after_heal_ms: int  # -1: a leader was already in place at heal time
+    end_ms: int
+    events: int
+    elections: int
+    max_term: int
+    messages: int
+    crashes: int
+    snapshots_sent: int
+    notes: list[str] = field(default_factory=list)
+
+
+class SimNode:
+    def __init__(self, node_id: str, seed: int, drift: int) -> None:
+        self.id = node_id
+        self.files = MemFiles()
+        self.rng = random.Random(f"node-{seed}-{node_id}")
+        self.tick_ms = TICK_MS + drift
+        self.up = False
+        self.gen = 0
+        self.raft: RaftNode
+        self.log: RaftLog
+        self.sm = MetaStateMachine()
+        self.pending: Ready | None = None
+        self.ops: dict[str, Op] = {}
+        self.reads: dict[bytes, Op] = {}
+        self.read_waits: list = []
+        self.leader_term_checked = -1
+
+    def boot(self, bootstrap: list[str] | None) -> list[str]:
+        self.log = RaftLog(self.files)
+        rec = self.log.recover()
+        cfg = Config(self.id, election_tick=ELECTION_TICK, heartbeat_tick=HEARTBEAT_TICK,
+                     max_entries_per_msg=16, max_inflight=4)
+        fresh = rec.records == 0 and rec.snapshot.index == 0
+        if bootstrap and fresh:
+            self.raft = RaftNode(cfg, self.rng, bootstrap_voters=bootstrap)
+        else:
+            self.raft = RaftNode(cfg, self.rng, hard_state=rec.hard_state,
+                                 snapshot=rec.snapshot, entries=rec.entries)
+        self.sm = MetaStateMachine()
+        if rec.snapshot.index:
+            self.sm.restore(rec.snapshot.data, rec.snapshot.index)
+        self.up = True
+        self.gen += 1
+        self.pending = None
+        self.ops, self.reads, self.read_waits = {}, {}, []
+        self.leader_term_checked = -1
+        return rec.notes
+
+
+# event kinds
+TICK, DELIVER, FSYNC, FAULT_ON, FAULT_OFF, CLIENT, OP_TIMEOUT, ADMIN, CHECK = range(9)
+
+
+class Simulation:
+    def __init__(self, sc: Scenario, encode: bool = True) -> None:
+        self.sc = sc
+        self.encode = encode
+        self.rng = random.Random(f"run-{sc.seed}")
+        self.now = 0
+        self._q: list = []
+        self._seq = 0
+        self.voters = [f"n{i}" for i in range(1, sc.n_nodes + 1)]
+        self.spare = f"n{sc.n_nodes + 1}" if sc.spare else ""
+        ids = self.voters + ([self.spare] if self.spare else [])
+        self.nodes = {nid: SimNode(nid, sc.seed, sc.drift[i]) for i, nid in enumerate(ids)}
+        self.checker = InvariantChecker()
+        self.history: list[Op] = []
+        self.clients = [Client(i) for i in range(sc.clients)]
+        self.blocked: set[tuple[str, str]] = set()
+        self.active: dict[int, set[tuple[str, str]]] = {}
+        self.victim = ""
+        self.admin_done = not sc.spare
+        self.elect_after_heal = -2
+        self.messages = self.crashes = self.snapshots_sent = self.events = 0
+        self.notes: list[str] = []
+        self.ops_end = sc.heal_at + 300
+        self.deadline = sc.heal_at + 60 * ELECTION_MS
+        self.done = False
+
+    # ---- scheduling -------------------------------------------------------------------
+
+    def at(self, t: int, kind: int, a=None, b=None) -> None:
+        self._seq += 1
+        heapq.heappush(self._q, (t, self._seq, kind, a, b))
+
+    def run(self) -> Result:
+        for nid, node in self.nodes.items():
+            node.boot(self.voters if nid in self.voters else None)
+            self.at(self.rng.randrange(node.tick_ms), TICK, nid, node.gen)
+            self.drive(node)
+        for i, f in enumerate(self.sc.faults):
+            self.at(f.start, FAULT_ON, i)
+            self.at(f.end, FAULT_OFF, i)
+        for c in self.clients:
+            self.at(self.rng.randrange(30), CLIENT, c.id)
+        if self.spare:
+            self.victim = self.rng.choice(self.voters)
+            self.at(self.rng.randrange(100, max(101, self.sc.heal_at)), ADMIN)
+        self.at(self.sc.heal_at, CHECK)
+        while self._q and not self.done:
+            t, _, kind, a, b = heapq.heappop(self._q)
+            self.now = t
+            self.events += 1
+            self.handle(kind, a, b)
+            if self.now > self.deadline:
+                self.fail(self.stuck_report())
+        if not self.done:
+            self.fail("event queue drained before convergence")
+        return self.finish()
+
+    def fail(self, msg: str) -> None:
+        raise SimFailure(f"t={self.now}ms: {msg}")
+
+    def handle(self, kind: int, a, b) -> None:
+        if kind == TICK:
+            node = self.nodes[a]
+            if node.up and node.gen == b:
+                node.raft.tick()
+                self.drive(node)
+                self.at(self.now + node.tick_ms, TICK, a, b)
+        elif kind == DELIVER:
+            node = self.nodes[a]
+            frm, payload = b
+            if not node.up or (frm, a) in self.blocked:
+                return
+            m = decode_message(payload) if self.encode else payload
+            node.raft.step(m)
+            self.drive(node)
+        elif kind == FSYNC:
+            node = self.nodes[a]
+            if node.up and node.gen == b and node.pending is not None:
+                node.files.sync(LOG_FILE)
+                rd, node.pending = node.pending, None
+                self.complete(node, rd)
+                self.drive(node)
+        elif kind == FAULT_ON:
+            self.fault_on(a)
+        elif kind == FAULT_OFF:
+            self.fault_off(a)
+        elif kind == CLIENT:
+            self.client_step(self.clients[a])
+        elif kind == OP_TIMEOUT:
+            client, op = a, b
+            if client.op is op:
+                client.op = None  # indeterminate: ret stays at +inf
+                self.schedule_client(client)
+        elif kind == ADMIN:
+            self.admin_step()
+        elif kind == CHECK:
+            self.check_progress()
+
+    # ---- the node driver (the ordering contract) --------------------------------------------
+
+    def drive(self, node: SimNode) -> None:
+        raft = node.raft
+        while node.up and node.pending is None and raft.has_ready():
+            rd = raft.ready()
+            self.checker.on_ready(node.id, raft, rd)
+            if rd.snapshot is not None:
+                node.log.install_snapshot(rd.snapshot, rd.hard_state)
+            node.log.save(rd.hard_state, rd.entries, sync=False)  # written, not yet durable
+            if rd.must_sync:
+                node.pending = rd
+                self.at(self.now + 1 + node.rng.randrange(3), FSYNC, node.id, node.gen)
+                break
+            self.complete(node, rd)
+        if raft.role is Role.LEADER and node.leader_term_checked != raft.term:
+            node.leader_term_checked = raft.term
+            self.checker.on_leader(node.id, raft)
+
+    def complete(self, node: SimNode, rd: Ready) -> None:
+        """The Ready is durable: send, apply, advance."""
+        for m in rd.messages:
+            self.send(node.id, m)
+        if rd.snapshot is not None:
+            node.sm.restore(rd.snapshot.data, rd.snapshot.index)
+            self.checker.on_install(node.id, rd.snapshot)
+        for e in rd.committed:
+            self.checker.on_apply(node.id, e)
+            if e.type is EntryType.NORMAL:
+                res = node.sm.apply(e.index, e.data)
+                if res is not None and res.request_id in node.ops:
+                    op = node.ops.pop(res.request_id)
+                    self.resolve(op, res.ok if op.kind == "cas" else None)
+            else:
+                node.sm.skip(e.index)
+        node.read_waits.extend(rd.read_states)
+        node.raft.advance(rd)
+        if node.read_waits:
+            still = []
+            for rs in node.read_waits:
+                if node.sm.applied >= rs.index:
+                    op = node.reads.pop(rs.context, None)
+                    if op is not None:
+                        self.resolve(op, node.sm.get(op.key))
+                else:
+                    still.append(rs)
+            node.read_waits = still
+        raft = node.raft
+        if raft.applied - raft.snapshot.index >= self.sc.snap_every:
+            snap = raft.create_snapshot(node.sm.snapshot())
+            node.log.save_snapshot(snap)
+            keep = snap.index - self.sc.keep_entries
+            raft.compact(keep)
+            node.log.compact(keep)
+
+    def send(self, frm: str, m: Message) -> None:
+        self.messages += 1
+        r = self.rng
+        if (frm, m.to) in self.blocked or r.random() < self.sc.loss:
+            return
+        if m.snapshot is not None:
+            self.snapshots_sent += 1
+        payload = encode_message(m) if self.encode else m
+        copies = 2 if r.random() < self.sc.dup else 1
+        for _ in range(copies):
+            delay = 1 + r.randrange(self.sc.max_delay)
+            if r.random() < self.sc.long_delay_p:
+                delay += r.randrange(50, 400)
+            self.at(self.now + delay, DELIVER, m.to, (frm, payload))
+
+    # ---- faults ------------------------------------------------------------------------------
+
+    def leader(self) -> SimNode | None:
+        best = None
+        for n in self.nodes.values():
+            if n.up and n.raft.role is Role.LEADER and (
+                best is None or n.raft.term > best.raft.term
+            ):
+                best = n
+        return best
+
+    def _cut(self, group: tuple[str, ...], both: bool) -> set[tuple[str, str]]:
+        out = set()
+        for a in group:
+            for b in self.nodes:
+                if b not in group:
+                    out.add((a, b))
+                    if both:
+                        out.add((b, a))
+        return out
+
+    def _recompute(self) -> None:
+        self.blocked = set().union(*self.active.values()) if self.active else set()
+
+    def fault_on(self, i: int) -> None:
+        f = self.sc.faults[i]
+        if f.kind in ("crash", "power_loss"):
+            node = self.nodes[f.nodes[0]]
+            if node.up:
+                node.up = False
+                node.gen += 1
+                self.crashes += 1
+                node.files.crash(node.rng, lose_unsynced=f.kind == "power_loss")
+            return
+        if f.kind == "isolate_leader":
+            lead = self.leader()
+            group = (lead.id,) if lead else (self.rng.choice(self.voters),)
+            self.active[i] = self._cut(group, True)
+        elif f.kind == "flap":
+            on = i in self.active
+            if on:
+                del self.active[i]
+            else:
+                self.active[i] = self._cut(f.nodes, True)
+            if self.now + f.period < f.end:
+                self.at(self.now + f.period, FAULT_ON, i)
+        else:
+            self.active[i] = self._cut(f.nodes, f.kind == "partition")
+        self._recompute()
+
+    def fault_off(self, i: int) -> None:
+        f = self.sc.faults[i]
+        if f.kind in ("crash", "power_loss"):
+            node = self.nodes[f.nodes[0]]
+            if not node.up and not any(
+                g.kind in ("crash", "power_loss") and g.nodes == f.nodes and g.start < self.now
+                < g.end for g in self.sc.faults
+            ):
+                self.restart(node)
+            return
+        self.active.pop(i, None)
+        self._recompute()
+
+    def restart(self, node: SimNode) -> None:
+        notes = node.boot(self.voters if node.id in self.voters else None)
+        self.notes.extend(f"{node.id}: {n}" for n in notes)
+        self.checker.on_restart(node.id, node.raft)
+        self.at(self.now + self.rng.randrange(node.tick_ms), TICK, node.id, node.gen)
+        self.drive(node)
+
+    # ---- clients -----------------------------------------------------------------------------
+
+    def schedule_client(self, c: Client) -> None:
+        if self.now < self.ops_end:
+            self.at(self.now + self.rng.randrange(1, 25), CLIENT, c.id)
+
+    def client_step(self, c: Client) -> None:
+        if c.op is None:
+            if self.now >= self.ops_end:
+                return
+            r = self.rng
+            key = f"k{r.randrange(self.sc.keys)}"
+            c.seq += 1
+            c.rid = f"c{c.id}-{c.seq}"
+            roll = r.random()
+            if roll < 0.3:
+                op = Op(c.id, key, "get", (), self.now)
+                c.cmd = b""
+            elif roll < 0.6:
+                val = f"v{c.id}.{c.seq}"
+                op = Op(c.id, key, "put", (val,), self.now)
+                c.cmd = encode_put(key, val, c.rid)
+            else:
+                seen = [o.arg[0] for o in self.history[-8:] if o.kind == "put" and o.key == key]
+                exp = r.choice([*seen, None])
+                new = f"v{c.id}.{c.seq}"
+                op = Op(c.id, key, "cas", (exp, new), self.now)
+                c.cmd = encode_cas(key, exp, new, c.rid)
+            c.op = op
+            self.history.append(op)
+            self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, c, op)
+        op = c.op
+        target = self.nodes.get(c.hint) if c.hint else None
+        if target is None or not target.up:
+            target = self.nodes[self.rng.choice(sorted(self.nodes))]
+        if not target.up:
+            self.at(self.now + 10, CLIENT, c.id)
+            return
+        try:
+            if op.kind == "get":
+                ctx = c.rid.encode()
+                target.raft.read_index(ctx)
+                target.reads[ctx] = op
+            else:
+                target.raft.propose(c.cmd)
+                target.ops[c.rid] = op
+            c.hint = target.id
+        except NotLeaderError as exc:
+            c.hint = exc.leader
+            self.at(self.now + 5, CLIENT, c.id)
+            return
+        except ProposalDroppedError:
+            self.at(self.now + 10, CLIENT, c.id)
+            return
+        self.drive(target)
+
+    def resolve(self, op: Op, result) -> None:
+        if op.known or op.ret != math.inf:
+            return
+        client = self.clients[op.client]
+        if client.op is not op:
+            return  # it timed out already: stays indeterminate
+        op.ret = self.now
+        op.result = result
+        op.known = True
+        client.op = None
+        self.schedule_client(client)
+
+    # ---- membership --------------------------------------------------------------------------
+
+    def admin_step(self) -> None:
+        lead = self.leader()
+        if lead is None:
+            self.at(self.now + 50, ADMIN)
+            return
+        conf = lead.raft.conf
+        if self.spare not in conf.members():
+            cc = ConfChange(ConfChangeType.ADD_LEARNER, self.spare)
+        elif self.spare in conf.learners:
+            cc = ConfChange(ConfChangeType.ADD_VOTER, self.spare)
+        elif self.victim in conf.members():
+            cc = ConfChange(ConfChangeType.REMOVE, self.victim)
+        else:
+            self.admin_done = True
+            return
+        try:
+            lead.raft.propose_conf_change(cc)
+        except (ConfChangeError, NotLeaderError, ProposalDroppedError):
+            pass
+        self.drive(lead)
+        self.at(self.now + 50, ADMIN)
+
+    # ---- liveness and convergence ------------------------------------------------------------
+
+    def stable_leader(self) -> SimNode | None:
+        lead = self.leader()
+        if lead is None or not lead.raft._committed_in_term():
+            return None
+        voters = lead.raft.conf.voters
+        following = sum(1 for v in voters if v in self.nodes and self.nodes[v].up
+                        and self.nodes[v].raft.term == lead.raft.term
+                        and self.nodes[v].raft.lead == lead.id)
+        return lead if following >= len(voters) // 2 + 1 else None
+
+    def check_progress(self) -> None:
+        if self.now == self.sc.heal_at:
+            for node in self.nodes.values():  # make sure every node is up after the heal
+                if not node.up:
+                    self.restart(node)
+        lead = self.stable_leader()
+        if self.elect_after_heal == -2:
+            if lead is not None:
+                self.elect_after_heal = self.now - self.sc.heal_at
+            elif self.now - self.sc.heal_at > LIVENESS_BOUND_TIMEOUTS * ELECTION_MS:
+                self.fail(f"no stable leader {LIVENESS_BOUND_TIMEOUTS} election timeouts "
+                          f"after the heal; {self.stuck_report()}")
+        if (
+            lead is not None
+            and self.now >= self.ops_end
+            and self.admin_done
+            and all(c.op is None for c in self.clients)
+        ):
+            members = lead.raft.conf.members()
+            target = lead.raft.commit
+            if all(
+                self.nodes[m].up and self.nodes[m].sm.applied == target
+                and self.nodes[m].pending is None for m in members if m in self.nodes
+            ):
+                datas = {m: self.nodes[m].sm.data for m in members if m in self.nodes}
+                first = next(iter(datas.values()))
+                for m, d in datas.items():
+                    if d != first:
+                        self.fail(f"replicas diverged: {lead.id}={first} {m}={d}")
+                self.done = True
+                return
+        self.at(self.now + 10, CHECK)
+
+    def stuck_report(self) -> str:
+        parts = []
+        for n in self.nodes.values():
+            s = n.raft.status()
+            parts.append(f"{n.id}:{'up' if n.up else 'down'} {s.role.value} t={s.term} "
+                         f"lead={s.leader} commit={s.commit} applied={s.applied} "
+                         f"last={s.last_index} voters={sorted(s.conf.voters)}")
+        return "; ".join(parts)
+
+    def finish(self) -> Result:
+        ok, key = check_history(self.history)
+        if not ok:
+            ops = [o.describe() for o in self.history if o.key == key]
+            raise SimFailure(f"history for key {key} is not linearizable:\n  " + "\n  ".join(ops))
+        return Result(
+            scenario=self.sc,
+            ops=len(self.history),
+            indeterminate=sum(1 for o in self.history if not o.known),
+            elect_after_heal_ms=self.elect_after_heal if self.elect_after_heal > 0 else -1
+            if self.elect_after_heal == 0 else self.elect_after_heal,
+            end_ms=self.now,
+            events=self.events,
+            elections=len(self.checker.leaders),
+            max_term=max(n.raft.term for n in self.nodes.values()),
+            messages=self.messages,
+            crashes=self.crashes,
+            snapshots_sent=self.snapshots_sent,
+            notes=self.notes,
+        )
+
+
+def run_seed(seed: int, long: bool = False, encode: bool = True) -> Result:
+    """Run one seed; raise SimFailure (with the scenario) if anything is violated."""
+    sc = Scenario.from_seed(seed, long)
+    try:
+        return Simulation(sc, encode=encode).run()
+    except SimFailure as exc:
+        raise SimFailure(f"{exc}\nscenario: {sc.describe()}") from None
