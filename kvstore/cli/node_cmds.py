@@ -51,12 +51,17 @@ def node() -> None:
                    "that must isolate anti-entropy. [env KV_NO_HINTED_HANDOFF]")
 @click.option("--hint-max-age", envvar="KV_HINT_MAX_AGE", default=3 * 3600.0, show_default=True,
               type=click.FloatRange(min=1), help="Seconds a hint is kept before it is dropped.")
+@click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=1.0, show_default=True,
+              type=click.FloatRange(0.01, 60), help="Seconds between gossip rounds.")
+@click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=8.0, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="Failure detector: a peer is down when its phi exceeds this.")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
-          log_level: str) -> None:
+          gossip_interval: float, phi_threshold: float, log_level: str) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
@@ -70,10 +75,11 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
+        gossip_interval=gossip_interval, phi_threshold=phi_threshold,
     )
     try:
         config.validate()
-        from kvstore.services.membership import parse_seed
+        from kvstore.services.gossip import parse_seed
 
         for seed in config.seeds:
             parse_seed(seed)

@@ -24,6 +24,8 @@ class NodeConfig:
     hinted_handoff: bool = True       # sloppy quorum + hints (--no-hinted-handoff)
     hint_max_age_ms: int = 3 * 3600 * 1000
     handoff_interval: float = 1.0
+    gossip_interval: float = 1.0
+    phi_threshold: float = 8.0
 
     @property
     def address(self) -> str:
@@ -44,6 +46,10 @@ class NodeConfig:
             raise ValueError(f"vnodes {self.vnodes} must be 1..4096")
         if self.sync not in ("full", "normal", "off"):
             raise ValueError(f"sync {self.sync!r} must be full, normal or off")
+        if not 0.01 <= self.gossip_interval <= 60:
+            raise ValueError("gossip interval must be 0.01..60 seconds")
+        if not self.phi_threshold > 0:
+            raise ValueError("phi threshold must be positive")
         if self.timeout_ms <= 0:
             raise ValueError("timeout must be positive")
         if not 1 <= self.max_key_bytes <= 65535:

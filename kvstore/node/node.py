@@ -18,8 +18,8 @@ from kvstore.core import versions
 from kvstore.core.errors import KVError
 from kvstore.node.config import NodeConfig
 from kvstore.services.coordinator import Coordinator, CoordinatorConfig
+from kvstore.services.gossip import GossipMembership
 from kvstore.services.handoff import HandoffService, inline
-from kvstore.services.membership import StaticMembership
 from kvstore.services.replica import Replica
 from kvstore.storage.hints import HintStore
 from kvstore.transport.base import Transport
@@ -47,9 +47,12 @@ class Node:
         self.transport = transport
         self.store = store
         state_path = config.data_dir / "members.json" if config.data_dir else None
-        self.membership = StaticMembership(
+        rng = rng or random.Random()
+        self.membership = GossipMembership(
             config.node_id, config.address, config.seeds, transport,
-            vnodes=config.vnodes, state_path=state_path,
+            wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
+            vnodes=config.vnodes, state_path=state_path, interval=config.gossip_interval,
+            phi_threshold=config.phi_threshold, timeout=min(1.0, config.timeout_ms / 1000),
         )
         self.replica = Replica(config.node_id, store, clock_ms)
         self.coordinator = Coordinator(
@@ -74,7 +77,7 @@ class Node:
             max_age_ms=config.hint_max_age_ms, timeout=config.timeout_ms / 1000,
         )
         self.coordinator.hint_sink = self.handoff.store
-        self.raw_handlers: dict[str, RawHandler] = {}
+        self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
 
     def register(self, kind: str, handler: RawHandler) -> None:
         """Let a service own the `raft`, `gossip` or `extension` messages."""
@@ -108,8 +111,6 @@ class Node:
             if kind == "forward":
                 reply = await self.coordinator.execute(message.forward.request, forwarded=True)
                 return pb.PeerResult(reply=reply)
-            if kind == "hello":
-                return pb.PeerResult(hello=self.membership.on_hello(message.hello))
             if kind in ("raft", "gossip", "extension"):
                 handler = self.raw_handlers.get(kind)
                 if handler is None:

@@ -34,13 +34,15 @@ class SimCluster:
         self.nodes: dict[str, Node] = {}
         self.clock = 0
 
-    def _clock_ms(self) -> int:
-        return int(asyncio.get_running_loop().time() * 1000)
+    EPOCH_MS = 1_800_000_000_000  # virtual wall clock: a plausible epoch plus loop time
 
-    def _make(self, node_id: str) -> Node:
+    def _clock_ms(self) -> int:
+        return self.EPOCH_MS + int(asyncio.get_running_loop().time() * 1000)
+
+    def _make(self, node_id: str, seeds: list[str] | None = None) -> Node:
         config = NodeConfig(
             node_id=node_id, listen=f"{node_id}:1",
-            seeds=[f"{n}={n}:1" for n in self.ids],
+            seeds=seeds if seeds is not None else [f"{n}={n}:1" for n in self.ids],
             replication_factor=self.replication_factor, vnodes=self.vnodes,
             timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff,
         )
@@ -63,14 +65,24 @@ class SimCluster:
         for node in self.nodes.values():
             await node.stop()
 
+    async def join(self, node_id: str, seeds: list[str]) -> Node:
+        """Start a node that knows only `seeds` (plain addresses): it joins by gossip."""
+        self.engines[node_id] = MemoryEngine()
+        self.hints[node_id] = HintStore(None)
+        self.ids.append(node_id)
+        self.nodes[node_id] = self._make(node_id, seeds)
+        await self.nodes[node_id].start()
+        return self.nodes[node_id]
+
     def crash(self, node_id: str) -> None:
         self.network.crash(node_id)
 
     async def restart(self, node_id: str) -> None:
         """A crashed node comes back with what its engine held (memory engine = its disk)."""
+        seeds = self.nodes[node_id].config.seeds
         await self.nodes[node_id].stop()
         self.network.restart(node_id)
-        self.nodes[node_id] = self._make(node_id)
+        self.nodes[node_id] = self._make(node_id, seeds)
         await self.nodes[node_id].start()
 
     def replicas(self, key: bytes) -> list[str]:

@@ -1,0 +1,270 @@
+"""Gossip membership: the asyncio driver of the pure gossip core and phi-accrual detector.
+
+Every `interval` the node beats its heartbeat and runs a three-way exchange (SYN, ACK,
+ACK2) with the targets the core chooses (a live peer, sometimes an unreachable one or a
+seed). Heartbeat news feeds the failure detector; the ring is built from gossiped tokens.
+
+It offers the same seam the coordinator and handoff use: `members`, `ring`, `ready`,
+`unresolved_seeds()`, `is_up()`, `phi()`, `status()`. Seeds are addresses (or
+`id=address`); until a seed's id is known it is gossiped with as `seed@address`.
+A node is ready once every seed address belongs to a known member, so nodes started
+together agree on the ring before serving; what was learned is saved in the data
+directory, with the generation, which grows across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from kvstore._proto import internode_pb2 as pb
+from kvstore.core.errors import InvalidArgument
+from kvstore.core.failure_detector import PhiAccrualDetector
+from kvstore.core.gossip import Gossiper, GossipError, Status
+from kvstore.core.ring import DEFAULT_VNODES, Ring, node_tokens
+from kvstore.transport.base import Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+SEED_PREFIX = "seed@"
+
+
+def parse_seed(seed: str) -> tuple[str | None, str]:
+    """`id=host:port` or `host:port` -> (id or None, address)."""
+    seed = seed.strip()
+    node_id, sep, address = seed.partition("=")
+    if not sep:
+        node_id, address = "", seed
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"seed {seed!r} is not host:port or id=host:port")
+    return (node_id or None), address
+
+
+class GossipMembership:
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        seeds: list[str],
+        transport: Transport,
+        *,
+        wall_clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        rng: random.Random,
+        vnodes: int = DEFAULT_VNODES,
+        state_path: Path | None = None,
+        interval: float = 1.0,
+        phi_threshold: float = 8.0,
+        timeout: float = 1.0,
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.transport = transport
+        self.wall_clock = wall_clock
+        self.monotonic = monotonic
+        self.rng = rng
+        self.vnodes = vnodes
+        self.state_path = state_path
+        self.interval = interval
+        self.timeout = timeout
+        self.metrics: Counter[str] = Counter()
+        self.listeners: list[Callable[[], None]] = []
+        self.seed_addresses: set[str] = set()
+        known: dict[str, str] = {}
+        for seed in seeds:
+            seed_id, seed_address = parse_seed(seed)
+            self.seed_addresses.add(seed_address)
+            if seed_id:
+                known[seed_id] = seed_address
+        saved_generation, saved = self._load()
+        known = {**saved, **known}
+        generation = max(int(wall_clock()), saved_generation + 1, 1)
+        self.gossiper = Gossiper(
+            node_id, address, generation, tokens=node_tokens(node_id, vnodes),
+            status=Status.NORMAL,
+            seeds=[self._seed_name(a) for a in self.seed_addresses if a != address],
+        )
+        self.detector = PhiAccrualDetector(phi_threshold, initial_interval=interval,
+                                           max_interval=10 * interval)
+        # Members we know of but have not heard from yet (from seeds given as id=address,
+        # or saved from an earlier run): on the ring from the start, so a node that restarts
+        # while a peer is down still places keys as everyone else does.
+        self.static: dict[str, str] = {k: v for k, v in known.items() if k != node_id}
+        for member, member_address in self.static.items():
+            transport.set_address(member, member_address)
+        self._ring_key: tuple = ()
+        self.ring = Ring()
+        self._rebuild()
+        self._task: asyncio.Task | None = None
+        self._save()
+
+    # -- persistence ------------------------------------------------------------------
+    def _load(self) -> tuple[int, dict[str, str]]:
+        if not (self.state_path and self.state_path.exists()):
+            return 0, {}
+        try:
+            saved = json.loads(self.state_path.read_text())
+            members = {str(k): str(v) for k, v in saved.get("members", {}).items()}
+            return int(saved.get("generation", 0)), members
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            log.warning("ignoring unreadable membership file %s: %s", self.state_path, exc)
+            return 0, {}
+
+    def _save(self) -> None:
+        if not self.state_path:
+            return
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"generation": self.gossiper.local.generation,
+                                   "members": self.members}, indent=2, sort_keys=True))
+        tmp.replace(self.state_path)
+
+    # -- the seam ---------------------------------------------------------------------
+    @property
+    def members(self) -> dict[str, str]:
+        """id -> address of every member that has not left."""
+        out = dict(self.static)
+        for member, state in self.gossiper.endpoints.items():
+            if state.status == Status.LEFT:
+                out.pop(member, None)
+            else:
+                out[member] = state.address
+        return out
+
+    def unresolved_seeds(self) -> set[str]:
+        return self.seed_addresses - set(self.members.values())
+
+    @property
+    def ready(self) -> bool:
+        return not self.unresolved_seeds()
+
+    def is_up(self, node: str) -> bool:
+        if node == self.node_id:
+            return True
+        if node not in self.detector.peers():
+            # never heard from since we started: up if we know it (its timeouts will tell)
+            return node in self.members
+        return self.detector.is_up(node, self.monotonic())
+
+    def phi(self, node: str) -> float:
+        if node == self.node_id or node not in self.detector.peers():
+            return 0.0
+        return self.detector.phi(node, self.monotonic())
+
+    def status(self, node: str) -> str:
+        state = self.gossiper.endpoints.get(node)
+        return state.status.name if state else "UNKNOWN"
+
+    # -- ring ---------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        tokens = {m: node_tokens(m, self.vnodes) for m in self.static}
+        tokens.update(self.gossiper.ring_tokens())
+        for member, state in self.gossiper.endpoints.items():
+            if state.status == Status.LEFT:
+                tokens.pop(member, None)
+        key = tuple(sorted((m, len(t), t[:1]) for m, t in tokens.items()))
+        if key != self._ring_key:
+            self._ring_key = key
+            self.ring = Ring.build(tokens)
+            log.info("ring now has %d members: %s", len(tokens), sorted(tokens))
+            self._save()
+            for listener in self.listeners:
+                listener()
+
+    def _apply(self, changes) -> None:
+        now = self.monotonic()
+        meta = False
+        for change in changes:
+            state = change.state
+            if change.new or change.meta or change.restarted:
+                meta = True
+                self.transport.set_address(state.node_id, state.address)
+            if change.heartbeat:
+                restarted = self.detector.heartbeat(state.node_id, now, state.generation)
+                if restarted:
+                    log.info("%s restarted (generation %d)", state.node_id, state.generation)
+        if meta:
+            self._rebuild()
+        for node, up in self.detector.transitions(now):
+            log.info("%s is now %s", node, "UP" if up else "DOWN")
+            self.metrics["marked_up" if up else "marked_down"] += 1
+
+    # -- protocol -----------------------------------------------------------------------
+    def _seed_name(self, address: str) -> str:
+        return SEED_PREFIX + address
+
+    async def on_message(self, source: str, data: bytes) -> bytes:
+        """Inbound SYN / ACK2: validate, apply, answer (ACK for a SYN)."""
+        try:
+            received = self.gossiper.receive(data, self.wall_clock())
+        except GossipError as exc:
+            self.metrics["rejected"] += 1
+            log.warning("rejected a gossip message from %s: %s", source, exc)
+            raise InvalidArgument(f"gossip message rejected: {exc}") from None
+        self._apply(received.changes)
+        return received.reply or b""
+
+    async def _exchange(self, target: str) -> None:
+        if target.startswith(SEED_PREFIX):
+            address = target[len(SEED_PREFIX):]
+            known = [m for m, a in self.members.items() if a == address]
+            if known:
+                target = known[0]
+            else:
+                self.transport.set_address(target, address)
+        message = pb.PeerMessage(gossip=self.gossiper.make_syn())
+        try:
+            result = await self.transport.call(target, message, self.timeout)
+        except TransportError:
+            self.metrics["unreachable"] += 1
+            return
+        if result.HasField("error") or not result.raw:
+            return
+        try:
+            received = self.gossiper.receive(result.raw, self.wall_clock())
+        except GossipError as exc:
+            self.metrics["rejected"] += 1
+            log.warning("rejected a gossip reply from %s: %s", target, exc)
+            return
+        self._apply(received.changes)
+        self.metrics["rounds"] += 1
+        if received.reply:
+            with contextlib.suppress(TransportError):
+                await self.transport.call(target, pb.PeerMessage(gossip=received.reply),
+                                          self.timeout)
+
+    async def round(self) -> None:
+        """One gossip round: beat, then exchange with this round's targets."""
+        self.gossiper.beat()
+        now = self.monotonic()
+        down = [p for p in self.detector.peers() if not self.detector.is_up(p, now)]
+        targets = self.gossiper.targets(self.rng, down)
+        # until every seed is resolved, greet the unresolved ones every round
+        targets += [self._seed_name(a) for a in sorted(self.unresolved_seeds())
+                    if self._seed_name(a) not in targets]
+        await asyncio.gather(*(self._exchange(t) for t in targets))
+        self._apply([])  # let the detector report transitions even without news
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except Exception:
+                log.exception("gossip round failed")
+            await asyncio.sleep(self.interval * (0.9 + 0.2 * self.rng.random()))
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._save()
