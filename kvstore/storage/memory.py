@@ -147,6 +147,27 @@ class MemoryEngine:
             entry = self._data.get((token_of(key), key))
         return None if entry is None else self._verified(key, entry)
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | Exception | None]:
+        """Per key its record, None, or the error a `get` of it would raise (one lock hold)."""
+        entries: list[object] = []
+        with self._lock:
+            self._check_open()
+            for key in keys:
+                if type(key) is not bytes:
+                    entries.append(TypeError(f"keys are bytes, not {type(key).__name__}"))
+                else:
+                    entries.append(self._data.get((token_of(key), key)))
+        out: list[bytes | Exception | None] = []
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is None or isinstance(entry, Exception):
+                out.append(entry)  # type: ignore[arg-type]
+                continue
+            try:
+                out.append(self._verified(key, entry))  # type: ignore[arg-type]
+            except CorruptRecordError as exc:
+                out.append(exc)
+        return out
+
     def apply(self, mutations: list[tuple[bytes, Mutation]]) -> list[StepResult]:
         results: list[StepResult] = []
         data = self._data

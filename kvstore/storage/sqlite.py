@@ -283,6 +283,38 @@ class SqliteEngine:
             raise self._translate(exc, key) from exc
         return None if row is None else self._verified(key, row[0], row[1])
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | Exception | None]:
+        """Per key its record, None, or the error a `get` of it would raise, read with one
+        `token IN (...)` query per 512 keys (one snapshot per query). A SQLite failure
+        raises (callers fall back to `get` per key to pin it on a key)."""
+        found: dict[bytes, tuple[bytes, int]] = {}
+        tokens = list({token_of(k) for k in keys if type(k) is bytes})
+        conn = self._conn()
+        try:
+            for i in range(0, len(tokens), _IN_SIZES[-1]):
+                chunk = tokens[i : i + _IN_SIZES[-1]]
+                size = next(n for n in _IN_SIZES if n >= len(chunk))
+                chunk += [chunk[0]] * (size - len(chunk))
+                for token, key, value, crc in conn.execute(_GET_MANY[size], chunk):
+                    if token_of(key) == token:
+                        found[key] = (value, crc)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        out: list[bytes | Exception | None] = []
+        for key in keys:
+            if type(key) is not bytes:
+                out.append(TypeError(f"keys are bytes, not {type(key).__name__}"))
+                continue
+            row = found.get(key)
+            if row is None:
+                out.append(None)
+                continue
+            try:
+                out.append(self._verified(key, row[0], row[1]))
+            except CorruptRecordError as exc:
+                out.append(exc)
+        return out
+
     def apply(self, mutations: list[tuple[bytes, Mutation]]) -> list[StepResult]:
         """All steps in one transaction. A SQLite failure (disk full, I/O) raises and
         nothing of the batch is stored; a failing step only fails itself.

@@ -8,8 +8,11 @@ fsync cost is shared by every update that arrived meanwhile; at concurrency 1 an
 costs one commit. Updates are applied in arrival order (same key included), and a future
 resolves only after its batch is durable.
 
-Reads (`get`, `scan_chunk`, `count`) run on a small dedicated thread pool, so disk reads
-never block the event loop. `scan` is a plain iterator for callers that run it off-loop.
+Reads (`get`, `scan_chunk`, `count`) run on a small dedicated pool of reader threads, so
+disk reads never block the event loop. They are batched the same way: a reader takes every
+pending read, serves all the gets with one `engine.get_many()` (one SQL query per 512 keys)
+and settles them with one `call_soon_threadsafe`. `scan` is a plain iterator for callers
+that run it off-loop.
 
 `inline=True` uses no threads at all: every call runs the engine synchronously inside the
 coroutine, so a simulation on a virtual-time loop with a MemoryEngine stays deterministic.
@@ -21,7 +24,6 @@ import asyncio
 import queue
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
 
@@ -29,6 +31,7 @@ from kvstore.storage.engine import Engine, Mutation, StorageError
 from kvstore.storage.memory import StepResult
 
 _STOP = object()
+_GET, _CALL = 0, 1  # kinds of queued reads
 
 # One queued write: (steps, future, loop, single). `single` futures get the one step's
 # record (or its exception raised); the others get the list of per-step results.
@@ -51,6 +54,17 @@ def _resolve(entries: list[tuple[asyncio.Future, bool, Any, BaseException | None
             fut.set_result(value)
 
 
+def _resolve_reads(entries: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    """Runs on the event loop: settle every read of one batch."""
+    for fut, value, error in entries:
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+
+
 class AsyncStore:
     """The storage API services use from asyncio (see the module docstring)."""
 
@@ -59,7 +73,7 @@ class AsyncStore:
         engine: Engine,
         *,
         inline: bool = False,
-        read_threads: int = 4,
+        read_threads: int = 2,
         max_batch: int = 8192,
     ) -> None:
         self.engine = engine
@@ -72,13 +86,20 @@ class AsyncStore:
         self.steps = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._rqueue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._readers: list[threading.Thread] = []
+        self._get_many = getattr(engine, "get_many", None)
         if not inline:
-            self._readers = ThreadPoolExecutor(read_threads, thread_name_prefix="kvstore-read")
             self._writer = threading.Thread(
                 target=self._write_loop, name="kvstore-writer", daemon=True
             )
             self._writer.start()
+            self._readers = [
+                threading.Thread(target=self._read_loop, name=f"kvstore-read-{i}", daemon=True)
+                for i in range(max(1, read_threads))
+            ]
+            for reader in self._readers:
+                reader.start()
 
     async def __aenter__(self) -> AsyncStore:
         return self
@@ -193,14 +214,96 @@ class AsyncStore:
     # -- reads ---------------------------------------------------------------------------
 
     async def _off_loop(self, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) on a reader thread (inline: right here)."""
         self._check_open()
         if self.inline:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._rqueue.put((_CALL, (fn, args), fut, loop))
+        return await fut
+
+    def _read_loop(self) -> None:
+        """Take every pending read; all the gets among them become one engine call."""
+        q = self._rqueue
+        stop = False
+        while not stop:
+            item = q.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                self._serve_reads(batch)
+            except BaseException as exc:  # never leave a reader waiting
+                err = StorageError(f"a storage reader thread failed: {exc!r}")
+                self._settle_reads([(fut, loop, None, err) for _, _, fut, loop in batch])
+
+    def _serve_reads(self, batch: list[tuple[int, Any, asyncio.Future, Any]]) -> None:
+        out: list[tuple[asyncio.Future, Any, Any, BaseException | None]] = []
+        gets = [item for item in batch if item[0] == _GET]
+        if gets:
+            values = self._read_keys([item[1] for item in gets])
+            for (_, _, fut, loop), value in zip(gets, values, strict=True):
+                if isinstance(value, BaseException):
+                    out.append((fut, loop, None, value))
+                else:
+                    out.append((fut, loop, value, None))
+        for kind, payload, fut, loop in batch:
+            if kind != _CALL:
+                continue
+            fn, args = payload
+            try:
+                out.append((fut, loop, fn(*args), None))
+            except Exception as exc:
+                out.append((fut, loop, None, exc))
+        self._settle_reads(out)
+
+    def _read_keys(self, keys: list[bytes]) -> list[bytes | Exception | None]:
+        if self._get_many is not None and len(keys) > 1:
+            try:
+                return self._get_many(keys)
+            except Exception:
+                pass  # read them one by one so each error lands on its own key
+        values: list[bytes | Exception | None] = []
+        for key in keys:
+            try:
+                values.append(self.engine.get(key))
+            except Exception as exc:
+                values.append(exc)
+        return values
+
+    @staticmethod
+    def _settle_reads(out: list[tuple[asyncio.Future, Any, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for fut, loop, value, error in out:
+            by_loop.setdefault(loop, []).append((fut, value, error))
+        for loop, entries in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_reads, entries)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting any more
 
     async def get(self, key: bytes) -> bytes | None:
-        """The record for `key` or None; CorruptRecordError if it fails its checksum."""
-        return await self._off_loop(self.engine.get, key)
+        """The record for `key` or None; CorruptRecordError if it fails its checksum.
+
+        Concurrent gets are served together: a reader thread takes every pending get and
+        reads them with one `engine.get_many` call, then settles them with one callback."""
+        self._check_open()
+        if self.inline:
+            return self.engine.get(key)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._rqueue.put((_GET, key, fut, loop))
+        return await fut
 
     def scan(
         self, start_token: int, end_token: int, *, after_key: tuple[int, bytes] | None = None
@@ -242,6 +345,8 @@ class AsyncStore:
         if self._writer is not None:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)
-        if self._readers is not None:
-            await asyncio.to_thread(self._readers.shutdown, True)
+        for _ in self._readers:
+            self._rqueue.put(_STOP)
+        for reader in self._readers:
+            await asyncio.to_thread(reader.join)
         self.engine.close()

@@ -227,3 +227,22 @@ def test_memory_engine_reopens_over_the_same_records() -> None:
     assert again.get(b"k") == b"v" and again.count() == 1
     with pytest.raises(StorageError):
         eng.get(b"k")
+
+
+def test_get_many(engine) -> None:
+    fill(engine, KEYS[:100])
+    corrupt(engine, KEYS[5])
+    asked = [*KEYS[:100], b"missing", KEYS[0], 7]
+    got = engine.get_many(asked)
+    assert len(got) == len(asked)
+    for key, value in zip(asked[:100], got[:100], strict=True):
+        if key == KEYS[5]:
+            assert isinstance(value, CorruptRecordError) and value.key == KEYS[5]
+        else:
+            assert value == b"v:" + key
+    assert got[100] is None and got[101] == b"v:" + KEYS[0]
+    assert isinstance(got[102], TypeError)
+    assert engine.get_many([]) == []
+    big = [b"k%d" % i for i in range(1200)]  # more than one IN query
+    engine.apply([(k, put(k)) for k in big[::2]])
+    assert engine.get_many(big) == [k if i % 2 == 0 else None for i, k in enumerate(big)]

@@ -34,6 +34,7 @@ class Recording:
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
         self.fail_next: Exception | None = None
+        self.get_many_sizes: list[int] = []
 
     def get(self, key: bytes) -> bytes | None:
         self.threads.add("get:" + threading.current_thread().name)
@@ -49,6 +50,14 @@ class Recording:
             raise exc
         self.apply_sizes.append(len(mutations))
         return self.inner.apply(mutations)
+
+    def get_many(self, keys: list[bytes]):
+        self.threads.add("get_many:" + threading.current_thread().name)
+        self.get_many_sizes.append(len(keys))
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        return self.inner.get_many(keys)
 
     def scan(self, start_token: int, end_token: int, *, after_key=None):
         return self.inner.scan(start_token, end_token, after_key=after_key)
@@ -171,8 +180,9 @@ def test_reads_run_off_the_loop_thread(tmp_path: Path) -> None:
         store = AsyncStore(engine, read_threads=2)
         await store.update(b"k", lambda c: b"v")
         assert await asyncio.gather(*[store.get(b"k") for _ in range(20)]) == [b"v"] * 20
-        readers = {t for t in engine.threads if t.startswith("get:")}
-        assert readers and all(t.startswith("get:kvstore-read") for t in readers)
+        readers = {t.split(":")[1] for t in engine.threads if t.startswith(("get:", "get_many:"))}
+        assert readers and all(t.startswith("kvstore-read") for t in readers)
+        assert await store.count() == 1
         await store.close()
 
     asyncio.run(main())
@@ -283,5 +293,32 @@ def test_a_dead_writer_fails_callers_instead_of_hanging() -> None:
         await store.close()
         with pytest.raises(StorageError, match="closed"):
             store.engine.get(b"k")  # close() still closed the engine
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite-full"])
+def test_concurrent_gets_are_served_together(kind: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        engine = Recording(ENGINES[kind](tmp_path))
+        store = AsyncStore(engine)
+        keys = [b"k%03d" % i for i in range(200)]
+        await store.update_many([(k, lambda c, k=k: k * 2) for k in keys])
+        got = await asyncio.gather(*[store.get(k) for k in keys], store.get(b"absent"))
+        assert got == [k * 2 for k in keys] + [None]
+        print(f"\n{kind}: 201 concurrent gets in {len(engine.get_many_sizes)} get_many calls")
+        assert sum(engine.get_many_sizes) >= 190 and len(engine.get_many_sizes) <= 20
+        assert all(t.startswith("get_many:kvstore-read") for t in engine.threads
+                   if t.startswith("get_many"))
+        # A batch read that fails falls back to one get per key, so errors land on their key.
+        if isinstance(engine.inner, MemoryEngine):
+            engine.inner.corrupt_for_test(keys[3])
+        engine.fail_next = StorageError("batch read failed")
+        results = await asyncio.gather(*[store.get(k) for k in keys[:10]], return_exceptions=True)
+        if isinstance(engine.inner, MemoryEngine):
+            assert isinstance(results[3], CorruptRecordError) and results[3].key == keys[3]
+            results[3] = keys[3] * 2
+        assert results == [k * 2 for k in keys[:10]]
+        await store.close()
 
     asyncio.run(main())
