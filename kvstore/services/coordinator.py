@@ -287,10 +287,11 @@ class Coordinator:
                     failed.append(answer)
                     if spares is not None:
                         pending.update(spares(answer))
-                trace.replica(answer.node, self._address(answer.node), answer.ok,
-                              answer.latency_ms, answer.siblings,
-                              "" if answer.ok else answer.describe(),
-                              local=answer.node == self.node_id, hint_for=answer.hint_for)
+                if trace.pb is not None:
+                    trace.replica(answer.node, self._address(answer.node), answer.ok,
+                                  answer.latency_ms, answer.siblings,
+                                  "" if answer.ok else answer.describe(),
+                                  local=answer.node == self.node_id, hint_for=answer.hint_for)
         waiting = [label for label, task in tasks.items() if task in pending]
         for task in pending:
             self._keep(task)

@@ -99,6 +99,7 @@ class GossipMembership:
         self.static: dict[str, str] = {k: v for k, v in known.items() if k != node_id}
         for member, member_address in self.static.items():
             transport.set_address(member, member_address)
+        self._members: dict[str, str] | None = None
         self._ring_key: tuple = ()
         self.ring = Ring()
         self._rebuild()
@@ -128,14 +129,16 @@ class GossipMembership:
     # -- the seam ---------------------------------------------------------------------
     @property
     def members(self) -> dict[str, str]:
-        """id -> address of every member that has not left."""
-        out = dict(self.static)
-        for member, state in self.gossiper.endpoints.items():
-            if state.status == Status.LEFT:
-                out.pop(member, None)
-            else:
-                out[member] = state.address
-        return out
+        """id -> address of every member that has not left (cached; rebuilt on change)."""
+        if self._members is None:
+            out = dict(self.static)
+            for member, state in self.gossiper.endpoints.items():
+                if state.status == Status.LEFT:
+                    out.pop(member, None)
+                else:
+                    out[member] = state.address
+            self._members = out
+        return self._members
 
     def unresolved_seeds(self) -> set[str]:
         return self.seed_addresses - set(self.members.values())
@@ -147,13 +150,13 @@ class GossipMembership:
     def is_up(self, node: str) -> bool:
         if node == self.node_id:
             return True
-        if node not in self.detector.peers():
+        if self.detector.generation(node) is None:
             # never heard from since we started: up if we know it (its timeouts will tell)
             return node in self.members
         return self.detector.is_up(node, self.monotonic())
 
     def phi(self, node: str) -> float:
-        if node == self.node_id or node not in self.detector.peers():
+        if node == self.node_id or self.detector.generation(node) is None:
             return 0.0
         return self.detector.phi(node, self.monotonic())
 
@@ -184,6 +187,7 @@ class GossipMembership:
             state = change.state
             if change.new or change.meta or change.restarted:
                 meta = True
+                self._members = None
                 self.transport.set_address(state.node_id, state.address)
             if change.heartbeat:
                 restarted = self.detector.heartbeat(state.node_id, now, state.generation)
