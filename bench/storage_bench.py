@@ -1,5 +1,6 @@
-"""Storage benchmark: updates/s through AsyncStore (group commit) per sync mode and
-concurrency, and (with --pragmas) the SQLite pragma sweep behind SqliteEngine's defaults.
+"""Storage benchmark: updates/s (group commit) and then gets/s (batched reads) through
+AsyncStore per sync mode and concurrency, and (with --pragmas) the SQLite pragma sweep
+behind SqliteEngine's defaults.
 
     .venv/bin/python bench/storage_bench.py                    # the main table
     .venv/bin/python bench/storage_bench.py --pragmas          # page size / cache / mmap
@@ -32,9 +33,16 @@ def make_engine(mode: str, directory: Path, **pragmas: int) -> Engine:
 
 
 async def run_updates(
-    engine: Engine, concurrency: int, duration: float, keys: int, value_size: int, seed: int
+    engine: Engine,
+    concurrency: int,
+    duration: float,
+    keys: int,
+    value_size: int,
+    seed: int,
+    read_duration: float = 0.0,
 ) -> dict:
-    """`concurrency` tasks doing read-modify-write updates for `duration` seconds."""
+    """`concurrency` tasks doing read-modify-write updates for `duration` seconds, then
+    (if `read_duration`) the same number of tasks doing gets."""
     store = AsyncStore(engine)
     rng = random.Random(seed)
     payload = rng.randbytes(value_size)
@@ -60,33 +68,52 @@ async def run_updates(
     await asyncio.gather(*[worker(w) for w in range(concurrency)])
     elapsed = time.perf_counter() - start
     batches = store.batches
-    await store.close()
     latencies.sort()
-    return {
+    result = {
         "updates": done,
         "updates_per_s": done / elapsed,
         "avg_batch": done / max(batches, 1),
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
     }
+    if read_duration > 0:
+        gets = 0
+
+        async def reader(wid: int) -> None:
+            nonlocal gets
+            local = random.Random(seed * 2000 + wid)
+            while time.perf_counter() < read_deadline:
+                await store.get(b"key-%08d" % local.randrange(keys))
+                gets += 1
+
+        start = time.perf_counter()
+        read_deadline = start + read_duration
+        await asyncio.gather(*[reader(w) for w in range(concurrency)])
+        result["gets_per_s"] = gets / (time.perf_counter() - start)
+    await store.close()
+    return result
 
 
 def updates_table(args: argparse.Namespace, directory: Path) -> list[dict]:
     rows = []
     print(
-        f"{'engine':<8} {'conc':>5} {'updates/s':>10} {'avg batch':>9} {'p50 ms':>7} {'p99 ms':>7}"
+        f"{'engine':<8} {'conc':>5} {'updates/s':>10} {'avg batch':>9} {'p50 ms':>7}"
+        f" {'p99 ms':>7} {'gets/s':>8}"
     )
     for mode in args.modes.split(","):
         for conc in [int(c) for c in args.concurrency.split(",")]:
             engine = make_engine(mode, directory)
             res = asyncio.run(
-                run_updates(engine, conc, args.duration, args.keys, args.value_size, args.seed)
+                run_updates(
+                    engine, conc, args.duration, args.keys, args.value_size, args.seed,
+                    read_duration=args.duration,
+                )
             )
             res.update(engine=mode, concurrency=conc)
             rows.append(res)
             print(
                 f"{mode:<8} {conc:>5} {res['updates_per_s']:>10,.0f} {res['avg_batch']:>9.1f}"
-                f" {res['p50_ms']:>7.2f} {res['p99_ms']:>7.2f}",
+                f" {res['p50_ms']:>7.2f} {res['p99_ms']:>7.2f} {res['gets_per_s']:>8,.0f}",
                 flush=True,
             )
     return rows

@@ -24,4 +24,4 @@ def test_storage_bench_runs(tmp_path: Path) -> None:
     assert [(r["engine"], r["concurrency"]) for r in rows] == [
         ("normal", 1), ("normal", 8), ("memory", 1), ("memory", 8)
     ]
-    assert all(r["updates"] > 0 and r["avg_batch"] >= 1 for r in rows)
+    assert all(r["updates"] > 0 and r["avg_batch"] >= 1 and r["gets_per_s"] > 0 for r in rows)
