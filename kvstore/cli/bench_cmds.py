@@ -114,6 +114,8 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     console = Console(stderr=as_json)
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console = Console(stderr=as_json, width=160)
     live = not no_live and console.is_terminal
     if live:
         with report.LiveProgress(Console(stderr=True)) as progress:
