@@ -29,10 +29,10 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 from kvstore._proto import gossip_pb2 as pb
 
@@ -88,9 +88,9 @@ class Limits:
     max_load: int = 2**62
 
 
-@dataclass(frozen=True)
-class EndpointState:
-    """What is known of one member. Immutable: updates build a new value."""
+class EndpointState(NamedTuple):
+    """What is known of one member. Immutable (a NamedTuple: cheap to build, which the hot
+    path does for every newer heartbeat); updates build a new value."""
 
     node_id: str
     address: str
@@ -107,8 +107,7 @@ class EndpointState:
         return max(self.heartbeat, self.meta_version, self.load_version)
 
 
-@dataclass(frozen=True)
-class Digest:
+class Digest(NamedTuple):
     """(id, generation, max_version): how much of a member's state someone holds."""
 
     node_id: str
@@ -149,16 +148,14 @@ class Received:
 # -- validation -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Meta:
+class _Meta(NamedTuple):
     version: int
     address: str
     status: Status
     tokens: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class _Delta:
+class _Delta(NamedTuple):
     node_id: str
     generation: int
     heartbeat: int
@@ -261,7 +258,22 @@ def _check_digests(
     items = list(items)
     if len(items) > limits.max_endpoints:
         raise GossipError(f"{len(items)} {what}s (limit {limits.max_endpoints})")
-    out = [_check_digest(d, what, now, limits, low_gen) for d in items]
+    out = []
+    top, max_id = limits.max_version, limits.max_id_chars
+    ahead = now + limits.max_generation_ahead_s
+    space = _SPACE.search
+    for d in items:  # inlined fast path; _check_digest only runs to raise the right error
+        nid, gen, ver = d.node_id, d.generation, d.max_version
+        if not (
+            0 < len(nid) <= max_id
+            and low_gen <= gen <= top
+            and gen <= ahead
+            and 0 <= ver <= top
+            and nid.isprintable()
+            and not space(nid)
+        ):
+            _check_digest(d, what, now, limits, low_gen)
+        out.append(Digest(nid, gen, ver))
     if len({d.node_id for d in out}) != len(out):
         raise GossipError(f"duplicate node ids among {what}s")
     return out
@@ -402,7 +414,7 @@ class Gossiper:
 
     def beat(self) -> None:
         """Advance the local heartbeat (call once per gossip interval)."""
-        self._states[self.node_id] = replace(self.local, heartbeat=self._next_version())
+        self._states[self.node_id] = self.local._replace(heartbeat=self._next_version())
 
     def update(
         self,
@@ -422,9 +434,9 @@ class Gossiper:
             load=cur.load if load is None else load,
         )
         if (new.address, new.status, new.tokens) != (cur.address, cur.status, cur.tokens):
-            new = replace(new, meta_version=self._next_version())
+            new = new._replace(meta_version=self._next_version())
         if new.load != cur.load:
-            new = replace(new, load_version=self._next_version())
+            new = new._replace(load_version=self._next_version())
         self._states[self.node_id] = new
         return new
 
@@ -441,7 +453,7 @@ class Gossiper:
             toks = _check_tokens(tokens, status, "local", lim)
         except GossipError as exc:
             raise ValueError(str(exc)) from None
-        return replace(cur, address=address, status=status, tokens=toks, load=load)
+        return cur._replace(address=address, status=status, tokens=toks, load=load)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -651,12 +663,12 @@ class Gossiper:
             meta = d.meta is not None and d.meta.version > cur.meta_version
             if meta:
                 m = d.meta
-                new = replace(
-                    new, address=m.address, status=m.status, tokens=m.tokens, meta_version=m.version
+                new = new._replace(
+                    address=m.address, status=m.status, tokens=m.tokens, meta_version=m.version
                 )
             load = d.load is not None and d.load[0] > cur.load_version
             if load:
-                new = replace(new, load=d.load[1], load_version=d.load[0])
+                new = new._replace(load=d.load[1], load_version=d.load[0])
             if new is not cur:
                 self._states[d.node_id] = new
                 changes.append(Change(d.node_id, new, cur, heartbeat=hb, meta=meta, load=load))
