@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvstore.core.failure_detector import PHI_FACTOR, PhiAccrualDetector
 
@@ -123,3 +125,47 @@ def test_transitions_report_changes_only() -> None:
 def test_bad_configuration_is_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         PhiAccrualDetector(**kwargs)
+
+
+# -- against a naive reference model -----------------------------------------------------
+
+
+def reference_phi(arrivals: list[float], initial: float, window: int, now: float) -> float:
+    """phi straight from the definition: keep every interval, average the last `window`."""
+    intervals = [initial]
+    last = arrivals[0]
+    for t in arrivals[1:]:
+        if t > last:
+            intervals.append(t - last)
+            last = t
+    recent = intervals[-window:]
+    mean = sum(recent) / len(recent)
+    return max(0.0, now - last) / (mean * LN10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=1, max_size=60),
+    st.integers(1, 20),
+    st.floats(0.01, 5.0),
+    st.floats(0.0, 100.0),
+)
+def test_phi_matches_the_definition(
+    gaps: list[float], window: int, initial: float, extra: float
+) -> None:
+    arrivals = []
+    t = 1000.0
+    for g in gaps:
+        t += g
+        arrivals.append(t)
+    fd = PhiAccrualDetector(window=window, initial_interval=initial)
+    for a in arrivals:
+        fd.heartbeat("p", a, generation=3)
+    now = arrivals[-1] + extra
+    expected = reference_phi(arrivals, initial, window, now)
+    assert fd.phi("p", now) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # Between heartbeats phi only grows, and crosses the threshold exactly at down_after.
+    assert fd.phi("p", now + 1.0) >= fd.phi("p", now)
+    last = max(arrivals)
+    assert fd.is_up("p", last + fd.down_after("p") * (1 - 1e-9))
+    assert not fd.is_up("p", last + fd.down_after("p") * (1 + 1e-9))
