@@ -38,7 +38,7 @@ already compared; at worst a difference is found by the next round, never a wron
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from kvstore.core.merkle import DIGEST_SIZE, MerkleTree, in_range, merge_leaves
@@ -583,3 +583,25 @@ class Responder:
     def _count_out(self, data: bytes) -> bytes:
         self._count(len(data))
         return data
+
+
+Scan = Callable[[list[TokenRange]], Iterable[Entry]]
+
+
+def run_local(initiator: Initiator, responder: Responder, scan_initiator: Scan,
+              scan_responder: Scan) -> Result:
+    """Drive both sides to the end in one process (tests and simulations: no network).
+
+    Each scan callable returns every local (token, key, digest) within the token ranges.
+    """
+    while True:
+        action = initiator.next_action()
+        if isinstance(action, Done):
+            return action.result
+        if isinstance(action, NeedEntries):
+            initiator.provide_entries(scan_initiator(action.ranges))
+            continue
+        reply = responder.receive(action.data)
+        if isinstance(reply, NeedEntries):
+            reply = responder.provide_entries(scan_responder(reply.ranges))
+        initiator.receive(reply.data)

@@ -57,12 +57,13 @@ def version_digest(siblings: Iterable[Sibling]) -> bytes:
     return h.digest()
 
 
+_ENTRY_HASHER = hashlib.blake2b(digest_size=8, person=b"kv-entry")
+
+
 def entry_hash(key: bytes, digest: bytes) -> int:
     """The 64-bit hash of one (key, version digest) pair; leaves sum these."""
-    h = hashlib.blake2b(digest_size=8, person=b"kv-entry")
-    h.update(len(key).to_bytes(4, "big"))
-    h.update(key)
-    h.update(digest)
+    h = _ENTRY_HASHER.copy()
+    h.update(len(key).to_bytes(4, "big") + key + digest)
     return int.from_bytes(h.digest(), "big")
 
 
