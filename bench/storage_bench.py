@@ -64,9 +64,11 @@ async def run_updates(
             done += 1
 
     start = time.perf_counter()
+    cpu = time.process_time()  # all threads of this process: robust to other load
     deadline = start + duration
     await asyncio.gather(*[worker(w) for w in range(concurrency)])
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     batches = store.batches
     latencies.sort()
     result = {
@@ -75,6 +77,7 @@ async def run_updates(
         "avg_batch": done / max(batches, 1),
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "cpu_us_per_update": 1e6 * cpu / max(done, 1),
     }
     if read_duration > 0:
         gets = 0
@@ -87,9 +90,11 @@ async def run_updates(
                 gets += 1
 
         start = time.perf_counter()
+        cpu = time.process_time()
         read_deadline = start + read_duration
         await asyncio.gather(*[reader(w) for w in range(concurrency)])
         result["gets_per_s"] = gets / (time.perf_counter() - start)
+        result["cpu_us_per_get"] = 1e6 * (time.process_time() - cpu) / max(gets, 1)
     await store.close()
     return result
 
@@ -98,7 +103,7 @@ def updates_table(args: argparse.Namespace, directory: Path) -> list[dict]:
     rows = []
     print(
         f"{'engine':<8} {'conc':>5} {'updates/s':>10} {'avg batch':>9} {'p50 ms':>7}"
-        f" {'p99 ms':>7} {'gets/s':>8}"
+        f" {'p99 ms':>7} {'cpu us/upd':>10} {'gets/s':>8} {'cpu us/get':>10}"
     )
     for mode in args.modes.split(","):
         for conc in [int(c) for c in args.concurrency.split(",")]:
@@ -113,7 +118,8 @@ def updates_table(args: argparse.Namespace, directory: Path) -> list[dict]:
             rows.append(res)
             print(
                 f"{mode:<8} {conc:>5} {res['updates_per_s']:>10,.0f} {res['avg_batch']:>9.1f}"
-                f" {res['p50_ms']:>7.2f} {res['p99_ms']:>7.2f} {res['gets_per_s']:>8,.0f}",
+                f" {res['p50_ms']:>7.2f} {res['p99_ms']:>7.2f} {res['cpu_us_per_update']:>10.1f}"
+                f" {res['gets_per_s']:>8,.0f} {res['cpu_us_per_get']:>10.1f}",
                 flush=True,
             )
     return rows
@@ -137,9 +143,10 @@ def pragma_sweep(args: argparse.Namespace, directory: Path) -> list[dict]:
     payload = rng.randbytes(args.value_size)
     rows = []
     print(f"{n:,} records of {args.value_size} bytes; gets and scan on a freshly opened engine")
+    print("cpu = process CPU time per operation (robust when other work shares the machine)")
     print(
-        f"{'config':<55} {'load rows/s':>11} {'gets/s':>8} {'scan rows/s':>11}"
-        f" {'upd/s c64':>9} {'MiB':>5}"
+        f"{'config':<55} {'load cpu':>8} {'get cpu':>7} {'scan cpu':>8}"
+        f" {'upd/s c64':>9} {'upd cpu':>7} {'MiB':>4}"
     )
     for name, page, cache, mmap, ckpt in configs:
         pragmas = {
@@ -147,29 +154,31 @@ def pragma_sweep(args: argparse.Namespace, directory: Path) -> list[dict]:
         }
         path = directory / f"sweep-{page}-{cache}-{mmap}-{ckpt}.db"
         eng = SqliteEngine(path, sync="normal", **pragmas)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for i in range(0, n, 1000):
             eng.apply([(b"key-%08d" % j, lambda _c: payload) for j in range(i, min(i + 1000, n))])
-        load = n / (time.perf_counter() - t0)
+        load = (time.process_time() - t0) / n
         eng.close()
         eng = SqliteEngine(path, sync="full", **pragmas)
         keys = [b"key-%08d" % rng.randrange(n) for _ in range(args.gets)]
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for k in keys:
             eng.get(k)
-        gets = len(keys) / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        gets = (time.process_time() - t0) / len(keys)
+        t0 = time.process_time()
         scanned = sum(1 for _ in eng.scan(TOKEN_MIN - 1, TOKEN_MAX))
-        scan = scanned / (time.perf_counter() - t0)
+        scan = (time.process_time() - t0) / scanned
         upd = asyncio.run(run_updates(eng, 64, args.duration, n, args.value_size, args.seed))
         size = path.stat().st_size / mib
         rows.append(
-            {"config": name, **pragmas, "load_rows_per_s": load, "gets_per_s": gets,
-             "scan_rows_per_s": scan, "updates_per_s_c64": upd["updates_per_s"], "mib": size}
+            {"config": name, **pragmas, "load_cpu_us_per_row": 1e6 * load,
+             "get_cpu_us": 1e6 * gets, "scan_cpu_us_per_row": 1e6 * scan,
+             "updates_per_s_c64": upd["updates_per_s"],
+             "update_cpu_us_c64": upd["cpu_us_per_update"], "mib": size}
         )
         print(
-            f"{name:<55} {load:>11,.0f} {gets:>8,.0f} {scan:>11,.0f}"
-            f" {upd['updates_per_s']:>9,.0f} {size:>5.0f}",
+            f"{name:<55} {1e6 * load:>8.1f} {1e6 * gets:>7.1f} {1e6 * scan:>8.2f}"
+            f" {upd['updates_per_s']:>9,.0f} {upd['cpu_us_per_update']:>7.1f} {size:>4.0f}",
             flush=True,
         )
     return rows
