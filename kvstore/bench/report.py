@@ -25,6 +25,12 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
+def _stale(st: dict[str, Any] | None) -> str:
+    if not st or not st["reads_checked"]:
+        return "-"
+    return f"{st['probability'] * 100:.3f}% of {st['reads_checked']:,}"
+
+
 def results_table(results: dict[str, Any]) -> Table:
     """One row per ceiling and per consistency level."""
     cfg, cluster = results["config"], results["cluster"]
@@ -35,44 +41,54 @@ def results_table(results: dict[str, Any]) -> Table:
              + (f", fixed rate {cfg['rate']:.0f}/s" if cfg.get("rate") else ""))
     table = Table(title=title, title_justify="left")
     for col in ("level", "R+W>N", "ops/s", "% of ceiling", "p50 ms", "p95 ms", "p99 ms",
-                "p99.9 ms", "errors", "stale reads"):
+                "p99.9 ms", "errors", "stale (workload)", "stale (probes)"):
         table.add_column(col, justify="left" if col in ("level", "errors") else "right")
     for name, c in results.get("ceiling", {}).items():
         table.add_row(f"ceiling: {name}", "", f"{c['ops_per_s']:,.0f}", "100%",
                       _ms(c["p50_ms"]), _ms(c["p95_ms"]), _ms(c["p99_ms"]), _ms(c["p999_ms"]),
-                      _errors(c["errors"]), "", style="dim")
+                      _errors(c["errors"]), "", "", style="dim")
     for lv in results["levels"]:
         frac = lv.get("fraction_of_null_ceiling", lv.get("fraction_of_ping_ceiling"))
-        st = lv.get("staleness")
-        stale = "-" if not st or not st["reads_checked"] else (
-            f"{st['probability'] * 100:.3f}% of {st['reads_checked']:,}")
+        stale = [_stale(lv.get(k)) for k in ("staleness", "staleness_probes")]
         table.add_row(lv["level"], f"{lv['r']}+{lv['w']}{'>' if lv['r_plus_w_gt_n'] else '<='}"
                       f"{results['cluster']['replication_factor']}",
                       f"{lv['ops_per_s']:,.0f}", _pct(frac), _ms(lv["p50_ms"]),
                       _ms(lv["p95_ms"]), _ms(lv["p99_ms"]), _ms(lv["p999_ms"]),
-                      _errors(lv["errors"]), stale)
+                      _errors(lv["errors"]), *stale)
     return table
 
 
+def _curves(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, staleness figures) for every level and source that judged reads."""
+    out = []
+    for lv in results["levels"]:
+        for source, label in (("staleness_probes", "probes"), ("staleness", "workload")):
+            st = lv.get(source)
+            if st and st["reads_checked"]:
+                out.append((f"{lv['level']} {label}", st))
+    return out
+
+
 def staleness_table(results: dict[str, Any]) -> Table | None:
-    """P(stale) by time since the latest acknowledged write, for levels with stale reads."""
-    levels = [lv for lv in results["levels"] if lv.get("staleness")
-              and lv["staleness"]["reads_checked"]]
-    if not levels:
+    """P(stale) by time since the latest acknowledged write, per level and source."""
+    curves = _curves(results)
+    if not curves:
         return None
-    table = Table(title="staleness: P(read misses the latest acknowledged write) by time "
-                  "since that write", title_justify="left")
+    table = Table(title="staleness: P(read misses the latest write acknowledged before it "
+                  "began), by time since that write", title_justify="left")
     table.add_column("since write", justify="right")
-    for lv in levels:
-        table.add_column(lv["level"], justify="right")
-    for i, bucket in enumerate(levels[0]["staleness"]["curve"]):
+    for label, _ in curves:
+        table.add_column(label, justify="right")
+    for i, bucket in enumerate(curves[0][1]["curve"]):
         hi = bucket["hi_ms"]
         label = f"{bucket['lo_ms']:g}-{hi:g} ms" if hi is not None else f">= {bucket['lo_ms']:g} ms"
         cells = []
-        for lv in levels:
-            b = lv["staleness"]["curve"][i]
+        for _, st in curves:
+            b = st["curve"][i]
             cells.append("-" if not b["reads"] else f"{b['p_stale'] * 100:.2f}% ({b['reads']:,})")
         table.add_row(label, *cells)
+    table.add_row("all", *(f"{st['probability'] * 100:.3f}% ({st['reads_checked']:,})"
+                           for _, st in curves), style="bold")
     return table
 
 
@@ -153,26 +169,21 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8)
 
     ax = axes[1][0]
-    plotted = False
-    for lv in levels:
-        st = lv.get("staleness")
-        if not st or not st["reads_checked"]:
-            continue
+    curves = _curves(results)
+    for label, st in curves:
         xs, ys = [], []
         for b in st["curve"]:
             if b["reads"]:
-                mid = b["hi_ms"] if b["hi_ms"] is not None else b["lo_ms"] * 2
-                xs.append(mid)
+                xs.append(b["hi_ms"] if b["hi_ms"] is not None else b["lo_ms"] * 2)
                 ys.append(b["p_stale"])
-        ax.plot(xs, ys, marker="o", label=f"{lv['level']} ({st['probability'] * 100:.3f}% "
-                                          "overall)")
-        plotted = True
+        ax.plot(xs, ys, marker="o", linestyle="-" if "probes" in label else "--",
+                label=f"{label} ({st['probability'] * 100:.3f}% of {st['reads_checked']:,})")
     ax.set_xscale("log")
     ax.set_xlabel("time since the latest acknowledged write (ms, bucket upper edge)")
     ax.set_ylabel("P(stale read)")
     ax.set_title("staleness (PBS t-visibility)")
-    if plotted:
-        ax.legend(fontsize=8)
+    if curves:
+        ax.legend(fontsize=7)
 
     ax = axes[1][1]
     for lv in levels:

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +49,11 @@ from kvstore.client import AsyncClient, InvalidArgument, KVError
 from kvstore.node.local_cluster import LocalCluster
 
 RESULTS_SCHEMA = 1
+# Every timestamp comes from here: loop.time() is cached per loop iteration (uvloop: 1 ms
+# granularity), which would quantize latencies and blur the order of an ack and a read.
+now = time.perf_counter
+PROBE_KEYS = 16
+PROBE_DELAYS_S = (0.0, 0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
 @dataclass
@@ -74,6 +80,7 @@ class BenchConfig:
     sync: str = "full"
     fault: bool = False
     fault_node: str | None = None  # default: the last node
+    probes: int = 2  # staleness probe workers per level (write, wait, read); 0: none
     interval_s: float = 1.0
     timeout_s: float = 5.0
     uvloop: bool = True
@@ -89,6 +96,8 @@ class BenchConfig:
             raise ValueError("value size must be at least 8 bytes (the write id)")
         if self.distribution not in ("uniform", "zipfian"):
             raise ValueError("distribution must be uniform or zipfian")
+        if self.probes < 0:
+            raise ValueError("probes must not be negative")
         if self.rate is not None and self.rate <= 0:
             raise ValueError("rate must be positive")
         if self.duration_s <= 0:
@@ -162,7 +171,7 @@ class Bench:
                                        context=context, consistency=level.write,
                                        timeout=self.config.timeout_s)
         self.contexts[key] = result.context
-        self.detector.write_acked(key, wid, asyncio.get_running_loop().time())
+        self.detector.write_acked(key, wid, now())
 
     async def do(self, op: str, key: str, level: Level | None, started: float,
                  rec: Recorder | None) -> None:
@@ -199,7 +208,7 @@ class Bench:
         level = Level.parse(cfg.load_consistency)
         rec = Recorder(cfg.interval_s)
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = now()
         next_index = 0
         if self.progress:
             self.progress.start("load", cfg.records, "records")
@@ -211,7 +220,7 @@ class Bench:
                 next_index += 1
                 key = key_name(index)
                 rec.issue()
-                t0 = loop.time()
+                t0 = now()
                 try:
                     # read the context first: a rerun against the same cluster then
                     # supersedes the old value instead of adding a sibling to it
@@ -219,10 +228,10 @@ class Bench:
                                                      timeout=cfg.timeout_s)).context
                     await self._update(key, level, context)
                 except Exception as exc:
-                    rec.failure(UPDATE, error_kind(exc), loop.time() - start, str(exc))
+                    rec.failure(UPDATE, error_kind(exc), now() - start, str(exc))
                     continue
-                now = loop.time()
-                rec.success(UPDATE, now - t0, now - start)
+                done = now()
+                rec.success(UPDATE, done - t0, done - start)
 
         ticker = loop.create_task(self._tick("load", rec, start, lambda: rec.completed))
         try:
@@ -230,7 +239,7 @@ class Bench:
         finally:
             ticker.cancel()
         result = {"records": cfg.records, "consistency": level.name,
-                  **rec.to_json(loop.time() - start)}
+                  **rec.to_json(now() - start)}
         result.pop("timeline")
         if self.progress:
             self.progress.finish("load", result)
@@ -239,13 +248,12 @@ class Bench:
     async def _tick(self, phase: str, rec: Recorder, origin: float, done) -> None:
         if self.progress is None:
             return
-        loop = asyncio.get_running_loop()
-        last_ok, last_t = 0, loop.time()
+        last_ok, last_t = 0, now()
         while True:
             await asyncio.sleep(0.5)
-            now = loop.time()
-            rate = (rec.ok - last_ok) / max(1e-9, now - last_t)
-            last_ok, last_t = rec.ok, now
+            t = now()
+            rate = (rec.ok - last_ok) / max(1e-9, t - last_t)
+            last_ok, last_t = rec.ok, t
             p99 = rec.hist.get_value_at_percentile(99.0) / 1000 if rec.ok else None
             self.progress.update(phase, done(), {"ops": rec.ok, "ops_per_s": rate,
                                                  "p99_ms": p99,
@@ -258,7 +266,7 @@ class Bench:
         loop = asyncio.get_running_loop()
         rec = Recorder(cfg.interval_s)
         self.detector.reset_stats()
-        begin = loop.time()
+        begin = now()
         measure_start = begin + cfg.warmup_s
         end = measure_start + duration_s
         seed_base = zlib.crc32(f"{cfg.seed}:{name}".encode())  # stable across processes
@@ -269,7 +277,7 @@ class Bench:
             rng = random.Random(seed_base * 1000 + wid)
             choose, keys = workload.chooser(rng), make_keys(cfg.distribution, cfg.records, rng)
             while True:
-                started = loop.time()
+                started = now()
                 if started >= end:
                     return
                 measured = started >= measure_start
@@ -284,27 +292,33 @@ class Bench:
             give_up = end + max(1.0, 0.1 * duration_s)  # a hopeless backlog is not drained
             while True:
                 intended = begin + slots / rate
-                if intended >= end or loop.time() >= give_up:
+                if intended >= end or now() >= give_up:
                     return
                 slots += 1
-                delay = intended - loop.time()
+                delay = intended - now()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 measured = intended >= measure_start
                 op, key = choose(), key_name(keys.next_index())
                 await self._one(op, key, level, rec if measured else None, intended,
-                                loop.time(), measure_start)
+                                now(), measure_start)
 
         if self.progress:
             self.progress.start(name, cfg.warmup_s + duration_s, "s")
-        ticker = loop.create_task(self._tick(name, rec, begin, lambda: loop.time() - begin))
+        ticker = loop.create_task(self._tick(name, rec, begin, lambda: now() - begin))
         fault_task = loop.create_task(self._fault(measure_start, duration_s)) if fault else None
         worker = rate_worker if rate else closed_worker
+        probes = StalenessDetector()
+        probe_errors: Counter[str] = Counter()
+        tasks = [worker(i) for i in range(cfg.concurrency)]
+        if level is not None:
+            tasks += [self._probe(i, level, measure_start, end, probes, probe_errors)
+                      for i in range(cfg.probes)]
         try:
-            await asyncio.gather(*(worker(i) for i in range(cfg.concurrency)))
+            await asyncio.gather(*tasks)
         finally:
             ticker.cancel()
-        elapsed = loop.time() - measure_start
+        elapsed = now() - measure_start
         result: dict[str, Any] = {"phase": name, "workload": workload.name}
         if level is not None:
             r, w = level.counts(self.replication_factor)
@@ -315,6 +329,9 @@ class Bench:
             result["target_rate"] = rate
         if workload.reads and level is not None:
             result["staleness"] = self.detector.stats.to_json()
+        if level is not None and cfg.probes:
+            result["staleness_probes"] = {**probes.stats.to_json(), "workers": cfg.probes,
+                                          "errors": dict(probe_errors)}
         if fault_task is not None:
             events = await fault_task
             result["fault"] = analyze_fault(result["timeline"], cfg.interval_s, duration_s,
@@ -323,39 +340,74 @@ class Bench:
             self.progress.finish(name, result)
         return result
 
+    async def _probe(self, wid: int, level: Level, measure_start: float, end: float,
+                     detector: StalenessDetector, errors: Counter[str]) -> None:
+        """Write a key, wait a little, read it back at the level: the PBS measurement.
+
+        Each probe worker owns its keys (no concurrent writers), cycles through
+        PROBE_DELAYS_S, and its read goes to whichever node the client's round-robin picks,
+        usually not the write's coordinator. Probe operations are not in the workload's
+        figures; they add a trickle of writes (one per probe per round) to every workload.
+        """
+        contexts: dict[str, bytes] = {}
+        round_ = 0
+        while now() < end:
+            key = f"probe:{wid}:{round_ % PROBE_KEYS}"
+            delay = PROBE_DELAYS_S[round_ % len(PROBE_DELAYS_S)]
+            round_ += 1
+            write_id = self._write_id()
+            try:
+                put = await self.client.put(key, encode_value(write_id, self.config.value_size),
+                                            context=contexts.get(key, b""),
+                                            consistency=level.write,
+                                            timeout=self.config.timeout_s)
+                detector.write_acked(key, write_id, now())
+                contexts[key] = put.context
+                if delay:
+                    await asyncio.sleep(delay)
+                started = now()
+                got = await self.client.get(key, consistency=level.read,
+                                            timeout=self.config.timeout_s)
+                contexts[key] = got.context
+            except Exception as exc:
+                errors[error_kind(exc)] += 1
+                await asyncio.sleep(0.01)  # do not spin on a dead cluster
+                continue
+            if started >= measure_start:
+                detector.read(key, started, [decode_write_id(v.value) for v in got.siblings
+                                             if not v.tombstone])
+
     async def _one(self, op: str, key: str, level: Level | None, rec: Recorder | None,
                    intended: float, sent: float, origin: float) -> None:
-        loop = asyncio.get_running_loop()
         if rec is not None:
             rec.issue()
         try:
             await self.do(op, key, level, sent, rec)
         except Exception as exc:
             if rec is not None:
-                rec.failure(op, error_kind(exc), loop.time() - origin, str(exc))
+                rec.failure(op, error_kind(exc), now() - origin, str(exc))
             return
         if rec is not None:
-            done = loop.time()
+            done = now()
             service = done - sent if intended != sent else None
             rec.success(op, done - intended, done - origin, service)
 
     async def _fault(self, measure_start: float, duration_s: float) -> dict[str, Any]:
         """Kill a node a third of the way in, restart it at two thirds; when things happened."""
         assert self.cluster is not None
-        loop = asyncio.get_running_loop()
         node = self.config.fault_node or self.cluster.nodes[-1].id
         events: dict[str, Any] = {"node": node}
-        await asyncio.sleep(max(0.0, measure_start + duration_s / 3 - loop.time()))
-        events["kill_s"] = loop.time() - measure_start
+        await asyncio.sleep(max(0.0, measure_start + duration_s / 3 - now()))
+        events["kill_s"] = now() - measure_start
         await asyncio.to_thread(self.cluster.kill, node, signal.SIGKILL)
         if self.progress:
             self.progress.note(f"fault: killed {node} (SIGKILL)")
-        await asyncio.sleep(max(0.0, measure_start + 2 * duration_s / 3 - loop.time()))
-        events["restart_s"] = loop.time() - measure_start
+        await asyncio.sleep(max(0.0, measure_start + 2 * duration_s / 3 - now()))
+        events["restart_s"] = now() - measure_start
         await asyncio.to_thread(self.cluster.start_node, node)
         try:
             await asyncio.to_thread(self.cluster.wait_healthy, 60.0, [node])
-            events["healthy_s"] = loop.time() - measure_start
+            events["healthy_s"] = now() - measure_start
         except (TimeoutError, RuntimeError) as exc:
             events["healthy_error"] = str(exc)
         if self.progress:

@@ -71,6 +71,9 @@ def _levels(ctx, param, value):
 @click.option("--fault", is_flag=True,
               help="With --local: SIGKILL a node at 1/3 of each run, restart it at 2/3, and "
                    "report errors, latency spike and recovery per level.")
+@click.option("--probes", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Staleness probe workers per level: write a key, wait 0-50 ms, read it "
+                   "back (PBS curve); their operations are not in the workload figures.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--interval", default="1s", show_default=True, callback=_duration,
               help="Timeline resolution (per-interval throughput and p99).")
@@ -85,8 +88,8 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
           duration: float, warmup: float, concurrency: int, records: int, value_size: int,
           distribution: str, rate: float | None, no_load: bool, no_ceiling: bool,
           ceiling_duration: float | None, local_nodes: int, sync: str, fault: bool,
-          seed: int, interval: float, out_dir: Path | None, as_json: bool, no_live: bool,
-          uvloop: bool) -> None:
+          probes: int, seed: int, interval: float, out_dir: Path | None, as_json: bool,
+          no_live: bool, uvloop: bool) -> None:
     """Measure throughput, latency and staleness per consistency level.
 
     \b
@@ -107,7 +110,7 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
         warmup_s=warmup, concurrency=concurrency, records=records, value_size=value_size,
         distribution=distribution, rate=rate, load=not no_load, ceiling=not no_ceiling,
         ceiling_duration_s=ceiling_duration, local_nodes=local_nodes, sync=sync, fault=fault,
-        seed=seed, interval_s=interval or 1.0,
+        probes=probes, seed=seed, interval_s=interval or 1.0,
         timeout_s=getattr(ctx.obj, "timeout", 5.0), uvloop=uvloop)
     try:
         config.validate()

@@ -97,6 +97,10 @@ def test_closed_loop_phase_counts_every_operation() -> None:
     # the stand-in is linearizable: no read may be judged stale
     assert st["reads_checked"] > 0 and st["stale_reads"] == 0
     assert (out["r"], out["w"], out["r_plus_w_gt_n"]) == (1, 1, False)
+    probes = out["staleness_probes"]
+    assert probes["workers"] == 2 and probes["reads_checked"] > 0
+    assert probes["stale_reads"] == 0
+    assert set(probes["errors"]) <= {"Timeout"}  # probe:*:7 reads time out
 
 
 def test_fixed_rate_issues_exactly_the_scheduled_operations() -> None:
