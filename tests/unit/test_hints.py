@@ -7,6 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kvstore.storage.engine import StorageError
 from kvstore.storage.hints import (
@@ -194,3 +197,78 @@ def test_concurrent_adds_from_threads_keep_counts_exact(tmp_path: Path) -> None:
     assert counts == {"t0": 100, "t1": 100, "t2": 100, "t3": 100, "shared": 400}
     assert len(store.pending("shared", 1000)) == 400
     store.close()
+
+
+# -- model-based: the store behaves like a bounded ordered dict ---------------------------
+
+TARGETS = st.sampled_from(["a", "b", "c"])
+
+
+class HintModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = HintStore(None, sync="off", max_per_target=4, max_total=7)
+        self.model: dict[int, tuple[str, bytes, bytes, int]] = {}
+
+    def teardown(self) -> None:
+        self.store.close()
+
+    def _room(self, target: str, extra: dict[str, int], total_extra: int) -> bool:
+        held = sum(1 for t, *_ in self.model.values() if t == target) + extra.get(target, 0)
+        return len(self.model) + total_extra < 7 and held < 4
+
+    @rule(items=st.lists(st.tuples(TARGETS, st.binary(max_size=4), st.integers(0, 100)),
+                         max_size=5))
+    def add_many(self, items: list[tuple[str, bytes, int]]) -> None:
+        extra: dict[str, int] = {}
+        accepted = 0
+        want = []
+        for target, _, _ in items:
+            ok = self._room(target, extra, accepted)
+            want.append(ok)
+            if ok:
+                extra[target] = extra.get(target, 0) + 1
+                accepted += 1
+        ids = self.store.add_many([(t, k, b"rec" + k, c) for t, k, c in items])
+        assert [i is not None for i in ids] == want
+        for (t, k, c), i in zip(items, ids, strict=True):
+            if i is not None:
+                assert i not in self.model and all(i > old for old in self.model)
+                self.model[i] = (t, k, b"rec" + k, c)
+
+    @rule(node=TARGETS, limit=st.integers(1, 5), data=st.data())
+    def deliver(self, node: str, limit: int, data: st.DataObject) -> None:
+        got = self.store.pending(node, limit)
+        want = sorted(i for i, v in self.model.items() if v[0] == node)[:limit]
+        assert [h.id for h in got] == want
+        for h in got:
+            assert (h.target, h.key, h.record, h.created_ms) == self.model[h.id]
+        acked = [h.id for h in got if data.draw(st.booleans())]
+        assert self.store.delete(acked) == len(acked)
+        for i in acked:
+            del self.model[i]
+
+    @rule(now=st.integers(0, 200), age=st.integers(0, 100),
+          members=st.sets(TARGETS) | st.none())
+    def expire(self, now: int, age: int, members: set[str] | None) -> None:
+        dropped = self.store.expire(now, age, members)
+        want = {
+            i: ("not_member" if members is not None and v[0] not in members else "expired")
+            for i, v in self.model.items()
+            if (members is not None and v[0] not in members) or v[3] < now - age
+        }
+        assert {d.id: d.reason for d in dropped} == want
+        for i in want:
+            del self.model[i]
+
+    @invariant()
+    def counts_match(self) -> None:
+        want: dict[str, int] = {}
+        for t, *_ in self.model.values():
+            want[t] = want.get(t, 0) + 1
+        assert self.store.count_by_target() == want
+        assert self.store.count() == len(self.model)
+
+
+TestHintModel = HintModel.TestCase
+TestHintModel.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
