@@ -187,8 +187,13 @@ class HintStore:
                 f"{self.path}: hint store format {row and row[0]}, expected {FORMAT_VERSION}"
             )
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` in one write transaction under the lock; translate errors."""
+    def _run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        committed: Callable[[T], None] | None = None,
+    ) -> T:
+        """Run `fn(conn)` in one write transaction under the lock; translate errors. Then,
+        still under the lock, `committed(result)` updates the in-memory counts."""
         with self._lock:
             if self._closed:
                 raise StorageError(f"hint store {self.path}: closed")
@@ -197,6 +202,8 @@ class HintStore:
                 conn.execute("BEGIN IMMEDIATE")
                 out = fn(conn)
                 conn.execute("COMMIT")
+                if committed is not None:
+                    committed(out)
                 return out
             except BaseException as exc:
                 try:
@@ -253,20 +260,19 @@ class HintStore:
 
         if not items:
             return []
-        out, added = self._run(write)
-        for target, n in added.items():  # only after the commit succeeded
-            self._counts[target] = self._counts.get(target, 0) + n
-            self._total += n
-        return out
+        def count(result: tuple[list[int | None], dict[str, int]]) -> None:
+            for target, n in result[1].items():  # only after the commit succeeded
+                self._counts[target] = self._counts.get(target, 0) + n
+                self._total += n
+
+        return self._run(write, count)[0]
 
     def delete(self, ids: Iterable[int]) -> int:
         """Remove delivered hints (after the owner acknowledged them); how many were removed."""
         id_list = [int(i) for i in ids]
         if not id_list:
             return 0
-        removed = self._run(lambda conn: self._delete(conn, id_list))
-        self._forget(removed)
-        return len(removed)
+        return len(self._run(lambda conn: self._delete(conn, id_list), self._forget))
 
     @staticmethod
     def _delete(conn: sqlite3.Connection, ids: list[int]) -> list[str]:
@@ -279,6 +285,7 @@ class HintStore:
         return removed
 
     def _forget(self, targets: list[str]) -> None:
+        """Count removed hints out (called under the lock, after the commit)."""
         for target in targets:
             left = self._counts.get(target, 0) - 1
             if left > 0:
@@ -316,9 +323,11 @@ class HintStore:
             else:
                 bad.append(dropped)
         if bad:
-            removed = self._run(lambda conn: self._delete(conn, [d.id for d in bad]))
-            self._forget(removed)
-            self._dropped.extend(bad)
+            def keep(removed: list[str]) -> None:
+                self._forget(removed)
+                self._dropped.extend(bad)
+
+            self._run(lambda conn: self._delete(conn, [d.id for d in bad]), keep)
         return good
 
     @staticmethod
@@ -343,12 +352,14 @@ class HintStore:
 
     def take_dropped(self) -> list[DroppedHint]:
         """Corrupt hints found (and deleted) by `pending` since the last call, to log/count."""
-        out, self._dropped = self._dropped, []
+        with self._lock:
+            out, self._dropped = self._dropped, []
         return out
 
     def count_by_target(self) -> dict[str, int]:
         """Hints held per target (kept in memory: O(targets))."""
-        return dict(self._counts)
+        with self._lock:
+            return dict(self._counts)
 
     def count(self) -> int:
         return self._total
@@ -366,10 +377,10 @@ class HintStore:
         never retried."""
         cutoff = now_ms - max_age_ms
         members = None if live_members is None else set(live_members)
-        gone = [] if members is None else [t for t in self._counts if t not in members]
 
         def drop(conn: sqlite3.Connection) -> list[DroppedHint]:
             out: list[DroppedHint] = []
+            gone = [] if members is None else [t for t in self._counts if t not in members]
             for target in gone:
                 rows = conn.execute(
                     "DELETE FROM hints WHERE target = ? RETURNING id, target, key, created_ms",
@@ -383,8 +394,7 @@ class HintStore:
             out.extend(DroppedHint(i, t, k, c, REASON_EXPIRED) for i, t, k, c in rows)
             return out
 
-        dropped = self._run(drop)
-        self._forget([d.target for d in dropped])
+        dropped = self._run(drop, lambda out: self._forget([d.target for d in out]))
         dropped.sort(key=lambda d: d.id)
         return dropped
 
