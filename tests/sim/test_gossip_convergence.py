@@ -287,6 +287,35 @@ def test_killed_node_marked_down_then_up_after_restart(loss: float) -> None:
     )
 
 
+
+def test_status_change_spreads_and_every_ring_follows() -> None:
+    """A node leaving (LEAVING, then LEFT) reaches every node in O(log n) rounds, and
+    every node's ring drops it at the same point."""
+    sim = Sim(N, SEED + 2, 0.1, vnodes=16)
+    for _ in range(12):
+        sim.step()
+    leaver = sim.nodes["n33"].gossiper
+    spread = {}
+    for status in (Status.LEAVING, Status.LEFT):
+        leaver.update(status=status)
+        start = sim.round_no
+        while not all(
+            n.gossiper.endpoints["n33"].status == status for n in sim.nodes.values()
+        ):
+            sim.step()
+            assert sim.round_no - start <= C * math.log2(N), sim.describe()
+        spread[status.name] = sim.round_no - start
+        rings = {frozenset(n.gossiper.ring_tokens()) for n in sim.nodes.values()}
+        assert len(rings) == 1, sim.describe()
+        assert ("n33" in next(iter(rings))) == (status == Status.LEAVING)
+    # A LEFT node is no longer gossiped to by anyone.
+    for n in sim.nodes.values():
+        if n.gossiper.node_id != "n33":
+            for _ in range(20):
+                assert "n33" not in n.gossiper.targets(n.rng, sim.down_set(n))
+    print(f"\n[status spread] n={N} loss=0.1: LEAVING in {spread['LEAVING']} rounds,"
+          f" LEFT in {spread['LEFT']} rounds")
+
 RUN_SLOW = os.environ.get("KV_SLOW") == "1" or "--run-slow" in sys.argv
 
 

@@ -271,4 +271,4 @@ class HintModel(RuleBasedStateMachine):
 
 
 TestHintModel = HintModel.TestCase
-TestHintModel.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+TestHintModel.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
