@@ -131,12 +131,19 @@ _U16 = struct.Struct("<H")
 _SNAP = struct.Struct("<QQ")
 
 
+_ID_CACHE: dict[str, bytes] = {}
+
+
 def _put_str(out: list[bytes], s: str) -> None:
-    b = s.encode()
-    if len(b) > MAX_ID_LEN:
-        raise ValueError(f"node id too long ({len(b)} bytes)")
-    out.append(_U16.pack(len(b)))
-    out.append(b)
+    enc = _ID_CACHE.get(s)
+    if enc is None:
+        b = s.encode()
+        if len(b) > MAX_ID_LEN:
+            raise ValueError(f"node id too long ({len(b)} bytes)")
+        enc = _U16.pack(len(b)) + b
+        if len(_ID_CACHE) < 4096:
+            _ID_CACHE[s] = enc
+    out.append(enc)
 
 
 def _put_bytes(out: list[bytes], b: bytes) -> None:
@@ -217,15 +224,37 @@ class _Reader:
         return ConfState(groups[0], groups[1])
 
 
+def _str_at(buf: bytes, pos: int, what: str) -> tuple[str, int]:
+    if pos + 2 > len(buf):
+        raise MessageDecodeError(f"truncated message: {what} length at {pos}")
+    (n,) = _U16.unpack_from(buf, pos)
+    pos += 2
+    if n > MAX_ID_LEN or pos + n > len(buf):
+        raise MessageDecodeError(f"{what} too long or truncated ({n} bytes)")
+    try:
+        return buf[pos : pos + n].decode(), pos + n
+    except UnicodeDecodeError as exc:
+        raise MessageDecodeError(f"{what} is not UTF-8") from exc
+
+
+def _blob_at(buf: bytes, pos: int, what: str) -> tuple[bytes, int]:
+    if pos + 4 > len(buf):
+        raise MessageDecodeError(f"truncated message: {what} length at {pos}")
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    if pos + n > len(buf):
+        raise MessageDecodeError(f"truncated message: {what} needs {n} bytes at {pos}")
+    return buf[pos : pos + n], pos + n
+
+
 def decode_message(data: bytes) -> Message:
     """Parse and validate bytes from the network; raise `MessageDecodeError` if malformed."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MessageDecodeError(f"expected bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
-    try:
-        version, mtype, term, log_term, index, commit, reject, hint, n = r.unpack(_HDR, "header")
-    except struct.error as exc:  # pragma: no cover - take() already checks lengths
-        raise MessageDecodeError(str(exc)) from exc
+    buf = bytes(data)
+    if len(buf) < _HDR.size:
+        raise MessageDecodeError(f"truncated message: {len(buf)} bytes, header needs {_HDR.size}")
+    version, mtype, term, log_term, index, commit, reject, hint, n = _HDR.unpack_from(buf, 0)
     if version != WIRE_VERSION:
         raise MessageDecodeError(f"unsupported raft wire version {version} (want {WIRE_VERSION})")
     try:
@@ -234,35 +263,50 @@ def decode_message(data: bytes) -> Message:
         raise MessageDecodeError(f"unknown raft message type {mtype}") from None
     if n > MAX_ENTRIES_PER_MESSAGE:
         raise MessageDecodeError(f"too many entries ({n})")
-    to = r.string("to")
-    frm = r.string("from")
+    to, pos = _str_at(buf, _HDR.size, "to")
+    frm, pos = _str_at(buf, pos, "from")
     if not to or not frm:
         raise MessageDecodeError("empty node id")
-    context = r.blob("context")
+    context, pos = _blob_at(buf, pos, "context")
     entries = []
+    prev_term = log_term
+    esize = _ENT.size
     for i in range(n):
-        eidx, eterm, etype, dlen = r.unpack(_ENT, "entry header")
+        if pos + esize > len(buf):
+            raise MessageDecodeError(f"truncated message: entry {i} header")
+        eidx, eterm, etype, dlen = _ENT.unpack_from(buf, pos)
+        pos += esize
+        if pos + dlen > len(buf):
+            raise MessageDecodeError(f"truncated message: entry {i} data")
         try:
             et = EntryType(etype)
         except ValueError:
             raise MessageDecodeError(f"unknown entry type {etype}") from None
-        entries.append(Entry(eidx, eterm, et, bytes(r.take(dlen, "entry data"))))
         if eidx != index + 1 + i:
             raise MessageDecodeError(f"entry {i} has index {eidx}, expected {index + 1 + i}")
-        if eterm > term or (i and eterm < entries[i - 1].term) or eterm < log_term:
+        if eterm > term or eterm < prev_term:
             raise MessageDecodeError(f"entry {eidx} has impossible term {eterm}")
-    flag = bytes(r.take(1, "snapshot flag"))[0]
+        prev_term = eterm
+        entries.append(Entry(eidx, eterm, et, buf[pos : pos + dlen]))
+        pos += dlen
+    if pos >= len(buf):
+        raise MessageDecodeError("truncated message: snapshot flag")
+    flag = buf[pos]
+    pos += 1
     snapshot = None
     if flag == 1:
+        r = _Reader(buf)
+        r.pos = pos
         sidx, sterm = r.unpack(_SNAP, "snapshot header")
         conf = r.conf()
         snapshot = Snapshot(sidx, sterm, conf, r.blob("snapshot data"))
+        pos = r.pos
         if not conf.voters:
             raise MessageDecodeError("snapshot config has no voters")
     elif flag != 0:
         raise MessageDecodeError(f"bad snapshot flag {flag}")
-    if r.pos != len(r.buf):
-        raise MessageDecodeError(f"{len(r.buf) - r.pos} trailing bytes")
+    if pos != len(buf):
+        raise MessageDecodeError(f"{len(buf) - pos} trailing bytes")
     if entries and typ is not MsgType.APP:
         raise MessageDecodeError(f"{typ.name} must not carry entries")
     if (snapshot is None) == (typ is MsgType.SNAP):

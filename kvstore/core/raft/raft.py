@@ -183,6 +183,7 @@ class RaftNode:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._outstanding: Ready | None = None
+        self._need_bcast = False
         if bootstrap_voters:
             if hard_state or snapshot or entries:
                 raise RaftUsageError("bootstrap only a node with no durable state")
@@ -400,19 +401,26 @@ class RaftNode:
     def has_ready(self) -> bool:
         if self._outstanding is not None:
             return False
+        hs = self._prev_hs
         return bool(
-            self._msgs
+            self._need_bcast
+            or self._msgs
             or self._read_states
             or self._pending_snapshot is not None
-            or self._unstable <= self.last_index()
+            or self._unstable <= self._offset + len(self._ents)
             or self.commit > self.applied
-            or self._hard_state() != self._prev_hs
+            or self.term != hs.term
+            or self.vote != hs.vote
+            or self.commit != hs.commit
         )
 
     def ready(self) -> Ready:
         """Collect what the driver must do now; call advance() when it is done."""
         if self._outstanding is not None:
             raise RaftUsageError("ready() called again before advance()")
+        if self._need_bcast and self.role is Role.LEADER:
+            self._bcast_append()
+        self._need_bcast = False
         hs = self._hard_state()
         snap = self._pending_snapshot
         entries = self.entries_from(self._unstable, self.last_index()) if (
@@ -703,7 +711,7 @@ class RaftNode:
         if me is not None:
             me.maybe_update(index)
         if not self._maybe_commit():
-            self._bcast_append()
+            self._need_bcast = True  # sent at the next ready(): one batch per follower
         return index
 
     def _tick_leader(self) -> None:
@@ -736,9 +744,11 @@ class RaftNode:
                                    commit=min(pr.match, self.commit), context=ctx))
 
     def _bcast_append(self) -> None:
+        self._need_bcast = False
         for n in sorted(self.progress):
-            if n != self.id:
-                self._send_append(n)
+            if n != self.id and self._send_append(n):
+                while self._send_append(n, send_if_empty=False):
+                    pass  # pipeline further batches up to max_inflight
 
     def _send_append(self, to: str, send_if_empty: bool = True) -> bool:
         pr = self.progress[to]

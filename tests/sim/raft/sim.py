@@ -86,7 +86,7 @@ class Scenario:
         n = r.choice((3, 3, 5))
         spare = n == 3 and r.random() < 0.3
         ids = [f"n{i}" for i in range(1, n + 1)]
-        window = r.randrange(3000, 10000) if long else r.randrange(300, 1200)
+        window = r.randrange(3000, 10000) if long else r.randrange(250, 1000)
         faults = []
         for _ in range(r.randint(1, 6 if long else 3)):
             kind = r.choice(FAULT_KINDS)
@@ -221,7 +221,7 @@ class Simulation:
         self.elect_after_heal = -2
         self.messages = self.crashes = self.snapshots_sent = self.events = 0
         self.notes: list[str] = []
-        self.ops_end = sc.heal_at + 300
+        self.ops_end = sc.heal_at + 200
         self.deadline = sc.heal_at + 60 * ELECTION_MS
         self.done = False
 

@@ -1,0 +1,138 @@
+"""Deterministic simulation of Raft groups over many seeds (see sim.py and docs/raft.md).
+
+Default run: KV_RAFT_SEEDS seeds (default 2000) of short scenarios, spread over the
+available cores. Replay one seed:
+
+    KV_RAFT_SEED=1234 .venv/bin/python -m pytest tests/sim/raft -k replay -s
+
+(add KV_RAFT_LONG=1 for a seed from the long run). Long run: KV_SLOW=1 (or -m slow) with
+KV_RAFT_LONG_SEEDS (default 300) long scenarios.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import statistics
+import time
+
+import pytest
+
+from .checkers import SimFailure
+from .sim import ELECTION_MS, LIVENESS_BOUND_TIMEOUTS, Scenario, run_seed
+
+SEEDS = int(os.environ.get("KV_RAFT_SEEDS", "2000"))
+START = int(os.environ.get("KV_RAFT_SEED_START", "0"))
+CHUNK = 250
+LONG_SEEDS = int(os.environ.get("KV_RAFT_LONG_SEEDS", "300"))
+_RESULTS: dict[str, list] = collections.defaultdict(list)
+
+
+def replay_command(seed: int, long: bool = False) -> str:
+    extra = "KV_RAFT_LONG=1 " if long else ""
+    return f"{extra}KV_RAFT_SEED={seed} .venv/bin/python -m pytest tests/sim/raft -k replay -s"
+
+
+def _one(args: tuple[int, bool]) -> tuple[int, object, str]:
+    seed, long = args
+    try:
+        r = run_seed(seed, long=long)
+        return seed, (r.elect_after_heal_ms, r.ops, r.indeterminate, r.events, r.crashes,
+                      r.snapshots_sent), ""
+    except SimFailure as exc:
+        return seed, None, str(exc)
+    except Exception as exc:  # a crash inside the core is a failure of that seed too
+        import traceback
+
+        return seed, None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+
+
+def _run(seeds: list[int], long: bool) -> tuple[list, float]:
+    t0 = time.perf_counter()
+    workers = min(len(seeds), os.cpu_count() or 1, 4)
+    jobs = [(s, long) for s in seeds]
+    if workers > 1:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(workers) as pool:
+            out = pool.map(_one, jobs, chunksize=8)
+    else:
+        out = [_one(j) for j in jobs]
+    return out, time.perf_counter() - t0
+
+
+def _check(out: list, long: bool) -> None:
+    failures = [(s, msg) for s, res, msg in out if res is None]
+    if failures:
+        lines = []
+        for s, msg in failures[:5]:
+            lines.append(f"--- seed {s} FAILED; replay with:\n    {replay_command(s, long)}\n"
+                         f"{msg}")
+        pytest.fail(f"{len(failures)} of {len(out)} seeds failed:\n" + "\n".join(lines),
+                    pytrace=False)
+
+
+def _summary(label: str, results: list, seconds: float) -> str:
+    times = [r[0] for r in results]
+    fresh = sorted(t for t in times if t > 0)
+    buckets = collections.Counter(min(t // ELECTION_MS, 9) for t in fresh)
+    ops = sum(r[1] for r in results)
+    lines = [
+        f"[{label}] {len(results)} seeds in {seconds:.1f}s wall "
+        f"({len(results) / seconds:.1f} seeds/s); {ops} client ops, "
+        f"{sum(r[2] for r in results)} indeterminate; {sum(r[4] for r in results)} crashes; "
+        f"{sum(r[5] for r in results)} snapshots sent",
+        f"[{label}] leader in place at the heal: {len(times) - len(fresh)} seeds; "
+        f"elected after the heal: {len(fresh)} seeds",
+    ]
+    if fresh:
+        q = statistics.quantiles(fresh, n=100) if len(fresh) > 1 else [fresh[0]] * 99
+        lines.append(
+            f"[{label}] time to a stable leader after the heal (election timeout = "
+            f"{ELECTION_MS}ms): p50={q[49]:.0f}ms p90={q[89]:.0f}ms p99={q[98]:.0f}ms "
+            f"max={fresh[-1]}ms (bound {LIVENESS_BOUND_TIMEOUTS * ELECTION_MS}ms)")
+        hist = " ".join(
+            f"[{b}-{b + 1})x{buckets[b]}" if b < 9 else f"[9+)x{buckets[b]}"
+            for b in sorted(buckets))
+        lines.append(f"[{label}] in election timeouts: {hist}")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("chunk", range((SEEDS + CHUNK - 1) // CHUNK))
+def test_seeds(chunk: int) -> None:
+    """Safety on every step, then liveness, convergence and linearizability, per seed."""
+    seeds = list(range(START + chunk * CHUNK, START + min(SEEDS, (chunk + 1) * CHUNK)))
+    out, seconds = _run(seeds, long=False)
+    _check(out, long=False)
+    _RESULTS["short"].extend(res for _, res, _ in out)
+    _RESULTS["seconds"].append(seconds)
+    print(f"\nseeds {seeds[0]}..{seeds[-1]}: {len(seeds) / seconds:.1f} seeds/s")
+    if chunk == (SEEDS + CHUNK - 1) // CHUNK - 1:
+        print(_summary("raft sim", _RESULTS["short"], sum(_RESULTS["seconds"])))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("KV_SLOW") != "1", reason="long simulation: set KV_SLOW=1")
+def test_long_seeds() -> None:
+    seeds = list(range(START, START + LONG_SEEDS))
+    out, seconds = _run(seeds, long=True)
+    _check(out, long=True)
+    print("\n" + _summary("raft sim long", [r for _, r, _ in out], seconds))
+
+
+@pytest.mark.skipif("KV_RAFT_SEED" not in os.environ, reason="set KV_RAFT_SEED to replay")
+def test_replay() -> None:
+    seed = int(os.environ["KV_RAFT_SEED"])
+    long = os.environ.get("KV_RAFT_LONG") == "1"
+    sc = Scenario.from_seed(seed, long)
+    print(f"\nreplaying {sc.describe()}")
+    r = run_seed(seed, long=long)
+    print(f"ok: {r.ops} ops ({r.indeterminate} indeterminate), {r.events} events, "
+          f"{r.messages} messages, max term {r.max_term}, stable leader "
+          f"{r.elect_after_heal_ms}ms after the heal, finished at {r.end_ms}ms")
+
+
+def test_same_seed_same_run() -> None:
+    """Determinism: a seed reproduces the identical run."""
+    a, b = run_seed(7), run_seed(7)
+    assert (a.events, a.messages, a.end_ms, a.ops) == (b.events, b.messages, b.end_ms, b.ops)
