@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import random
 
 import pytest
@@ -20,8 +21,8 @@ from kvstore.core.antientropy import (
     Stats,
     run_local,
 )
-from kvstore.core.merkle import MerkleTree, in_range
-from kvstore.core.ring import TOKEN_MIN, Ring, token_of
+from kvstore.core.merkle import MerkleTree
+from kvstore.core.ring import TOKEN_MAX, TOKEN_MIN, Ring, token_of
 
 WHOLE = (TOKEN_MIN, TOKEN_MIN)
 
@@ -32,9 +33,17 @@ def _tree(data: dict[bytes, bytes], start: int = WHOLE[0], end: int = WHOLE[1],
 
 
 def _scan(data: dict[bytes, bytes]):
+    """A storage scan over the replica (as Engine.scan: start exclusive, end inclusive)."""
+    items = sorted((token_of(k), k, d) for k, d in data.items())
+    tokens = [t for t, _, _ in items]
+
     def scan(token_ranges):
-        return [(token_of(k), k, d) for k, d in data.items()
-                if any(in_range(token_of(k), lo, hi) for lo, hi in token_ranges)]
+        out = []
+        for lo, hi in token_ranges:
+            parts = [(lo, hi)] if lo < hi else [(lo, TOKEN_MAX), (TOKEN_MIN - 1, hi)]
+            for s, e in parts:
+                out.extend(items[bisect.bisect_right(tokens, s):bisect.bisect_right(tokens, e)])
+        return out
     return scan
 
 
@@ -57,17 +66,18 @@ def _replicas(n: int, diverged: int, seed: int) -> tuple[dict, dict, set]:
 def _steps(a, b, **kw):
     """Run a session by hand, returning every (request, reply) pair and the result."""
     ini, resp = Initiator(_tree(a), **kw), Responder(_tree(b))
+    scan_a, scan_b = _scan(a), _scan(b)
     log = []
     while True:
         act = ini.next_action()
         if isinstance(act, Done):
             return log, act.result
         if isinstance(act, NeedEntries):
-            ini.provide_entries(_scan(a)(act.ranges))
+            ini.provide_entries(scan_a(act.ranges))
             continue
         reply = resp.receive(act.data)
         if isinstance(reply, NeedEntries):
-            reply = resp.provide_entries(_scan(b)(reply.ranges))
+            reply = resp.provide_entries(scan_b(reply.ranges))
         log.append((act.data, reply.data))
         ini.receive(reply.data)
 
@@ -284,12 +294,15 @@ def test_misuse_is_a_local_error():
         Initiator(_tree(a), force_leaves=[1 << 10])
 
 
+_FUZZ_A, _FUZZ_B, _ = _replicas(60, 6, 9)
+_FUZZ = (_FUZZ_A, _FUZZ_B, _steps(_FUZZ_A, _FUZZ_B)[0])
+
+
 @settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzzed_bytes_only_ever_raise_protocol_errors(data):
-    a, b, _ = _replicas(60, 6, 9)
-    log, _ = _steps(a, b)
+    a, b, log = _FUZZ
     request, reply = data.draw(st.sampled_from(log))
     target = data.draw(st.sampled_from(["request", "reply"]))
     raw = bytearray(request if target == "request" else reply)
@@ -354,16 +367,19 @@ def test_measure_10k_keys_1pct_divergence():
     print(f"{'layout':<34} {'msgs':>5} {'hashes':>7} {'digests':>8} {'bytes':>8} "
           f"{'vs digests':>10} {'vs values':>9} {'xfer/div':>8}")
     rows = []
-    for label, depth in (("one tree, depth 10 (default)", 10), ("one tree, depth 12", 12),
-                         ("one tree, depth 14", 14)):
-        ini = Initiator(_tree(a, depth=depth))
-        result = run_local(ini, Responder(_tree(b, depth=depth)), _scan(a), _scan(b))
+    scan_a, scan_b = _scan(a), _scan(b)
+    for label, depth, level in (("one tree, depth 10 (default)", 10, 0),
+                                ("one tree, depth 10, start_level 6", 10, 6),
+                                ("one tree, depth 12", 12, 0), ("one tree, depth 14", 14, 0)):
+        ini = Initiator(_tree(a, depth=depth), start_level=level)
+        result = run_local(ini, Responder(_tree(b, depth=depth)), scan_a, scan_b)
         rows.append((label, result.stats, set(result.push) | set(result.fetch)))
     ring = Ring.of_nodes(["n1", "n2", "n3"], vnodes=16)
     total, moved = Stats(), set()
+    scan_a, scan_b = _scan(a), _scan(b)
     for lo, hi, _ in ring.ranges():
-        ra = {k: d for k, d in a.items() if in_range(token_of(k), lo, hi)}
-        rb = {k: d for k, d in b.items() if in_range(token_of(k), lo, hi)}
+        ra = {k: d for _, k, d in scan_a([(lo, hi)])}
+        rb = {k: d for _, k, d in scan_b([(lo, hi)])}
         res = run_local(Initiator(_tree(ra, lo, hi)), Responder(_tree(rb, lo, hi)),
                         _scan(ra), _scan(rb))
         total += res.stats
