@@ -36,6 +36,7 @@ import hashlib
 from array import array
 from collections.abc import Iterable, Iterator
 
+from kvstore.core import versions
 from kvstore.core.ring import TOKEN_MIN, TOKEN_SPACE
 from kvstore.core.versions import Sibling
 
@@ -55,6 +56,14 @@ def version_digest(siblings: Iterable[Sibling]) -> bytes:
         h.update(counter.to_bytes(8, "big"))
         h.update(b"\x01" if tomb else b"\x00")
     return h.digest()
+
+
+def record_digest(record: bytes | None) -> bytes | None:
+    """The version digest of a stored record (an encoded VersionSet); None when it holds
+    no siblings, so that `MerkleTree.update(token, key, record_digest(old),
+    record_digest(new))` mirrors a storage write."""
+    siblings = versions.decode(record)
+    return version_digest(siblings) if siblings else None
 
 
 _ENTRY_HASHER = hashlib.blake2b(digest_size=8, person=b"kv-entry")
@@ -133,6 +142,18 @@ class MerkleTree:
             nodes[n] = (nodes[2 * n] + nodes[2 * n + 1]) & _MASK
         tree.keys = count
         return tree
+
+    @classmethod
+    def from_records(
+        cls,
+        start: int,
+        end: int,
+        records: Iterable[tuple[int, bytes, bytes]],
+        depth: int = DEFAULT_DEPTH,
+    ) -> MerkleTree:
+        """A tree from a storage scan: (token, key, record) as `Engine.scan` yields them."""
+        entries = ((t, k, record_digest(r)) for t, k, r in records)
+        return cls.build(start, end, ((t, k, d) for t, k, d in entries if d is not None), depth)
 
     def same_shape(self, other: MerkleTree) -> bool:
         return (self.start, self.end, self.depth) == (other.start, other.end, other.depth)
