@@ -239,6 +239,20 @@ def _read_header(data: bytes, tree: MerkleTree, kinds: tuple[int, ...]) -> tuple
     return r, kind
 
 
+def peek_shape(data: bytes) -> tuple[int, int, int]:
+    """(start, end, depth) of the tree a message is about, so a node can pick its tree for
+    a `Responder` before decoding the rest. ProtocolError if it is no anti-entropy message."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"expected bytes, got {type(data).__name__}")
+    r = _Reader(bytes(data[:20]))
+    if r.u8() != MAGIC:
+        raise ProtocolError("not an anti-entropy message (bad magic byte)")
+    r.take(2)
+    start = int.from_bytes(r.take(8), "big", signed=True)
+    end = int.from_bytes(r.take(8), "big", signed=True)
+    return start, end, r.u8()
+
+
 def _bitmap(flags: list[bool]) -> bytes:
     out = bytearray((len(flags) + 7) // 8)
     for i, f in enumerate(flags):

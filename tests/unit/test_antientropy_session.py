@@ -125,6 +125,15 @@ def test_force_leaves_compares_keys_of_matching_leaves():
     assert all(tree.leaf_of(token_of(k)) == leaf for k, _ in result.matched)
 
 
+def test_peek_shape_names_the_tree_a_request_is_about():
+    tree = _tree({}, -5, 77, depth=4)
+    request = Initiator(tree).next_action()
+    assert ae.peek_shape(request.data) == (-5, 77, 4)
+    for bad in (b"", b"\x00" * 20, request.data[:10]):
+        with pytest.raises(ProtocolError):
+            ae.peek_shape(bad)
+
+
 def test_sessions_sum_their_stats():
     total = Stats(ranges_compared=1, keys_sent=2) + Stats(ranges_compared=1, keys_received=3)
     assert (total.ranges_compared, total.keys_sent, total.keys_received) == (2, 2, 3)
