@@ -35,9 +35,12 @@ class Recording:
         self.entered = threading.Event()
         self.fail_next: Exception | None = None
         self.get_many_sizes: list[int] = []
+        self.read_gate: threading.Event | None = None
 
     def get(self, key: bytes) -> bytes | None:
         self.threads.add("get:" + threading.current_thread().name)
+        if self.read_gate is not None:
+            self.read_gate.wait(10)
         return self.inner.get(key)
 
     def apply(self, mutations: list[tuple[bytes, Mutation]]):
@@ -53,6 +56,8 @@ class Recording:
 
     def get_many(self, keys: list[bytes]):
         self.threads.add("get_many:" + threading.current_thread().name)
+        if self.read_gate is not None:
+            self.read_gate.wait(10)
         self.get_many_sizes.append(len(keys))
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
@@ -319,6 +324,24 @@ def test_concurrent_gets_are_served_together(kind: str, tmp_path: Path) -> None:
             assert isinstance(results[3], CorruptRecordError) and results[3].key == keys[3]
             results[3] = keys[3] * 2
         assert results == [k * 2 for k in keys[:10]]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_stuck_read_blocks_neither_the_loop_nor_writes(tmp_path: Path) -> None:
+    async def main() -> None:
+        engine = Recording(SqliteEngine(tmp_path / "data.db"))
+        store = AsyncStore(engine, read_threads=1)
+        await store.update_many([(b"a", lambda c: b"1"), (b"b", lambda c: b"2")])
+        engine.read_gate = threading.Event()
+        stuck = asyncio.ensure_future(asyncio.gather(store.get(b"a"), store.get(b"b")))
+        for _ in range(10):
+            await asyncio.sleep(0)  # the loop keeps running
+        assert await store.update(b"a", increment) == b"2"  # so does the writer
+        assert not stuck.done()
+        engine.read_gate.set()
+        assert await stuck in ([b"1", b"2"], [b"2", b"2"])
         await store.close()
 
     asyncio.run(main())
