@@ -476,10 +476,14 @@ class Initiator:
         ours = {key for key, _ in entries}
         leaf_set = set(leaves)
         extra: list[bytes] = []
+        seen: set[bytes] = set()
         for _ in range(r.varint(LIMIT_ENTRIES)):
             key = r.take(r.varint(LIMIT_KEY_BYTES))
-            if key in ours or key in extra:
+            if key in ours:
                 raise ProtocolError(f"KEYS_REPLY says we lack key {key[:32]!r}, which we sent")
+            if key in seen:
+                raise ProtocolError(f"KEYS_REPLY lists key {key[:32]!r} twice")
+            seen.add(key)
             if _remote_leaf(self.tree, key) not in leaf_set:
                 raise ProtocolError(f"KEYS_REPLY key {key[:32]!r} is outside the leaves asked")
             extra.append(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -218,12 +219,15 @@ def test_initiator_validates_keys_replies():
     sent_key = entries[0][0]
     outside = next(k for k in (f"x{i}".encode() for i in range(10_000))
                    if ini.tree.leaf_of(token_of(k)) not in leaves)
+    fresh = next(k for k in (f"y{i}".encode() for i in range(100_000))
+                 if ini.tree.leaf_of(token_of(k)) in leaves)
     bad = [
         (_keys_reply(ini.tree, n + 1), "different number"),
         (_keys_reply(ini.tree, n, differ=[n]), "out of range"),
         (_keys_reply(ini.tree, n, differ=[0], missing=[0]), "both"),
         (_keys_reply(ini.tree, n, extra=[sent_key]), "which we sent"),
         (_keys_reply(ini.tree, n, extra=[outside]), "outside the leaves"),
+        (_keys_reply(ini.tree, n, extra=[fresh, fresh]), "twice"),
     ]
     for data, message in bad:
         with pytest.raises(ProtocolError, match=message):
@@ -376,12 +380,15 @@ def test_measure_10k_keys_1pct_divergence():
     print(f"{'layout':<34} {'msgs':>5} {'hashes':>7} {'digests':>8} {'bytes':>8} "
           f"{'vs digests':>10} {'vs values':>9} {'xfer/div':>8}")
     rows = []
+    cpu_ms: dict[str, float] = {}
     scan_a, scan_b = _scan(a), _scan(b)
     for label, depth, level in (("one tree, depth 10 (default)", 10, 0),
                                 ("one tree, depth 10, start_level 6", 10, 6),
                                 ("one tree, depth 12", 12, 0), ("one tree, depth 14", 14, 0)):
         ini = Initiator(_tree(a, depth=depth), start_level=level)
+        began = time.process_time()
         result = run_local(ini, Responder(_tree(b, depth=depth)), scan_a, scan_b)
+        cpu_ms[label] = (time.process_time() - began) * 1000
         rows.append((label, result.stats, set(result.push) | set(result.fetch)))
     ring = Ring.of_nodes(["n1", "n2", "n3"], vnodes=16)
     total, moved = Stats(), set()
@@ -400,6 +407,8 @@ def test_measure_10k_keys_1pct_divergence():
         print(f"{label:<34} {s.messages:>5} {s.hashes_exchanged:>7} {s.digests_exchanged:>8} "
               f"{s.bytes_transferred:>8,} {s.bytes_transferred / full_digests:>10.3f} "
               f"{s.bytes_transferred / full_values:>9.4f} {len(keys) / len(diverged):>8.2f}")
+    print("CPU for both sides of one session (incl. test scans): " +
+          ", ".join(f"{label}: {ms:.0f} ms" for label, ms in cpu_ms.items()))
     s = rows[0][1]
     print(f"keys sent {s.keys_sent}, received {s.keys_received} (differing digests count "
           f"both ways); records to move ~{(s.keys_sent + s.keys_received) * 150:,} B at "
