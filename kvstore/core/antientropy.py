@@ -349,7 +349,12 @@ class Initiator:
         return self._done
 
     def next_action(self) -> Action:
-        """What the caller must do next. Repeats the same action until it is done."""
+        """What the caller must do next.
+
+        `Send`: deliver the bytes and pass the reply to `receive` (asking again before that
+        is a `SessionStateError`). `NeedEntries`: call `provide_entries` (asking again
+        returns the same ranges). `Done`: the session is over; `Done` again thereafter.
+        """
         if self._done:
             return Done(self.result)
         if self._sent is not None or self._keys_sent is not None:
