@@ -21,7 +21,9 @@ from kvstore.core.ring import node_tokens
 
 NOW = 1_700_000_000.0
 GEN = 1_600_000_000
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def receiver() -> Gossiper:
@@ -261,7 +263,9 @@ def _full_sync(nodes: list[Gossiper], now: float) -> None:
                         b.receive(ack2.reply, now)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     st.lists(
         st.tuples(
