@@ -161,11 +161,17 @@ class HintStore:
         conn.execute("PRAGMA busy_timeout = 10000")
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        fresh = app_id == 0 and not tables
+        if not fresh and (app_id != APPLICATION_ID or not {"hints", "meta"} <= tables):
+            raise StorageError(  # checked before anything (even the journal mode) is changed
+                f"{self.path} is not a kvstore hint store (application_id {app_id:#x}); move"
+                " it away or point the node at its own data directory"
+            )
         if self.path is not None:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise StorageError(f"{self.path}: cannot enable WAL mode (got {mode!r})")
-        if app_id == 0 and not tables:
+        if fresh:
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -176,11 +182,6 @@ class HintStore:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute("COMMIT")
             return
-        if app_id != APPLICATION_ID or not {"hints", "meta"} <= tables:
-            raise StorageError(
-                f"{self.path} is not a kvstore hint store (application_id {app_id:#x}); move"
-                " it away or point the node at its own data directory"
-            )
         row = conn.execute("SELECT value FROM meta WHERE name = 'format_version'").fetchone()
         if row is None or row[0] != str(FORMAT_VERSION):
             raise StorageError(

@@ -161,6 +161,9 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StorageError, match="not a kvstore hint store"):
         HintStore(other)
+    conn = sqlite3.connect(other)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # left untouched
+    conn.close()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(StorageError):
