@@ -99,13 +99,16 @@ def fault_table(results: dict[str, Any]) -> Table | None:
     table = Table(title="fault: one node SIGKILLed at 1/3 of the run, restarted at 2/3",
                   title_justify="left")
     for col in ("level", "node", "kill at s", "restart at s", "errors after kill",
-                "baseline p99 ms", "spike p99 ms", "min ops/s", "recovered after s"):
+                "errors stop after s", "stale reads after kill", "baseline p99 ms",
+                "spike p99 ms", "min ops/s", "recovered after s"):
         table.add_column(col, justify="right")
     for lv in levels:
         f = lv["fault"]
         rec = f.get("recovery_s")
         table.add_row(lv["level"], f.get("node", ""), f"{f.get('kill_s', 0):.1f}",
                       f"{f.get('restart_s', 0):.1f}", str(f.get("errors_after_kill", "")),
+                      f"{f.get('errors_stopped_s', 0):.1f}",
+                      str(f.get("stale_reads_after_kill", "")),
                       _ms(f.get("baseline_p99_ms")), _ms(f.get("spike_p99_ms")),
                       "-" if f.get("min_ops_per_s_after_kill") is None
                       else f"{f['min_ops_per_s_after_kill']:,.0f}",
@@ -188,6 +191,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax = axes[1][1]
     for lv in levels:
         tl = lv["timeline"]
+        if len(tl) > 1 and tl[-1]["t_s"] + cfg["interval_s"] > lv["elapsed_s"]:
+            tl = tl[:-1]  # the last interval is partial (in-flight operations finishing)
         ax.plot([iv["t_s"] for iv in tl], [iv["ops_per_s"] for iv in tl], label=lv["level"])
         f = lv.get("fault")
         if f and "kill_s" in f:

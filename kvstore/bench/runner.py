@@ -53,6 +53,7 @@ RESULTS_SCHEMA = 1
 # granularity), which would quantize latencies and blur the order of an ack and a read.
 now = time.perf_counter
 PROBE_KEYS = 16
+RECOVERED_SHARE = 2 / 3  # of the pre-fault throughput, averaged to the end of the run
 PROBE_DELAYS_S = (0.0, 0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
@@ -144,6 +145,7 @@ class Bench:
         self.endpoint_cycle = 0
         self.payload = b"p" * config.value_size
         self.replication_factor = config.replication_factor
+        self.origin = now()  # start of the phase being measured (timeline zero)
 
     # -- operations ------------------------------------------------------------------
     def _write_id(self) -> int:
@@ -158,7 +160,8 @@ class Bench:
         self.contexts[key] = result.context
         if judge:
             ids = [decode_write_id(v.value) for v in result.siblings if not v.tombstone]
-            self.detector.read(key, started, ids)
+            if self.detector.read(key, started, ids) and rec is not None:
+                rec.stale(now() - self.origin)
         if rec is not None:
             rec.siblings(len(result.siblings))
         return result.context
@@ -268,6 +271,7 @@ class Bench:
         self.detector.reset_stats()
         begin = now()
         measure_start = begin + cfg.warmup_s
+        self.origin = measure_start
         end = measure_start + duration_s
         seed_base = zlib.crc32(f"{cfg.seed}:{name}".encode())  # stable across processes
         slots = 0
@@ -474,8 +478,11 @@ def analyze_fault(timeline: list[dict[str, Any]], interval_s: float, duration_s:
     """Errors, latency spike and recovery time around a node kill, from the timeline.
 
     Baseline: the full intervals before the kill. Recovered: from the first interval after
-    which every full interval to the end has no errors and at least 80% of the baseline
-    throughput. recovery_s counts from the kill.
+    the kill from which no interval has errors and the mean throughput to the end is at
+    least RECOVERED_SHARE of the baseline (a mean, not every interval: the machine is
+    noisy).
+    recovery_s counts from the kill; errors_stopped_s is the end of the last interval
+    with errors, also from the kill.
     """
     out: dict[str, Any] = dict(events)
     kill = events.get("kill_s")
@@ -484,6 +491,7 @@ def analyze_fault(timeline: list[dict[str, Any]], interval_s: float, duration_s:
     full = [iv for iv in timeline if iv["t_s"] + interval_s <= duration_s + 1e-9]
     before = [iv for iv in full if iv["t_s"] + interval_s <= kill]
     after = [iv for iv in timeline if iv["t_s"] + interval_s > kill]
+    after_full = [iv for iv in full if iv["t_s"] + interval_s > kill]
     base_ops = sum(iv["ops_per_s"] for iv in before) / len(before) if before else None
     base_p99 = sorted(iv["p99_ms"] for iv in before if iv["p99_ms"] is not None)
     out["baseline_ops_per_s"] = base_ops
@@ -491,14 +499,20 @@ def analyze_fault(timeline: list[dict[str, Any]], interval_s: float, duration_s:
     spikes = [iv["p99_ms"] for iv in after if iv["p99_ms"] is not None]
     out["spike_p99_ms"] = max(spikes) if spikes else None
     out["errors_after_kill"] = sum(iv["errors"] for iv in after)
-    out["min_ops_per_s_after_kill"] = min((iv["ops_per_s"] for iv in after if iv in full),
-                                          default=None)
+    out["stale_reads_after_kill"] = sum(iv.get("stale_reads", 0) for iv in after)
+    out["min_ops_per_s_after_kill"] = min((iv["ops_per_s"] for iv in after_full), default=None)
+    with_errors = [iv for iv in after if iv["errors"]]
+    out["errors_stopped_s"] = (max(0.0, with_errors[-1]["t_s"] + interval_s - kill)
+                               if with_errors else 0.0)
     recovered_at = None
-    for iv in reversed([iv for iv in full if iv["t_s"] + interval_s > kill]):
-        ok = iv["errors"] == 0 and (base_ops is None or iv["ops_per_s"] >= 0.8 * base_ops)
-        if not ok:
-            break
-        recovered_at = iv["t_s"]
+    last_error = max((i for i, iv in enumerate(after_full) if iv["errors"]), default=-1)
+    if not with_errors or with_errors[-1] in after_full:  # no errors in a partial tail
+        for k in range(last_error + 1, len(after_full)):
+            tail = after_full[k:]
+            mean = sum(iv["ops_per_s"] for iv in tail) / len(tail)
+            if base_ops is None or mean >= RECOVERED_SHARE * base_ops:
+                recovered_at = after_full[k]["t_s"]
+                break
     out["recovered_at_s"] = recovered_at
     out["recovery_s"] = max(0.0, recovered_at - kill) if recovered_at is not None else None
     return out

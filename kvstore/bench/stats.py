@@ -45,6 +45,7 @@ def summarize(hist: HdrHistogram) -> dict[str, Any]:
 class Interval:
     ops: int = 0
     errors: int = 0
+    stale: int = 0
     hist: HdrHistogram = field(default_factory=lambda: new_histogram(2))
 
 
@@ -96,6 +97,10 @@ class Recorder:
         self.error_examples.setdefault(kind, message[:300])
         self._interval(done_at).errors += 1
 
+    def stale(self, at: float) -> None:
+        """A read judged stale, for the timeline (the detector keeps the totals)."""
+        self._interval(at).stale += 1
+
     def siblings(self, count: int) -> None:
         self.reads += 1
         self.siblings_total += count
@@ -112,6 +117,7 @@ class Recorder:
             out.append({"t_s": round(i * self.interval_s, 3),
                         "ops_per_s": iv.ops / self.interval_s,
                         "errors": iv.errors,
+                        "stale_reads": iv.stale,
                         "p99_ms": iv.hist.get_value_at_percentile(99.0) / 1000.0 if n else None})
         return out
 

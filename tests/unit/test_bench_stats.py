@@ -110,10 +110,19 @@ def test_fault_analysis_finds_spike_and_recovery() -> None:
     assert out["errors_after_kill"] == 50
     assert out["spike_p99_ms"] == 45.0
     assert out["min_ops_per_s_after_kill"] == 300
-    assert out["recovered_at_s"] == 6.0 and out["recovery_s"] == 3.0
+    # from 5 s on: no errors, and the mean of (700, 1000, 1000, 1000) is >= 80% of 1000
+    assert out["recovered_at_s"] == 5.0 and out["recovery_s"] == 2.0
+    assert out["errors_stopped_s"] == 2.0
 
 
 def test_fault_analysis_without_recovery() -> None:
     tl = _timeline([(1000, 0)] * 3 + [(100, 5)] * 3)
     out = analyze_fault(tl, 1.0, 6.0, {"kill_s": 3.0})
     assert out["recovery_s"] is None and out["errors_after_kill"] == 15
+    assert out["errors_stopped_s"] == 3.0
+
+
+def test_fault_analysis_noisy_dip_without_errors_is_not_a_failure() -> None:
+    tl = _timeline([(1000, 0)] * 3 + [(1000, 0), (400, 0), (1000, 0), (1000, 0)])
+    out = analyze_fault(tl, 1.0, 7.0, {"kill_s": 3.0})
+    assert out["recovery_s"] == 0.0 and out["errors_stopped_s"] == 0.0
