@@ -119,9 +119,9 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
     console = Console(stderr=as_json)
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(stderr=as_json, width=160)
-    live = not no_live and console.is_terminal
-    if live:
-        with report.LiveProgress(Console(stderr=True)) as progress:
+    progress_console = Console(stderr=True)
+    if not no_live and progress_console.is_terminal:
+        with report.LiveProgress(progress_console) as progress:
             results = run(config, progress=progress)
     else:
         results = run(config)
