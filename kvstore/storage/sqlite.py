@@ -167,6 +167,7 @@ class SqliteEngine:
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute(f"PRAGMA wal_autocheckpoint = {int(self._checkpoint_pages)}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL after spikes
         except sqlite3.Error as exc:
             conn.close()
             raise self._translate(exc) from exc
