@@ -59,6 +59,10 @@ def test_open_engine(tmp_path: Path) -> None:
     assert isinstance(eng, SqliteEngine)
     assert eng.path == tmp_path / "node1" / "data" / "data.db"
     eng.close()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StorageError, match="cannot create data directory"):
+        open_engine(tmp_path / "afile" / "sub")
+    SqliteEngine(str(tmp_path / "str-path.db")).close()  # str paths work too
 
 
 def test_schema_pragmas_and_sync_policy(tmp_path: Path) -> None:
