@@ -51,3 +51,47 @@ class NodeInfo(_message.Message):
     max_key_bytes: int
     max_value_bytes: int
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., replication_factor: _Optional[int] = ..., vnodes: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., version: _Optional[str] = ..., keys_stored: _Optional[int] = ..., data_dir: _Optional[str] = ..., max_key_bytes: _Optional[int] = ..., max_value_bytes: _Optional[int] = ...) -> None: ...
+
+class RepairSummary(_message.Message):
+    __slots__ = ("ranges_compared", "leaves_differing", "keys_sent", "keys_received", "bytes_transferred", "seconds", "tombstones_purged", "peers")
+    RANGES_COMPARED_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_DIFFERING_FIELD_NUMBER: _ClassVar[int]
+    KEYS_SENT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TRANSFERRED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_PURGED_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    ranges_compared: int
+    leaves_differing: int
+    keys_sent: int
+    keys_received: int
+    bytes_transferred: int
+    seconds: float
+    tombstones_purged: int
+    peers: int
+    def __init__(self, ranges_compared: _Optional[int] = ..., leaves_differing: _Optional[int] = ..., keys_sent: _Optional[int] = ..., keys_received: _Optional[int] = ..., bytes_transferred: _Optional[int] = ..., seconds: _Optional[float] = ..., tombstones_purged: _Optional[int] = ..., peers: _Optional[int] = ...) -> None: ...
+
+class RepairRequest(_message.Message):
+    __slots__ = ("peers",)
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, peers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RepairProgress(_message.Message):
+    __slots__ = ("node", "peer", "done", "total", "summary", "finished", "error")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    peer: str
+    done: int
+    total: int
+    summary: RepairSummary
+    finished: bool
+    error: str
+    def __init__(self, node: _Optional[str] = ..., peer: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., summary: _Optional[_Union[RepairSummary, _Mapping]] = ..., finished: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...

@@ -39,6 +39,11 @@ class AdminStub:
                 request_serializer=kvstore_dot___proto_dot_admin__pb2.InfoRequest.SerializeToString,
                 response_deserializer=kvstore_dot___proto_dot_admin__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Repair = channel.unary_stream(
+                '/kvstore.Admin/Repair',
+                request_serializer=kvstore_dot___proto_dot_admin__pb2.RepairRequest.SerializeToString,
+                response_deserializer=kvstore_dot___proto_dot_admin__pb2.RepairProgress.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -50,6 +55,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Repair(self, request, context):
+        """Merkle anti-entropy with every peer now; streams progress, the last message is final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +69,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=kvstore_dot___proto_dot_admin__pb2.InfoRequest.FromString,
                     response_serializer=kvstore_dot___proto_dot_admin__pb2.NodeInfo.SerializeToString,
+            ),
+            'Repair': grpc.unary_stream_rpc_method_handler(
+                    servicer.Repair,
+                    request_deserializer=kvstore_dot___proto_dot_admin__pb2.RepairRequest.FromString,
+                    response_serializer=kvstore_dot___proto_dot_admin__pb2.RepairProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +103,33 @@ class Admin:
             '/kvstore.Admin/Info',
             kvstore_dot___proto_dot_admin__pb2.InfoRequest.SerializeToString,
             kvstore_dot___proto_dot_admin__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvstore.Admin/Repair',
+            kvstore_dot___proto_dot_admin__pb2.RepairRequest.SerializeToString,
+            kvstore_dot___proto_dot_admin__pb2.RepairProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,8 +47,16 @@ class Hello(_message.Message):
     members: _containers.ScalarMap[str, str]
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., members: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class AntiEntropyStep(_message.Message):
+    __slots__ = ("session", "payload")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    payload: bytes
+    def __init__(self, session: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
 class PeerMessage(_message.Message):
-    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension")
+    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy")
     READ_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +64,7 @@ class PeerMessage(_message.Message):
     RAFT_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
     EXTENSION_FIELD_NUMBER: _ClassVar[int]
+    ANTIENTROPY_FIELD_NUMBER: _ClassVar[int]
     read: ReplicaRead
     write: ReplicaWrite
     forward: Forward
@@ -63,7 +72,8 @@ class PeerMessage(_message.Message):
     raft: bytes
     gossip: bytes
     extension: bytes
-    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ...) -> None: ...
+    antientropy: AntiEntropyStep
+    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ...) -> None: ...
 
 class PeerResult(_message.Message):
     __slots__ = ("state", "reply", "hello", "raw", "error", "found")

@@ -25,6 +25,9 @@ class NodeConfig:
     hint_max_age_ms: int = 3 * 3600 * 1000
     handoff_interval: float = 1.0
     gossip_interval: float = 1.0
+    antientropy_interval: float = 60.0  # seconds between background sessions; 0: off
+    tombstone_grace_ms: int = 10 * 24 * 3600 * 1000
+    repair_rate_bytes: int = 8 * 1024 * 1024
     phi_threshold: float = 8.0
 
     @property

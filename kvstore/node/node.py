@@ -17,6 +17,7 @@ from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.core.errors import KVError
 from kvstore.node.config import NodeConfig
+from kvstore.services.antientropy import AntiEntropyService
 from kvstore.services.coordinator import Coordinator, CoordinatorConfig
 from kvstore.services.gossip import GossipMembership
 from kvstore.services.handoff import HandoffService, inline
@@ -77,6 +78,14 @@ class Node:
             max_age_ms=config.hint_max_age_ms, timeout=config.timeout_ms / 1000,
         )
         self.coordinator.hint_sink = self.handoff.store
+        self.antientropy = AntiEntropyService(
+            config.node_id, store, transport, self.membership, self.replica,
+            replication_factor=config.replication_factor, clock_ms=clock_ms, rng=rng,
+            state_path=config.data_dir / "tombstones.json" if config.data_dir else None,
+            interval=config.antientropy_interval, grace_ms=config.tombstone_grace_ms,
+            rate_bytes_per_s=config.repair_rate_bytes, timeout=max(5.0, config.timeout_ms / 1000),
+        )
+        self.replica.admit = self.antientropy.admit
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
 
     def register(self, kind: str, handler: RawHandler) -> None:
@@ -87,8 +96,10 @@ class Node:
         await self.transport.start(self.handle_peer)
         self.membership.start()
         self.handoff.start()
+        self.antientropy.start()
 
     async def stop(self) -> None:
+        await self.antientropy.stop()
         await self.handoff.stop()
         await self.membership.stop()
         await self.coordinator.drain()
@@ -111,6 +122,9 @@ class Node:
             if kind == "forward":
                 reply = await self.coordinator.execute(message.forward.request, forwarded=True)
                 return pb.PeerResult(reply=reply)
+            if kind == "antientropy":
+                return pb.PeerResult(raw=await self.antientropy.on_message(source,
+                                                                          message.antientropy))
             if kind in ("raft", "gossip", "extension"):
                 handler = self.raw_handlers.get(kind)
                 if handler is None:

@@ -26,6 +26,7 @@ from kvstore._proto import (
 )
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
+from kvstore.services.antientropy import summary_pb
 from kvstore.storage import AsyncStore, open_engine
 from kvstore.transport.grpc_transport import CHANNEL_OPTIONS, GrpcTransport
 
@@ -53,6 +54,37 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def Info(self, request: admin_pb2.InfoRequest, context) -> admin_pb2.NodeInfo:
         return await node_info(self.node)
+
+    async def Repair(self, request: admin_pb2.RepairRequest, context):
+        """Anti-entropy with every peer now, streaming progress after each peer."""
+        service = self.node.antientropy
+        known = set(service.peers())
+        unknown = [p for p in request.peers if p not in known]
+        if unknown:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"unknown peers {unknown}; this node shares keys with "
+                                f"{sorted(known)}")
+        queue: asyncio.Queue = asyncio.Queue()
+        purged_before = service.metrics["tombstones_purged"]
+        started = asyncio.get_running_loop().time()
+
+        def progress(peer: str, done: int, total: int, stats) -> None:
+            seconds = asyncio.get_running_loop().time() - started
+            queue.put_nowait(admin_pb2.RepairProgress(
+                node=self.node.node_id, peer=peer, done=done, total=total,
+                summary=summary_pb(stats, seconds,
+                                   service.metrics["tombstones_purged"] - purged_before, done)))
+
+        task = asyncio.ensure_future(service.repair(list(request.peers) or None, progress))
+        total = len(request.peers) or len(known)
+        for _ in range(total):
+            yield await queue.get()
+        stats, seconds, errors = await task
+        yield admin_pb2.RepairProgress(
+            node=self.node.node_id, done=total, total=total, finished=True,
+            error="; ".join(errors),
+            summary=summary_pb(stats, seconds,
+                               service.metrics["tombstones_purged"] - purged_before, total))
 
 
 async def node_info(node: Node) -> admin_pb2.NodeInfo:

@@ -28,6 +28,8 @@ class Replica:
         self.node_id = node_id
         self.store = store
         self.clock_ms = clock_ms
+        # Filters what merges take in (anti-entropy's resurrection guard); None: everything.
+        self.admit: Callable[[list[Sibling], list[Sibling]], list[Sibling]] | None = None
 
     async def read(self, key: bytes) -> list[Sibling]:
         try:
@@ -43,7 +45,8 @@ class Replica:
 
         def mutation(record: bytes | None) -> bytes | None:
             current = _decode(key, record)
-            merged = versions.sync(current, incoming)
+            accepted = incoming if self.admit is None else self.admit(current, incoming)
+            merged = versions.sync(current, accepted)
             out.append(merged)
             if {s.dot for s in merged} == {s.dot for s in current}:
                 return None  # nothing new: no write, no fsync

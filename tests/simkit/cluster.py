@@ -20,8 +20,9 @@ LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUOR
 class SimCluster:
     def __init__(self, size: int = 3, *, seed: int = 0, replication_factor: int = 3,
                  timeout_ms: int = 500, vnodes: int = 64, read_all_chance: float = 1.0,
-                 hinted_handoff: bool = True) -> None:
+                 hinted_handoff: bool = True, **config) -> None:
         self.hinted_handoff = hinted_handoff
+        self.config = config  # further NodeConfig fields for every node
         self.seed = seed
         self.read_all_chance = read_all_chance
         self.network = MemoryNetwork(seed)
@@ -44,7 +45,7 @@ class SimCluster:
             node_id=node_id, listen=f"{node_id}:1",
             seeds=seeds if seeds is not None else [f"{n}={n}:1" for n in self.ids],
             replication_factor=self.replication_factor, vnodes=self.vnodes,
-            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff,
+            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff, **self.config,
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
