@@ -12,9 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from kvstore.bench import report
 from kvstore.bench.levels import parse_duration, parse_levels
-from kvstore.bench.runner import BenchConfig, run
 from kvstore.bench.workloads import WORKLOADS
 
 
@@ -97,6 +95,13 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
     kv bench --endpoints 127.0.0.1:7001,127.0.0.1:7002 -w b --distribution zipfian
     kv bench --local 3 --fault --duration 30s      # a node dies mid-run
     """
+    try:  # the engine needs the bench extras; `kv` itself must work without them
+        from kvstore.bench import report
+        from kvstore.bench.runner import BenchConfig, run
+    except ImportError as exc:
+        raise click.ClickException(
+            f"kv bench needs the benchmark extras ({exc.name} is missing): "
+            "pip install -e '.[bench]'") from None
     endpoints: list[str] = []
     if not local_nodes:
         from kvstore.cli.main import default_endpoints
