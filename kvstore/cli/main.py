@@ -236,6 +236,10 @@ def _register_groups() -> None:
     cli.add_command(node)
     cli.add_command(cluster)
     cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)
+    from kvstore.cli.raft_cmds import meta, raft  # raft metadata group: kv meta, kv raft
+
+    cli.add_command(meta)
+    cli.add_command(raft)
 
 
 _register_groups()

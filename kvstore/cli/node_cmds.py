@@ -58,10 +58,13 @@ def node() -> None:
               help="Failure detector: a peer is down when its phi exceeds this.")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",  # raft: see raft_cmds.py
+              help="Node ids of the Raft metadata group, e.g. n1,n2,n3 (same on every node).")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
-          gossip_interval: float, phi_threshold: float, log_level: str) -> None:
+          gossip_interval: float, phi_threshold: float, log_level: str,
+          raft_voters: str = "") -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
@@ -85,6 +88,11 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
             parse_seed(seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if raft_voters:  # raft: run the node with the Raft metadata group (kvstore/cli/raft_cmds.py)
+        from kvstore.cli.raft_cmds import parse_voters, run_node_with_raft
+
+        _run(run_node_with_raft(config, parse_voters(raft_voters)))
+        return
     _run(run_node(config))
 
 

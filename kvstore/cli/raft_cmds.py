@@ -1,0 +1,180 @@
+"""`kv meta get|put|cas` and `kv raft status`: the linearizable metadata namespace on the
+Raft group. Any node answers (followers and non-voters forward to the leader).
+
+Exit codes: 0 ok, 1 failed (including a compare-and-set whose comparison failed), 3 key not
+found.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+import grpc
+
+from kvstore._proto import internode_pb2 as pb
+from kvstore._proto import internode_pb2_grpc as pb_grpc
+from kvstore.services.raft_driver import client_request
+
+EXIT_FAILED, EXIT_NOT_FOUND = 1, 3
+
+
+def _endpoints(ctx: click.Context) -> list[str]:
+    from kvstore.cli.main import default_endpoints
+
+    raw = getattr(ctx.obj, "endpoints", None) or default_endpoints()
+    return [e.strip().split("=", 1)[-1] for e in raw.split(",") if e.strip()]
+
+
+def _timeout(ctx: click.Context) -> float:
+    return float(getattr(ctx.obj, "timeout", 5.0) or 5.0)
+
+
+def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
+    """Send one metadata request to the first endpoint that answers; return the reply."""
+    errors = []
+    for ep in endpoints:
+        with grpc.insecure_channel(ep) as channel:
+            stub = pb_grpc.InternodeStub(channel)
+            try:
+                batch = pb.PeerBatch(source="kv-cli",
+                                     messages=[pb.PeerMessage(raft=client_request(req))])
+                reply = stub.Exchange(batch, timeout=timeout)
+            except grpc.RpcError as exc:
+                errors.append(f"{ep}: {exc.code().name}")
+                continue
+        (res,) = reply.results
+        kind = res.WhichOneof("body")
+        if kind == "raw" and res.raw:
+            return json.loads(res.raw)
+        if kind == "error":
+            errors.append(f"{ep}: {res.error.message}")
+            continue
+        errors.append(f"{ep}: empty answer")
+    raise click.ClickException("no node answered the metadata request (" + "; ".join(errors)
+                               + "); is the cluster up, and started with --raft-voters?")
+
+
+def _fail(msg: str, code: int = EXIT_FAILED) -> None:
+    click.echo(f"Error: {msg}", err=True)
+    raise SystemExit(code)
+
+
+@click.group()
+def meta() -> None:
+    """Linearizable metadata key-value namespace (on the Raft group)."""
+
+
+@meta.command("get")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@click.pass_context
+def meta_get(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Read KEY (a ReadIndex read: linearizable, without writing to the log)."""
+    r = meta_request(_endpoints(ctx), {"op": "get", "key": key}, _timeout(ctx))
+    if as_json:
+        click.echo(json.dumps(r))
+    if not r.get("ok"):
+        _fail(r.get("error", "failed"))
+    if not r.get("found"):
+        if not as_json:
+            click.echo(f"Error: {key!r} not found", err=True)
+        raise SystemExit(EXIT_NOT_FOUND)
+    if not as_json:
+        click.echo(r["value"])
+
+
+@meta.command("put")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def meta_put(ctx: click.Context, key: str, value: str) -> None:
+    """Set KEY to VALUE (committed by a majority of the Raft group)."""
+    r = meta_request(_endpoints(ctx), {"op": "put", "key": key, "value": value}, _timeout(ctx))
+    if not r.get("ok"):
+        _fail(r.get("error", "failed"))
+    click.echo("OK")
+
+
+@meta.command("cas")
+@click.argument("key")
+@click.argument("expected")
+@click.argument("new")
+@click.option("--absent", is_flag=True,
+              help="Expect KEY to be absent (EXPECTED is then ignored; pass '-').")
+@click.pass_context
+def meta_cas(ctx: click.Context, key: str, expected: str, new: str, absent: bool) -> None:
+    """Set KEY to NEW only if its value is EXPECTED; exit 1 if the comparison fails."""
+    req = {"op": "cas", "key": key, "expected": None if absent else expected, "value": new}
+    r = meta_request(_endpoints(ctx), req, _timeout(ctx))
+    if r.get("ok"):
+        click.echo("OK")
+        return
+    if r.get("error") == "compare failed":
+        _fail(f"compare failed: {key!r} is {r.get('previous')!r}, not "
+              f"{None if absent else expected!r}")
+    _fail(r.get("error", "failed"))
+
+
+@click.group()
+def raft() -> None:
+    """The Raft metadata group."""
+
+
+@raft.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def raft_status(ctx: click.Context, as_json: bool) -> None:
+    """Term, leader, commit/applied index, and each member's match index and lag."""
+    r = meta_request(_endpoints(ctx), {"op": "status"}, _timeout(ctx))
+    if "ok" in r and not r["ok"]:
+        _fail(r.get("error", "failed"))
+    if as_json:
+        click.echo(json.dumps(r, indent=2, sort_keys=True))
+        return
+    if r.get("voter") is False:
+        click.echo(f"{r['node']} is not a raft voter; voters: {', '.join(r['voters'])}")
+        return
+    click.echo(f"term {r['term']}  leader {r['leader'] or '(none)'}  commit {r['commit_index']}"
+               f"  applied {r['applied_index']}  (answered by {r['node']})")
+    click.echo(f"{'ID':<12}{'ROLE':<10}{'MATCH':>8}{'LAG':>6}")
+    for m in r["members"]:
+        match = "-" if m["match_index"] is None else m["match_index"]
+        lag = "-" if m["lag"] is None else m["lag"]
+        click.echo(f"{m['id']:<12}{m['role']:<10}{match!s:>8}{lag!s:>6}")
+
+
+def parse_voters(raw: str) -> list[str]:
+    """`n1,n2,n3` -> ids; 1, 3 or 5 distinct voters are recommended (any count works)."""
+    voters = [v.strip() for v in raw.split(",") if v.strip()]
+    if len(set(voters)) != len(voters):
+        raise click.BadParameter(f"--raft-voters {raw!r} repeats a node id")
+    return voters
+
+
+async def run_node_with_raft(config, voters: list[str]) -> None:
+    """Like kvstore.node.server.run_node, with the Raft driver registered for `raft`
+    messages. Nodes not in `voters` run no Raft core and forward metadata requests."""
+    import asyncio
+    import os
+    import signal
+
+    from kvstore.node.server import NodeServer
+    from kvstore.services.raft_driver import RaftDriver
+
+    server = NodeServer(config)
+    driver = RaftDriver(config.node_id, voters, server.transport, config.data_dir,
+                        request_timeout=max(2.0, config.timeout_ms / 1000),
+                        snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")))
+    server.node.register("raft", driver.on_message)
+    await server.start()
+    await driver.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await driver.stop()
+        await server.stop()
