@@ -229,6 +229,31 @@ def status(s: Settings, as_json: bool, endpoint: str | None) -> None:
         output.print_status(data)
 
 
+@cli.command()
+@click.option("--node", "nodes", multiple=True, metavar="HOST:PORT",
+              help="Repair only from these nodes (repeatable). Default: every member.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: ranges_compared, leaves_differing, keys_sent, "
+                   "keys_received, bytes_transferred, seconds.")
+@click.pass_obj
+def repair(s: Settings, nodes: tuple[str, ...], as_json: bool) -> None:
+    """Run Merkle anti-entropy now: every node compares its data with each peer's and
+    exchanges only the keys that differ."""
+    from kvstore.cli.repair_cmd import run_repair
+
+    client = s.client()
+    if not nodes:
+        info = client.info()
+        nodes = tuple(m.address for m in info.members)
+    result = client.run(run_repair(client.async_client, list(nodes), show_progress=not as_json))
+    if as_json:
+        output.print_json(result)
+    else:
+        output.print_repair(result)
+    if result["errors"]:
+        sys.exit(EXIT_FAILED)
+
+
 def _register_groups() -> None:
     from kvstore.cli.cluster_cmds import cluster
     from kvstore.cli.node_cmds import node

@@ -132,3 +132,20 @@ def print_status(data: dict[str, Any]) -> None:
                       "[green]up[/green]" if m["up"] else "[red]DOWN[/red]", f"{m['phi']:.2f}",
                       f"{m['ownership'] * 100:.1f}%", str(m["hints_pending"]))
     console.print(table)
+
+
+def print_repair(result: dict[str, Any]) -> None:
+    table = Table(title="anti-entropy repair")
+    for col in ("node", "leaves differing", "keys sent", "keys received", "bytes", "tombstones "
+                "purged", "seconds"):
+        table.add_column(col)
+    for n in result["nodes"]:
+        table.add_row(n["node"], str(n["leaves_differing"]), str(n["keys_sent"]),
+                      str(n["keys_received"]), str(n["bytes_transferred"]),
+                      str(n["tombstones_purged"]), f"{n['seconds']:.2f}")
+    console.print(table)
+    console.print(f"{result['ranges_compared']} ranges compared, {result['leaves_differing']} "
+                  f"leaves differing, {result['keys_sent']} keys sent, {result['keys_received']} "
+                  f"received, {result['bytes_transferred']} bytes, {result['seconds']:.2f} s")
+    for err in result["errors"]:
+        console.print(f"[red]error:[/red] {err}")

@@ -242,14 +242,25 @@ class AsyncClient:
         try:
             return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise self._rpc_error(ep, exc) from None
+            raise self._final_error(ep, exc) from None
+
+    async def repair(self, endpoint: str | None = None, peers: Sequence[str] = (),
+                     timeout: float = 3600.0):
+        """Run anti-entropy on one node with its peers; yields RepairProgress messages."""
+        ep = self._endpoint(endpoint)
+        call = ep.admin.Repair(admin_pb2.RepairRequest(peers=list(peers)), timeout=timeout)
+        try:
+            async for progress in call:
+                yield progress
+        except grpc.aio.AioRpcError as exc:
+            raise self._final_error(ep, exc) from None
 
     async def ping(self, payload: bytes = b"", endpoint: str | None = None) -> bytes:
         ep = self._endpoint(endpoint)
         try:
             reply = await ep.kv.Ping(cpb.PingRequest(payload=payload), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise self._rpc_error(ep, exc) from None
+            raise self._final_error(ep, exc) from None
         return reply.payload
 
     def _endpoint(self, address: str | None) -> _Endpoint:
@@ -324,11 +335,21 @@ class AsyncClient:
             raise self._rpc_error(ep, exc) from None
         return list(reply.replies)
 
+    @classmethod
+    def _final_error(cls, ep: _Endpoint, exc: grpc.aio.AioRpcError) -> Exception:
+        """The error for a call to one named node (no failover to another)."""
+        err = cls._rpc_error(ep, exc)
+        if isinstance(err, _Refused):
+            return ConnectionFailed(f"could not reach {ep.address}: {err}")
+        return err
+
     @staticmethod
     def _rpc_error(ep: _Endpoint, exc: grpc.aio.AioRpcError) -> Exception:
         code = exc.code()
         if code == grpc.StatusCode.UNAVAILABLE:
             return _Refused(f"unreachable ({exc.details()})")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(f"{ep.address}: {exc.details()}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Timeout(f"{ep.address} did not answer in time; the request may have been "
                            "applied")
@@ -350,6 +371,14 @@ class Client:
 
     def _run(self, coro):
         return self._loop.run_until_complete(coro)
+
+    def run(self, coro):
+        """Run a coroutine that uses `async_client` on this client's loop."""
+        return self._run(coro)
+
+    @property
+    def async_client(self) -> AsyncClient:
+        return self._async
 
     def get(self, key, **kwargs) -> GetResult:
         return self._run(self._async.get(key, **kwargs))
