@@ -106,3 +106,41 @@ def test_leader_sigkill_under_write_load(tmp_path, monkeypatch) -> None:
               f"{s['snapshot_index']})")
     finally:
         cluster.stop()
+
+
+def test_meta_and_raft_status_commands(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from kvstore.cli.main import cli
+
+    cluster = start_cluster(tmp_path, extra_args=["--raft-voters", "n1,n2,n3"])
+    try:
+        leader = _leader(cluster)
+        ep = ",".join(cluster.endpoints())
+        run = CliRunner().invoke
+
+        def kv(*args: str):
+            return run(cli, ["--endpoints", ep, *args], catch_exceptions=False)
+
+        assert kv("meta", "put", "cfg/a", "1").exit_code == 0
+        r = kv("meta", "get", "cfg/a")
+        assert (r.exit_code, r.output.strip()) == (0, "1")
+        assert kv("meta", "get", "cfg/missing").exit_code == 3
+        r = kv("meta", "cas", "cfg/a", "0", "2")
+        assert r.exit_code == 1 and "compare failed" in r.output
+        assert kv("meta", "cas", "cfg/a", "1", "2").exit_code == 0
+        assert kv("meta", "cas", "--absent", "cfg/b", "-", "x").exit_code == 0
+        assert kv("meta", "get", "cfg/b").output.strip() == "x"
+        r = kv("raft", "status", "--json")
+        assert r.exit_code == 0
+        s = json.loads(r.output)
+        assert s["leader"] == leader and s["term"] >= 2
+        assert s["commit_index"] >= 3 and s["applied_index"] >= 3
+        assert {m["id"] for m in s["members"]} == {"n1", "n2", "n3"}
+        assert all(isinstance(m["match_index"], int) for m in s["members"])
+        r = kv("raft", "status")
+        assert r.exit_code == 0 and f"leader {leader}" in r.output and "MATCH" in r.output
+    finally:
+        cluster.stop()
