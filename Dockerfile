@@ -23,7 +23,7 @@ COPY kvstore /src/kvstore
 RUN if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi \
  && PIP_CONSTRAINT=/src/requirements/docker-build.lock \
     /opt/kvstore/bin/pip install --no-deps "$@" /src \
- && /opt/kvstore/bin/pip uninstall --yes --quiet pip setuptools \
+ && /opt/kvstore/bin/pip uninstall --yes --quiet pip \
  && /opt/kvstore/bin/kv --version
 
 # ---- runtime: the venv on a clean base, as a non-root user ----------------------------
@@ -32,18 +32,18 @@ RUN groupadd --system --gid 10001 kv \
  && useradd --system --uid 10001 --gid kv --home-dir /data --no-create-home \
             --shell /usr/sbin/nologin kv \
  && mkdir /data && chown kv:kv /data
-COPY --from=build /opt/kvstore /opt/kvstore
+# Metadata first, the venv last: a source change then rebuilds only the final COPY.
 ENV PATH=/opt/kvstore/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     KV_LISTEN=0.0.0.0:7001 \
     KV_DATA_DIR=/data
 USER kv
-WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 7001
 # Really asks the node: the standard grpc.health.v1 service on the port it listens on
-# (SERVING once the node knows its cluster's membership).
-HEALTHCHECK --interval=5s --timeout=4s --start-period=30s --retries=3 \
+# (SERVING once the node knows its cluster's membership). The node stops cleanly on
+# SIGTERM, docker's default stop signal.
+HEALTHCHECK --interval=5s --timeout=10s --start-period=60s --retries=3 \
     CMD kv node health --timeout 3 --endpoint "127.0.0.1:${KV_LISTEN##*:}" || exit 1
-STOPSIGNAL SIGTERM
 CMD ["kv", "node", "start"]
+COPY --from=build /opt/kvstore /opt/kvstore

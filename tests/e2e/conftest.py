@@ -1,0 +1,245 @@
+"""The docker compose cluster for the end-to-end tests: built offline, always torn down.
+
+The session fixture `compose_cluster`:
+  1. skips, with the reason, where no docker engine or compose answers, or where the base
+     image cannot be made (debootstrap cannot run);
+  2. makes the Debian base image (scripts/docker_base_image.sh, cached in the engine) and
+     the kvstore image with no network inside the build (scripts/docker_build.sh offline);
+  3. runs `compose -p kvstore-e2e up -d` on free 127.0.0.1 host ports and waits (bounded)
+     for every node's healthcheck to say healthy;
+  4. always runs `down -v --remove-orphans` and asserts that no container, network or
+     volume of the project is left.
+Measured durations are printed at the end of the run (terminal summary).
+
+Environment: KV_E2E_BASE_IMAGE uses an existing base image (e.g. python:3.11-slim)
+instead of the debootstrap one; KV_E2E_IMAGE names the built image (kvstore:e2e).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "kvstore-e2e"
+SERVICES = ("n1", "n2", "n3")
+HEALTHY_TIMEOUT = 180.0  # seconds; the nodes report healthy in ~10 s on an idle machine
+TIMINGS: dict[str, float] = {}
+
+
+def run(cmd: Sequence[str], *, timeout: float = 120, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command with captured text output; with check, fail showing its output."""
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                              env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{' '.join(cmd)} did not finish within {timeout}s") from exc
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (v2 plugin) if it answers, else `docker-compose` (v1), else None."""
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        try:
+            ok = subprocess.run([*cmd, "version"], capture_output=True, timeout=30).returncode
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if ok == 0:
+            return cmd
+    return None
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out on 127.0.0.1 (the integration tests do the same)."""
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def kv_command() -> list[str]:
+    kv = Path(sys.executable).parent / "kv"
+    return [str(kv)] if kv.exists() else [sys.executable, "-m", "kvstore"]
+
+
+class ComposeCluster:
+    """The running compose project, driven through the docker CLI and the kv CLI."""
+
+    def __init__(self, compose: list[str], env: dict[str, str], ports: dict[str, int]) -> None:
+        self.base = [*compose, "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml")]
+        self.env = env
+        self.ports = ports
+        self._ids: dict[str, str] = {}
+        self.network = ""
+
+    # -- docker and compose ------------------------------------------------------------
+    def compose(self, *args: str, timeout: float = 120,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run([*self.base, *args], timeout=timeout, env=self.env, check=check)
+
+    def container(self, service: str) -> str:
+        if service not in self._ids:
+            cid = self.compose("ps", "-q", service).stdout.strip()
+            assert cid, f"compose has no container for {service}"
+            self._ids[service] = cid
+        return self._ids[service]
+
+    def health(self, services: Sequence[str]) -> dict[str, str]:
+        ids = [self.container(s) for s in services]
+        out = run(["docker", "inspect", "--format",
+                   "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                   *ids]).stdout.split("\n")
+        return {s: line.strip() for s, line in zip(services, out, strict=False)}
+
+    def wait_healthy(self, services: Sequence[str] = SERVICES,
+                     timeout: float = HEALTHY_TIMEOUT) -> float:
+        """Poll docker's healthcheck status until all say healthy; seconds waited."""
+        start = time.monotonic()
+        status: dict[str, str] = {}
+        while time.monotonic() - start < timeout:
+            status = self.health(services)
+            if all(v == "running healthy" for v in status.values()):
+                return time.monotonic() - start
+            time.sleep(0.5)
+        logs = self.compose("logs", "--no-color", "--tail", "30", *services, check=False)
+        raise AssertionError(f"not healthy within {timeout:.0f}s: {status}\n{logs.stdout}")
+
+    def stop(self, service: str) -> None:
+        self.compose("stop", "-t", "15", service)
+
+    def start(self, service: str) -> float:
+        self.compose("start", service)
+        return self.wait_healthy([service])
+
+    def disconnect(self, service: str) -> None:
+        """Cut the node off the cluster network (it keeps running; loopback still works)."""
+        run(["docker", "network", "disconnect", self.network, self.container(service)])
+
+    def connect(self, service: str) -> None:
+        """Reattach it under its service name, so peers resolve it again."""
+        run(["docker", "network", "connect", "--alias", service, self.network,
+             self.container(service)])
+
+    def leftovers(self) -> dict[str, list[str]]:
+        label = f"label=com.docker.compose.project={PROJECT}"
+        found = {
+            "containers": run(["docker", "ps", "-aq", "--filter", label]).stdout.split(),
+            "networks": run(["docker", "network", "ls", "-q", "--filter", label]).stdout.split(),
+            "volumes": run(["docker", "volume", "ls", "-q", "--filter", label]).stdout.split(),
+        }
+        return {kind: items for kind, items in found.items() if items}
+
+    # -- the kv CLI ----------------------------------------------------------------------
+    def endpoints(self, *services: str) -> str:
+        return ",".join(f"127.0.0.1:{self.ports[s]}" for s in services or SERVICES)
+
+    def kv(self, *args: str, via: Sequence[str] = SERVICES,
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The kv CLI on the host, through the published ports of the `via` nodes."""
+        return run([*kv_command(), "--endpoints", self.endpoints(*via), *args],
+                   timeout=timeout, check=False)
+
+    def kv_in(self, service: str, *args: str,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The kv CLI inside a node's container (KV_ENDPOINTS there is the node itself)."""
+        return self.compose("exec", "-T", service, "kv", *args, timeout=timeout, check=False)
+
+
+def values(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """The sibling values of a successful `kv get --json`, sorted."""
+    assert proc.returncode == 0, f"kv get failed ({proc.returncode}): {proc.stderr.strip()}"
+    return sorted(s["value"] for s in json.loads(proc.stdout)["siblings"])
+
+
+@pytest.fixture(scope="session")
+def compose_cluster() -> Iterator[ComposeCluster]:
+    session_start = time.monotonic()
+    compose = compose_command()
+    if compose is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` answers")
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        pytest.skip(f"no docker engine answers (docker info: {info.stderr.strip()[:200]})")
+
+    base = os.environ.get("KV_E2E_BASE_IMAGE", "kvstore-base:bookworm")
+    image = os.environ.get("KV_E2E_IMAGE", "kvstore:e2e")
+    env = {**os.environ, "KV_BASE_IMAGE": base, "KV_IMAGE": image}
+    t = time.monotonic()
+    if "KV_E2E_BASE_IMAGE" in os.environ:
+        if run(["docker", "image", "inspect", base], check=False).returncode != 0:
+            pytest.skip(f"KV_E2E_BASE_IMAGE={base} is not in the engine")
+    else:
+        made = run([str(ROOT / "scripts/docker_base_image.sh"), base], timeout=900, env=env,
+                   check=False)
+        if made.returncode in (4, 5):
+            pytest.skip("cannot make the base image, debootstrap cannot run: "
+                        + made.stderr.strip()[-300:])
+        assert made.returncode == 0, f"docker_base_image.sh failed:\n{made.stderr}"
+    TIMINGS["base image (made or cached)"] = time.monotonic() - t
+    t = time.monotonic()
+    run([str(ROOT / "scripts/docker_build.sh"), "offline"], timeout=900, env=env)
+    TIMINGS["kvstore image build (offline)"] = time.monotonic() - t
+
+    ports = dict(zip(("n1", "n2", "n3", "n4", "n5"), free_ports(5), strict=True))
+    env.update({"KV_BIND": "127.0.0.1", "KV_WHEELS": "build/docker-wheels"})
+    env.update({f"KV_{s.upper()}_PORT": str(p) for s, p in ports.items()})
+    cluster = ComposeCluster(compose, env, ports)
+    cluster.compose("down", "-v", "--remove-orphans", check=False)  # a crashed earlier run
+    try:
+        t = time.monotonic()
+        cluster.compose("up", "-d", "--no-build", timeout=300)
+        TIMINGS["compose up -d"] = time.monotonic() - t
+        TIMINGS["up -> all healthy"] = TIMINGS["compose up -d"] + cluster.wait_healthy()
+        networks = json.loads(run(["docker", "inspect", "--format",
+                                   "{{json .NetworkSettings.Networks}}",
+                                   cluster.container("n1")]).stdout)
+        cluster.network = next(iter(networks))
+        yield cluster
+    finally:
+        t = time.monotonic()
+        cluster.compose("down", "-v", "--remove-orphans", "-t", "15", timeout=300,
+                        check=False)
+        TIMINGS["compose down -v"] = time.monotonic() - t
+        TIMINGS["whole e2e session"] = time.monotonic() - session_start
+        left = cluster.leftovers()
+        assert not left, f"compose down left these behind: {left}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Minutes of docker work are opt-in: `-m e2e` (make test-e2e) or KV_E2E=1."""
+    if "e2e" in (config.option.markexpr or "") or os.environ.get("KV_E2E") == "1":
+        return
+    skip = pytest.mark.skip(reason="docker compose e2e (minutes): run `make test-e2e`, "
+                                   "`pytest -m e2e`, or set KV_E2E=1")
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print what the e2e session measured, also without -s."""
+    if TIMINGS:
+        terminalreporter.section("kvstore e2e timings")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{name:<34} {seconds:7.1f} s")

@@ -1,0 +1,161 @@
+"""The compose cluster as a user meets it: the kv CLI from the host and from inside the
+containers, a stopped node, and a node cut off the network.
+
+Each test leaves every node running and connected (also when it fails), so one failure
+does not cascade. Reads that must come from one replica alone are done inside that
+node's container while it is cut off the network: only its own data can answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from .conftest import ComposeCluster, values
+
+pytestmark = pytest.mark.e2e
+
+# What `kv` documents for ALL when a replica is down in a 3-node cluster (no node outside
+# the preference list to take a hint): exit 1 and this message. With a spare node the
+# same request may succeed through a sloppy quorum, which the tests accept too.
+UNAVAILABLE = re.compile(r"^Error: Unavailable: .*\b[RW]=3 needs 3 replicas, 2 answered", re.M)
+CONVERGE_TIMEOUT = 60.0
+
+
+def ok(proc) -> str:
+    assert proc.returncode == 0, f"kv failed ({proc.returncode}): {proc.stderr.strip()}"
+    return proc.stdout
+
+
+def all_or_documented_failure(proc) -> str:
+    """ALL with one node down: success (sloppy quorum) or the documented Unavailable."""
+    if proc.returncode == 0:
+        return "succeeded (sloppy quorum)"
+    assert proc.returncode == 1 and UNAVAILABLE.search(proc.stderr), (
+        f"ALL with a node down neither succeeded nor failed as documented: "
+        f"rc={proc.returncode} stderr={proc.stderr.strip()}")
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def local_values(cluster: ComposeCluster, service: str, *keys: str) -> dict[str, list[str]]:
+    """Each key as `service` alone holds it: read at ONE inside it while it is cut off.
+
+    Afterwards it waits until the others reach the node again: it comes back with a new
+    address, which peers only learn when their channels re-resolve its name.
+    """
+    cluster.disconnect(service)
+    try:
+        return {k: values(cluster.kv_in(service, "get", k, "--consistency", "ONE", "--json"))
+                for k in keys}
+    finally:
+        cluster.connect(service)
+        others = [s for s in ("n1", "n2", "n3") if s != service]
+        took = wait_for(f"{service} reachable at ALL after reconnecting", lambda: values(
+            cluster.kv("get", keys[0], "--consistency", "ALL", "--json", via=others)))
+        print(f"\n{service} answering reads at ALL again {took:.1f}s after reconnecting")
+
+
+def wait_for(what: str, check, timeout: float = CONVERGE_TIMEOUT) -> float:
+    """Retry check() (which raises AssertionError until it holds); seconds it took."""
+    start = time.monotonic()
+    while True:
+        try:
+            check()
+            return time.monotonic() - start
+        except AssertionError as exc:
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"{what}: not within {timeout:.0f}s: {exc}") from None
+            time.sleep(1.0)
+
+
+def test_put_get_each_consistency_from_the_host(compose_cluster: ComposeCluster) -> None:
+    c = compose_cluster
+    members = json.dumps(json.loads(ok(c.kv("status", "--json")))["members"])
+    assert all(f'"{n}"' in members for n in ("n1", "n2", "n3")), members
+    for level in ("ONE", "QUORUM", "ALL"):
+        key, value = f"host:{level}", f"value-{level.lower()}"
+        assert "OK" in ok(c.kv("put", key, value, "--consistency", level))
+        assert values(c.kv("get", key, "--consistency", level, "--json")) == [value]
+        # every node coordinates: ask each one alone at the same level
+        for node in ("n1", "n2", "n3"):
+            got = values(c.kv("get", key, "--consistency", level, "--json", via=[node]))
+            assert got == [value], (node, level)
+
+
+def test_put_get_from_inside_containers(compose_cluster: ComposeCluster) -> None:
+    c = compose_cluster
+    assert "OK" in ok(c.kv_in("n1", "put", "inside:k", "from-n1", "--consistency", "QUORUM"))
+    assert ok(c.kv_in("n2", "get", "inside:k")).strip() == "from-n1"
+    assert values(c.kv_in("n3", "get", "inside:k", "--consistency", "ALL", "--json")) \
+        == ["from-n1"]
+    # written from the host, read inside, and the other way round
+    ok(c.kv("put", "both:k", "from-host", "--consistency", "ALL"))
+    assert ok(c.kv_in("n1", "get", "both:k", "--consistency", "ONE")).strip() == "from-host"
+    assert values(c.kv("get", "inside:k", "--consistency", "ONE", "--json")) == ["from-n1"]
+
+
+def test_stopped_node_quorum_all_and_its_data_after_restart(
+        compose_cluster: ComposeCluster) -> None:
+    c = compose_cluster
+    up = ("n1", "n3")
+    ok(c.kv("put", "stop:before", "b", "--consistency", "ALL"))
+    c.stop("n2")
+    try:
+        assert c.health(["n2"])["n2"].startswith("exited")
+        assert "OK" in ok(c.kv("put", "stop:during", "d", "--consistency", "QUORUM", via=up))
+        assert values(c.kv("get", "stop:before", "--consistency", "QUORUM", "--json",
+                           via=up)) == ["b"]
+        outcomes = {
+            "put ALL": all_or_documented_failure(
+                c.kv("put", "stop:all", "a", "--consistency", "ALL", via=up)),
+            "put ALL --blind": all_or_documented_failure(
+                c.kv("put", "stop:all", "a", "--consistency", "ALL", "--blind", via=up)),
+            "get ALL": all_or_documented_failure(
+                c.kv("get", "stop:before", "--consistency", "ALL", via=up)),
+        }
+        print("\nALL with n2 stopped:", outcomes)
+    finally:
+        healthy_after = c.start("n2")
+    print(f"n2 healthy {healthy_after:.1f}s after `compose start`")
+    # A read at ALL through n2 needs n2's own answer; read repair at ALL completes before
+    # the answer, so n2 holds the write it missed afterwards (if handoff had not yet).
+    assert values(c.kv("get", "stop:during", "--consistency", "ALL", "--json",
+                       via=["n2"])) == ["d"]
+    held = local_values(c, "n2", "stop:before", "stop:during")
+    assert held == {"stop:before": ["b"], "stop:during": ["d"]}, held
+
+
+def test_partitioned_node_converges_after_reconnect(compose_cluster: ComposeCluster) -> None:
+    c = compose_cluster
+    majority = ("n1", "n2")  # n3's published port is not used: reconnecting may not restore it
+    ok(c.kv("put", "part:k", "v0", "--consistency", "ALL", via=majority))
+    c.disconnect("n3")
+    try:
+        ok(c.kv("put", "part:k", "major", "--consistency", "QUORUM", via=majority))
+        ok(c.kv("put", "part:one", "x", "--consistency", "ONE", via=majority))
+        # the cut-off node still takes writes at ONE on its own side
+        ok(c.kv_in("n3", "put", "part:minor", "m", "--consistency", "ONE"))
+        ok(c.kv_in("n3", "put", "part:k", "minor", "--consistency", "ONE"))
+        assert values(c.kv_in("n3", "get", "part:k", "--consistency", "ONE", "--json")) \
+            == ["minor"]
+    finally:
+        c.connect("n3")
+    # Both sides superseded v0 without seeing each other: after healing, a read at ALL
+    # returns both as siblings (never one silently dropped), and the other keys everywhere.
+    expected = {"part:k": ["major", "minor"], "part:one": ["x"], "part:minor": ["m"]}
+
+    def converged() -> None:
+        got = {k: values(c.kv("get", k, "--consistency", "ALL", "--json", via=majority))
+               for k in expected}
+        assert got == expected, got
+
+    took = wait_for("read at ALL after reconnecting n3", converged)
+    print(f"\nconverged at ALL {took:.1f}s after reconnecting n3")
+    assert local_values(c, "n3", *expected) == expected
+    # A write carrying the context of the siblings resolves them (the CLI reads it first).
+    ok(c.kv("put", "part:k", "resolved", "--consistency", "ALL", via=majority))
+    assert values(c.kv("get", "part:k", "--consistency", "ALL", "--json",
+                       via=majority)) == ["resolved"]
