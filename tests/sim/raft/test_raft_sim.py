@@ -127,9 +127,11 @@ def test_replay() -> None:
     sc = Scenario.from_seed(seed, long)
     print(f"\nreplaying {sc.describe()}")
     r = run_seed(seed, long=long)
+    when = ("already in place at the heal" if r.elect_after_heal_ms < 0
+            else f"{r.elect_after_heal_ms}ms after the heal")
     print(f"ok: {r.ops} ops ({r.indeterminate} indeterminate), {r.events} events, "
-          f"{r.messages} messages, max term {r.max_term}, stable leader "
-          f"{r.elect_after_heal_ms}ms after the heal, finished at {r.end_ms}ms")
+          f"{r.messages} messages, max term {r.max_term}, stable leader {when}, "
+          f"finished at {r.end_ms}ms")
 
 
 def test_same_seed_same_run() -> None:
