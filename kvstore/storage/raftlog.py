@@ -41,6 +41,7 @@ __all__ = [
     "SNAPSHOT_FILE",
     "CorruptRaftLogError",
     "Files",
+    "MemoryFiles",
     "OsFiles",
     "RaftLog",
     "Recovered",
@@ -142,6 +143,30 @@ class OsFiles:
     def close(self) -> None:
         for name in list(self._handles):
             self._close(name)
+
+
+class MemoryFiles:
+    """`Files` in memory, for nodes without a data directory (tests). Nothing survives the
+    process; the simulator has its own crash-modelling disk."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytearray] = {}
+
+    def read(self, name: str) -> bytes | None:
+        data = self.files.get(name)
+        return None if data is None else bytes(data)
+
+    def append(self, name: str, data: bytes) -> None:
+        self.files.setdefault(name, bytearray()).extend(data)
+
+    def sync(self, name: str) -> None:
+        pass
+
+    def truncate(self, name: str, size: int) -> None:
+        del self.files.setdefault(name, bytearray())[size:]
+
+    def replace(self, name: str, data: bytes) -> None:
+        self.files[name] = bytearray(data)
 
 
 @dataclass
