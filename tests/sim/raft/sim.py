@@ -11,6 +11,7 @@ history must be linearizable.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import random
@@ -26,6 +27,7 @@ from kvstore.core.raft import (
     Message,
     NotLeaderError,
     ProposalDroppedError,
+    RaftError,
     RaftNode,
     Ready,
     Role,
@@ -46,7 +48,8 @@ OP_TIMEOUT_MS = 400
 # After the last fault heals a leader must be in place within this many election timeouts.
 LIVENESS_BOUND_TIMEOUTS = 15
 
-FAULT_KINDS = ("partition", "asym", "flap", "crash", "power_loss", "isolate_leader")
+FAULT_KINDS = ("partition", "asym", "flap", "crash", "power_loss", "isolate_leader",
+               "transfer")
 
 
 @dataclass
@@ -401,6 +404,15 @@ class Simulation:
                 self.crashes += 1
                 node.files.crash(node.rng, lose_unsynced=f.kind == "power_loss")
             return
+        if f.kind == "transfer":  # not a fault: a leadership transfer in the middle of it all
+            lead = self.leader()
+            if lead is not None:
+                others = sorted(lead.raft.conf.voters - {lead.id})
+                if others:
+                    with contextlib.suppress(RaftError):
+                        lead.raft.transfer_leadership(self.rng.choice(others))
+                    self.drive(lead)
+            return
         if f.kind == "isolate_leader":
             lead = self.leader()
             group = (lead.id,) if lead else (self.rng.choice(self.voters),)
@@ -419,6 +431,8 @@ class Simulation:
 
     def fault_off(self, i: int) -> None:
         f = self.sc.faults[i]
+        if f.kind == "transfer":
+            return
         if f.kind in ("crash", "power_loss"):
             node = self.nodes[f.nodes[0]]
             if not node.up and not any(
