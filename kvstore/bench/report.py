@@ -12,6 +12,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+MIN_CURVE_READS = 10  # fewer reads in a bucket make a point that is mostly noise
+
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else (f"{value:.2f}" if value < 100 else f"{value:.0f}")
@@ -176,7 +178,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     for label, st in curves:
         xs, ys = [], []
         for b in st["curve"]:
-            if b["reads"]:
+            if b["reads"] >= MIN_CURVE_READS:
                 xs.append(b["hi_ms"] if b["hi_ms"] is not None else b["lo_ms"] * 2)
                 ys.append(b["p_stale"])
         ax.plot(xs, ys, marker="o", linestyle="-" if "probes" in label else "--",
@@ -184,7 +186,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("time since the latest acknowledged write (ms, bucket upper edge)")
     ax.set_ylabel("P(stale read)")
-    ax.set_title("staleness (PBS t-visibility)")
+    ax.set_title(f"staleness (PBS t-visibility; buckets with >= {MIN_CURVE_READS} reads)")
     if curves:
         ax.legend(fontsize=7)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import math
 import os
 import platform
 import random
@@ -331,6 +332,10 @@ class Bench:
         result.update(rec.to_json(elapsed))
         if rate:
             result["target_rate"] = rate
+            # slots due in the measured window that were never sent (backlog given up):
+            # their latency is unknown, so say how many there were
+            due = math.ceil((end - begin) * rate) - math.ceil((measure_start - begin) * rate)
+            result["rate_unsent"] = max(0, due - rec.issued)
         if workload.reads and level is not None:
             result["staleness"] = self.detector.stats.to_json()
         if level is not None and cfg.probes:

@@ -113,6 +113,7 @@ def test_fixed_rate_issues_exactly_the_scheduled_operations() -> None:
     assert abs(out["issued"] - 100) <= 1  # 400/s for 0.25 s after the warm-up
     assert out["issued"] == out["ops"] + out["errors_total"]
     assert out["target_rate"] == 400.0
+    assert out["rate_unsent"] <= 1
     assert out["service_time"]["count"] == out["ops"]
 
 
@@ -126,3 +127,28 @@ def test_ceilings_count_the_null_request_as_success() -> None:
     for out in asyncio.run(main()):
         assert out["errors_total"] == 0 and out["ops"] == out["issued"] > 0
         assert "staleness" not in out
+
+
+class SlowClient(MemoryClient):
+    """Every read takes 20 ms: far slower than the rate asked for."""
+
+    async def get(self, key, **kw):
+        await asyncio.sleep(0.02)
+        return GetResult(key.encode(), False, [], b"")
+
+
+def test_fixed_rate_charges_the_backlog_to_latency() -> None:
+    async def main():
+        bench = Bench(_config(rate=2000.0, workload="c", concurrency=2, warmup_s=0.0,
+                              probes=0), SlowClient())
+        return await bench.phase("ONE", get_workload("c"), Level.parse("ONE"), 0.25)
+
+    out = asyncio.run(main())
+    # 2 workers x 50/s cannot keep 2000/s: requests queue behind their intended start,
+    # and what is still due a second after the end is given up and reported
+    assert out["issued"] == out["ops"] + out["errors_total"]
+    assert out["rate_unsent"] > 0
+    assert out["service_time"]["p99_ms"] < 100
+    assert out["p99_ms"] > 3 * out["service_time"]["p99_ms"]
+    print(f"\nlatency from intended start p99 {out['p99_ms']} ms, service p99 "
+          f"{out['service_time']['p99_ms']} ms, unsent {out['rate_unsent']}")
