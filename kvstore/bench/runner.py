@@ -46,7 +46,7 @@ from kvstore.bench.workloads import (
     Workload,
     get_workload,
 )
-from kvstore.client import AsyncClient, InvalidArgument, KVError
+from kvstore.client import AsyncClient, InvalidArgument, KVError, Unavailable
 from kvstore.node.local_cluster import LocalCluster
 
 RESULTS_SCHEMA = 1
@@ -438,6 +438,10 @@ class Bench:
                           "replication_factor": info.replication_factor,
                           "members": len(info.members), "keys_stored": info.keys_stored})
         known = [n for n in nodes if "error" not in n]
+        if not known:
+            raise Unavailable("no node answered: " + "; ".join(
+                f"{n['address']}: {n['error']}" for n in nodes) + ". Is the cluster running? "
+                "Start one with `kv cluster up`, or use --local N.")
         if known:
             self.replication_factor = known[0]["replication_factor"]
         return {"endpoints": [ep.address for ep in self.client.endpoints],

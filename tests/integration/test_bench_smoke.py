@@ -14,9 +14,13 @@ import sys
 import pytest
 
 from kvstore.bench import report
-from kvstore.bench.runner import BenchConfig, run, run_async
+from kvstore.bench.runner import BenchConfig, free_ports, run, run_async
 
 pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 def _config(cluster, **kw) -> BenchConfig:
@@ -95,6 +99,10 @@ def test_kv_bench_command_writes_json(shared_cluster, tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "kvstore", "bench", "--consistency", "MOST"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "MOST" in bad.stderr
+    down = subprocess.run([sys.executable, "-m", "kvstore", "bench", "--endpoints",
+                           f"127.0.0.1:{free_port()}", "--no-live"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert down.returncode == 1 and "no node answered" in down.stderr, down.stderr
 
 
 def test_fault_mode_kills_and_restarts_a_node() -> None:
