@@ -98,6 +98,7 @@ def _summary(label: str, results: list, seconds: float) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(1800)  # a chunk takes 10-60 s; generous for a loaded machine
 @pytest.mark.parametrize("chunk", range((SEEDS + CHUNK - 1) // CHUNK))
 def test_seeds(chunk: int) -> None:
     """Safety on every step, then liveness, convergence and linearizability, per seed."""
@@ -112,12 +113,18 @@ def test_seeds(chunk: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
 @pytest.mark.skipif(os.environ.get("KV_SLOW") != "1", reason="long simulation: set KV_SLOW=1")
-def test_long_seeds() -> None:
-    seeds = list(range(START, START + LONG_SEEDS))
+@pytest.mark.parametrize("chunk", range((LONG_SEEDS + 49) // 50))
+def test_long_seeds(chunk: int) -> None:
+    seeds = list(range(START + chunk * 50, START + min(LONG_SEEDS, (chunk + 1) * 50)))
     out, seconds = _run(seeds, long=True)
     _check(out, long=True)
-    print("\n" + _summary("raft sim long", [r for _, r, _ in out], seconds))
+    _RESULTS["long"].extend(res for _, res, _ in out)
+    _RESULTS["long_seconds"].append(seconds)
+    print(f"\nlong seeds {seeds[0]}..{seeds[-1]}: {len(seeds) / seconds:.2f} seeds/s")
+    if chunk == (LONG_SEEDS + 49) // 50 - 1:
+        print(_summary("raft sim long", _RESULTS["long"], sum(_RESULTS["long_seconds"])))
 
 
 @pytest.mark.skipif("KV_RAFT_SEED" not in os.environ, reason="set KV_RAFT_SEED to replay")
