@@ -86,7 +86,8 @@ def _summary(label: str, results: list, seconds: float) -> str:
         f"elected after the heal: {len(fresh)} seeds",
     ]
     if fresh:
-        q = statistics.quantiles(fresh, n=100) if len(fresh) > 1 else [fresh[0]] * 99
+        q = (statistics.quantiles(fresh, n=100, method="inclusive") if len(fresh) > 1
+             else [fresh[0]] * 99)
         lines.append(
             f"[{label}] time to a stable leader after the heal (election timeout = "
             f"{ELECTION_MS}ms): p50={q[49]:.0f}ms p90={q[89]:.0f}ms p99={q[98]:.0f}ms "
