@@ -74,7 +74,7 @@ _SCHEMA: Final = (
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
 )
 _GET: Final = "SELECT value, crc FROM records WHERE token = ? AND key = ?"
-_IN_SIZES: Final = (1, 8, 64, 512)
+_IN_SIZES: Final = tuple(2**i for i in range(10))  # pad to a power of two: <= 2x, 10 shapes
 _GET_MANY: Final = {
     n: f"SELECT token, key, value, crc FROM records WHERE token IN ({','.join('?' * n)})"
     for n in _IN_SIZES
@@ -156,7 +156,7 @@ class SqliteEngine:
             raise StorageError(f"{self.path}: the engine is closed")
         try:
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, cached_statements=32
+                self.path, isolation_level=None, check_same_thread=False, cached_statements=64
             )
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
