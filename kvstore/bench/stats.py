@@ -1,9 +1,9 @@
 """Latency and error accounting for one measured phase, on HdrHistograms.
 
 Latencies are recorded in microseconds (1 µs .. 60 s, 3 significant digits). Successful
-operations go into the histograms (overall and per operation type); failed ones are counted
-by error kind and kept out of the latency figures. A per-interval timeline (ops, errors,
-p99) shows spikes and recovery in fault runs.
+operations go into one histogram per operation type (the overall one is their merge);
+failed ones are counted by error kind and kept out of the latency figures. A per-interval
+timeline (ops, errors, stale reads, p99) shows spikes and recovery in fault runs.
 
 Invariant the tests defend: issued == ok + errors, and the overall histogram holds exactly
 `ok` values, the per-op histograms sum to it.
@@ -56,7 +56,6 @@ class Recorder:
         self.interval_s = interval_s
         self.issued = 0
         self.ok = 0
-        self.hist = new_histogram()
         self.service_hist = new_histogram()  # fixed-rate mode: time from actual send
         self.by_op: dict[str, HdrHistogram] = {}
         self.errors: Counter[str] = Counter()
@@ -80,7 +79,6 @@ class Recorder:
                 service_s: float | None = None) -> None:
         us = to_us(latency_s)
         self.ok += 1
-        self.hist.record_value(us)
         hist = self.by_op.get(op)
         if hist is None:
             hist = self.by_op[op] = new_histogram()
@@ -107,6 +105,15 @@ class Recorder:
         self.siblings_max = max(self.siblings_max, count)
 
     @property
+    def hist(self) -> HdrHistogram:
+        """All successful operations: the per-op histograms merged (recording each value
+        once per op type instead of twice saves ~8 µs of pure Python per operation)."""
+        merged = new_histogram()
+        for h in self.by_op.values():
+            merged.add(h)
+        return merged
+
+    @property
     def completed(self) -> int:
         return self.ok + sum(self.errors.values())
 
@@ -123,7 +130,8 @@ class Recorder:
 
     def to_json(self, elapsed_s: float) -> dict[str, Any]:
         """Every figure of the phase; ops_per_s counts successful operations only."""
-        summary = summarize(self.hist)
+        overall = self.hist
+        summary = summarize(overall)
         out: dict[str, Any] = {
             "ops": self.ok,
             "issued": self.issued,
