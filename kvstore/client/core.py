@@ -346,8 +346,14 @@ class AsyncClient:
     @staticmethod
     def _rpc_error(ep: _Endpoint, exc: grpc.aio.AioRpcError) -> Exception:
         code = exc.code()
+        details = (exc.details() or "").lower()
+        if code == grpc.StatusCode.UNAVAILABLE and (
+                "failed to connect" in details or "connection refused" in details
+                or "dns resolution failed" in details):
+            return _Refused(f"unreachable ({exc.details()})")  # never delivered: try another
         if code == grpc.StatusCode.UNAVAILABLE:
-            return _Refused(f"unreachable ({exc.details()})")
+            return Unavailable(f"{ep.address}: connection lost during the call "
+                               f"({exc.details()}); the request may have been applied")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidArgument(f"{ep.address}: {exc.details()}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -33,7 +33,7 @@ from kvstore.core.errors import (
 from kvstore.core.ring import token_of
 from kvstore.core.versions import Sibling
 from kvstore.services.replica import Replica
-from kvstore.transport.base import PeerTimeout, Transport, TransportError
+from kvstore.transport.base import PeerTimeout, PeerUnreachable, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -570,9 +570,13 @@ class Coordinator:
                     f"forwarded the write to {node}, which did not answer within "
                     f"{timeout * 1000:.0f} ms ({exc.reason}); the write may have been applied"
                 ) from exc
-            except TransportError as exc:
+            except PeerUnreachable as exc:  # never delivered: safe to try the next replica
                 reasons.append(f"{node} {exc.reason}")
                 continue
+            except TransportError as exc:
+                raise Unavailable(
+                    f"forwarded the write to {node}, which failed: {exc.reason}; the write "
+                    "may have been applied") from exc
             if result.HasField("error"):
                 raise from_pb(result.error)
             reply = result.reply

@@ -63,6 +63,7 @@ class GossipMembership:
         interval: float = 1.0,
         phi_threshold: float = 8.0,
         timeout: float = 1.0,
+        ready_after: float = 5.0,
     ) -> None:
         self.node_id = node_id
         self.address = address
@@ -74,6 +75,10 @@ class GossipMembership:
         self.state_path = state_path
         self.interval = interval
         self.timeout = timeout
+        # Seeds known only from configuration or an earlier run count as resolved once
+        # this long has passed without hearing from them (a peer may be down for good).
+        self.ready_after = ready_after
+        self.started = monotonic()
         self.metrics: Counter[str] = Counter()
         self.listeners: list[Callable[[], None]] = []
         self.seed_addresses: set[str] = set()
@@ -141,7 +146,13 @@ class GossipMembership:
         return self._members
 
     def unresolved_seeds(self) -> set[str]:
-        return self.seed_addresses - set(self.members.values())
+        """Seed addresses not yet known as members, or (for `ready_after` seconds after
+        start) not yet heard from by gossip."""
+        known = set(self.members.values())
+        if self.monotonic() - self.started < self.ready_after:
+            heard = self.gossiper.endpoints
+            known = {a for m, a in self.members.items() if m in heard}
+        return self.seed_addresses - known
 
     @property
     def ready(self) -> bool:

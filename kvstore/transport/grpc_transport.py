@@ -21,6 +21,7 @@ from kvstore.transport.batching import Coalescer
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RECONNECT_WAIT = 0.25  # seconds a refused call waits for the channel to (re)connect
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -56,6 +57,26 @@ async def _safe(handler: Handler, source: str, message: pb.PeerMessage) -> pb.Pe
         return pb.PeerResult(error=common_pb2.Error(code=common_pb2.INTERNAL, message=repr(exc)))
 
 
+def _not_delivered(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call certainly never reached the peer (no connection was made)."""
+    details = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in details or "connection refused" in details
+        or "dns resolution failed" in details)
+
+
+def _transport_error(peer: str, exc: grpc.aio.AioRpcError, timeout: float) -> TransportError:
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return PeerTimeout(peer, f"timed out after {timeout * 1000:.0f} ms")
+    if _not_delivered(exc):
+        return PeerUnreachable(peer, f"unreachable ({exc.details()})")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return TransportError(peer, f"connection lost during the call ({exc.details()}); "
+                                    "the message may have been applied")
+    return TransportError(peer, f"{code.name}: {exc.details()}")
+
+
 class GrpcTransport:
     def __init__(self, node_id: str, server: grpc.aio.Server) -> None:
         self.node_id = node_id
@@ -87,15 +108,26 @@ class GrpcTransport:
 
     async def _send(self, peer: str, batch: pb.PeerBatch, timeout: float) -> pb.PeerBatchReply:
         stub = self._stub(peer)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             return await stub.Exchange(batch, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise PeerTimeout(peer, f"timed out after {timeout * 1000:.0f} ms") from None
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise PeerUnreachable(peer, f"unreachable ({exc.details()})") from None
-            raise TransportError(peer, f"{code.name}: {exc.details()}") from None
+            if not _not_delivered(exc):
+                raise _transport_error(peer, exc, timeout) from None
+        # Not delivered. The channel may still be backing off from an earlier failed
+        # connect (a peer that just started or restarted): give it a moment to connect,
+        # then send once more with the time that is left.
+        channel = self.channels[peer][1]
+        wait = min(RECONNECT_WAIT, deadline - loop.time())
+        try:
+            await asyncio.wait_for(channel.channel_ready(), wait)
+        except TimeoutError:
+            raise PeerUnreachable(peer, "unreachable (connection refused)") from None
+        try:
+            return await stub.Exchange(batch, timeout=max(0.001, deadline - loop.time()))
+        except grpc.aio.AioRpcError as exc:
+            raise _transport_error(peer, exc, timeout) from None
 
     async def call(self, peer: str, message: pb.PeerMessage, timeout: float) -> pb.PeerResult:
         return await self.coalescer.call(peer, message, timeout)

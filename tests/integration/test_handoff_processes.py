@@ -65,7 +65,7 @@ def test_sigkilled_node_receives_every_write_by_hinted_handoff(tmp_path):
                     mine = [r for r in result.trace["replicas"] if r["node"] == "n2"]
                     if not mine or [v["value"] for v in mine[0]["versions"]] != [
                             ("v-" + key.decode())]:
-                        missing.append(key)
+                        missing.append((key, mine))
                 return missing
 
         missing = asyncio.run(check())

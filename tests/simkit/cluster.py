@@ -60,7 +60,16 @@ class SimCluster:
         for node_id in self.ids:
             self.nodes[node_id] = self._make(node_id)
             await self.nodes[node_id].start()
+        await self.wait_ready()
         return self
+
+    async def wait_ready(self, limit: float = 30.0) -> None:
+        """Until every node has heard from its seeds (health SERVING in a real node)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while not all(n.membership.ready for n in self.nodes.values()):
+            assert loop.time() < deadline, "the simulated cluster never became ready"
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         for node in self.nodes.values():
@@ -73,7 +82,7 @@ class SimCluster:
         self.ids.append(node_id)
         self.nodes[node_id] = self._make(node_id, seeds)
         await self.nodes[node_id].start()
-        return self.nodes[node_id]
+        return self.nodes[node_id]  # readiness: the caller waits for it
 
     def crash(self, node_id: str) -> None:
         self.network.crash(node_id)
@@ -85,6 +94,7 @@ class SimCluster:
         self.network.restart(node_id)
         self.nodes[node_id] = self._make(node_id, seeds)
         await self.nodes[node_id].start()
+        await self.wait_ready()
 
     def replicas(self, key: bytes) -> list[str]:
         return self.nodes[self.ids[0]].membership.ring.preference_list(key,
