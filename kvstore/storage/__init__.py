@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvstore.storage.engine import CorruptRecordError, Engine, Mutation, StorageError
-from kvstore.storage.memory import DELETE, DISCARD, MemoryEngine, StepResult
+from kvstore.storage.memory import DELETE, DISCARD, MemoryEngine, OverwriteCorrupt, StepResult
 from kvstore.storage.sqlite import SYNC_MODES, CorruptDatabaseError, SqliteEngine
 from kvstore.storage.store import AsyncStore
 
@@ -20,6 +20,7 @@ __all__ = [
     "Engine",
     "MemoryEngine",
     "Mutation",
+    "OverwriteCorrupt",
     "SqliteEngine",
     "StepResult",
     "StorageError",

@@ -11,8 +11,9 @@ asyncio without blocking the event loop, and batches writes (group commit).
 Details both engines (memory.py, sqlite.py) implement, beyond the signatures below:
 
 * A mutation may return `DELETE` (memory.py; compared by identity) to remove the key, and
-  the mutation `DISCARD` removes a key without reading it (the way to clear a record that
-  fails its checksum; any other mutation on such a record fails with CorruptRecordError).
+  the mutation `DISCARD` removes a key without reading it. A mutation on a record that
+  fails its checksum fails with CorruptRecordError, unless it is wrapped in
+  `OverwriteCorrupt(...)`, which treats the damaged record as absent (repair writes).
 * `scan` ranges follow `Ring.ranges()`: when start_token >= end_token the range wraps,
   (start, TOKEN_MAX] then [TOKEN_MIN, end] in that order (start == end: the whole ring).
   `after_key` is the last (token, key) already seen; the scan resumes strictly after it.

@@ -61,6 +61,26 @@ DISCARD: Final[Mutation] = _Discard()
 """A mutation that removes the key without reading (or verifying) its record."""
 
 
+class OverwriteCorrupt:
+    """Wraps a mutation so that a record failing its checksum is treated as absent.
+
+    For writes that carry authoritative data from elsewhere (read repair, anti-entropy,
+    hinted handoff): `store.update(key, OverwriteCorrupt(merge))` replaces a damaged record
+    with what the merge makes of None, where a plain mutation fails with
+    CorruptRecordError. An engine that does not know the wrapper just calls it (safe: a
+    damaged record then fails as usual). If the mutation returns None the damaged record
+    stays and the step fails with CorruptRecordError.
+    """
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Mutation) -> None:
+        self.inner = inner
+
+    def __call__(self, current: bytes | None) -> bytes | None:
+        return self.inner(current)
+
+
 def record_crc(key: bytes, record: bytes) -> int:
     """CRC32 over key+record (computed without concatenating)."""
     return zlib.crc32(record, zlib.crc32(key))
@@ -182,9 +202,19 @@ class MemoryEngine:
                         results.append(None)
                         continue
                     entry = data.get(pos)
-                    current = None if entry is None else self._verified(key, entry)
-                    new = mutation(current)
-                    check_result(new)
+                    try:
+                        current = None if entry is None else self._verified(key, entry)
+                    except CorruptRecordError:
+                        if not isinstance(mutation, OverwriteCorrupt):
+                            raise
+                        new = mutation(None)  # the damaged record counts as absent
+                        check_result(new)
+                        if new is None:
+                            raise  # left unchanged: still damaged
+                        current = None
+                    else:
+                        new = mutation(current)
+                        check_result(new)
                     if new is None:
                         results.append(current)
                     elif new is DELETE:

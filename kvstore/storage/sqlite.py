@@ -47,6 +47,7 @@ from kvstore.storage.memory import (
     DELETE,
     DISCARD,
     SCAN_PAGE,
+    OverwriteCorrupt,
     StepResult,
     check_key,
     check_result,
@@ -341,9 +342,16 @@ class SqliteEngine:
                             results.append(None)
                             continue
                         if st[3] is not None:
-                            raise CorruptRecordError(key, st[3].detail)
-                        new = mutation(st[2])
-                        check_result(new)
+                            if not isinstance(mutation, OverwriteCorrupt):
+                                raise CorruptRecordError(key, st[3].detail)
+                            new = mutation(None)  # the damaged record counts as absent
+                            check_result(new)
+                            if new is None:  # left unchanged: still damaged
+                                raise CorruptRecordError(key, st[3].detail)
+                            st[3] = None
+                        else:
+                            new = mutation(st[2])
+                            check_result(new)
                         if new is None:
                             results.append(st[2])
                             continue

@@ -14,6 +14,7 @@ from kvstore.storage import (
     DISCARD,
     CorruptRecordError,
     MemoryEngine,
+    OverwriteCorrupt,
     SqliteEngine,
     StorageError,
 )
@@ -246,3 +247,31 @@ def test_get_many(engine) -> None:
     big = [b"k%d" % i for i in range(1200)]  # more than one IN query
     engine.apply([(k, put(k)) for k in big[::2]])
     assert engine.get_many(big) == [k if i % 2 == 0 else None for i, k in enumerate(big)]
+
+
+def test_overwrite_corrupt(engine) -> None:
+    fill(engine, KEYS[:10])
+    corrupt(engine, KEYS[1])
+    corrupt(engine, KEYS[2])
+    seen: list[bytes | None] = []
+
+    def merge(cur: bytes | None) -> bytes:
+        seen.append(cur)
+        return (cur or b"") + b"+repaired"
+
+    results = engine.apply(
+        [
+            (KEYS[1], OverwriteCorrupt(merge)),  # damaged: merged as if absent
+            (KEYS[1], merge),  # then an ordinary step sees the new record
+            (KEYS[2], OverwriteCorrupt(lambda c: None)),  # "no change" keeps it damaged
+            (KEYS[3], OverwriteCorrupt(merge)),  # a healthy record merges as usual
+        ]
+    )
+    assert results[0] == b"+repaired" and results[1] == b"+repaired+repaired"
+    assert isinstance(results[2], CorruptRecordError) and results[2].key == KEYS[2]
+    assert results[3] == b"v:" + KEYS[3] + b"+repaired"
+    assert seen == [None, b"+repaired", b"v:" + KEYS[3]]
+    assert engine.get(KEYS[1]) == b"+repaired+repaired"
+    with pytest.raises(CorruptRecordError):
+        engine.get(KEYS[2])
+    assert engine.count() == 10
