@@ -16,7 +16,8 @@ import pytest
 
 from .conftest import ComposeCluster, values
 
-pytestmark = pytest.mark.e2e
+# The first test's setup builds the images: minutes when nothing is cached.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 # What `kv` documents for ALL when a replica is down in a 3-node cluster (no node outside
 # the preference list to take a hint): exit 1 and this message. With a spare node the
@@ -87,8 +88,9 @@ def test_put_get_each_consistency_from_the_host(compose_cluster: ComposeCluster)
 
 def test_put_get_from_inside_containers(compose_cluster: ComposeCluster) -> None:
     c = compose_cluster
-    assert "OK" in ok(c.kv_in("n1", "put", "inside:k", "from-n1", "--consistency", "QUORUM"))
-    assert ok(c.kv_in("n2", "get", "inside:k")).strip() == "from-n1"
+    assert "OK" in ok(c.kv_in("n1", "put", "inside:k", "from-n1", "--consistency", "QUORUM",
+                              via_compose=True))
+    assert ok(c.kv_in("n2", "get", "inside:k", via_compose=True)).strip() == "from-n1"
     assert values(c.kv_in("n3", "get", "inside:k", "--consistency", "ALL", "--json")) \
         == ["from-n1"]
     # written from the host, read inside, and the other way round
@@ -159,3 +161,23 @@ def test_partitioned_node_converges_after_reconnect(compose_cluster: ComposeClus
     ok(c.kv("put", "part:k", "resolved", "--consistency", "ALL", via=majority))
     assert values(c.kv("get", "part:k", "--consistency", "ALL", "--json",
                        via=majority)) == ["resolved"]
+
+
+def test_five_node_profile_joins_through_gossip(compose_cluster: ComposeCluster) -> None:
+    """`--profile five` adds n4 and n5, seeded with n1..n3 only; they join and serve."""
+    c = compose_cluster
+    c.compose("--profile", "five", "up", "-d", "--no-build", "n4", "n5", timeout=300)
+    took = c.wait_healthy(["n4", "n5"])
+    print(f"\nn4, n5 healthy {took:.1f}s after `--profile five up -d`")
+
+    def five_members() -> None:
+        for node in ("n1", "n5"):
+            members = json.dumps(json.loads(ok(c.kv("status", "--json", via=[node])))
+                                 ["members"])
+            assert all(f'"n{i}"' in members for i in range(1, 6)), (node, members)
+
+    took = wait_for("5 members", five_members)
+    print(f"all five in n1's and n5's member lists after {took:.1f}s")
+    ok(c.kv("put", "five:k", "v5", "--consistency", "QUORUM", via=["n4"]))
+    assert values(c.kv("get", "five:k", "--consistency", "QUORUM", "--json",
+                       via=["n5"])) == ["v5"]
