@@ -56,6 +56,10 @@ def node() -> None:
 @click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=8.0, show_default=True,
               type=click.FloatRange(min=0.1),
               help="Failure detector: a peer is down when its phi exceeds this.")
+@click.option("--read-all-chance", envvar="KV_READ_ALL_CHANCE", default=0.1, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Share of reads that ask all N replicas (so background read repair "
+                   "reaches them all); the rest ask only R.")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",  # raft: see raft_cmds.py
@@ -63,8 +67,8 @@ def node() -> None:
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
-          gossip_interval: float, phi_threshold: float, log_level: str,
-          raft_voters: str = "") -> None:
+          gossip_interval: float, phi_threshold: float, read_all_chance: float,
+          log_level: str, raft_voters: str = "") -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
@@ -79,6 +83,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
+        read_all_chance=read_all_chance,
     )
     try:
         config.validate()

@@ -28,6 +28,7 @@ class NodeConfig:
     antientropy_interval: float = 60.0  # seconds between background sessions; 0: off
     tombstone_grace_ms: int = 10 * 24 * 3600 * 1000
     repair_rate_bytes: int = 8 * 1024 * 1024
+    read_all_chance: float = 0.1        # reads that ask all N replicas, not just R
     phi_threshold: float = 8.0
 
     @property
@@ -51,6 +52,8 @@ class NodeConfig:
             raise ValueError(f"sync {self.sync!r} must be full, normal or off")
         if not 0.01 <= self.gossip_interval <= 60:
             raise ValueError("gossip interval must be 0.01..60 seconds")
+        if not 0.0 <= self.read_all_chance <= 1.0:
+            raise ValueError("read-all chance must be between 0 and 1")
         if not self.phi_threshold > 0:
             raise ValueError("phi threshold must be positive")
         if self.timeout_ms <= 0:

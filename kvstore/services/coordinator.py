@@ -48,11 +48,12 @@ class CoordinatorConfig:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     default_level: int = cpb.QUORUM
-    # Chance that a read asks all N replicas rather than just R. All N (the default) costs
-    # little with per-peer batching, tolerates a silent replica without waiting, and lets
-    # read repair reach every replica. Below 1.0, R-only reads ask a spare replica when one
-    # fails or when no quorum answered within a quarter of the deadline (speculative retry).
-    read_all_chance: float = 1.0
+    # Chance that a read asks all N replicas rather than just R (Cassandra's
+    # read_repair_chance): those reads let background read repair reach every replica.
+    # Other reads ask R replicas (this node first, then those the detector thinks up) and
+    # add a spare one when one fails or no quorum answered within a quarter of the
+    # deadline (speculative retry). 1.0 makes every read cost what ALL costs.
+    read_all_chance: float = 0.1
     # Repair stale replicas that took part in a QUORUM-or-stronger read before answering,
     # so a value once read at QUORUM is never "un-read" by the next QUORUM read.
     blocking_read_repair: bool = True
@@ -331,7 +332,8 @@ class Coordinator:
 
         # Ask R replicas (ourselves first when we are one), or, by chance, all N; a
         # replica that fails is replaced by one not yet asked.
-        ordered = sorted(pref, key=lambda node: node != self.node_id)
+        ordered = sorted(pref, key=lambda node: (node != self.node_id,
+                                                 not self.membership.is_up(node)))
         read_all = need >= n or self.rng.random() < self.config.read_all_chance
         first, unasked = (ordered, []) if read_all else (ordered[:need], ordered[need:])
         tasks: dict[str, asyncio.Task] = {}

@@ -45,7 +45,7 @@ class HandoffService:
         offload: Offload = asyncio.to_thread,
         enabled: bool = True,
         interval: float = 1.0,
-        batch: int = 200,
+        batch: int = 500,
         max_age_ms: int = DEFAULT_MAX_AGE_MS,
         timeout: float = 5.0,
     ) -> None:
@@ -93,7 +93,10 @@ class HandoffService:
         delivered = 0
         for target, count in sorted((await self.pending_by_target()).items()):
             if count and target != self.node_id and self.membership.is_up(target):
-                delivered += await self._deliver(target)
+                # drain while the owner keeps acknowledging whole batches
+                while (sent := await self._deliver(target)) == self.batch:
+                    delivered += sent
+                delivered += sent
         return delivered
 
     async def _deliver(self, target: str) -> int:

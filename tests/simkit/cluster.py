@@ -19,7 +19,7 @@ LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUOR
 
 class SimCluster:
     def __init__(self, size: int = 3, *, seed: int = 0, replication_factor: int = 3,
-                 timeout_ms: int = 500, vnodes: int = 64, read_all_chance: float = 1.0,
+                 timeout_ms: int = 500, vnodes: int = 64, read_all_chance: float = 0.1,
                  hinted_handoff: bool = True, **config) -> None:
         self.hinted_handoff = hinted_handoff
         self.config = config  # further NodeConfig fields for every node
