@@ -104,6 +104,10 @@ class ComposeCluster:
             self._ids[service] = cid
         return self._ids[service]
 
+    def forget_containers(self) -> None:
+        """After `down`/`up` the services have new containers."""
+        self._ids.clear()
+
     def health(self, services: Sequence[str]) -> dict[str, str]:
         ids = [self.container(s) for s in services]
         out = run(["docker", "inspect", "--format",

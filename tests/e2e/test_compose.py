@@ -163,6 +163,20 @@ def test_partitioned_node_converges_after_reconnect(compose_cluster: ComposeClus
                        via=majority)) == ["resolved"]
 
 
+def test_down_keeps_the_data_in_named_volumes(compose_cluster: ComposeCluster) -> None:
+    """`compose down` (without -v) removes the containers; new ones find the data."""
+    c = compose_cluster
+    ok(c.kv("put", "volume:k", "kept", "--consistency", "ALL"))
+    c.compose("down", "-t", "15", timeout=300)
+    assert not c.compose("ps", "-q").stdout.strip()
+    c.forget_containers()
+    c.compose("up", "-d", "--no-build", timeout=300)
+    took = c.wait_healthy()
+    print(f"\nrecreated n1..n3 healthy {took:.1f}s after `up -d`")
+    assert values(c.kv("get", "volume:k", "--consistency", "ALL", "--json")) == ["kept"]
+    assert values(c.kv("get", "host:ALL", "--consistency", "ALL", "--json")) == ["value-all"]
+
+
 def test_five_node_profile_joins_through_gossip(compose_cluster: ComposeCluster) -> None:
     """`--profile five` adds n4 and n5, seeded with n1..n3 only; they join and serve."""
     c = compose_cluster
