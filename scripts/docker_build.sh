@@ -6,7 +6,8 @@
 #             the versions resolved in the shared .venv) and requirements/docker-build.lock
 #             (the build backend, setuptools + wheel).
 #   wheels    Download every pinned wheel for the image's platform (CPython 3.11, manylinux,
-#             the engine's architecture) into build/docker-wheels on the host.
+#             the engine's architecture) into build/docker-wheels on the host; skipped when
+#             they are all there already (so a cached run needs no PyPI either).
 #   offline   The no-registry path: make the Debian base image if missing
 #             (scripts/docker_base_image.sh), download the wheels, then build the image with
 #             BASE_IMAGE=kvstore-base:bookworm and WHEELS=build/docker-wheels, so pip inside
@@ -84,12 +85,44 @@ EOF
   log "wrote requirements/docker.lock and requirements/docker-build.lock"
 }
 
+# Keep only wheels of the pinned versions for this architecture in $wheels; exit 0 when
+# every pin has one (nothing to download), 1 otherwise.
+prune_wheels() {
+  "$python" - "$wheels" "$1" <<'PY'
+import pathlib
+import sys
+
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+directory, arch = pathlib.Path(sys.argv[1]), sys.argv[2]
+pins = {}
+for lock in ("requirements/docker.lock", "requirements/docker-build.lock"):
+    for line in pathlib.Path(lock).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+have = set()
+for wheel in directory.glob("*.whl"):
+    name, version, _, tags = parse_wheel_filename(wheel.name)
+    platform_ok = all(t.platform == "any" or t.platform.endswith(arch) for t in tags)
+    if pins.get(name) != str(version) or not platform_ok:
+        wheel.unlink()
+    else:
+        have.add(name)
+sys.exit(0 if have == set(pins) else 1)
+PY
+}
+
 cmd_wheels() {
   local arch start
   start=$(date +%s)
   arch=$(docker info --format '{{.Architecture}}' 2>/dev/null || uname -m)
   case "$arch" in amd64) arch=x86_64 ;; arm64) arch=aarch64 ;; esac
   mkdir -p "$wheels"
+  if prune_wheels "$arch"; then
+    log "every pinned wheel for cp311/${arch} is already in $wheels"
+    return
+  fi
   # pip does not widen --platform, so name every manylinux tag bookworm's glibc 2.36 runs.
   local platforms=(--platform any --platform "manylinux2014_${arch}" \
     --platform "manylinux2010_${arch}" --platform "manylinux1_${arch}")
@@ -99,25 +132,8 @@ cmd_wheels() {
     --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 \
     --abi none "${platforms[@]}" \
     --no-deps -r requirements/docker.lock -r requirements/docker-build.lock -d "$wheels"
-  # Drop wheels of versions no longer pinned, so the directory mirrors the locks exactly.
-  "$python" - "$wheels" <<'PY'
-import pathlib
-import sys
-
-from packaging.utils import canonicalize_name, parse_wheel_filename
-
-pins = {}
-for lock in ("requirements/docker.lock", "requirements/docker-build.lock"):
-    for line in pathlib.Path(lock).read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[canonicalize_name(name)] = version
-for wheel in pathlib.Path(sys.argv[1]).glob("*.whl"):
-    name, version, _, _ = parse_wheel_filename(wheel.name)
-    if pins.get(name) != str(version):
-        wheel.unlink()
-PY
-  log "wheels for cp311/${arch} in $wheels ($(ls "$wheels" | wc -l) files) in $(( $(date +%s) - start ))s"
+  prune_wheels "$arch" || { log "some pinned wheels are missing from $wheels"; exit 1; }
+  log "wheels for cp311/${arch} in $wheels in $(( $(date +%s) - start ))s"
 }
 
 cmd_offline() {
