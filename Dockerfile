@@ -23,6 +23,9 @@ COPY kvstore /src/kvstore
 RUN if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi \
  && PIP_CONSTRAINT=/src/requirements/docker-build.lock \
     /opt/kvstore/bin/pip install --no-deps "$@" /src \
+ && { /opt/kvstore/bin/pip check \
+      || { echo "requirements/docker.lock is stale: run scripts/docker_build.sh lock" >&2; \
+           exit 1; }; } \
  && /opt/kvstore/bin/pip uninstall --yes --quiet pip \
  && /opt/kvstore/bin/kv --version
 

@@ -243,7 +243,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                    "`pytest -m e2e`, or set KV_E2E=1")
     here = Path(__file__).parent
     for item in items:
-        if here in Path(item.fspath).parents:
+        if here in Path(item.fspath).parents and item.get_closest_marker("e2e"):
             item.add_marker(skip)
 
 
