@@ -161,9 +161,14 @@ async def run_node_with_raft(config, voters: list[str]) -> None:
 
     from kvstore.node.server import NodeServer
     from kvstore.services.raft_driver import RaftDriver
+    from kvstore.transport.batching import Coalescer
 
     server = NodeServer(config)
+    # Forwarded metadata requests get their own per-peer queue over the same channels, so
+    # they never hold back raft traffic (see RaftDriver's forward_transport).
+    forward = Coalescer(config.node_id, server.transport._send)
     driver = RaftDriver(config.node_id, voters, server.transport, config.data_dir,
+                        forward_transport=forward,
                         request_timeout=max(2.0, config.timeout_ms / 1000),
                         snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")))
     server.node.register("raft", driver.on_message)
@@ -177,4 +182,5 @@ async def run_node_with_raft(config, voters: list[str]) -> None:
         await stop.wait()
     finally:
         await driver.stop()
+        await forward.close()
         await server.stop()

@@ -40,7 +40,7 @@ from kvstore.core.raft import (
     encode_message,
 )
 from kvstore.storage.raftlog import MemoryFiles, OsFiles, RaftLog
-from kvstore.transport.base import Transport, TransportError
+from kvstore.transport.base import PeerTimeout, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,18 @@ class RaftDriver:
         request_timeout: float = 5.0,
         rng: random.Random | None = None,
         offload=asyncio.to_thread,
+        forward_transport: Transport | None = None,
     ) -> None:
-        """`offload(fn, *args)` runs disk work off the event loop (inline in simulations)."""
+        """`offload(fn, *args)` runs disk work off the event loop (inline in simulations).
+
+        `forward_transport` carries forwarded metadata requests; give it its own per-peer
+        queue (e.g. a second `Coalescer` over the same channels). On the shared queue a
+        forwarded write, whose answer waits for its commit, would hold back the very
+        acknowledgements that commit needs (head-of-line blocking: with one voter down, every
+        forwarded write would wait for its timeout)."""
         self.node_id = node_id
         self.offload = offload
+        self.forward_transport = forward_transport or transport
         self.voters = sorted(set(voters))
         self.transport = transport
         self.is_voter = node_id in self.voters
@@ -321,10 +329,15 @@ class RaftDriver:
                 targets = [v for v in self.voters if v != self.node_id]
             for target in targets:
                 try:
-                    res = await self.transport.call(
+                    res = await self.forward_transport.call(
                         target, pb.PeerMessage(raft=client_request(fwd)), timeout=wait)
+                except PeerTimeout:
+                    # Delivered or not, we cannot tell: retrying could apply a write twice.
+                    raise MetaError(f"{target} did not answer within {wait:.1f}s; the request "
+                                    "may or may not have been applied - check, then retry"
+                                    ) from None
                 except TransportError:
-                    continue
+                    continue  # not delivered: safe to try again
                 if res.WhichOneof("body") == "raw" and res.raw:
                     return json.loads(res.raw)
             if asyncio.get_running_loop().time() > deadline:

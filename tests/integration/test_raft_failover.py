@@ -38,13 +38,13 @@ def _leader(cluster, exclude: str = "", timeout: float = 20.0) -> str:
 def test_leader_sigkill_under_write_load(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("KV_RAFT_SNAPSHOT_EVERY", "50")
     cluster = start_cluster(tmp_path, extra_args=["--raft-voters", "n1,n2,n3"])
+    stop = threading.Event()
     try:
         leader = _leader(cluster)
         endpoints = cluster.endpoints()
         acked: dict[str, str] = {}
-        ack_times: list[float] = []
+        ack_times: list[tuple[float, str]] = []
         lock = threading.Lock()
-        stop = threading.Event()
 
         def writer(w: int) -> None:
             i = 0
@@ -52,36 +52,45 @@ def test_leader_sigkill_under_write_load(tmp_path, monkeypatch) -> None:
                 key, value = f"w{w}-{i}", f"v{i}"
                 try:
                     r = meta_request(endpoints, {"op": "put", "key": key, "value": value},
-                                     timeout=3.0)
+                                     timeout=1.0)
                 except Exception:
                     r = {"ok": False}
                 if r.get("ok"):
                     with lock:
                         acked[key] = value
-                        ack_times.append(time.monotonic())
+                        ack_times.append((time.monotonic(), r.get("leader")))
                 i += 1
 
         threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 60
         while len(acked) < 100:
+            assert time.monotonic() < deadline, f"only {len(acked)} writes acknowledged"
             time.sleep(0.02)
         before = len(acked)
         killed_at = time.monotonic()
         cluster.kill(leader)
         new_leader = _leader(cluster, exclude=leader)
         elected_at = time.monotonic()
-        while not [t for t in ack_times if t > elected_at] and time.monotonic() < killed_at + 30:
+        def by_new_leader() -> list[float]:
+            return [t for t, who in list(ack_times) if who == new_leader]
+
+        while not by_new_leader() and time.monotonic() < killed_at + 30:
             time.sleep(0.01)
-        first_ack = min(t for t in ack_times if t > killed_at)
+        assert by_new_leader(), "the new leader acknowledged no write"
+        first_ack = min(by_new_leader())
+        deadline = time.monotonic() + 60
         while len(acked) < before + 300:  # the dead node falls far behind (snapshots every 50)
+            assert time.monotonic() < deadline, f"writes stalled at {len(acked)} after failover"
             time.sleep(0.05)
         stop.set()
         for t in threads:
             t.join()
         print(f"\nraft failover: leader {leader} SIGKILLed; {new_leader} leads after "
-              f"{(elected_at - killed_at) * 1000:.0f} ms; first acknowledged write after "
-              f"{(first_ack - killed_at) * 1000:.0f} ms; {len(acked)} writes acknowledged")
+              f"{(elected_at - killed_at) * 1000:.0f} ms; its first acknowledged write "
+              f"{(first_ack - killed_at) * 1000:.0f} ms after the kill; "
+              f"{len(acked)} writes acknowledged")
 
         lost = []
         for key, value in sorted(acked.items()):
@@ -105,6 +114,7 @@ def test_leader_sigkill_under_write_load(tmp_path, monkeypatch) -> None:
         print(f"raft rejoin: {leader} applied {s['applied_index']} (snapshot at "
               f"{s['snapshot_index']})")
     finally:
+        stop.set()  # writer threads end even if an assertion failed
         cluster.stop()
 
 

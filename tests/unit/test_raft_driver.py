@@ -11,6 +11,7 @@ from simkit.vtime import run
 
 from kvstore._proto import internode_pb2 as pb
 from kvstore.services.raft_driver import RaftDriver, client_request
+from kvstore.transport.batching import Coalescer
 from kvstore.transport.memory import MemoryNetwork
 
 VOTERS = ["n1", "n2", "n3"]
@@ -28,7 +29,8 @@ async def _cluster(ids: list[str], seed: int = 1):
         for other in ids:
             t.set_address(other, f"mem://{other}")
         d = RaftDriver(nid, VOTERS, t, tick_interval=0.01, snapshot_every=20, keep_entries=5,
-                       rng=random.Random(f"{seed}{nid}"), offload=inline, request_timeout=2.0)
+                       rng=random.Random(f"{seed}{nid}"), offload=inline, request_timeout=2.0,
+                       forward_transport=Coalescer(nid, t._send))
 
         async def handler(source, msg, d=d):
             return pb.PeerResult(raw=await d.on_message(source, msg.raft))
