@@ -356,13 +356,23 @@ class Coordinator:
             corrupt = [a for a in failed if isinstance(a.error, Corruption)]
             message_text = self._shortfall("R", need, ok, failed, waiting, timeout)
             if corrupt and len(ok) + len(corrupt) >= need:
-                raise Corruption(message_text + "; run `kv repair` to restore the record")
+                if ok:  # good copies exist: replace the damaged ones in the background
+                    merged = []
+                    for answer in ok:
+                        merged = versions.sync(merged, answer.siblings or [])
+                    for answer in corrupt:
+                        self._keep(asyncio.ensure_future(
+                            self._repair(answer.node, key, merged, timeout)))
+                    trace.event("sent good copies to " + ", ".join(a.node for a in corrupt))
+                raise Corruption(message_text + "; the damaged copies are being replaced "
+                                 "from the good ones (`kv repair` does it for every key)")
             raise Unavailable(message_text)
         merged: list[Sibling] = []
         for answer in ok:
             merged = versions.sync(merged, answer.siblings or [])
         trace.event(f"R={need} reached; {len(merged)} version(s) after merge")
-        await self._read_repair(key, merged, ok, waiting, tasks, need, n, trace, timeout)
+        await self._read_repair(key, merged, ok, failed, waiting, tasks, need, n, trace,
+                                timeout)
         for listener in self.read_listeners:
             listener(key, pref, ok, failed, merged)
         values = versions.live(merged)
@@ -375,8 +385,9 @@ class Coordinator:
 
     # -- read repair -----------------------------------------------------------------
     async def _read_repair(self, key: bytes, merged: list[Sibling], ok: list[_Answer],
-                           waiting: list[str], tasks: dict[str, asyncio.Task], need: int,
-                           n: int, trace: Trace, timeout: float) -> None:
+                           failed: list[_Answer], waiting: list[str],
+                           tasks: dict[str, asyncio.Task], need: int, n: int, trace: Trace,
+                           timeout: float) -> None:
         """Send the merged versions to replicas that answered with less.
 
         Replicas that took part in a QUORUM-or-stronger read are repaired before the read
@@ -384,6 +395,8 @@ class Coordinator:
         """
         want = {s.dot for s in merged}
         stale = [a for a in ok if {s.dot for s in a.siblings or ()} != want]
+        # a replica whose record is corrupted gets a good copy (it replaces the damage)
+        stale += [a for a in failed if isinstance(a.error, Corruption) and merged]
         if stale:
             blocking = self.config.blocking_read_repair and need >= n // 2 + 1
             names = ", ".join(a.node for a in stale)

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from kvstore.core import versions
 from kvstore.core.errors import Corruption, Internal
 from kvstore.core.versions import Sibling
+from kvstore.storage import OverwriteCorrupt
 from kvstore.storage.engine import CorruptRecordError, StorageError
 
 
@@ -52,7 +53,9 @@ class Replica:
                 return None  # nothing new: no write, no fsync
             return versions.encode(merged)
 
-        await self._update(key, mutation)
+        # A damaged local record is replaced by what the merge makes of nothing: the
+        # incoming versions are authoritative copies from another replica.
+        await self._update(key, OverwriteCorrupt(mutation))
         return out[-1]
 
     async def mint(

@@ -1,0 +1,66 @@
+"""A corrupted record is reported, never served, and restored from the other replicas."""
+
+from __future__ import annotations
+
+from simkit import vtime
+from simkit.cluster import SimCluster, values
+
+from kvstore._proto import common_pb2
+
+KEY = b"precious"
+
+
+def run(scenario, **kwargs):
+    async def main():
+        cluster = await SimCluster(**kwargs).start()
+        try:
+            return await scenario(cluster)
+        finally:
+            await cluster.stop()
+
+    return vtime.run(main)
+
+
+def test_corrupted_replica_is_not_served_and_read_repair_restores_it():
+    async def scenario(c: SimCluster):
+        assert (await c.put("n1", KEY, b"gold", "ALL")).HasField("put")
+        await c.settle()
+        c.engines["n2"].corrupt_for_test(KEY)
+        got = await c.get("n1", KEY, "ALL", trace=True)
+        # ALL cannot be met while n2 refuses to serve the damaged record
+        assert got.error.code == common_pb2.CORRUPTION, got
+        assert "corrupted record" in got.error.message and "n2" in got.error.message
+        # the failed read already sent the good copy to n2
+        await c.settle()
+        assert [s.value for s in c.stored("n2", KEY)] == [b"gold"]
+        assert values(await c.get("n2", KEY, "ALL")) == [b"gold"]
+
+    run(scenario, seed=21, read_all_chance=1.0)
+
+
+def test_quorum_read_skips_and_repairs_a_corrupted_replica():
+    async def scenario(c: SimCluster):
+        assert (await c.put("n1", KEY, b"gold", "ALL")).HasField("put")
+        await c.settle()
+        c.engines["n2"].corrupt_for_test(KEY)
+        for via in c.ids:
+            assert values(await c.get(via, KEY, "QUORUM")) == [b"gold"]
+        await c.get("n1", KEY, "ALL")
+        await c.settle()
+        assert [s.value for s in c.stored("n2", KEY)] == [b"gold"]
+
+    run(scenario, seed=23, read_all_chance=1.0)
+
+
+def test_anti_entropy_restores_a_corrupted_record():
+    async def scenario(c: SimCluster):
+        assert (await c.put("n1", KEY, b"gold", "ALL")).HasField("put")
+        await c.settle()
+        c.engines["n3"].corrupt_for_test(KEY)
+        stats, _, errors = await c.nodes["n3"].antientropy.repair()
+        assert not errors
+        assert c.nodes["n3"].antientropy.metrics["corrupt_records"] >= 1
+        assert [s.value for s in c.stored("n3", KEY)] == [b"gold"]
+        assert stats.keys_received >= 1
+
+    run(scenario, seed=22, hinted_handoff=False, antientropy_interval=0)
