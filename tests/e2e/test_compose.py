@@ -177,8 +177,10 @@ def test_down_keeps_the_data_in_named_volumes(compose_cluster: ComposeCluster) -
     assert values(c.kv("get", "host:ALL", "--consistency", "ALL", "--json")) == ["value-all"]
 
 
-def test_five_node_profile_joins_through_gossip(compose_cluster: ComposeCluster) -> None:
-    """`--profile five` adds n4 and n5, seeded with n1..n3 only; they join and serve."""
+def test_five_node_profile_gossip_sloppy_quorum_and_handoff(
+        compose_cluster: ComposeCluster) -> None:
+    """`--profile five` adds n4 and n5, seeded with n1..n3 only; they join and serve. With
+    n5 stopped, writes at ALL succeed through fallbacks and reach n5 when it is back."""
     c = compose_cluster
     c.compose("--profile", "five", "up", "-d", "--no-build", "n4", "n5", timeout=300)
     took = c.wait_healthy(["n4", "n5"])
@@ -195,3 +197,30 @@ def test_five_node_profile_joins_through_gossip(compose_cluster: ComposeCluster)
     ok(c.kv("put", "five:k", "v5", "--consistency", "QUORUM", via=["n4"]))
     assert values(c.kv("get", "five:k", "--consistency", "QUORUM", "--json",
                        via=["n5"])) == ["v5"]
+    # With five nodes a write at ALL has somewhere to go when an owner is down: a fallback
+    # node takes it with a hint (sloppy quorum, docs/architecture.md), and hinted handoff
+    # delivers it once the owner is back.
+    c.stop("n5")
+    owned_by_n5 = []
+    try:
+        for i in range(8):
+            put = c.kv("put", f"sloppy:{i}", f"s{i}", "--consistency", "ALL", "--blind",
+                       "--trace", "--json", via=["n1", "n2", "n3"])
+            trace = json.loads(ok(put))["trace"]
+            if "n5" in trace["preference_list"]:
+                owned_by_n5.append(f"sloppy:{i}")
+    finally:
+        took = c.start("n5")
+    assert owned_by_n5, "no key landed on n5: the test proves nothing"
+    print(f"{len(owned_by_n5)} of 8 writes at ALL had n5 (stopped) as an owner and succeeded;"
+          f" n5 healthy {took:.1f}s after start")
+    expected = {k: [f"s{k.split(':')[1]}"] for k in owned_by_n5}
+    attempts = []
+
+    def handed_off() -> None:
+        attempts.append(1)
+        held = local_values(c, "n5", *owned_by_n5)
+        assert held == expected, held
+
+    took = wait_for("hints delivered to n5", handed_off)
+    print(f"n5 alone holds them: check {len(attempts)} after it was healthy ({took:.1f}s)")
