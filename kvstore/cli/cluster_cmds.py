@@ -27,10 +27,13 @@ def cluster() -> None:
 @click.option("--base-port", default=7001, show_default=True, type=click.IntRange(1, 65000))
 @click.option("--replication-factor", "-n", default=3, show_default=True,
               type=click.IntRange(1, 15))
+@click.option("--raft-voters", "raft_voters", default=None, metavar="IDS",
+              help="Nodes forming the Raft metadata group (default: the first three, or all "
+                   "when fewer; '' for none).")
 @click.option("--detach", is_flag=True,
               help="Return once the cluster is healthy; stop it later with `kv cluster down`.")
 def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor: int,
-       detach: bool) -> None:
+       raft_voters: str | None, detach: bool) -> None:
     """Start NODES node processes and wait until all are healthy.
 
     In the foreground (default) Ctrl-C stops the cluster cleanly; data is kept.
@@ -47,8 +50,11 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
     if busy:
         raise click.ClickException(f"something already serves on {', '.join(busy)}; "
                                    "choose another --base-port")
+    if raft_voters is None:
+        raft_voters = ",".join(f"n{i + 1}" for i in range(min(3, nodes)))
+    extra = ["--raft-voters", raft_voters] if raft_voters else []
     local = LocalCluster(data_dir, nodes=nodes, host=host, base_port=base_port,
-                         replication_factor=rf)
+                         replication_factor=rf, extra_args=extra)
     local.start()
     try:
         with console.status(f"starting {nodes} nodes...") as status:
