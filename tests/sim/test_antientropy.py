@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from simkit import vtime
 from simkit.cluster import SimCluster, values
+from simkit.cluster import run_scenario as run
 
 from kvstore.core import versions
-
-
-def run(scenario, **kwargs):
-    async def main():
-        cluster = await SimCluster(**kwargs).start()
-        try:
-            return await scenario(cluster)
-        finally:
-            await cluster.stop()
-
-    return vtime.run(main)
 
 
 def version_sets(c: SimCluster, key: bytes) -> list[set]:

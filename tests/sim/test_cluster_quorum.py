@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from simkit import vtime
 from simkit.cluster import SimCluster, values
+from simkit.cluster import run_scenario as run
 
 from kvstore._proto import common_pb2
 from kvstore.core import versions
 
 KEY = b"user:1"
-
-
-def run(scenario, **kwargs):
-    async def main():
-        cluster = await SimCluster(**kwargs).start()
-        try:
-            return await scenario(cluster)
-        finally:
-            await cluster.stop()
-
-    return vtime.run(main)
 
 
 def test_quorum_write_then_quorum_read_with_one_replica_partitioned():

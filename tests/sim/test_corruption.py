@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from simkit import vtime
 from simkit.cluster import SimCluster, values
+from simkit.cluster import run_scenario as run
 
 from kvstore._proto import common_pb2
 
 KEY = b"precious"
-
-
-def run(scenario, **kwargs):
-    async def main():
-        cluster = await SimCluster(**kwargs).start()
-        try:
-            return await scenario(cluster)
-        finally:
-            await cluster.stop()
-
-    return vtime.run(main)
 
 
 def test_corrupted_replica_is_not_served_and_read_repair_restores_it():

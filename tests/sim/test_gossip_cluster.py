@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from simkit import vtime
 from simkit.cluster import SimCluster, values
+from simkit.cluster import run_scenario as run
 
 from kvstore._proto import common_pb2
 from kvstore._proto import internode_pb2 as pb
-
-
-def run(scenario, **kwargs):
-    async def main():
-        cluster = await SimCluster(**kwargs).start()
-        try:
-            return await scenario(cluster)
-        finally:
-            await cluster.stop()
-
-    return vtime.run(main)
 
 
 async def until(condition, limit: float, step: float = 0.1) -> float:

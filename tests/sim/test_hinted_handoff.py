@@ -5,22 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from simkit import vtime
 from simkit.cluster import SimCluster, values
+from simkit.cluster import run_scenario as run
 
 from kvstore._proto import common_pb2
 from kvstore.core import versions
-
-
-def run(scenario, **kwargs):
-    async def main():
-        cluster = await SimCluster(**kwargs).start()
-        try:
-            return await scenario(cluster)
-        finally:
-            await cluster.stop()
-
-    return vtime.run(main)
 
 
 def hints_total(c: SimCluster) -> int:

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from simkit import vtime
 from simkit.cluster import SimCluster, values
+from simkit.cluster import run_scenario as run
 
 KEY = b"user:42"
-
-
-def run(scenario, **kwargs):
-    async def main():
-        cluster = await SimCluster(**kwargs).start()
-        try:
-            return await scenario(cluster)
-        finally:
-            await cluster.stop()
-
-    return vtime.run(main)
 
 
 @pytest.mark.parametrize("read_all_chance", [1.0, 0.0])

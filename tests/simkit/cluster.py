@@ -136,3 +136,17 @@ class SimCluster:
 def values(reply: cpb.ClientReply) -> list[bytes]:
     assert reply.HasField("get"), reply
     return sorted(s.value for s in reply.get.siblings)
+
+
+def run_scenario(scenario, **kwargs):
+    """Run `await scenario(cluster)` on a started SimCluster(**kwargs) in virtual time."""
+    from simkit import vtime
+
+    async def main():
+        cluster = await SimCluster(**kwargs).start()
+        try:
+            return await scenario(cluster)
+        finally:
+            await cluster.stop()
+
+    return vtime.run(main)
