@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def node() -> None:
                    "reaches them all); the rest ask only R.")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",  # raft: see raft_cmds.py
-              help="Node ids of the Raft metadata group, e.g. n1,n2,n3 (same on every node).")
+@click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",
+              help="Node ids of the Raft metadata group, e.g. n1,n2,n3 (same on every node; "
+                   "other nodes forward metadata requests to its leader). [env KV_RAFT_VOTERS]")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
@@ -84,6 +86,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
         read_all_chance=read_all_chance,
+        raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
+        raft_snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")),
     )
     try:
         config.validate()
@@ -93,11 +97,6 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
             parse_seed(seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    if raft_voters:  # raft: run the node with the Raft metadata group (kvstore/cli/raft_cmds.py)
-        from kvstore.cli.raft_cmds import parse_voters, run_node_with_raft
-
-        _run(run_node_with_raft(config, parse_voters(raft_voters)))
-        return
     _run(run_node(config))
 
 

@@ -29,6 +29,8 @@ class NodeConfig:
     tombstone_grace_ms: int = 10 * 24 * 3600 * 1000
     repair_rate_bytes: int = 8 * 1024 * 1024
     read_all_chance: float = 0.1        # reads that ask all N replicas, not just R
+    raft_voters: list[str] = field(default_factory=list)  # the Raft metadata group; [] none
+    raft_snapshot_every: int = 1000
     phi_threshold: float = 8.0
 
     @property
@@ -52,6 +54,8 @@ class NodeConfig:
             raise ValueError(f"sync {self.sync!r} must be full, normal or off")
         if not 0.01 <= self.gossip_interval <= 60:
             raise ValueError("gossip interval must be 0.01..60 seconds")
+        if len(set(self.raft_voters)) != len(self.raft_voters):
+            raise ValueError(f"raft voters {self.raft_voters} repeat a node id")
         if not 0.0 <= self.read_all_chance <= 1.0:
             raise ValueError("read-all chance must be between 0 and 1")
         if not self.phi_threshold > 0:
