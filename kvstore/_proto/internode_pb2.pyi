@@ -15,14 +15,16 @@ class ReplicaRead(_message.Message):
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaWrite(_message.Message):
-    __slots__ = ("key", "state", "hint_for")
+    __slots__ = ("key", "state", "hint_for", "reply_state")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     HINT_FOR_FIELD_NUMBER: _ClassVar[int]
+    REPLY_STATE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     state: _common_pb2.VersionSet
     hint_for: str
-    def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., hint_for: _Optional[str] = ...) -> None: ...
+    reply_state: bool
+    def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., hint_for: _Optional[str] = ..., reply_state: _Optional[bool] = ...) -> None: ...
 
 class Forward(_message.Message):
     __slots__ = ("request",)

@@ -117,8 +117,11 @@ class Node:
                 incoming = versions.from_pb(write.state)
                 if write.hint_for and write.hint_for != self.node_id:
                     await self.handoff.store(write.hint_for, write.key, incoming)
-                    return pb.PeerResult(state=write.state, found=True)
+                    return pb.PeerResult(state=write.state if write.reply_state else None,
+                                         found=True)
                 merged = await self.replica.merge(write.key, incoming)
+                if not write.reply_state:
+                    return pb.PeerResult(found=True)
                 return pb.PeerResult(state=versions.to_pb(merged), found=True)
             if kind == "forward":
                 reply = await self.coordinator.execute(message.forward.request, forwarded=True)

@@ -291,7 +291,8 @@ class AntiEntropyService:
         async def send(key: bytes) -> int:
             siblings = await self.replica.read(key)
             state = versions.to_pb(siblings)
-            message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state))
+            message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state,
+                                                           reply_state=True))
             result = await self._checked(peer, message)
             if siblings and not result.state.versions and self._purgeable(siblings, now):
                 # the peer holds nothing and refused a tombstone past its grace period: it

@@ -466,7 +466,8 @@ class Coordinator:
         new = local.siblings[-1]
         trace.event(f"minted {verb} {new.node}:{new.counter} at {self.node_id} (durable)")
         state = versions.to_pb(local.siblings)
-        message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state))
+        traced = trace.pb is not None
+        message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced))
         others = [node for node in pref if node != self.node_id]
         sloppy = self.config.hinted_handoff and not strict
         hinting = self.config.hinted_handoff
@@ -486,8 +487,8 @@ class Coordinator:
                 return []
             hinted[owner] = fallback
             trace.event(f"{owner} is down or slow: writing a hint for it to {fallback}")
-            hint_message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state,
-                                                                hint_for=owner))
+            hint_message = pb.PeerMessage(write=pb.ReplicaWrite(
+                key=key, state=state, hint_for=owner, reply_state=traced))
             task = asyncio.create_task(self._call(fallback, hint_message, timeout, owner))
             tasks[f"{fallback} (hint for {owner})"] = task
             return [task]
