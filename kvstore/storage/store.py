@@ -65,6 +65,20 @@ def _resolve_reads(entries: list[tuple[asyncio.Future, Any, BaseException | None
             fut.set_result(value)
 
 
+def _drain(q: queue.Queue, first: Any, limit: int) -> tuple[list, bool]:
+    """`first` plus everything already queued (up to `limit`); whether _STOP was seen."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            break
+        if item is _STOP:
+            return batch, True
+        batch.append(item)
+    return batch, False
+
+
 class AsyncStore:
     """The storage API services use from asyncio (see the module docstring)."""
 
@@ -155,16 +169,7 @@ class AsyncStore:
                 item = q.get()
                 if item is _STOP:
                     break
-                batch = [item]
-                while len(batch) < self._max_batch:
-                    try:
-                        item = q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)
+                batch, stop = _drain(q, item, self._max_batch)
                 self._commit(batch)
                 batch = []
         except BaseException as exc:  # never leave callers waiting on a dead writer
@@ -231,16 +236,7 @@ class AsyncStore:
             item = q.get()
             if item is _STOP:
                 break
-            batch = [item]
-            while len(batch) < self._max_batch:
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = _drain(q, item, self._max_batch)
             try:
                 self._serve_reads(batch)
             except BaseException as exc:  # never leave a reader waiting
