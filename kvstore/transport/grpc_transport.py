@@ -65,6 +65,12 @@ def _not_delivered(exc: grpc.aio.AioRpcError) -> bool:
         or "dns resolution failed" in details)
 
 
+def _idempotent(batch: pb.PeerBatch) -> bool:
+    """Whether applying the batch twice is harmless: everything but forwarded client
+    requests (a forwarded write would mint a second version)."""
+    return not any(m.HasField("forward") for m in batch.messages)
+
+
 def _transport_error(peer: str, exc: grpc.aio.AioRpcError, timeout: float) -> TransportError:
     code = exc.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -114,10 +120,17 @@ class GrpcTransport:
             return await stub.Exchange(batch, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if not _not_delivered(exc):
-                raise _transport_error(peer, exc, timeout) from None
-        # Not delivered. The channel may still be backing off from an earlier failed
-        # connect (a peer that just started or restarted): give it a moment to connect,
-        # then send once more with the time that is left.
+                if not (exc.code() == grpc.StatusCode.UNAVAILABLE and _idempotent(batch)
+                        and deadline - loop.time() > 0.05):
+                    raise _transport_error(peer, exc, timeout) from None
+                # The connection broke mid-call (e.g. the peer's address changed and the
+                # old connection timed out). Every message in the batch may be applied twice
+                # (merges, reads, gossip, raft), so send it once more on a new connection.
+                log.info("resending a batch to %s after a broken connection: %s", peer,
+                         exc.details())
+        # Not delivered (or safe to repeat). The channel may still be backing off from an
+        # earlier failed connect (a peer that just started, restarted or moved): give it a
+        # moment to connect, then send once more with the time that is left.
         channel = self.channels[peer][1]
         wait = min(RECONNECT_WAIT, deadline - loop.time())
         try:
