@@ -24,6 +24,7 @@ import grpc
 from kvstore._proto import admin_pb2, admin_pb2_grpc, client_pb2_grpc
 from kvstore._proto import client_pb2 as cpb
 from kvstore.core import errors, versions
+from kvstore.core.address import is_host_port
 from kvstore.core.errors import InvalidArgument, KVError, Timeout, Unavailable
 
 LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
@@ -152,8 +153,7 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
     for item in (i.strip() for i in items):
         if not item:
             continue
-        host, colon, port = item.rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not is_host_port(item):
             raise InvalidArgument(f"endpoint {item!r} is not host:port")
         out.append(item)
     if not out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvstore.core.address import is_host_port
 from kvstore.core.ring import DEFAULT_VNODES
 
 
@@ -43,8 +44,7 @@ class NodeConfig:
             raise ValueError(f"node id {self.node_id!r} must be non-empty, without spaces, "
                              "'=', ',' or '@'")
         for name, value in (("listen", self.listen), ("advertise", self.address)):
-            host, colon, port = value.rpartition(":")
-            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not is_host_port(value):
                 raise ValueError(f"--{name} {value!r} must be host:port")
         if not 1 <= self.replication_factor <= 15:
             raise ValueError(f"replication factor {self.replication_factor} must be 1..15")

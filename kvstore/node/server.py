@@ -29,7 +29,6 @@ from kvstore.node.node import Node
 from kvstore.services.antientropy import summary_pb
 from kvstore.services.raft_driver import RaftDriver
 from kvstore.storage import AsyncStore, open_engine
-from kvstore.transport.batching import Coalescer
 from kvstore.transport.grpc_transport import CHANNEL_OPTIONS, GrpcTransport
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
     hints = await node.handoff.pending_by_target()
     members = [
         admin_pb2.Member(id=member, address=address, status=membership.status(member),
-                         up=member == node.node_id or membership.is_up(member),
+                         up=membership.is_up(member),
                          phi=round(membership.phi(member), 3),
                          ownership=round(shares.get(member, 0.0), 6),
                          hints_pending=hints.get(member, 0))
@@ -127,11 +126,11 @@ class NodeServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._health_task: asyncio.Task | None = None
         self.raft: RaftDriver | None = None
-        self._raft_forward: Coalescer | None = None
+        self._raft_forward = None
         if config.raft_voters:
             # Forwarded metadata requests get their own per-peer queue over the same
             # channels: their answers wait on raft traffic they must never hold back.
-            self._raft_forward = Coalescer(config.node_id, self.transport._send)
+            self._raft_forward = self.transport.new_lane()
             self.raft = RaftDriver(
                 config.node_id, config.raft_voters, self.transport, config.data_dir,
                 forward_transport=self._raft_forward,

@@ -90,7 +90,6 @@ class Trace:
     """Collects what happened during one request (cheap no-op when disabled)."""
 
     def __init__(self, enabled: bool, coordinator: str, clock: Callable[[], float]) -> None:
-        self.enabled = enabled
         self.clock = clock
         self.started = clock()
         self.pb = cpb.Trace(coordinator=coordinator) if enabled else None
@@ -152,15 +151,12 @@ class Coordinator:
         self.rng = rng or random.Random()
         # Where hints for owners that missed a write are kept (the handoff service).
         self.hint_sink: Callable[[str, bytes, list[Sibling]], Awaitable[None]] | None = None
-        self.repairs = {"blocking": 0, "background": 0, "failed": 0}
         self.node_id = node_id
         self.membership = membership
         self.transport = transport
         self.replica = replica
         self.config = config
         self.background: set[asyncio.Task] = set()
-        # Hooks later services use to add their work to the read and write paths.
-        self.read_listeners: list[Callable[..., object]] = []
 
     # -- entry point -----------------------------------------------------------------
     async def execute(
@@ -373,8 +369,6 @@ class Coordinator:
         trace.event(f"R={need} reached; {len(merged)} version(s) after merge")
         await self._read_repair(key, merged, ok, failed, waiting, tasks, need, n, trace,
                                 timeout)
-        for listener in self.read_listeners:
-            listener(key, pref, ok, failed, merged)
         values = versions.live(merged)
         context = versions.encode_context(versions.context_of(merged))
         return cpb.ClientReply(get=cpb.GetResult(
@@ -405,14 +399,12 @@ class Coordinator:
             repairs = [self._repair(a.node, key, merged, timeout) for a in stale]
             if blocking:
                 results = await asyncio.gather(*repairs)
-                self.repairs["blocking"] += len(results)
                 failed = [node for node, done in zip(stale, results, strict=True) if not done]
                 trace.event("read repair done" if not failed else
                             "read repair failed for " + ", ".join(a.node for a in failed))
             else:
                 for repair in repairs:
                     self._keep(asyncio.ensure_future(repair))
-                self.repairs["background"] += len(repairs)
         for node in waiting:
             task = tasks[node]
 
@@ -421,7 +413,6 @@ class Coordinator:
                     return
                 answer: _Answer = done.result()
                 if answer.ok and {s.dot for s in answer.siblings or ()} != want:
-                    self.repairs["background"] += 1
                     self._keep(asyncio.ensure_future(self._repair(node, key, merged, timeout)))
 
             task.add_done_callback(late)
@@ -433,7 +424,6 @@ class Coordinator:
             message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=versions.to_pb(merged)))
             answer = await self._call(node, message, timeout)
         if not answer.ok:
-            self.repairs["failed"] += 1
             log.info("read repair of %r on %s failed: %s", key, node, answer.describe())
         return answer.ok
 

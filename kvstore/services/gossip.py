@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvstore._proto import internode_pb2 as pb
+from kvstore.core.address import is_host_port
 from kvstore.core.errors import InvalidArgument
 from kvstore.core.failure_detector import PhiAccrualDetector
 from kvstore.core.gossip import Gossiper, GossipError, Status
@@ -41,8 +42,7 @@ def parse_seed(seed: str) -> tuple[str | None, str]:
     node_id, sep, address = seed.partition("=")
     if not sep:
         node_id, address = "", seed
-    host, colon, port = address.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not is_host_port(address):
         raise ValueError(f"seed {seed!r} is not host:port or id=host:port")
     return (node_id or None), address
 
@@ -80,7 +80,6 @@ class GossipMembership:
         self.ready_after = ready_after
         self.started = monotonic()
         self.metrics: Counter[str] = Counter()
-        self.listeners: list[Callable[[], None]] = []
         self.seed_addresses: set[str] = set()
         known: dict[str, str] = {}
         for seed in seeds:
@@ -188,8 +187,6 @@ class GossipMembership:
             self.ring = Ring.build(tokens)
             log.info("ring now has %d members: %s", len(tokens), sorted(tokens))
             self._save()
-            for listener in self.listeners:
-                listener()
 
     def _apply(self, changes) -> None:
         now = self.monotonic()

@@ -142,6 +142,11 @@ class GrpcTransport:
         except grpc.aio.AioRpcError as exc:
             raise _transport_error(peer, exc, timeout) from None
 
+    def new_lane(self) -> Coalescer:
+        """A second set of per-peer queues over the same channels, for requests whose answer
+        waits on later messages to the same peer (they must not hold those back)."""
+        return Coalescer(self.node_id, self._send)
+
     async def call(self, peer: str, message: pb.PeerMessage, timeout: float) -> pb.PeerResult:
         return await self.coalescer.call(peer, message, timeout)
 

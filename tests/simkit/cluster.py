@@ -33,7 +33,6 @@ class SimCluster:
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
         self.hints = {node_id: HintStore(None) for node_id in self.ids}
         self.nodes: dict[str, Node] = {}
-        self.clock = 0
 
     EPOCH_MS = 1_800_000_000_000  # virtual wall clock: a plausible epoch plus loop time
 
