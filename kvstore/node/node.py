@@ -85,6 +85,7 @@ class Node:
             state_path=config.data_dir / "tombstones.json" if config.data_dir else None,
             interval=config.antientropy_interval, grace_ms=config.tombstone_grace_ms,
             rate_bytes_per_s=config.repair_rate_bytes, timeout=max(5.0, config.timeout_ms / 1000),
+            monotonic=monotonic,
         )
         self.replica.admit = self.antientropy.admit
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}

@@ -81,6 +81,7 @@ class AntiEntropyService:
         grace_ms: int = tombstones.DEFAULT_GRACE_MS,
         rate_bytes_per_s: int = 8 * 1024 * 1024,
         timeout: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -96,6 +97,7 @@ class AntiEntropyService:
         self.grace_ms = grace_ms
         self.rate = rate_bytes_per_s
         self.timeout = timeout
+        self.monotonic = monotonic  # pacing and session expiry; simulations pass virtual time
         self.metrics: Counter[str] = Counter()
         self.confirmations = tombstones.Confirmations()
         self.watermark_ms = self._load_watermark()
@@ -223,7 +225,7 @@ class AntiEntropyService:
 
     # -- responder side ---------------------------------------------------------------
     async def on_message(self, source: str, step: pb.AntiEntropyStep) -> bytes:
-        now = time.monotonic()
+        now = self.monotonic()
         for k, (_, used) in list(self._responders.items()):
             if now - used > SESSION_IDLE_S:
                 del self._responders[k]
@@ -250,7 +252,7 @@ class AntiEntropyService:
     # -- initiator side ---------------------------------------------------------------
     async def repair_with(self, peer: str) -> Stats:
         """One full session with `peer`, then move the differing keys both ways."""
-        started = time.monotonic()
+        started = self.monotonic()
         session = self.rng.getrandbits(63)
         candidates: dict[bytes, bytes] = {}
         tree = await self._tree(peer, *WHOLE_RING, self.depth, candidates)
@@ -278,13 +280,13 @@ class AntiEntropyService:
         self.metrics["keys_fetched"] += len(outcome.fetch)
         log.info("anti-entropy with %s: %d leaves differed, pushed %d, fetched %d keys "
                  "(%.2f s)", peer, stats.leaves_differing, len(outcome.push),
-                 len(outcome.fetch), time.monotonic() - started)
+                 len(outcome.fetch), self.monotonic() - started)
         await self._collect(candidates)
         return stats
 
     async def _move(self, peer: str, push: list[bytes], fetch: list[bytes]) -> int:
         moved = 0
-        started = time.monotonic()
+        started = self.monotonic()
 
         now = self.clock_ms()
 
@@ -310,7 +312,7 @@ class AntiEntropyService:
             chunk = jobs[i:i + MOVE_BATCH]
             moved += sum(await asyncio.gather(*(fn(k) for fn, k in chunk)))
             # pace: never faster than the configured bandwidth
-            ahead = moved / self.rate - (time.monotonic() - started)
+            ahead = moved / self.rate - (self.monotonic() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
         return moved
@@ -355,7 +357,7 @@ class AntiEntropyService:
     async def repair(self, peers: list[str] | None = None,
                      progress: Progress | None = None) -> tuple[Stats, float, list[str]]:
         """Repair with every peer (or those given); returns (stats, seconds, errors)."""
-        started = time.monotonic()
+        started = self.monotonic()
         targets = peers or self.peers()
         total = Stats()
         errors = []
@@ -370,7 +372,7 @@ class AntiEntropyService:
                     maybe = progress(peer, i + 1, len(targets), total)
                     if maybe is not None:
                         await maybe
-        return total, time.monotonic() - started, errors
+        return total, self.monotonic() - started, errors
 
     # -- background schedule ----------------------------------------------------------
     async def _run(self) -> None:
