@@ -259,6 +259,7 @@ class Coordinator:
         failed: list[_Answer] = []
         covered: set[str] = set()
         pending = set(tasks.values())
+        started = list(tasks.values())  # answers are handled in this order, not set order
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         speculate_at = loop.time() + timeout / 4 if spares is not None else deadline
@@ -269,11 +270,13 @@ class Coordinator:
                 break
             if speculate_at <= now:
                 speculate_at = deadline
-                pending.update(spares(None))
+                more = spares(None)
+                started += more
+                pending.update(more)
             wait_for = min(remaining, speculate_at - now) if speculate_at > now else remaining
             done, pending = await asyncio.wait(pending, timeout=wait_for,
                                                return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
+            for task in [t for t in started if t in done]:
                 answer: _Answer = task.result()
                 if answer.ok:
                     ok.append(answer)
@@ -283,7 +286,9 @@ class Coordinator:
                 else:
                     failed.append(answer)
                     if spares is not None:
-                        pending.update(spares(answer))
+                        more = spares(answer)
+                        started += more
+                        pending.update(more)
                 if trace.pb is not None:
                     trace.replica(answer.node, self._address(answer.node), answer.ok,
                                   answer.latency_ms, answer.siblings,
