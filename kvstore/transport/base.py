@@ -34,6 +34,13 @@ class PeerUnreachable(TransportError):
     """The peer could not be reached (the message was not delivered)."""
 
 
+def idempotent(batch: pb.PeerBatch) -> bool:
+    """Whether applying the batch twice is harmless: everything but forwarded client
+    requests (a forwarded write would mint a second version). Only such batches may be
+    resent, or (in the simulated network) duplicated."""
+    return not any(m.HasField("forward") for m in batch.messages)
+
+
 class Transport(Protocol):
     node_id: str
 

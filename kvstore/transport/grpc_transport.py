@@ -15,7 +15,13 @@ import grpc
 from kvstore._proto import common_pb2
 from kvstore._proto import internode_pb2 as pb
 from kvstore._proto import internode_pb2_grpc as pb_grpc
-from kvstore.transport.base import Handler, PeerTimeout, PeerUnreachable, TransportError
+from kvstore.transport.base import (
+    Handler,
+    PeerTimeout,
+    PeerUnreachable,
+    TransportError,
+    idempotent,
+)
 from kvstore.transport.batching import Coalescer
 
 log = logging.getLogger(__name__)
@@ -63,12 +69,6 @@ def _not_delivered(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.UNAVAILABLE and (
         "failed to connect" in details or "connection refused" in details
         or "dns resolution failed" in details)
-
-
-def _idempotent(batch: pb.PeerBatch) -> bool:
-    """Whether applying the batch twice is harmless: everything but forwarded client
-    requests (a forwarded write would mint a second version)."""
-    return not any(m.HasField("forward") for m in batch.messages)
 
 
 def _transport_error(peer: str, exc: grpc.aio.AioRpcError, timeout: float) -> TransportError:
@@ -120,7 +120,7 @@ class GrpcTransport:
             return await stub.Exchange(batch, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if not _not_delivered(exc):
-                if not (exc.code() == grpc.StatusCode.UNAVAILABLE and _idempotent(batch)
+                if not (exc.code() == grpc.StatusCode.UNAVAILABLE and idempotent(batch)
                         and deadline - loop.time() > 0.05):
                     raise _transport_error(peer, exc, timeout) from None
                 # The connection broke mid-call (e.g. the peer's address changed and the

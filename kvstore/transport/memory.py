@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 
 from kvstore._proto import internode_pb2 as pb
-from kvstore.transport.base import Handler, PeerTimeout, PeerUnreachable
+from kvstore.transport.base import Handler, PeerTimeout, PeerUnreachable, idempotent
 from kvstore.transport.batching import Coalescer
 
 
@@ -88,10 +88,15 @@ class MemoryNetwork:
             await asyncio.sleep(timeout)
             raise PeerTimeout(dst, f"timed out after {timeout * 1000:.0f} ms (message lost)")
         await asyncio.sleep(self._latency())
-        copies = 2 if self.faults.duplicate and self.rng.random() < self.faults.duplicate else 1
+        # Duplicates model a batch resent after a broken connection, which the gRPC
+        # transport does only for idempotent batches (never for forwarded writes).
+        copies = 2 if self.faults.duplicate and self.rng.random() < self.faults.duplicate \
+            and idempotent(batch) else 1
         reply = None
-        for _ in range(copies):
+        for copy in range(copies):
             if dst in self.faults.crashed:
+                if copy:  # the first copy was handled: the outcome is ambiguous (below)
+                    break
                 raise PeerUnreachable(dst, "node crashed before answering")
             handler = self.handlers[dst]
             # Decode a copy, as a real network would: no object is shared between nodes.
