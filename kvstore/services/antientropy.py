@@ -45,7 +45,7 @@ from kvstore.core.antientropy import (
     Stats,
     peek_shape,
 )
-from kvstore.core.errors import InvalidArgument, Unavailable
+from kvstore.core.errors import InvalidArgument, KVError, Unavailable
 from kvstore.core.merkle import DEFAULT_DEPTH, MerkleTree, record_digest, version_digest
 from kvstore.core.ring import TOKEN_MIN, token_of
 from kvstore.core.versions import Sibling
@@ -365,7 +365,7 @@ class AntiEntropyService:
             for i, peer in enumerate(targets):
                 try:
                     total = total + await self.repair_with(peer)
-                except (Unavailable, TransportError, ProtocolError) as exc:
+                except (KVError, TransportError, ProtocolError) as exc:  # e.g. Corruption
                     errors.append(f"{peer}: {exc}")
                     log.warning("anti-entropy with %s failed: %s", peer, exc)
                 if progress is not None:
