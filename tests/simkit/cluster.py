@@ -1,4 +1,12 @@
-"""Whole clusters in one process: Nodes over a MemoryNetwork with in-memory inline stores."""
+"""Whole clusters in one process: Nodes over a MemoryNetwork with in-memory inline stores.
+
+Fault injection beyond the network's own (partitions, loss, duplication, delay): per-node
+clock skew (`skew_ms`), crashes that stop a node and abandon what it was doing (`kill`),
+restarts with or without its disk (`revive`), and a replica losing or corrupting one
+record (`lose_record`, `corrupt_record`). Observers (`on_mint`, `on_refused`) see every
+version a replica mints and every version its resurrection guard refuses, without
+changing what the production code does.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,11 @@ import asyncio
 import random
 
 from kvstore._proto import client_pb2 as cpb
+from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
-from kvstore.storage import AsyncStore, MemoryEngine
+from kvstore.storage import DISCARD, AsyncStore, MemoryEngine
 from kvstore.storage.hints import HintStore
 from kvstore.transport.memory import MemoryNetwork
 
@@ -33,11 +42,24 @@ class SimCluster:
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
         self.hints = {node_id: HintStore(None) for node_id in self.ids}
         self.nodes: dict[str, Node] = {}
+        self.skew_ms: dict[str, int] = {}  # per-node wall-clock offset (changeable any time)
+        self.incarnation: dict[str, int] = {}
+        self.down: set[str] = set()  # killed and not yet revived
+        # handlers running per node (a dict: cancelled in a deterministic order)
+        self._inflight: dict[str, dict[asyncio.Task, None]] = {}
+        self._stopping: dict[str, asyncio.Task] = {}
+        # Observers: on_mint(node, key, sibling) after every mint; on_refused(node, key,
+        # refused siblings) when a merge's resurrection guard refuses versions.
+        self.on_mint = None
+        self.on_refused = None
 
     EPOCH_MS = 1_800_000_000_000  # virtual wall clock: a plausible epoch plus loop time
 
     def _clock_ms(self) -> int:
         return self.EPOCH_MS + int(asyncio.get_running_loop().time() * 1000)
+
+    def _node_clock(self, node_id: str):
+        return lambda: self._clock_ms() + self.skew_ms.get(node_id, 0)
 
     def _make(self, node_id: str, seeds: list[str] | None = None) -> Node:
         config = NodeConfig(
@@ -48,17 +70,74 @@ class SimCluster:
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
-        node = Node(config, transport, store, clock_ms=self._clock_ms,
+        incarnation = self.incarnation.get(node_id, 0)
+        # a restarted process draws fresh randomness (session ids must not repeat)
+        rng = random.Random(f"{self.seed}/{node_id}" + (f"/{incarnation}" if incarnation else ""))
+        node = Node(config, transport, store, clock_ms=self._node_clock(node_id),
                     monotonic=lambda: asyncio.get_running_loop().time(),
-                    rng=random.Random(f"{self.seed}/{node_id}"),
-                    hints=self.hints[node_id], inline_io=True)
+                    rng=rng, hints=self.hints[node_id], inline_io=True)
         node.coordinator.config.read_all_chance = self.read_all_chance
+        self._observe(node_id, node)
         return node
+
+    def _observe(self, node_id: str, node: Node) -> None:
+        """Wrap the replica's mint and guard to report to the observers (behaviour unchanged)."""
+        replica = node.replica
+        mint, admit = replica.mint, replica.admit
+
+        async def observed_mint(key, context, value, *, tombstone=False):
+            out = await mint(key, context, value, tombstone=tombstone)
+            if self.on_mint is not None:
+                self.on_mint(node_id, key, out[-1])
+            return out
+
+        replica.mint = observed_mint
+        if admit is None:
+            return
+        # the guard sees no key: Replica.merge passes the key through this cell
+        current_key: list[bytes] = [b""]
+        merge = replica.merge
+
+        async def keyed_merge(key, incoming):
+            current_key[0] = key
+            return await merge(key, incoming)
+
+        def observed_admit(current, incoming):
+            accepted = admit(current, incoming)
+            if self.on_refused is not None and len(accepted) < len(incoming):
+                kept = {s.dot for s in accepted}
+                refused = [s for s in incoming if s.dot not in kept]
+                self.on_refused(node_id, current_key[0], refused)
+            return accepted
+
+        replica.merge = keyed_merge
+        replica.admit = observed_admit
+
+    async def _start_node(self, node_id: str, node: Node) -> None:
+        await node.start()
+        handler = self.network.handlers[node_id]
+        running = self._inflight.setdefault(node_id, {})
+
+        async def guarded(source: str, message: pb.PeerMessage) -> pb.PeerResult:
+            # each handler runs in its own task (the network gathers them): a crash cancels
+            # it where it waits, as a killed process stops mid-request
+            task = asyncio.current_task()
+            running[task] = None
+            try:
+                return await handler(source, message)
+            except asyncio.CancelledError:
+                if node_id not in self.down:
+                    raise
+                return pb.PeerResult()  # never seen: the network reports a lost reply
+            finally:
+                running.pop(task, None)
+
+        self.network.handlers[node_id] = guarded
 
     async def start(self) -> SimCluster:
         for node_id in self.ids:
             self.nodes[node_id] = self._make(node_id)
-            await self.nodes[node_id].start()
+            await self._start_node(node_id, self.nodes[node_id])
         await self.wait_ready()
         return self
 
@@ -80,7 +159,7 @@ class SimCluster:
         self.hints[node_id] = HintStore(None)
         self.ids.append(node_id)
         self.nodes[node_id] = self._make(node_id, seeds)
-        await self.nodes[node_id].start()
+        await self._start_node(node_id, self.nodes[node_id])
         return self.nodes[node_id]  # readiness: the caller waits for it
 
     def crash(self, node_id: str) -> None:
@@ -92,8 +171,48 @@ class SimCluster:
         await self.nodes[node_id].stop()
         self.network.restart(node_id)
         self.nodes[node_id] = self._make(node_id, seeds)
-        await self.nodes[node_id].start()
+        await self._start_node(node_id, self.nodes[node_id])
         await self.wait_ready()
+
+    def kill(self, node_id: str) -> None:
+        """Crash a node the hard way: it stops answering at once, requests it was handling
+        are abandoned where they wait, and its services stop (in the background)."""
+        assert node_id not in self.down, f"{node_id} is down already"
+        self.down.add(node_id)
+        self.network.crash(node_id)
+        for task in list(self._inflight.get(node_id, ())):
+            task.cancel()
+        self._stopping[node_id] = asyncio.ensure_future(self.nodes[node_id].stop())
+
+    async def revive(self, node_id: str, *, lose_disk: bool = False) -> Node:
+        """Start a killed node again: with what its disk held, or with an empty disk (its
+        records and hints are gone) when `lose_disk`. Does not wait for it to be ready."""
+        assert node_id in self.down, f"{node_id} is not down"
+        await self._stopping.pop(node_id)
+        if lose_disk:
+            self.engines[node_id] = MemoryEngine()
+            self.hints[node_id] = HintStore(None)
+        seeds = self.nodes[node_id].config.seeds
+        self.incarnation[node_id] = self.incarnation.get(node_id, 0) + 1
+        self.down.discard(node_id)
+        self.network.restart(node_id)
+        self.nodes[node_id] = self._make(node_id, seeds)
+        await self._start_node(node_id, self.nodes[node_id])
+        return self.nodes[node_id]
+
+    def lose_record(self, node_id: str, key: bytes) -> bool:
+        """The replica's record of `key` vanishes (as a repair tool dropping a damaged row)."""
+        had = self.engines[node_id].get_many([key])[0] is not None
+        self.engines[node_id].apply([(key, DISCARD)])
+        return had
+
+    def corrupt_record(self, node_id: str, key: bytes) -> bool:
+        """Flip a byte of the replica's record of `key` (checksum kept); False if absent."""
+        try:
+            self.engines[node_id].corrupt_for_test(key)
+        except KeyError:
+            return False
+        return True
 
     def replicas(self, key: bytes) -> list[str]:
         return self.nodes[self.ids[0]].membership.ring.preference_list(key,
