@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from simkit.cluster import SimCluster, values
 from simkit.cluster import run_scenario as run
 
@@ -53,3 +55,23 @@ def test_anti_entropy_restores_a_corrupted_record():
         assert stats.keys_received >= 1
 
     run(scenario, seed=22, hinted_handoff=False, antientropy_interval=0)
+
+
+def test_repair_reports_a_record_it_cannot_replace_instead_of_raising():
+    """A corrupted record whose good copies are tombstones past their grace period is not
+    replaced (the merge refuses such tombstones for a key it does not hold; found by the
+    data-path simulation, still open): repair reports it for each peer in its errors (it
+    used to raise Corruption out of the first session and skip the other peers)."""
+
+    async def scenario(c: SimCluster):
+        put = await c.put("n1", KEY, b"gold", "ALL")
+        assert (await c.delete("n1", KEY, "ALL", context=put.put.context)).HasField("put")
+        await c.settle()
+        await asyncio.sleep(2.5)  # past the grace period
+        c.engines["n3"].corrupt_for_test(KEY)
+        _, _, errors = await c.nodes["n3"].antientropy.repair()
+        assert errors and all("corrupted record" in e for e in errors), errors
+        assert c.nodes["n3"].antientropy.metrics["sessions"] == 0  # both sessions failed
+
+    run(scenario, seed=24, hinted_handoff=False, antientropy_interval=0,
+        tombstone_grace_ms=2000)
