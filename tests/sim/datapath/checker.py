@@ -21,8 +21,9 @@ Invariants, each judged from ids and the history only:
   W, a read with R + W > N that starts after the ack returns its id or a successor (an id
   whose write saw it, transitively), or a delete that saw it may have happened; a read
   after an acknowledged delete returns nothing the delete saw;
-* guard: the resurrection guard never refuses a live version: one that no write or delete
-  (that may have been applied) which started before the refusal had seen;
+* guard: the resurrection guard never refuses a live version: one still in the final
+  value, or one that no write or delete (that may have been applied) which started before
+  the refusal had seen;
 * phantom: a read returns only ids of the key's writes that started before it ended and
   were not reported as not applied;
 * internal_error: no request fails with an internal error, and no exception escapes an
@@ -289,14 +290,17 @@ def _check_guard(history: History, graph: _Graph, report: Report) -> None:
             for x in graph.closure_of(op.seen):
                 if op.start < superseded_at.get(x, op.start + 1):
                     superseded_at[x] = op.start
+    alive = {key: {x for copy in copies.values() for x in copy.ids}
+             for key, copies in history.final.items()}
     refused: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for r in history.refusals:
         for x in r.ids:
-            if r.time < superseded_at.get(x, r.time + 1):
+            if r.time < superseded_at.get(x, r.time + 1) or x in alive.get(r.key, ()):
                 refused[(r.key, r.node, x)].append(r.time)
             else:
                 report.refused_superseded += 1
     for (key, node, x), times in sorted(refused.items()):
         again = f" (and {len(times) - 1} more times)" if len(times) > 1 else ""
         _v(report, "guard", key, f"the resurrection guard on {node} refused live version {x} "
-           f"at {times[0]} ms{again}, before any write or delete saw it", (), [x])
+           f"at {times[0]} ms{again}: nothing had superseded it then, or it is still live "
+           "at the end", (), [x])

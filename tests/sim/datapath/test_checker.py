@@ -171,6 +171,9 @@ def test_the_guard_must_not_refuse_a_live_version() -> None:
     # refused while it was still live: a later successor does not excuse it
     early = Refusal(15, "n3", "k", ("w1",))
     assert invariants(history(ops, ["w2"], refusals=[early])) == ["guard"]
+    # seen by a write that never took effect: it is still live at the end
+    unsure = [put("w1", 0, 10), put("w2", 20, 30, seen=["w1"], result=UNKNOWN)]
+    assert invariants(history(unsure, ["w1"], refusals=[superseded])) == ["guard"]
 
 
 def test_values_nobody_wrote_are_phantoms() -> None:
