@@ -54,7 +54,7 @@ SLOW_START = 1_000_000
 LONG_SEEDS = int(os.environ.get("KV_DATAPATH_LONG_SEEDS", "300"))
 SLOW = os.environ.get("KV_SLOW") == "1"
 _TOTALS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-_EXAMPLES: dict[str, list[str]] = collections.defaultdict(list)
+_EXAMPLES: dict[tuple[str, str], list[str]] = collections.defaultdict(list)  # (label, cause)
 
 
 def _one(args: tuple[int, bool]) -> tuple[int, dict | None, str, list[str], float]:
@@ -105,8 +105,8 @@ def _judge(label: str, out: list, seconds: float, long: bool) -> None:
             totals.update({k: v for k, v in stats.items() if isinstance(v, int)})
         for cause in sorted(set(causes)):
             totals[f"seeds:{cause}"] += 1
-            if cause in KNOWN_BUGS and len(_EXAMPLES[cause]) < 3:
-                _EXAMPLES[cause].append(f"seed {seed}: {replay_command(seed, long)}")
+            if cause in KNOWN_BUGS and len(_EXAMPLES[label, cause]) < 3:
+                _EXAMPLES[label, cause].append(f"seed {seed}: {replay_command(seed, long)}")
         if any(c not in KNOWN_BUGS for c in causes):
             failing.append((seed, text))
     totals["wall_ms"] += round(seconds * 1000)
@@ -134,7 +134,7 @@ def _summary(label: str) -> str:
         n = t[f"seeds:{cause}"]
         lines.append(f"[{label}] known bug {cause}: {n} seeds" + (f" ({text})" if n else
                      " -- not seen: fixed? then remove it from KNOWN_BUGS"))
-        lines.extend(f"      {e}" for e in _EXAMPLES[cause][:2])
+        lines.extend(f"      {e}" for e in _EXAMPLES[label, cause][:2])
     return "\n".join(lines)
 
 
