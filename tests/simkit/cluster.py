@@ -19,6 +19,7 @@ from kvstore.core import versions
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
 from kvstore.storage import DISCARD, AsyncStore, MemoryEngine
+from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
 from kvstore.transport.memory import MemoryNetwork
 
@@ -41,6 +42,8 @@ class SimCluster:
         self.vnodes = vnodes
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
         self.hints = {node_id: HintStore(None) for node_id in self.ids}
+        # Each node's actor-epoch allocator: part of its "disk" (lost with it).
+        self.epochs: dict[str, EpochAllocator] = {}
         self.nodes: dict[str, Node] = {}
         self.skew_ms: dict[str, int] = {}  # per-node wall-clock offset (changeable any time)
         self.incarnation: dict[str, int] = {}
@@ -61,21 +64,25 @@ class SimCluster:
     def _node_clock(self, node_id: str):
         return lambda: self._clock_ms() + self.skew_ms.get(node_id, 0)
 
-    def _make(self, node_id: str, seeds: list[str] | None = None) -> Node:
+    def _make(self, node_id: str, seeds: list[str] | None = None, **overrides) -> Node:
         config = NodeConfig(
             node_id=node_id, listen=f"{node_id}:1",
             seeds=seeds if seeds is not None else [f"{n}={n}:1" for n in self.ids],
             replication_factor=self.replication_factor, vnodes=self.vnodes,
-            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff, **self.config,
+            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff,
+            **{**self.config, **overrides},
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
+        if node_id not in self.epochs:  # part of its disk: lost with it
+            self.epochs[node_id] = EpochAllocator(None, self._node_clock(node_id))
         incarnation = self.incarnation.get(node_id, 0)
         # a restarted process draws fresh randomness (session ids must not repeat)
         rng = random.Random(f"{self.seed}/{node_id}" + (f"/{incarnation}" if incarnation else ""))
         node = Node(config, transport, store, clock_ms=self._node_clock(node_id),
                     monotonic=lambda: asyncio.get_running_loop().time(),
-                    rng=rng, hints=self.hints[node_id], inline_io=True)
+                    rng=rng, hints=self.hints[node_id], epochs=self.epochs[node_id],
+                    inline_io=True)
         node.coordinator.config.read_all_chance = self.read_all_chance
         self._observe(node_id, node)
         return node
@@ -83,7 +90,7 @@ class SimCluster:
     def _observe(self, node_id: str, node: Node) -> None:
         """Wrap the replica's mint and guard to report to the observers (behaviour unchanged)."""
         replica = node.replica
-        mint, admit = replica.mint, replica.admit
+        mint = replica.mint
 
         async def observed_mint(key, context, value, *, tombstone=False):
             out = await mint(key, context, value, tombstone=tombstone)
@@ -92,18 +99,23 @@ class SimCluster:
             return out
 
         replica.mint = observed_mint
+        # the resurrection guard: `admit(current, incoming)` (a purge watermark) or
+        # `_admit(record, incoming, now)` (purge markers); both return what they accept
+        name = "admit" if getattr(replica, "admit", None) is not None else "_admit"
+        admit = getattr(replica, name, None)
         if admit is None:
             return
         # the guard sees no key: Replica.merge passes the key through this cell
         current_key: list[bytes] = [b""]
         merge = replica.merge
 
-        async def keyed_merge(key, incoming):
+        async def keyed_merge(key, incoming, **kwargs):
             current_key[0] = key
-            return await merge(key, incoming)
+            return await merge(key, incoming, **kwargs)
 
-        def observed_admit(current, incoming):
-            accepted = admit(current, incoming)
+        def observed_admit(*args):
+            accepted = admit(*args)
+            incoming = args[1]
             if self.on_refused is not None and len(accepted) < len(incoming):
                 kept = {s.dot for s in accepted}
                 refused = [s for s in incoming if s.dot not in kept]
@@ -111,7 +123,7 @@ class SimCluster:
             return accepted
 
         replica.merge = keyed_merge
-        replica.admit = observed_admit
+        setattr(replica, name, observed_admit)
 
     async def _start_node(self, node_id: str, node: Node) -> None:
         await node.start()
@@ -165,12 +177,12 @@ class SimCluster:
     def crash(self, node_id: str) -> None:
         self.network.crash(node_id)
 
-    async def restart(self, node_id: str) -> None:
+    async def restart(self, node_id: str, **overrides) -> None:
         """A crashed node comes back with what its engine held (memory engine = its disk)."""
         seeds = self.nodes[node_id].config.seeds
         await self.nodes[node_id].stop()
         self.network.restart(node_id)
-        self.nodes[node_id] = self._make(node_id, seeds)
+        self.nodes[node_id] = self._make(node_id, seeds, **overrides)
         await self._start_node(node_id, self.nodes[node_id])
         await self.wait_ready()
 
@@ -192,6 +204,7 @@ class SimCluster:
         if lose_disk:
             self.engines[node_id] = MemoryEngine()
             self.hints[node_id] = HintStore(None)
+            self.epochs.pop(node_id, None)
         seeds = self.nodes[node_id].config.seeds
         self.incarnation[node_id] = self.incarnation.get(node_id, 0) + 1
         self.down.discard(node_id)
@@ -213,6 +226,22 @@ class SimCluster:
         except KeyError:
             return False
         return True
+
+    async def lose_disk(self, node_id: str) -> None:
+        """The node restarts with an empty data directory: records, hints, epochs gone."""
+        self.crash(node_id)
+        self.engines[node_id] = MemoryEngine()
+        self.hints[node_id] = HintStore(None)
+        del self.epochs[node_id]
+        await self.restart(node_id)
+
+    async def restore(self, node_id: str, backup: MemoryEngine) -> None:
+        """The node restarts from an old copy of its disk, as an operator would
+        (`kv node start --restored`)."""
+        self.crash(node_id)
+        self.engines[node_id] = backup.snapshot()
+        del self.epochs[node_id]  # its epoch file came back old too
+        await self.restart(node_id, restored=True)
 
     def replicas(self, key: bytes) -> list[str]:
         return self.nodes[self.ids[0]].membership.ring.preference_list(key,
