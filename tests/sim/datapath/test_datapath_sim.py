@@ -31,18 +31,12 @@ from .sim import KNOWN_CAUSES, Scenario, run_seed
 # Known bugs of today's code that the simulator finds. A violation that the simulator
 # attributes to a bug listed here (sim.explain) is counted and reported with replay
 # commands, but does not fail the run. Remove an entry once its fix is merged: from then
-# on every seed that shows it fails CI.
+# on every seed that shows it fails CI. Fixed already (merged from main, per-key actor
+# epochs and purge markers): "doomstone", "guard_refuses_live", "corrupt_tombstone_stuck";
+# sim.KNOWN_CAUSES still recognises them, so a regression fails CI with its name.
 KNOWN_BUGS = {
-    "doomstone": "a replica with no record of a key (purged tombstone, lost disk, dropped "
-                 "corrupted record) re-mints a dot its peers have seen: acknowledged writes "
-                 "vanish (Riak KV679)",
     "sloppy_by_default": "hints on fallback nodes count towards W unless `strict` is set, so "
                          "R + W > N does not give read-your-writes",
-    "guard_refuses_live": "the purge-watermark guard refuses live versions on a node that "
-                          "purged anything; replicas never converge",
-    "corrupt_tombstone_stuck": "a corrupted record whose good copies are tombstones past "
-                               "grace is never replaced, and fails every anti-entropy "
-                               "session of its pair (no tombstone they share is purged)",
 }
 assert set(KNOWN_BUGS) <= set(KNOWN_CAUSES)
 
