@@ -212,9 +212,10 @@ class Result:
 #   guard_refuses_live  the purge-watermark guard refused a live version nobody deleted
 #   corrupt_tombstone_stuck
 #                       a replica's corrupted record of a key whose good copies are only
-#                       tombstones past their grace period is never replaced (merges refuse
-#                       such tombstones for a key "not held"), and every anti-entropy session
-#                       of that pair then fails on it, so no tombstone they share is purged
+#                       tombstones past their grace period, or nothing (purged), is never
+#                       replaced: a merge of nothing leaves the damage in place (before purge
+#                       markers, merges also refused such tombstones for a key "not held",
+#                       and every anti-entropy session of that pair failed on it)
 KNOWN_CAUSES = ("doomstone", "sloppy_by_default", "guard_refuses_live",
                 "corrupt_tombstone_stuck")
 
@@ -273,6 +274,7 @@ class Simulation:
         self.flap_on: set[int] = set()
         self.stats: dict[str, int] = defaultdict(int)
         self.tasks: set[asyncio.Task] = set()
+        self.t0 = self.heal_at = 0  # virtual ms: the workload's start, the heal
         # hot and cold keys: cold ones stay deleted long enough for tombstones to be purged
         self.weights = [1 / (i + 1) for i in range(sc.keys)]
         self.c: SimCluster
@@ -679,5 +681,4 @@ def run_seed(seed: int, long: bool = False) -> Result:
                  acked=sum(1 for o in ops if o.kind != "get" and o.result == OK),
                  refusals=len(history.refusals), losses=len(history.losses))
     return Result(sc, history, report, dict(reused), explain(history, report, reused),
-                  history.digest(), sim.heal_at - sim.t0 if hasattr(sim, "heal_at") else 0,
-                  stats)
+                  history.digest(), sim.heal_at - sim.t0, stats)
