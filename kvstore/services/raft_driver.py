@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,8 @@ from kvstore.core.raft import (
     decode_message,
     encode_message,
 )
-from kvstore.storage.raftlog import MemoryFiles, OsFiles, RaftLog
-from kvstore.transport.base import PeerTimeout, Transport, TransportError
+from kvstore.storage.raftlog import Files, MemoryFiles, OsFiles, RaftLog
+from kvstore.transport.base import Lane, PeerTimeout, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +65,7 @@ class RaftDriver:
         transport: Transport,
         data_dir: Path | None = None,
         *,
+        files: Files | None = None,
         tick_interval: float = 0.05,
         election_tick: int = 10,
         heartbeat_tick: int = 2,
@@ -74,9 +74,12 @@ class RaftDriver:
         request_timeout: float = 5.0,
         rng: random.Random | None = None,
         offload=asyncio.to_thread,
-        forward_transport: Transport | None = None,
+        forward_transport: Lane | None = None,
     ) -> None:
-        """`offload(fn, *args)` runs disk work off the event loop (inline in simulations).
+        """`offload(fn, *args)` runs disk work off the event loop (inline in simulations);
+        `rng` draws election timeouts and request nonces (seeded in simulations). The raft
+        state lives in `files` (default: `<data_dir>/raft`, or in memory without a data
+        directory).
 
         `forward_transport` carries forwarded metadata requests; give it its own per-peer
         queue (e.g. a second `Coalescer` over the same channels). On the shared queue a
@@ -96,7 +99,8 @@ class RaftDriver:
         self.rng = rng or random.Random()
         self.config = Config(node_id, election_tick=election_tick, heartbeat_tick=heartbeat_tick,
                              max_entries_per_msg=256, max_inflight=8)
-        files = OsFiles(Path(data_dir) / "raft") if data_dir else MemoryFiles()
+        if files is None:
+            files = OsFiles(Path(data_dir) / "raft") if data_dir else MemoryFiles()
         self.log = RaftLog(files)
         self.core: RaftNode | None = None
         self.sm = MetaStateMachine()
@@ -107,7 +111,8 @@ class RaftDriver:
         self._reads: dict[bytes, tuple[str, asyncio.Future]] = {}
         self._read_waits: list = []
         self._ids = itertools.count(1)
-        self._nonce = os.urandom(4).hex()
+        self._stopped = False
+        self._nonce = f"{self.rng.getrandbits(32):08x}"
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -129,6 +134,10 @@ class RaftDriver:
         self._kick.set()
 
     async def stop(self) -> None:
+        """Stop ticking and processing (idempotent); the log is closed."""
+        if self._stopped:
+            return
+        self._stopped = True
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -294,7 +303,9 @@ class RaftDriver:
             value = await self._await(fut, lambda: self._reads.pop(ctx, None))
             return {"ok": True, "value": value, "found": value is not None,
                     "leader": self.node_id}
-        rid = f"{self.node_id}:{self._nonce}:{next(self._ids)}"
+        # The term makes ids unique across restarts (a restarted node proposes only in a
+        # later term), so a replayed entry can never answer a request of this incarnation.
+        rid = f"{self.node_id}:{self._nonce}:{core.term}:{next(self._ids)}"
         if req["op"] == "put":
             cmd = encode_put(key, str(req.get("value", "")), rid)
         else:

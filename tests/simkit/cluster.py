@@ -11,6 +11,7 @@ from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
 from kvstore.storage import AsyncStore, MemoryEngine
 from kvstore.storage.hints import HintStore
+from kvstore.storage.raftlog import MemoryFiles
 from kvstore.transport.memory import MemoryNetwork
 
 LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
@@ -32,6 +33,7 @@ class SimCluster:
         self.vnodes = vnodes
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
         self.hints = {node_id: HintStore(None) for node_id in self.ids}
+        self.raft_files = {node_id: MemoryFiles() for node_id in self.ids}  # the raft "disk"
         self.nodes: dict[str, Node] = {}
 
     EPOCH_MS = 1_800_000_000_000  # virtual wall clock: a plausible epoch plus loop time
@@ -51,7 +53,8 @@ class SimCluster:
         node = Node(config, transport, store, clock_ms=self._clock_ms,
                     monotonic=lambda: asyncio.get_running_loop().time(),
                     rng=random.Random(f"{self.seed}/{node_id}"),
-                    hints=self.hints[node_id], inline_io=True)
+                    hints=self.hints[node_id], inline_io=True,
+                    raft_files=self.raft_files.setdefault(node_id, MemoryFiles()))
         node.coordinator.config.read_all_chance = self.read_all_chance
         return node
 
@@ -94,6 +97,26 @@ class SimCluster:
         self.nodes[node_id] = self._make(node_id, seeds)
         await self.nodes[node_id].start()
         await self.wait_ready()
+
+    # -- the raft metadata group (SimCluster(..., raft_voters=[...])) ------------------
+    def raft_leader(self) -> str | None:
+        """The one node that leads the raft group now, if exactly one does."""
+        leads = [n for n, node in self.nodes.items()
+                 if node.raft is not None and node.raft.status().get("role") == "leader"
+                 and n not in self.network.faults.crashed]
+        return leads[0] if len(leads) == 1 else None
+
+    async def wait_raft_leader(self, limit: float = 30.0) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while (lead := self.raft_leader()) is None:
+            assert loop.time() < deadline, "no raft leader in the simulated cluster"
+            await asyncio.sleep(0.05)
+        return lead
+
+    async def meta(self, via: str, request: dict) -> dict:
+        """A metadata request (get, put, cas, status, ...) served through node `via`."""
+        return await self.nodes[via].raft.handle(request)
 
     def replicas(self, key: bytes) -> list[str]:
         return self.nodes[self.ids[0]].membership.ring.preference_list(key,
