@@ -53,8 +53,13 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
     if raft_voters is None:
         raft_voters = ",".join(f"n{i + 1}" for i in range(min(3, nodes)))
     extra = ["--raft-voters", raft_voters] if raft_voters else []
+    # The Raft group is created (--raft-bootstrap) only with the cluster's directories: a
+    # later `up` on the same data directory restarts it, and a voter whose directory is
+    # gone then refuses to start instead of forgetting what it promised (docs/raft.md).
+    new = not any((data_dir / f"n{i + 1}").exists() for i in range(nodes))
     local = LocalCluster(data_dir, nodes=nodes, host=host, base_port=base_port,
-                         replication_factor=rf, extra_args=extra)
+                         replication_factor=rf, extra_args=extra,
+                         raft_bootstrap=new and bool(raft_voters))
     local.start()
     try:
         with console.status(f"starting {nodes} nodes...") as status:

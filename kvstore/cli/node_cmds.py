@@ -65,13 +65,29 @@ def node() -> None:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",
               help="Node ids of the Raft metadata group, e.g. n1,n2,n3 (same on every node; "
-                   "other nodes forward metadata requests to its leader). [env KV_RAFT_VOTERS]")
+                   "other nodes forward metadata requests to its leader). It seeds a new "
+                   "group; once a node has raft state, the configuration in its log wins "
+                   "(change it with kv raft add/promote/remove). [env KV_RAFT_VOTERS]")
+@click.option("--raft-bootstrap", is_flag=True, envvar="KV_RAFT_BOOTSTRAP",
+              help="Create a new Raft group: a voter whose raft directory is empty may start "
+                   "only with this flag, and only if its data directory is new too. Pass it "
+                   "when creating a cluster, never to bring back a node that lost its data "
+                   "(use --raft-join). [env KV_RAFT_BOOTSTRAP]")
+@click.option("--raft-join", is_flag=True, envvar="KV_RAFT_JOIN",
+              help="With an empty raft directory: start as a non-voting member that waits to "
+                   "be added (kv raft add ID --learner, then kv raft promote ID); it never "
+                   "votes before its promotion. The supported way back for a voter that lost "
+                   "its raft state. [env KV_RAFT_JOIN]")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
-          log_level: str, raft_voters: str = "") -> None:
-    """Run a node in the foreground until SIGTERM or Ctrl-C."""
+          log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
+          raft_join: bool = False) -> None:
+    """Run a node in the foreground until SIGTERM or Ctrl-C.
+
+    Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
+    state: the line says how to bring it back), 2 on invalid options."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
 
@@ -87,6 +103,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
         read_all_chance=read_all_chance,
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
+        raft_bootstrap=raft_bootstrap, raft_join=raft_join,
         raft_snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")),
     )
     try:
@@ -97,7 +114,13 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
             parse_seed(seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    _run(run_node(config))
+    from kvstore.services.raft_start import RaftStartRefused
+
+    try:
+        _run(run_node(config))
+    except RaftStartRefused as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
 
 
 def _run(coro) -> None:

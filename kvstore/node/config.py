@@ -31,6 +31,8 @@ class NodeConfig:
     repair_rate_bytes: int = 8 * 1024 * 1024
     read_all_chance: float = 0.1        # reads that ask all N replicas, not just R
     raft_voters: list[str] = field(default_factory=list)  # the Raft metadata group; [] none
+    raft_bootstrap: bool = False      # a voter with no raft state may create a new group
+    raft_join: bool = False           # no raft state: join as a non-voting member, wait to be added
     raft_snapshot_every: int = 1000
     phi_threshold: float = 8.0
 
@@ -54,6 +56,9 @@ class NodeConfig:
             raise ValueError(f"sync {self.sync!r} must be full, normal or off")
         if not 0.01 <= self.gossip_interval <= 60:
             raise ValueError("gossip interval must be 0.01..60 seconds")
+        if self.raft_bootstrap and self.raft_join:
+            raise ValueError("--raft-bootstrap (create a new group) and --raft-join (join an "
+                             "existing one) exclude each other")
         if len(set(self.raft_voters)) != len(self.raft_voters):
             raise ValueError(f"raft voters {self.raft_voters} repeat a node id")
         if not 0.0 <= self.read_all_chance <= 1.0:

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from kvstore._proto import common_pb2
 from kvstore._proto import internode_pb2 as pb
@@ -39,6 +40,19 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+# Files only a node that ran here before leaves in its data directory (the gossip member
+# file is written at every start). The engine's data file is not one: the node server
+# creates it before the Node is built.
+PRIOR_LIFE_FILES = ("members.json", "hints.db", "tombstones.json")
+
+
+def prior_life(data_dir: Path | None) -> list[str]:
+    """Which of PRIOR_LIFE_FILES exist in `data_dir` (none for a brand-new directory)."""
+    if data_dir is None:
+        return []
+    return [name for name in PRIOR_LIFE_FILES if (Path(data_dir) / name).exists()]
+
+
 class Node:
     def __init__(self, config: NodeConfig, transport: Transport, store,
                  clock_ms: Callable[[], int] = wall_clock_ms,
@@ -59,7 +73,7 @@ class Node:
         offload = inline if inline_io else asyncio.to_thread
         self.raft: RaftDriver | None = None
         self.raft_lane: Lane | None = None
-        if config.raft_voters:
+        if config.raft_voters or config.raft_join:
             if raft_files is None:
                 raft_files = (OsFiles(config.data_dir / "raft") if config.data_dir
                               else MemoryFiles())
@@ -71,7 +85,12 @@ class Node:
                 forward_transport=self.raft_lane,
                 request_timeout=max(2.0, config.timeout_ms / 1000),
                 snapshot_every=config.raft_snapshot_every,
-                rng=random.Random(rng.getrandbits(64)), offload=offload)
+                rng=random.Random(rng.getrandbits(64)), offload=offload,
+                bootstrap=config.raft_bootstrap, join=config.raft_join)
+            # First, before this run writes anything to the data directory: recover the raft
+            # state and decide (a lost raft directory beside an old data directory refuses).
+            self.raft.prepare(prior_life(config.data_dir),
+                              str(config.data_dir or "its in-memory data"))
         self.membership = GossipMembership(
             config.node_id, config.address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,

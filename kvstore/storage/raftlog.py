@@ -43,6 +43,7 @@ from kvstore.core.raft.messages import ConfState, Entry, EntryType, HardState, S
 from kvstore.storage.engine import StorageError
 
 __all__ = [
+    "JOIN_FILE",
     "LOG_FILE",
     "SNAPSHOT_FILE",
     "CorruptRaftLogError",
@@ -55,6 +56,7 @@ __all__ = [
 
 LOG_FILE = "raft.log"
 SNAPSHOT_FILE = "raft.snapshot"
+JOIN_FILE = "raft.joining"  # present and non-empty while the node is joining
 MAGIC = b"RFT2"  # records with an end marker
 MAGIC_V1 = b"RFTL"  # the first format: no end marker (still read)
 END = 0xA5
@@ -78,8 +80,12 @@ WAY_BACK = ("This node must not start from it: remove it from the raft group and
 
 class CorruptRaftLogError(StorageError):
     """The durable raft state is damaged where it may hold data this node acknowledged; the
-    node must not start from it. The message names the file, the byte offset, the last good
-    entry and the persisted commit index, and the way back (`WAY_BACK`)."""
+    node must not start from it. `detail` names the file, the byte offset, the last good
+    entry and the persisted commit index; the message adds the way back (`WAY_BACK`)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{detail} {WAY_BACK}")
+        self.detail = detail
 
 
 class Files(Protocol):
@@ -194,6 +200,12 @@ class Recovered:
     truncated_bytes: int = 0
     records: int = 0
     notes: list[str] = field(default_factory=list)
+    joining: bool = False  # the node came back through --raft-join and is not promoted yet
+
+    @property
+    def has_state(self) -> bool:
+        """Whether this node ever persisted raft state here (or started joining here)."""
+        return self.records > 0 or self.snapshot.index > 0 or self.joining
 
 
 # ---- encoding -----------------------------------------------------------------------------
@@ -315,7 +327,7 @@ def _dec_snapshot(data: bytes) -> Snapshot:
     payload = data[_HDR.size :]
     if magic != SNAP_MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
         raise CorruptRaftLogError(
-            f"{SNAPSHOT_FILE}: checksum mismatch; the snapshot is damaged. {WAY_BACK}")
+            f"{SNAPSHOT_FILE}: checksum mismatch; the snapshot is damaged")
     index, term = _BASE.unpack_from(payload, 0)
     pos = _BASE.size
     groups = []
@@ -397,11 +409,10 @@ class RaftLog:
                 if first > self.last_index() + 1 or first <= self._offset:
                     raise CorruptRaftLogError(
                         f"{LOG_FILE}: record at byte {pos} starts at entry {first} but the log "
-                        f"covers {self._offset + 1}..{self.last_index()}. {WAY_BACK}")
+                        f"covers {self._offset + 1}..{self.last_index()}")
                 if first <= min(self.hard_state.commit, self.last_index()):
                     raise CorruptRaftLogError(
-                        f"{LOG_FILE}: record at byte {pos} rewrites committed entry {first}. "
-                        f"{WAY_BACK}")
+                        f"{LOG_FILE}: record at byte {pos} rewrites committed entry {first}")
                 del self._entries[first - self._offset - 1 :]
                 self._entries.extend(entries)
             if hs is not None:
@@ -417,14 +428,22 @@ class RaftLog:
         if self.hard_state.commit > max(self.last_index(), snap.index):
             raise CorruptRaftLogError(
                 f"{LOG_FILE}: persisted commit {self.hard_state.commit} is beyond the last "
-                f"entry {self.last_index()}; committed entries are missing. {WAY_BACK}")
+                f"entry {self.last_index()}; committed entries are missing")
         self._recovered = True
-        return Recovered(self.hard_state, snap, list(self._entries), truncated, records, notes)
+        joining = bool(self.files.read(JOIN_FILE))
+        return Recovered(self.hard_state, snap, list(self._entries), truncated, records, notes,
+                         joining)
+
+    def set_joining(self, joining: bool) -> None:
+        """Durably record that this node is joining (it must not vote until promoted), or
+        that it no longer is. Written before anything else when a node starts joining."""
+        self.files.replace(JOIN_FILE, b"joining: no votes until promoted from learner\n"
+                           if joining else b"")
 
     def _damage(self, pos: int, what: str) -> CorruptRaftLogError:
         return CorruptRaftLogError(
             f"{LOG_FILE}: record at byte {pos} (after entry {self.last_index()}, persisted "
-            f"commit {self.hard_state.commit}) {what}. {WAY_BACK}")
+            f"commit {self.hard_state.commit}) {what}")
 
     def _unwritten(self, data: bytes, pos: int) -> str:
         """Why the bytes from `pos` (where no valid record starts) can only be a write cut

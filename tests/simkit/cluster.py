@@ -41,12 +41,16 @@ class SimCluster:
     def _clock_ms(self) -> int:
         return self.EPOCH_MS + int(asyncio.get_running_loop().time() * 1000)
 
-    def _make(self, node_id: str, seeds: list[str] | None = None) -> Node:
+    def _make(self, node_id: str, seeds: list[str] | None = None, *,
+              first_start: bool = False, **overrides) -> Node:
+        # A raft group is created (--raft-bootstrap) only when the cluster first starts,
+        # as `kv cluster up` does; restarts recover (or refuse) like real nodes.
+        fields = {"raft_bootstrap": first_start, **self.config, **overrides}
         config = NodeConfig(
             node_id=node_id, listen=f"{node_id}:1",
             seeds=seeds if seeds is not None else [f"{n}={n}:1" for n in self.ids],
             replication_factor=self.replication_factor, vnodes=self.vnodes,
-            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff, **self.config,
+            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff, **fields,
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
@@ -60,7 +64,7 @@ class SimCluster:
 
     async def start(self) -> SimCluster:
         for node_id in self.ids:
-            self.nodes[node_id] = self._make(node_id)
+            self.nodes[node_id] = self._make(node_id, first_start=True)
             await self.nodes[node_id].start()
         await self.wait_ready()
         return self
@@ -89,14 +93,19 @@ class SimCluster:
     def crash(self, node_id: str) -> None:
         self.network.crash(node_id)
 
-    async def restart(self, node_id: str) -> None:
-        """A crashed node comes back with what its engine held (memory engine = its disk)."""
+    async def restart(self, node_id: str, **overrides) -> None:
+        """A crashed node comes back with what its engine held (memory engine = its disk);
+        `overrides` change its NodeConfig for this start (e.g. raft_join=True)."""
         seeds = self.nodes[node_id].config.seeds
         await self.nodes[node_id].stop()
         self.network.restart(node_id)
-        self.nodes[node_id] = self._make(node_id, seeds)
+        self.nodes[node_id] = self._make(node_id, seeds, **overrides)
         await self.nodes[node_id].start()
         await self.wait_ready()
+
+    def wipe_raft(self, node_id: str) -> None:
+        """Lose the node's raft directory (the rest of its data stays)."""
+        self.raft_files[node_id] = MemoryFiles()
 
     # -- the raft metadata group (SimCluster(..., raft_voters=[...])) ------------------
     def raft_leader(self) -> str | None:
