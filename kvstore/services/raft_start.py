@@ -69,18 +69,19 @@ def plan_start(node_id: str, voters: list[str], *, has_state: bool, joining: boo
     if node_id not in voters:
         return StartPlan(StartMode.NONE)
     listed = f"{node_id} is a raft voter (--raft-voters {','.join(voters)})"
-    unsafe = ("Starting it as a voter is unsafe: it would forget its vote and the entries it "
+    unsafe = ("starting it as a voter is unsafe: it would forget its vote and the entries it "
               "acknowledged, so committed metadata could be lost or two leaders elected in "
               "one term.")
     if prior_life:
         raise RaftStartRefused(
             f"{listed} but its raft state is missing: {raft_dir} holds no log or snapshot, "
-            f"while {data_dir} shows an earlier life ({', '.join(prior_life)}). {unsafe} "
+            f"while {data_dir} shows an earlier life ({', '.join(prior_life)}). "
+            f"{unsafe[0].upper()}{unsafe[1:]} "
             f"{way_back(node_id)}")
     if not bootstrap:
         raise RaftStartRefused(
             f"{listed} but {raft_dir} holds no raft state and --raft-bootstrap was not given. "
             "If a new cluster is being created now, start every voter with --raft-bootstrap "
             "(kv cluster up does this when it creates the data directory). If this node was "
-            f"a voter before and lost its directory: {unsafe} {way_back(node_id)}")
+            f"a voter before and lost its directory, {unsafe} {way_back(node_id)}")
     return StartPlan(StartMode.BOOTSTRAP)
