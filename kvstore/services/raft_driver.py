@@ -7,9 +7,12 @@ transport's per-peer coalescing batches them, and the core pipelines AppendEntri
 stepped into the core meanwhile (the contract allows it).
 
 `PeerMessage.raft` bytes start with a tag: RAFT (a core message, one way) or CLIENT (a JSON
-metadata request from another node or from `kv meta` / `kv raft status`, answered in
-`PeerResult.raw`). Requests reaching a follower or a non-voting node are forwarded to the
-leader.
+metadata request from another node or from `kv meta` / `kv raft`: get, put, cas, status,
+and conf - one membership change - answered in `PeerResult.raw`). Requests reaching a
+follower or a non-voting node are forwarded to the leader.
+
+How the member starts (recover, bootstrap a new group, join, or refuse) is decided by
+`prepare()` with `raft_start.plan_start`, before the node writes anything else.
 """
 
 from __future__ import annotations
