@@ -83,10 +83,11 @@ class LocalCluster:
         self.procs[node_id] = proc
         self.save()
 
-    def start(self) -> None:
+    def start(self, node_args: dict[str, list[str]] | None = None) -> None:
+        """Start every node; `node_args` adds arguments for some nodes (this start only)."""
         self.data_root.mkdir(parents=True, exist_ok=True)
         for node in self.nodes:
-            self.start_node(node.id)
+            self.start_node(node.id, (node_args or {}).get(node.id))
 
     def node(self, node_id: str) -> NodeProcess:
         for node in self.nodes:

@@ -124,3 +124,18 @@ def test_bootstrap_and_join_exclude_each_other(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exclude each other"):
         _node(tmp_path, raft_bootstrap=True, raft_join=True)
 
+
+
+def test_cluster_up_raft_join_is_checked_before_starting_anything(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kvstore.cli.main import cli
+
+    run = CliRunner().invoke
+    args = ["cluster", "up", "--data-dir", str(tmp_path / "data"), "--base-port", "39101"]
+    r = run(cli, [*args, "--raft-join", "n2"])
+    assert r.exit_code == 2 and "creates a new cluster" in r.output  # nothing to rejoin
+    (tmp_path / "data" / "n1").mkdir(parents=True)
+    r = run(cli, [*args, "--raft-join", "n9"])
+    assert r.exit_code == 2 and "no node n9" in r.output
+    assert not (tmp_path / "data" / "cluster.json").exists()
