@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvstore.core import tombstones
 from kvstore.core.address import is_host_port
 from kvstore.core.ring import DEFAULT_VNODES
 
@@ -67,3 +68,19 @@ class NodeConfig:
             raise ValueError("max key bytes must be 1..65535")
         if not 0 <= self.max_value_bytes <= 32 * 1024 * 1024:
             raise ValueError("max value bytes must be 0..33554432 (32 MiB)")
+        if self.antientropy_interval < 0:
+            raise ValueError("--antientropy-interval must be >= 0 seconds (0: off)")
+        if self.hint_max_age_ms <= 0:
+            raise ValueError("--hint-max-age must be positive")
+        # The tombstone rules (core/tombstones.py) refuse versions older than the purge
+        # watermark plus the clock-skew allowance: with these settings they could refuse
+        # fresh writes or a hint delivered late.
+        hint_ttl_ms = self.hint_max_age_ms if self.hinted_handoff else None
+        try:
+            tombstones.check_settings(self.tombstone_grace_ms, tombstones.DEFAULT_SKEW_MS,
+                                      hint_ttl_ms)
+        except ValueError as exc:
+            flags = f"--tombstone-grace {self.tombstone_grace_ms / 1000:g}"
+            if hint_ttl_ms is not None:
+                flags += f" with --hint-max-age {hint_ttl_ms / 1000:g}"
+            raise ValueError(f"{flags} (seconds) is not safe: {exc}") from None
