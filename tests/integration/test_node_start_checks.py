@@ -42,9 +42,16 @@ def test_unsafe_tombstone_settings_are_refused_at_start(args, env, expected):
         assert "--hint-max-age" in line
 
 
-def test_a_damaged_members_file_is_refused_at_start(tmp_path):
-    (tmp_path / "members.json").write_text('{"generation": 17, "members": {')
+@pytest.mark.parametrize("name, content, expected", [
+    ("members.json", '{"generation": 17, "members": {', "membership file {path} is damaged"),
+    ("epochs.json", '{"reserved": "x"}', "the epoch file {path} is unreadable"),
+])
+def test_a_damaged_state_file_is_refused_at_start(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content)
     r = node_start("--data-dir", str(tmp_path))
     assert r.returncode == 1, r
-    line = one_error_line(r)
-    assert f"membership file {tmp_path / 'members.json'} is damaged" in line
+    errors = [x for x in r.stderr.splitlines() if not x[:4].isdigit()]  # not a log line
+    assert len(errors) == 1 and errors[0].startswith("Error: "), r.stderr
+    assert expected.format(path=path) in errors[0] and "Traceback" not in r.stderr
+    assert path.read_text() == content  # left as found
