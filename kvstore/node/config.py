@@ -72,9 +72,9 @@ class NodeConfig:
             raise ValueError("--antientropy-interval must be >= 0 seconds (0: off)")
         if self.hint_max_age_ms <= 0:
             raise ValueError("--hint-max-age must be positive")
-        # The tombstone rules (core/tombstones.py) refuse versions older than the purge
-        # watermark plus the clock-skew allowance: with these settings they could refuse
-        # fresh writes or a hint delivered late.
+        # The tombstone rules (core/tombstones.py, with their clock-skew allowance): with
+        # settings check_settings rejects, a hint could outlive the purge marker of the
+        # delete that superseded it and bring deleted data back.
         hint_ttl_ms = self.hint_max_age_ms if self.hinted_handoff else None
         try:
             tombstones.check_settings(self.tombstone_grace_ms, tombstones.DEFAULT_SKEW_MS,
