@@ -11,6 +11,12 @@ from pathlib import Path
 import click
 
 
+class InvalidConfig(click.ClickException):
+    """A setting, or a combination of settings, the node refuses: one line, exit 2."""
+
+    exit_code = 2
+
+
 @click.group()
 def node() -> None:
     """Run a node, or check one."""
@@ -30,6 +36,11 @@ def node() -> None:
 @click.option("--data-dir", envvar="KV_DATA_DIR", type=click.Path(path_type=Path),
               default=None, help="Where data lives (default: in memory, lost on exit). "
                                  "[env KV_DATA_DIR]")
+@click.option("--restored", is_flag=True, envvar="KV_RESTORED",
+              help="The data directory was restored from a backup: records may know less "
+                   "than the other replicas saw, so every key takes a fresh actor epoch on "
+                   "its next write here (no version dot is ever minted twice). [env "
+                   "KV_RESTORED]")
 @click.option("--replication-factor", "-n", envvar="KV_REPLICATION_FACTOR", default=3,
               show_default=True, type=click.IntRange(1, 15),
               help="N: replicas per key. Must be the same on every node. "
@@ -51,7 +62,20 @@ def node() -> None:
               help="Write no hints and deliver none (strict quorums only); for experiments "
                    "that must isolate anti-entropy. [env KV_NO_HINTED_HANDOFF]")
 @click.option("--hint-max-age", envvar="KV_HINT_MAX_AGE", default=3 * 3600.0, show_default=True,
-              type=click.FloatRange(min=1), help="Seconds a hint is kept before it is dropped.")
+              type=click.FloatRange(min=1),
+              help="Seconds a hint is kept before it is dropped; must be below "
+                   "--tombstone-grace minus 60 s. [env KV_HINT_MAX_AGE]")
+@click.option("--tombstone-grace", envvar="KV_TOMBSTONE_GRACE", default=10 * 24 * 3600.0,
+              show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a delete's tombstone is kept before anti-entropy may collect it "
+                   "(once every replica of the key holds it). Every replica must complete "
+                   "repair within this time. Must exceed twice the clock-skew allowance "
+                   "(60 s), and --hint-max-age by that allowance. [env KV_TOMBSTONE_GRACE]")
+@click.option("--antientropy-interval", envvar="KV_ANTIENTROPY_INTERVAL", default=60.0,
+              show_default=True, type=click.FloatRange(min=0),
+              help="Mean seconds between background anti-entropy sessions (one peer each); "
+                   "0 turns them off (`kv repair` still runs them). "
+                   "[env KV_ANTIENTROPY_INTERVAL]")
 @click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=1.0, show_default=True,
               type=click.FloatRange(0.01, 60), help="Seconds between gossip rounds.")
 @click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=8.0, show_default=True,
@@ -81,13 +105,15 @@ def node() -> None:
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
-          gossip_interval: float, phi_threshold: float, read_all_chance: float,
+          tombstone_grace: float, antientropy_interval: float, gossip_interval: float,
+          phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
-          raft_join: bool = False) -> None:
+          raft_join: bool = False, restored: bool = False) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
-    state: the line says how to bring it back), 2 on invalid options."""
+    state: the line says how to bring it back; a damaged state file), 2 on invalid
+    options."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
 
@@ -96,10 +122,11 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         handler.setLevel(log_level.upper())
     config = NodeConfig(
         node_id=node_id, listen=listen, advertise=advertise,
-        seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir,
+        seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir, restored=restored,
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
+        tombstone_grace_ms=int(tombstone_grace * 1000), antientropy_interval=antientropy_interval,
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
         read_all_chance=read_all_chance,
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
@@ -113,14 +140,14 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         for seed in config.seeds:
             parse_seed(seed)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise InvalidConfig(str(exc)) from None
     from kvstore.services.raft_start import RaftStartRefused
+    from kvstore.storage import StorageError
 
     try:
         _run(run_node(config))
-    except RaftStartRefused as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    except (RaftStartRefused, StorageError) as exc:  # one line, exit 1
+        raise click.ClickException(str(exc)) from None
 
 
 def _run(coro) -> None:

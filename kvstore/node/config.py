@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvstore.core import tombstones
 from kvstore.core.address import is_host_port
 from kvstore.core.ring import DEFAULT_VNODES
 
@@ -16,6 +17,7 @@ class NodeConfig:
     advertise: str = ""               # the address peers and clients use; default: listen
     seeds: list[str] = field(default_factory=list)
     data_dir: Path | None = None      # None: in-memory storage (tests)
+    restored: bool = False            # data_dir was restored from a backup (--restored)
     replication_factor: int = 3
     vnodes: int = DEFAULT_VNODES
     sync: str = "full"                # storage sync policy: full | normal | off
@@ -71,3 +73,19 @@ class NodeConfig:
             raise ValueError("max key bytes must be 1..65535")
         if not 0 <= self.max_value_bytes <= 32 * 1024 * 1024:
             raise ValueError("max value bytes must be 0..33554432 (32 MiB)")
+        if self.antientropy_interval < 0:
+            raise ValueError("--antientropy-interval must be >= 0 seconds (0: off)")
+        if self.hint_max_age_ms <= 0:
+            raise ValueError("--hint-max-age must be positive")
+        # The tombstone rules (core/tombstones.py, with their clock-skew allowance): with
+        # settings check_settings rejects, a hint could outlive the purge marker of the
+        # delete that superseded it and bring deleted data back.
+        hint_ttl_ms = self.hint_max_age_ms if self.hinted_handoff else None
+        try:
+            tombstones.check_settings(self.tombstone_grace_ms, tombstones.DEFAULT_SKEW_MS,
+                                      hint_ttl_ms)
+        except ValueError as exc:
+            flags = f"--tombstone-grace {self.tombstone_grace_ms / 1000:g}"
+            if hint_ttl_ms is not None:
+                flags += f" with --hint-max-age {hint_ttl_ms / 1000:g}"
+            raise ValueError(f"{flags} (seconds) is not safe: {exc}") from None

@@ -10,6 +10,7 @@ from kvstore.core import versions
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
 from kvstore.storage import AsyncStore, MemoryEngine
+from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
 from kvstore.storage.raftlog import MemoryFiles
 from kvstore.transport.memory import MemoryNetwork
@@ -34,6 +35,8 @@ class SimCluster:
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
         self.hints = {node_id: HintStore(None) for node_id in self.ids}
         self.raft_files = {node_id: MemoryFiles() for node_id in self.ids}  # the raft "disk"
+        # Each node's actor-epoch allocator: part of its "disk" (lost with it).
+        self.epochs: dict[str, EpochAllocator] = {}
         self.nodes: dict[str, Node] = {}
 
     EPOCH_MS = 1_800_000_000_000  # virtual wall clock: a plausible epoch plus loop time
@@ -54,10 +57,12 @@ class SimCluster:
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
+        if node_id not in self.epochs:
+            self.epochs[node_id] = EpochAllocator(None, self._clock_ms)
         node = Node(config, transport, store, clock_ms=self._clock_ms,
                     monotonic=lambda: asyncio.get_running_loop().time(),
                     rng=random.Random(f"{self.seed}/{node_id}"),
-                    hints=self.hints[node_id], inline_io=True,
+                    hints=self.hints[node_id], epochs=self.epochs[node_id], inline_io=True,
                     raft_files=self.raft_files.setdefault(node_id, MemoryFiles()))
         node.coordinator.config.read_all_chance = self.read_all_chance
         return node
@@ -102,6 +107,24 @@ class SimCluster:
         self.nodes[node_id] = self._make(node_id, seeds, **overrides)
         await self.nodes[node_id].start()
         await self.wait_ready()
+
+    async def lose_disk(self, node_id: str) -> None:
+        """The node restarts with an empty data directory: records, hints, epochs and raft
+        state gone (a raft voter then refuses to start: RaftStartRefused)."""
+        self.crash(node_id)
+        self.engines[node_id] = MemoryEngine()
+        self.hints[node_id] = HintStore(None)
+        self.raft_files[node_id] = MemoryFiles()
+        del self.epochs[node_id]
+        await self.restart(node_id)
+
+    async def restore(self, node_id: str, backup: MemoryEngine) -> None:
+        """The node restarts from an old copy of its disk, as an operator would
+        (`kv node start --restored`)."""
+        self.crash(node_id)
+        self.engines[node_id] = backup.snapshot()
+        del self.epochs[node_id]  # its epoch file came back old too
+        await self.restart(node_id, restored=True)
 
     def wipe_raft(self, node_id: str) -> None:
         """Lose the node's raft directory (the rest of its data stays)."""
