@@ -64,13 +64,17 @@ def node() -> None:
 @click.option("--hint-max-age", envvar="KV_HINT_MAX_AGE", default=3 * 3600.0, show_default=True,
               type=click.FloatRange(min=1),
               help="Seconds a hint is kept before it is dropped; must be below "
-                   "--tombstone-grace minus 60 s. [env KV_HINT_MAX_AGE]")
+                   "--tombstone-grace minus --max-clock-skew. [env KV_HINT_MAX_AGE]")
 @click.option("--tombstone-grace", envvar="KV_TOMBSTONE_GRACE", default=10 * 24 * 3600.0,
               show_default=True, type=click.FloatRange(min=0),
               help="Seconds a delete's tombstone is kept before anti-entropy may collect it "
                    "(once every replica of the key holds it). Every replica must complete "
-                   "repair within this time. Must exceed twice the clock-skew allowance "
-                   "(60 s), and --hint-max-age by that allowance. [env KV_TOMBSTONE_GRACE]")
+                   "repair within this time. Must exceed twice --max-clock-skew, and "
+                   "--hint-max-age by that much. [env KV_TOMBSTONE_GRACE]")
+@click.option("--max-clock-skew", envvar="KV_MAX_CLOCK_SKEW", default=60.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds by which node clocks may differ (keep them in sync with NTP); the "
+                   "tombstone and hint limits keep this margin. [env KV_MAX_CLOCK_SKEW]")
 @click.option("--antientropy-interval", envvar="KV_ANTIENTROPY_INTERVAL", default=60.0,
               show_default=True, type=click.FloatRange(min=0),
               help="Mean seconds between background anti-entropy sessions (one peer each); "
@@ -108,7 +112,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           tombstone_grace: float, antientropy_interval: float, gossip_interval: float,
           phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
-          raft_join: bool = False, restored: bool = False) -> None:
+          raft_join: bool = False, restored: bool = False,
+          max_clock_skew: float = 60.0) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -127,6 +132,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
         tombstone_grace_ms=int(tombstone_grace * 1000), antientropy_interval=antientropy_interval,
+        max_clock_skew_ms=int(max_clock_skew * 1000),
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
         read_all_chance=read_all_chance,
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],

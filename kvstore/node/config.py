@@ -30,6 +30,7 @@ class NodeConfig:
     gossip_interval: float = 1.0
     antientropy_interval: float = 60.0  # seconds between background sessions; 0: off
     tombstone_grace_ms: int = 10 * 24 * 3600 * 1000
+    max_clock_skew_ms: int = 60_000   # the tombstone rules' margin for node clock differences
     repair_rate_bytes: int = 8 * 1024 * 1024
     read_all_chance: float = 0.1        # reads that ask all N replicas, not just R
     raft_voters: list[str] = field(default_factory=list)  # the Raft metadata group; [] none
@@ -82,10 +83,11 @@ class NodeConfig:
         # delete that superseded it and bring deleted data back.
         hint_ttl_ms = self.hint_max_age_ms if self.hinted_handoff else None
         try:
-            tombstones.check_settings(self.tombstone_grace_ms, tombstones.DEFAULT_SKEW_MS,
+            tombstones.check_settings(self.tombstone_grace_ms, self.max_clock_skew_ms,
                                       hint_ttl_ms)
         except ValueError as exc:
-            flags = f"--tombstone-grace {self.tombstone_grace_ms / 1000:g}"
+            flags = (f"--tombstone-grace {self.tombstone_grace_ms / 1000:g}, "
+                     f"--max-clock-skew {self.max_clock_skew_ms / 1000:g}")
             if hint_ttl_ms is not None:
-                flags += f" with --hint-max-age {hint_ttl_ms / 1000:g}"
+                flags += f", --hint-max-age {hint_ttl_ms / 1000:g}"
             raise ValueError(f"{flags} (seconds) is not safe: {exc}") from None
