@@ -30,10 +30,13 @@ def cluster() -> None:
 @click.option("--raft-voters", "raft_voters", default=None, metavar="IDS",
               help="Nodes forming the Raft metadata group (default: the first three, or all "
                    "when fewer; '' for none).")
+@click.option("--raft-join", "raft_join", default="", metavar="IDS",
+              help="Start these nodes with --raft-join (e.g. n2): the way back for a voter "
+                   "that lost its raft state; then kv raft remove / add --learner / promote.")
 @click.option("--detach", is_flag=True,
               help="Return once the cluster is healthy; stop it later with `kv cluster down`.")
 def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor: int,
-       raft_voters: str | None, detach: bool) -> None:
+       raft_voters: str | None, raft_join: str, detach: bool) -> None:
     """Start NODES node processes and wait until all are healthy.
 
     In the foreground (default) Ctrl-C stops the cluster cleanly; data is kept.
@@ -53,9 +56,22 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
     if raft_voters is None:
         raft_voters = ",".join(f"n{i + 1}" for i in range(min(3, nodes)))
     extra = ["--raft-voters", raft_voters] if raft_voters else []
+    # The Raft group is created (--raft-bootstrap) only with the cluster's directories: a
+    # later `up` on the same data directory restarts it, and a voter whose directory is
+    # gone then refuses to start instead of forgetting what it promised (docs/raft.md).
+    new = not any((data_dir / f"n{i + 1}").exists() for i in range(nodes))
+    joining = [j.strip() for j in raft_join.split(",") if j.strip()]
+    unknown = sorted(set(joining) - {f"n{i + 1}" for i in range(nodes)})
+    if unknown:
+        raise click.BadParameter(f"no node {', '.join(unknown)} in a {nodes}-node cluster",
+                                 param_hint="--raft-join")
+    if joining and new:
+        raise click.BadParameter("this creates a new cluster; --raft-join brings a node back "
+                                 "into an existing one", param_hint="--raft-join")
     local = LocalCluster(data_dir, nodes=nodes, host=host, base_port=base_port,
-                         replication_factor=rf, extra_args=extra)
-    local.start()
+                         replication_factor=rf, extra_args=extra,
+                         raft_bootstrap=new and bool(raft_voters))
+    local.start({node_id: ["--raft-join"] for node_id in joining})
     try:
         with console.status(f"starting {nodes} nodes...") as status:
             ready: list[str] = []

@@ -11,6 +11,12 @@ from pathlib import Path
 import click
 
 
+class InvalidConfig(click.ClickException):
+    """A setting, or a combination of settings, the node refuses: one line, exit 2."""
+
+    exit_code = 2
+
+
 @click.group()
 def node() -> None:
     """Run a node, or check one."""
@@ -56,7 +62,24 @@ def node() -> None:
               help="Write no hints and deliver none (strict quorums only); for experiments "
                    "that must isolate anti-entropy. [env KV_NO_HINTED_HANDOFF]")
 @click.option("--hint-max-age", envvar="KV_HINT_MAX_AGE", default=3 * 3600.0, show_default=True,
-              type=click.FloatRange(min=1), help="Seconds a hint is kept before it is dropped.")
+              type=click.FloatRange(min=1),
+              help="Seconds a hint is kept before it is dropped; must be below "
+                   "--tombstone-grace minus --max-clock-skew. [env KV_HINT_MAX_AGE]")
+@click.option("--tombstone-grace", envvar="KV_TOMBSTONE_GRACE", default=10 * 24 * 3600.0,
+              show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a delete's tombstone is kept before anti-entropy may collect it "
+                   "(once every replica of the key holds it). Every replica must complete "
+                   "repair within this time. Must exceed twice --max-clock-skew, and "
+                   "--hint-max-age by that much. [env KV_TOMBSTONE_GRACE]")
+@click.option("--max-clock-skew", envvar="KV_MAX_CLOCK_SKEW", default=60.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds by which node clocks may differ (keep them in sync with NTP); the "
+                   "tombstone and hint limits keep this margin. [env KV_MAX_CLOCK_SKEW]")
+@click.option("--antientropy-interval", envvar="KV_ANTIENTROPY_INTERVAL", default=60.0,
+              show_default=True, type=click.FloatRange(min=0),
+              help="Mean seconds between background anti-entropy sessions (one peer each); "
+                   "0 turns them off (`kv repair` still runs them). "
+                   "[env KV_ANTIENTROPY_INTERVAL]")
 @click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=1.0, show_default=True,
               type=click.FloatRange(0.01, 60), help="Seconds between gossip rounds.")
 @click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=8.0, show_default=True,
@@ -70,13 +93,32 @@ def node() -> None:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",
               help="Node ids of the Raft metadata group, e.g. n1,n2,n3 (same on every node; "
-                   "other nodes forward metadata requests to its leader). [env KV_RAFT_VOTERS]")
+                   "other nodes forward metadata requests to its leader). It seeds a new "
+                   "group; once a node has raft state, the configuration in its log wins "
+                   "(change it with kv raft add/promote/remove). [env KV_RAFT_VOTERS]")
+@click.option("--raft-bootstrap", is_flag=True, envvar="KV_RAFT_BOOTSTRAP",
+              help="Create a new Raft group: a voter whose raft directory is empty may start "
+                   "only with this flag, and only if its data directory is new too. Pass it "
+                   "when creating a cluster, never to bring back a node that lost its data "
+                   "(use --raft-join). [env KV_RAFT_BOOTSTRAP]")
+@click.option("--raft-join", is_flag=True, envvar="KV_RAFT_JOIN",
+              help="With an empty raft directory: start as a non-voting member that waits to "
+                   "be added (kv raft add ID --learner, then kv raft promote ID); it never "
+                   "votes before its promotion. The supported way back for a voter that lost "
+                   "its raft state. [env KV_RAFT_JOIN]")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
-          gossip_interval: float, phi_threshold: float, read_all_chance: float,
-          log_level: str, raft_voters: str = "", restored: bool = False) -> None:
-    """Run a node in the foreground until SIGTERM or Ctrl-C."""
+          tombstone_grace: float, antientropy_interval: float, gossip_interval: float,
+          phi_threshold: float, read_all_chance: float,
+          log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
+          raft_join: bool = False, restored: bool = False,
+          max_clock_skew: float = 60.0) -> None:
+    """Run a node in the foreground until SIGTERM or Ctrl-C.
+
+    Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
+    state: the line says how to bring it back; a damaged state file), 2 on invalid
+    options."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
 
@@ -89,9 +131,12 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
+        tombstone_grace_ms=int(tombstone_grace * 1000), antientropy_interval=antientropy_interval,
+        max_clock_skew_ms=int(max_clock_skew * 1000),
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
         read_all_chance=read_all_chance,
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
+        raft_bootstrap=raft_bootstrap, raft_join=raft_join,
         raft_snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")),
     )
     try:
@@ -101,8 +146,14 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         for seed in config.seeds:
             parse_seed(seed)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    _run(run_node(config))
+        raise InvalidConfig(str(exc)) from None
+    from kvstore.services.raft_start import RaftStartRefused
+    from kvstore.storage import StorageError
+
+    try:
+        _run(run_node(config))
+    except (RaftStartRefused, StorageError) as exc:  # one line, exit 1
+        raise click.ClickException(str(exc)) from None
 
 
 def _run(coro) -> None:

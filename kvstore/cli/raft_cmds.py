@@ -1,8 +1,9 @@
-"""`kv meta get|put|cas` and `kv raft status`: the linearizable metadata namespace on the
-Raft group. Any node answers (followers and non-voters forward to the leader).
+"""`kv meta get|put|cas`, `kv raft status` and `kv raft add|promote|remove`: the
+linearizable metadata namespace on the Raft group, and its membership. Any node answers
+(followers and non-voters forward to the leader).
 
-Exit codes: 0 ok, 1 failed (including a compare-and-set whose comparison failed), 3 key not
-found.
+Exit codes: 0 ok, 1 failed (including a compare-and-set whose comparison failed, and a
+membership change the group refused), 2 bad usage, 3 key not found.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from kvstore._proto import internode_pb2 as pb
 from kvstore._proto import internode_pb2_grpc as pb_grpc
 from kvstore.services.raft_driver import client_request
 
-EXIT_FAILED, EXIT_NOT_FOUND = 1, 3
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
 
 
 def _endpoints(ctx: click.Context) -> list[str]:
@@ -137,8 +138,76 @@ def raft_status(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"term {r['term']}  leader {r['leader'] or '(none)'}  commit {r['commit_index']}"
                f"  applied {r['applied_index']}  (answered by {r['node']})")
+    if r.get("joining"):
+        click.echo(f"{r['node']} is joining: it does not vote until it is added as a learner "
+                   "and promoted")
     click.echo(f"{'ID':<12}{'ROLE':<10}{'MATCH':>8}{'LAG':>6}")
     for m in r["members"]:
         match = "-" if m["match_index"] is None else m["match_index"]
         lag = "-" if m["lag"] is None else m["lag"]
         click.echo(f"{m['id']:<12}{m['role']:<10}{match!s:>8}{lag!s:>6}")
+
+
+def _conf(ctx: click.Context, change: str, node: str, as_json: bool, done: str) -> None:
+    if not node or any(c.isspace() or c in "=,@" for c in node):
+        _fail(f"{node!r} is not a node id (no spaces, '=', ',' or '@')", EXIT_USAGE)
+    r = meta_request(_endpoints(ctx), {"op": "conf", "change": change, "node": node},
+                     _timeout(ctx))
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True))
+        if not r.get("ok"):
+            raise SystemExit(EXIT_FAILED)
+        return
+    if not r.get("ok"):
+        _fail(r.get("error", "failed"))
+    learners = ",".join(r["learners"]) or "-"
+    click.echo(f"OK: {node} {done} (entry {r['index']}); voters {','.join(r['voters'])}; "
+               f"learners {learners}")
+
+
+@raft.command("remove")
+@click.argument("node")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def raft_remove(ctx: click.Context, node: str, as_json: bool) -> None:
+    """Remove NODE (voter or learner) from the Raft group.
+
+    The first step to bring back a voter that lost its raft state: remove it, start it with
+    --raft-join, then `kv raft add NODE --learner` and `kv raft promote NODE`. Removing a
+    voter shrinks the majority the group needs; removing the leader makes it step down.
+    Answered once the leader applied the change. Exit 1 if the group refused it.
+    """
+    _conf(ctx, "remove", node, as_json, "removed")
+
+
+@raft.command("add")
+@click.argument("node")
+@click.option("--learner", is_flag=True,
+              help="Add NODE as a learner (required: a new member first catches up as a "
+                   "non-voting learner, then `kv raft promote` makes it a voter).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def raft_add(ctx: click.Context, node: str, learner: bool, as_json: bool) -> None:
+    """Add NODE to the Raft group as a learner (it receives the log but does not vote).
+
+    NODE must be running: with an empty raft directory, start it with --raft-join. A
+    member cannot be added again: remove it first. Exit 1 if the group refused it.
+    """
+    if not learner:
+        _fail("a node joins as a learner first: `kv raft add NODE --learner`, then "
+              "`kv raft promote NODE` once it caught up", EXIT_USAGE)
+    _conf(ctx, "add_learner", node, as_json, "added as a learner")
+
+
+@raft.command("promote")
+@click.argument("node")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def raft_promote(ctx: click.Context, node: str, as_json: bool) -> None:
+    """Make learner NODE a voter, once it has caught up with the log.
+
+    The leader waits a little (its request timeout) for the learner to catch up; exit 1
+    if it is still behind (retry). A node that came back with --raft-join votes only from
+    this promotion on.
+    """
+    _conf(ctx, "promote", node, as_json, "promoted to voter")

@@ -32,7 +32,11 @@ class NodeProcess:
 class LocalCluster:
     def __init__(self, data_root: Path, *, nodes: int = 3, host: str = "127.0.0.1",
                  base_port: int = 7001, replication_factor: int = 3,
-                 extra_args: list[str] | None = None, ports: list[int] | None = None) -> None:
+                 extra_args: list[str] | None = None, ports: list[int] | None = None,
+                 raft_bootstrap: bool = False) -> None:
+        """`raft_bootstrap`: the cluster is being created now; each node gets
+        --raft-bootstrap on its first start here (a restart never does: a voter that lost
+        its raft state must refuse, see docs/raft.md)."""
         self.data_root = Path(data_root)
         ports = ports or [base_port + i for i in range(nodes)]
         self.nodes = [
@@ -43,6 +47,7 @@ class LocalCluster:
         ]
         self.replication_factor = replication_factor
         self.extra_args = extra_args or []
+        self.bootstrap_pending = {n.id for n in self.nodes} if raft_bootstrap else set()
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property
@@ -55,28 +60,34 @@ class LocalCluster:
     def endpoints(self) -> list[str]:
         return [n.address for n in self.nodes]
 
-    def command(self, node: NodeProcess) -> list[str]:
+    def command(self, node: NodeProcess, extra: list[str] | None = None) -> list[str]:
+        bootstrap = ["--raft-bootstrap"] if node.id in self.bootstrap_pending else []
         return [
             sys.executable, "-m", "kvstore", "node", "start", "--id", node.id,
             "--listen", node.address, "--seeds", self.seeds(), "--data-dir", node.data_dir,
             "--replication-factor", str(self.replication_factor), *self.extra_args,
+            *bootstrap, *(extra or []),
         ]
 
-    def start_node(self, node_id: str) -> None:
+    def start_node(self, node_id: str, extra_args: list[str] | None = None) -> None:
+        """Start (or restart) one node; `extra_args` apply to this start only."""
         node = self.node(node_id)
         Path(node.data_dir).mkdir(parents=True, exist_ok=True)
         log = open(node.log, "ab")  # noqa: SIM115 - the child process owns it
-        proc = subprocess.Popen(self.command(node), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(self.command(node, extra_args), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
         log.close()
+        self.bootstrap_pending.discard(node_id)
         node.pid = proc.pid
         self.procs[node_id] = proc
         self.save()
 
-    def start(self) -> None:
+    def start(self, node_args: dict[str, list[str]] | None = None) -> None:
+        """Start every node; `node_args` adds arguments for some nodes (this start only)."""
         self.data_root.mkdir(parents=True, exist_ok=True)
         for node in self.nodes:
-            self.start_node(node.id)
+            self.start_node(node.id, (node_args or {}).get(node.id))
 
     def node(self, node_id: str) -> NodeProcess:
         for node in self.nodes:

@@ -1,7 +1,9 @@
 """The node: the composition root that wires the services to a transport and a store.
 
 It has no grpc in it, so the same Node runs over the in-memory network in simulations
-and over gRPC in real processes (server.py adds the servers around it).
+and over gRPC in real processes (server.py adds the servers around it). That includes the
+Raft metadata group: with `raft_voters` set, the Node builds the `RaftDriver`, gives it its
+own transport lane for forwarded metadata requests, and registers it for `raft` messages.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from kvstore._proto import common_pb2
 from kvstore._proto import internode_pb2 as pb
@@ -21,11 +24,13 @@ from kvstore.services.antientropy import AntiEntropyService
 from kvstore.services.coordinator import Coordinator, CoordinatorConfig
 from kvstore.services.gossip import GossipMembership
 from kvstore.services.handoff import HandoffService, inline
+from kvstore.services.raft_driver import RaftDriver
 from kvstore.services.replica import Replica
 from kvstore.storage.epochs import FILE_NAME as EPOCHS_FILE
 from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
-from kvstore.transport.base import Transport
+from kvstore.storage.raftlog import Files, MemoryFiles, OsFiles
+from kvstore.transport.base import Lane, Transport
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,19 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+# Files only a node that ran here before leaves in its data directory (the gossip member
+# file is written at every start). The engine's data file is not one: the node server
+# creates it before the Node is built.
+PRIOR_LIFE_FILES = ("members.json", "hints.db", EPOCHS_FILE, "tombstones.json")
+
+
+def prior_life(data_dir: Path | None) -> list[str]:
+    """Which of PRIOR_LIFE_FILES exist in `data_dir` (none for a brand-new directory)."""
+    if data_dir is None:
+        return []
+    return [name for name in PRIOR_LIFE_FILES if (Path(data_dir) / name).exists()]
+
+
 class Node:
     def __init__(self, config: NodeConfig, transport: Transport, store,
                  clock_ms: Callable[[], int] = wall_clock_ms,
@@ -44,7 +62,10 @@ class Node:
                  rng: random.Random | None = None,
                  hints: HintStore | None = None,
                  epochs: EpochAllocator | None = None,
-                 inline_io: bool = False) -> None:
+                 inline_io: bool = False,
+                 raft_files: Files | None = None) -> None:
+        """`inline_io` runs disk work inline (simulations); `raft_files` holds the raft
+        state (default `<data_dir>/raft`; simulations pass files that survive a restart)."""
         config.validate()
         self.config = config
         self.node_id = config.node_id
@@ -52,6 +73,27 @@ class Node:
         self.store = store
         state_path = config.data_dir / "members.json" if config.data_dir else None
         rng = rng or random.Random()
+        offload = inline if inline_io else asyncio.to_thread
+        self.raft: RaftDriver | None = None
+        self.raft_lane: Lane | None = None
+        if config.raft_voters or config.raft_join:
+            if raft_files is None:
+                raft_files = (OsFiles(config.data_dir / "raft") if config.data_dir
+                              else MemoryFiles())
+            # Forwarded metadata requests get their own per-peer queue over the same
+            # connections: their answers wait on raft traffic they must never hold back.
+            self.raft_lane = transport.new_lane()
+            self.raft = RaftDriver(
+                config.node_id, config.raft_voters, transport, files=raft_files,
+                forward_transport=self.raft_lane,
+                request_timeout=max(2.0, config.timeout_ms / 1000),
+                snapshot_every=config.raft_snapshot_every,
+                rng=random.Random(rng.getrandbits(64)), offload=offload,
+                bootstrap=config.raft_bootstrap, join=config.raft_join)
+            # First, before this run writes anything to the data directory: recover the raft
+            # state and decide (a lost raft directory beside an old data directory refuses).
+            self.raft.prepare(prior_life(config.data_dir),
+                              str(config.data_dir or "its in-memory data"))
         self.membership = GossipMembership(
             config.node_id, config.address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
@@ -83,7 +125,7 @@ class Node:
                               sync=config.sync)
         self.handoff = HandoffService(
             config.node_id, hints, transport, self.membership, clock_ms=clock_ms,
-            offload=inline if inline_io else asyncio.to_thread,
+            offload=offload,
             enabled=config.hinted_handoff, interval=config.handoff_interval,
             max_age_ms=config.hint_max_age_ms, timeout=config.timeout_ms / 1000,
         )
@@ -96,6 +138,8 @@ class Node:
             monotonic=monotonic,
         )
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
+        if self.raft is not None:
+            self.register("raft", self.raft.on_message)
 
     def register(self, kind: str, handler: RawHandler) -> None:
         """Let a service own the `raft`, `gossip` or `extension` messages."""
@@ -103,16 +147,20 @@ class Node:
 
     async def start(self) -> None:
         await self.transport.start(self.handle_peer)
+        if self.raft is not None:
+            await self.raft.start()
         self.membership.start()
         self.handoff.start()
         self.antientropy.start()
 
     async def stop(self) -> None:
+        if self.raft is not None:
+            await self.raft.stop()
         await self.antientropy.stop()
         await self.handoff.stop()
         await self.membership.stop()
         await self.coordinator.drain()
-        await self.transport.close()
+        await self.transport.close()  # closes the raft lane too
 
     async def handle_peer(self, source: str, message: pb.PeerMessage) -> pb.PeerResult:
         kind = message.WhichOneof("body")

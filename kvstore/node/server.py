@@ -27,7 +27,6 @@ from kvstore._proto import (
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
 from kvstore.services.antientropy import summary_pb
-from kvstore.services.raft_driver import RaftDriver
 from kvstore.storage import AsyncStore, open_engine
 from kvstore.transport.grpc_transport import CHANNEL_OPTIONS, GrpcTransport
 
@@ -125,18 +124,6 @@ class NodeServer:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.node), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._health_task: asyncio.Task | None = None
-        self.raft: RaftDriver | None = None
-        self._raft_forward = None
-        if config.raft_voters:
-            # Forwarded metadata requests get their own per-peer queue over the same
-            # channels: their answers wait on raft traffic they must never hold back.
-            self._raft_forward = self.transport.new_lane()
-            self.raft = RaftDriver(
-                config.node_id, config.raft_voters, self.transport, config.data_dir,
-                forward_transport=self._raft_forward,
-                request_timeout=max(2.0, config.timeout_ms / 1000),
-                snapshot_every=config.raft_snapshot_every)
-            self.node.register("raft", self.raft.on_message)
 
     async def start(self) -> None:
         try:
@@ -148,8 +135,6 @@ class NodeServer:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         await self.node.start()
-        if self.raft is not None:
-            await self.raft.start()
         self._health_task = asyncio.get_running_loop().create_task(self._track_health())
         log.info("node %s listening on %s (data: %s)", self.config.node_id, self.config.listen,
                  self.config.data_dir or "in memory")
@@ -172,9 +157,8 @@ class NodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.health.enter_graceful_shutdown()
-        if self.raft is not None:
-            await self.raft.stop()
-            await self._raft_forward.close()
+        if self.node.raft is not None:
+            await self.node.raft.stop()  # before the server stops: no raft work mid-shutdown
         await self.server.stop(grace)
         await self.node.stop()
         await self.store.close()

@@ -7,9 +7,12 @@ transport's per-peer coalescing batches them, and the core pipelines AppendEntri
 stepped into the core meanwhile (the contract allows it).
 
 `PeerMessage.raft` bytes start with a tag: RAFT (a core message, one way) or CLIENT (a JSON
-metadata request from another node or from `kv meta` / `kv raft status`, answered in
-`PeerResult.raw`). Requests reaching a follower or a non-voting node are forwarded to the
-leader.
+metadata request from another node or from `kv meta` / `kv raft`: get, put, cas, status,
+and conf - one membership change - answered in `PeerResult.raw`). Requests reaching a
+follower or a non-voting node are forwarded to the leader.
+
+How the member starts (recover, bootstrap a new group, join, or refuse) is decided by
+`prepare()` with `raft_start.plan_start`, before the node writes anything else.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ from typing import Any
 from kvstore._proto import internode_pb2 as pb
 from kvstore.core.meta import MetaStateMachine, encode_cas, encode_put
 from kvstore.core.raft import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
     Config,
     EntryType,
     Message,
@@ -39,8 +44,15 @@ from kvstore.core.raft import (
     decode_message,
     encode_message,
 )
-from kvstore.storage.raftlog import MemoryFiles, OsFiles, RaftLog
-from kvstore.transport.base import PeerTimeout, Transport, TransportError
+from kvstore.services.raft_start import (
+    RaftStartRefused,
+    StartMode,
+    StartPlan,
+    plan_start,
+    way_back,
+)
+from kvstore.storage.raftlog import CorruptRaftLogError, Files, MemoryFiles, OsFiles, RaftLog
+from kvstore.transport.base import Lane, PeerTimeout, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +61,25 @@ TAG_CLIENT = 2
 MAX_HOPS = 3
 
 
+# `kv raft add --learner` / `promote` / `remove`: single-server changes (core/raft).
+CONF_CHANGES = {"add_learner": ConfChangeType.ADD_LEARNER, "promote": ConfChangeType.ADD_VOTER,
+                "remove": ConfChangeType.REMOVE}
+
+
 class MetaError(Exception):
     """A metadata request failed; the message says why and what to do."""
+
+
+def _conf_hint(change: str, node: str, reason: str) -> str:
+    if change == "add_learner" and "already a member" in reason:
+        return (f" (a member cannot be added again: `kv raft remove {node}` first if it lost "
+                "its state)")
+    if change == "promote" and "learner first" in reason:
+        return f" (`kv raft add {node} --learner` first)"
+    if change == "promote" and "behind" in reason:
+        return (f"; is {node} running with --raft-join and reachable? It must catch up "
+                "before it votes")
+    return ""
 
 
 def client_request(req: dict) -> bytes:
@@ -66,6 +95,7 @@ class RaftDriver:
         transport: Transport,
         data_dir: Path | None = None,
         *,
+        files: Files | None = None,
         tick_interval: float = 0.05,
         election_tick: int = 10,
         heartbeat_tick: int = 2,
@@ -74,9 +104,21 @@ class RaftDriver:
         request_timeout: float = 5.0,
         rng: random.Random | None = None,
         offload=asyncio.to_thread,
-        forward_transport: Transport | None = None,
+        forward_transport: Lane | None = None,
+        bootstrap: bool = False,
+        join: bool = False,
+        learner_max_lag: int = 64,
     ) -> None:
-        """`offload(fn, *args)` runs disk work off the event loop (inline in simulations).
+        """`offload(fn, *args)` runs disk work off the event loop (inline in simulations);
+        `rng` draws election timeouts and request nonces (seeded in simulations). The raft
+        state lives in `files` (default: `<data_dir>/raft`, or in memory without a data
+        directory). `voters` (--raft-voters) seeds a new group and tells a node outside it
+        where to forward; once there is state, the configuration in the log wins.
+
+        `bootstrap` (--raft-bootstrap) lets a voter with no state create the group;
+        `join` (--raft-join) starts a node with no state as a joining member that waits to
+        be added as a learner and never votes before its promotion (see raft_start.py).
+        A learner is promoted only within `learner_max_lag` entries of the commit index.
 
         `forward_transport` carries forwarded metadata requests; give it its own per-peer
         queue (e.g. a second `Coalescer` over the same channels). On the shared queue a
@@ -88,15 +130,20 @@ class RaftDriver:
         self.forward_transport = forward_transport or transport
         self.voters = sorted(set(voters))
         self.transport = transport
-        self.is_voter = node_id in self.voters
+        self.bootstrap = bootstrap
+        self.join = join
         self.tick_interval = tick_interval
         self.snapshot_every = snapshot_every
         self.keep_entries = keep_entries
         self.request_timeout = request_timeout
         self.rng = rng or random.Random()
         self.config = Config(node_id, election_tick=election_tick, heartbeat_tick=heartbeat_tick,
-                             max_entries_per_msg=256, max_inflight=8)
-        files = OsFiles(Path(data_dir) / "raft") if data_dir else MemoryFiles()
+                             max_entries_per_msg=256, max_inflight=8,
+                             learner_max_lag=learner_max_lag)
+        self.where = (str(files.dir) if files is not None and hasattr(files, "dir")
+                      else str(Path(data_dir) / "raft") if data_dir else "the in-memory raft state")
+        if files is None:
+            files = OsFiles(Path(data_dir) / "raft") if data_dir else MemoryFiles()
         self.log = RaftLog(files)
         self.core: RaftNode | None = None
         self.sm = MetaStateMachine()
@@ -107,28 +154,72 @@ class RaftDriver:
         self._reads: dict[bytes, tuple[str, asyncio.Future]] = {}
         self._read_waits: list = []
         self._ids = itertools.count(1)
-        self._nonce = os.urandom(4).hex()
+        self._stopped = False
+        self._nonce = f"{self.rng.getrandbits(32):08x}"
+        self._conf_waits: dict[int, tuple[int, asyncio.Future]] = {}
+        self.plan: StartPlan | None = None
+        self._joining_on_disk = False
+        self._conf_checked = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if not self.is_voter:
-            return
-        rec = await self.offload(self.log.recover)
+    def prepare(self, prior_life: list[str] = (), data_dir: str = "its data directory"
+                ) -> StartPlan:
+        """Recover the raft state and decide how this member starts (raft_start.py); raise
+        RaftStartRefused (one line) if it must not. Synchronous and done before anything
+        else writes to the data directory: a new group's configuration, or the joining
+        marker, is durable before this node sends or answers anything. Idempotent."""
+        if self.plan is not None:
+            return self.plan
+        try:
+            rec = self.log.recover()
+        except CorruptRaftLogError as exc:
+            raise RaftStartRefused(
+                f"{self.node_id}: the raft state in {self.where} is damaged and may hold "
+                f"data this node acknowledged: {exc.detail}. The node must not start from it; "
+                f"keep the file for inspection. {way_back(self.node_id)}") from None
         for note in rec.notes:
             log.warning("raft log recovery on %s: %s", self.node_id, note)
-        if rec.records == 0 and rec.snapshot.index == 0:
-            self.core = RaftNode(self.config, self.rng, bootstrap_voters=self.voters)
-        else:
+        plan = plan_start(self.node_id, self.voters, has_state=rec.has_state,
+                          joining=rec.joining, bootstrap=self.bootstrap, join=self.join,
+                          prior_life=list(prior_life), raft_dir=self.where, data_dir=data_dir)
+        if plan.mode is StartMode.BOOTSTRAP:
+            core = RaftNode(self.config, self.rng, bootstrap_voters=self.voters)
+            rd = core.ready()
+            self.log.save(rd.hard_state, rd.entries, sync=True)
+            self._apply(rd)
+            core.advance(rd)
+            self.core = core
+            log.info("raft: %s bootstrapped a new group of %s", self.node_id, self.voters)
+        elif plan.mode is StartMode.JOIN:
+            self.log.set_joining(True)
+            self.core = RaftNode(self.config, self.rng, joining=True)
+            log.info("raft: %s is joining: it waits to be added as a learner (`kv raft add %s "
+                     "--learner`) and votes only once promoted", self.node_id, self.node_id)
+        elif plan.mode is StartMode.RECOVER:
             self.core = RaftNode(self.config, self.rng, hard_state=rec.hard_state,
-                                 snapshot=rec.snapshot, entries=rec.entries)
-        if rec.snapshot.index:
-            self.sm.restore(rec.snapshot.data, rec.snapshot.index)
+                                 snapshot=rec.snapshot, entries=rec.entries,
+                                 joining=rec.joining)
+            if rec.snapshot.index:
+                self.sm.restore(rec.snapshot.data, rec.snapshot.index)
+        self._joining_on_disk = plan.joining
+        self.plan = plan
+        return plan
+
+    async def start(self) -> None:
+        if self.plan is None:
+            await self.offload(self.prepare)
+        if self.core is None:
+            return  # not a member: metadata requests are forwarded
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._run())]
         self._kick.set()
 
     async def stop(self) -> None:
+        """Stop ticking and processing (idempotent); the log is closed."""
+        if self._stopped:
+            return
+        self._stopped = True
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -161,12 +252,32 @@ class RaftDriver:
                         self._send(m)
                     self._apply(rd)  # 3. apply
                     core.advance(rd)  # 4. advance
+                    if self._joining_on_disk and not core.joining:
+                        # Promoted: clear the durable flag before any vote can leave (votes
+                        # go out in a later Ready) and before compaction could drop the
+                        # entries that show the promotion.
+                        await self.offload(self.log.set_joining, False)
+                        self._joining_on_disk = False
+                        log.info("raft: %s was promoted to voter; it votes from now on",
+                                 self.node_id)
+                    if self._conf_waits:
+                        self._resolve_conf_waits(core)
+                    if not self._conf_checked and core.applied >= core.commit:
+                        self._conf_checked = True
+                        self._check_conf(core)
                     self._serve_reads()
                     if core.applied - core.snapshot.index >= self.snapshot_every:
                         await self._snapshot()
             except Exception:
                 log.exception("raft driver on %s failed; stopping it", self.node_id)
                 raise
+
+    def _check_conf(self, core: RaftNode) -> None:
+        voters = sorted(core.conf.voters)
+        if voters and voters != self.voters:
+            log.info("raft: the group's configuration in the log (voters %s, learners %s) "
+                     "differs from --raft-voters %s; the log's configuration is the one in "
+                     "force", voters, sorted(core.conf.learners), self.voters)
 
     def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -260,8 +371,16 @@ class RaftDriver:
     async def handle(self, req: dict) -> dict:
         """Serve a metadata request here if this node leads, else forward it."""
         op = req.get("op")
-        if op not in ("get", "put", "cas", "status"):
-            raise ValueError(f"unknown op {op!r}; use get, put, cas or status")
+        if op not in ("get", "put", "cas", "status", "conf"):
+            raise ValueError(f"unknown op {op!r}; use get, put, cas, status or conf")
+        if op == "conf":
+            if req.get("change") not in CONF_CHANGES:
+                raise ValueError(f"unknown change {req.get('change')!r}; use "
+                                 + ", ".join(CONF_CHANGES))
+            node = req.get("node")
+            if not isinstance(node, str) or not node or any(
+                    c.isspace() or c in "=,@" for c in node):
+                raise ValueError(f"node {node!r} must be a node id (no spaces, '=', ',', '@')")
         if op == "status" and not req.get("leader_view", True):
             return self.status()
         core = self.core
@@ -274,10 +393,57 @@ class RaftDriver:
             if op == "status":
                 return self.status()
             try:
+                if op == "conf":
+                    return await self._conf_change(req)
                 return await self._local(req)
             except (NotLeaderError, ProposalDroppedError):
                 pass
         return await self._forward(req)
+
+    async def _conf_change(self, req: dict) -> dict:
+        """One single-server membership change, answered once the leader applied it (it
+        takes effect then). A promotion waits (up to the request timeout) for the learner to
+        catch up; a change refused by the core comes back as a one-line error."""
+        core = self.core
+        node, change = req["node"], req["change"]
+        cc = ConfChange(CONF_CHANGES[change], node)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        while True:
+            try:
+                index = core.propose_conf_change(cc)
+                break
+            except (ConfChangeError, ProposalDroppedError) as exc:
+                reason = str(exc)
+                retry = "behind" in reason or "in progress" in reason or isinstance(
+                    exc, ProposalDroppedError)
+                if not retry or loop.time() >= deadline:
+                    return {"ok": False, "error": reason + _conf_hint(change, node, reason),
+                            "leader": self.node_id}
+                await asyncio.sleep(self.tick_interval * 2)
+                if core.role is not Role.LEADER:
+                    raise NotLeaderError(self.node_id, core.lead) from None
+        term = core.term
+        fut = loop.create_future()
+        self._conf_waits[index] = (term, fut)
+        self._kick.set()
+        await self._await(fut, lambda: self._conf_waits.pop(index, None))
+        conf = core.conf
+        return {"ok": True, "change": change, "node": node, "index": index,
+                "voters": sorted(conf.voters), "learners": sorted(conf.learners),
+                "leader": self.node_id}
+
+    def _resolve_conf_waits(self, core: RaftNode) -> None:
+        for index in [i for i in self._conf_waits if i <= core.applied]:
+            term, fut = self._conf_waits.pop(index)
+            if fut.done():
+                continue
+            if core.term_at(index) == term:
+                fut.set_result(index)
+            else:
+                fut.set_exception(MetaError(
+                    "leadership changed before the membership change committed; it was not "
+                    "applied - check `kv raft status`, then retry"))
 
     async def _local(self, req: dict) -> dict:
         core = self.core
@@ -294,7 +460,9 @@ class RaftDriver:
             value = await self._await(fut, lambda: self._reads.pop(ctx, None))
             return {"ok": True, "value": value, "found": value is not None,
                     "leader": self.node_id}
-        rid = f"{self.node_id}:{self._nonce}:{next(self._ids)}"
+        # The term makes ids unique across restarts (a restarted node proposes only in a
+        # later term), so a replayed entry can never answer a request of this incarnation.
+        rid = f"{self.node_id}:{self._nonce}:{core.term}:{next(self._ids)}"
         if req["op"] == "put":
             cmd = encode_put(key, str(req.get("value", "")), rid)
         else:
@@ -323,10 +491,13 @@ class RaftDriver:
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             targets = []
-            if self.core is not None and self.core.lead and self.core.lead != self.node_id:
-                targets = [self.core.lead]
-            elif self.core is None:
-                targets = [v for v in self.voters if v != self.node_id]
+            core = self.core
+            if core is not None and core.lead and core.lead != self.node_id:
+                targets = [core.lead]
+            elif core is None or core.joining or self.node_id not in core.conf.voters:
+                # No leader known and no vote here: ask the voters we know of.
+                known = set(self.voters) | (core.conf.voters if core is not None else set())
+                targets = sorted(known - {self.node_id})
             for target in targets:
                 try:
                     res = await self.forward_transport.call(
@@ -351,6 +522,7 @@ class RaftDriver:
         if self.core is None:
             return {"node": self.node_id, "voter": False, "voters": self.voters}
         s = self.core.status()
+        joining = {"joining": True} if s.joining else {}
         members = []
         for m in sorted(s.conf.members()):
             role = "learner" if m in s.conf.learners else (
@@ -361,4 +533,4 @@ class RaftDriver:
         return {"node": self.node_id, "term": s.term, "leader": s.leader or None,
                 "role": s.role.value, "commit_index": s.commit, "applied_index": s.applied,
                 "last_index": s.last_index, "snapshot_index": self.core.snapshot.index,
-                "members": members}
+                "members": members, **joining}

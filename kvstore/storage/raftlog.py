@@ -8,24 +8,30 @@ docs/raft.md for the measured numbers.
 
 File `raft.log` is a sequence of records::
 
-    magic b"RFTL" | u32 payload length | u32 crc32(payload) | payload
+    magic b"RFT2" | u32 payload length | u32 crc32(payload) | payload | end marker 0xA5
 
-payload kind 1 (SAVE): optional hard state, then entries replacing every stored entry at or
-after the first one's index. Kind 2 (BASE): the log restarts after (index, term) with the
-given hard state (written at compaction and snapshot install, via an atomic file replace).
+(records written before the end marker existed, magic b"RFTL" and no marker, are still
+read). Payload kind 1 (SAVE): optional hard state, then entries replacing every stored entry
+at or after the first one's index. Kind 2 (BASE): the log restarts after (index, term) with
+the given hard state (written at compaction and snapshot install, via an atomic replace).
 
-Recovery (`RaftLog.recover`):
-* a bad record with no valid record after it is a torn or corrupted tail - what a crash
-  before fsync leaves - and is truncated away. Such a record cannot hold entries that this
-  node knew were committed: the commit index is always persisted in the same record as the
-  entries or after them;
-* a bad record followed by valid records is damage in the middle of the log, which may hold
-  committed entries: recovery stops with `CorruptRaftLogError` instead of diverging;
-* the snapshot file is written atomically, so a bad checksum there is always an error.
+Recovery (`RaftLog.recover`) truncates only what can never have been acknowledged. What a
+crash before fsync can leave after the last completed fsync: a record cut short (the file
+ends inside it), and sectors that never reached the disk but that the file's size already
+covers (they read as zeros: a zero-filled stretch after the last record, or zero sectors -
+the first, a middle or the last one, which holds the end marker - inside the last
+records). Nothing after such a hole can have been fsynced: an fsync would have written the
+hole too, and a record needing an fsync is never followed by another until its fsync
+returned. Everything else - a completely written record whose checksum fails (a bit flip
+after fsync), bytes that are neither a record nor zeros, a hole with an fsynced record
+after it - is damage to data this node may have acknowledged: `CorruptRaftLogError`, and
+the file is left as it is. The snapshot file is written atomically, so a bad checksum
+there is always an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -34,9 +40,11 @@ from pathlib import Path
 from typing import Protocol
 
 from kvstore.core.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot
+from kvstore.storage.durable import write_atomic
 from kvstore.storage.engine import StorageError
 
 __all__ = [
+    "JOIN_FILE",
     "LOG_FILE",
     "SNAPSHOT_FILE",
     "CorruptRaftLogError",
@@ -49,8 +57,12 @@ __all__ = [
 
 LOG_FILE = "raft.log"
 SNAPSHOT_FILE = "raft.snapshot"
-MAGIC = b"RFTL"
+JOIN_FILE = "raft.joining"  # present and non-empty while the node is joining
+MAGIC = b"RFT2"  # records with an end marker
+MAGIC_V1 = b"RFTL"  # the first format: no end marker (still read)
+END = 0xA5
 SNAP_MAGIC = b"RFTS"
+SECTOR = 512  # the unit in which a crash may leave written data missing (zeros)
 _HDR = struct.Struct("<4sII")
 _HS = struct.Struct("<QQH")  # term, commit, vote length
 _ENT = struct.Struct("<QQBI")
@@ -62,9 +74,19 @@ KIND_BASE = 2
 MAX_RECORD = 1 << 30
 
 
+WAY_BACK = ("This node must not start from it: remove it from the raft group and add it "
+            "back as a new learner (kv raft remove ID; restart it with --raft-join; kv raft "
+            "add ID --learner; kv raft promote ID); keep the damaged file for inspection.")
+
+
 class CorruptRaftLogError(StorageError):
-    """The durable raft state is damaged where it may hold committed data; the node must
-    not start from it (wipe the node's raft directory and let it rejoin from peers)."""
+    """The durable raft state is damaged where it may hold data this node acknowledged; the
+    node must not start from it. `detail` names the file, the byte offset, the last good
+    entry and the persisted commit index; the message adds the way back (`WAY_BACK`)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{detail} {WAY_BACK}")
+        self.detail = detail
 
 
 class Files(Protocol):
@@ -123,17 +145,7 @@ class OsFiles:
 
     def replace(self, name: str, data: bytes) -> None:
         self._close(name)
-        tmp = self.dir / (name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / name)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.dir / name, data)
 
     def _close(self, name: str) -> None:
         fh = self._handles.pop(name, None)
@@ -179,12 +191,18 @@ class Recovered:
     truncated_bytes: int = 0
     records: int = 0
     notes: list[str] = field(default_factory=list)
+    joining: bool = False  # the node came back through --raft-join and is not promoted yet
+
+    @property
+    def has_state(self) -> bool:
+        """Whether this node ever persisted raft state here (or started joining here)."""
+        return self.records > 0 or self.snapshot.index > 0 or self.joining
 
 
 # ---- encoding -----------------------------------------------------------------------------
 
 def _frame(payload: bytes) -> bytes:
-    return _HDR.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+    return _HDR.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload + bytes([END])
 
 
 def _enc_hs(out: list[bytes], hs: HardState) -> None:
@@ -214,18 +232,34 @@ class _Bad(Exception):
     pass
 
 
+def _record_end(magic: bytes, pos: int, length: int) -> int:
+    return pos + _HDR.size + length + (1 if magic == MAGIC else 0)
+
+
 def _parse_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
     """The payload of a well-formed record at `pos` and the next position, else None."""
-    end = pos + _HDR.size
-    if end > len(data):
+    if pos + _HDR.size > len(data):
         return None
     magic, length, crc = _HDR.unpack_from(data, pos)
-    if magic != MAGIC or length > MAX_RECORD or end + length > len(data):
+    if magic not in (MAGIC, MAGIC_V1) or length > MAX_RECORD:
         return None
-    payload = data[end : end + length]
+    end = _record_end(magic, pos, length)
+    if end > len(data) or (magic == MAGIC and data[end - 1] != END):
+        return None
+    payload = data[pos + _HDR.size : pos + _HDR.size + length]
     if zlib.crc32(payload) != crc:
         return None
-    return payload, end + length
+    return payload, end
+
+
+def _zero_sector_in(data: bytes, lo: int, hi: int) -> bool:
+    """Whether a whole sector-aligned block inside [lo, hi) reads as zeros."""
+    s = -(-lo // SECTOR) * SECTOR
+    while s + SECTOR <= hi:
+        if not any(data[s : s + SECTOR]):
+            return True
+        s += SECTOR
+    return False
 
 
 def _dec_hs(p: bytes, pos: int) -> tuple[HardState, int]:
@@ -284,8 +318,7 @@ def _dec_snapshot(data: bytes) -> Snapshot:
     payload = data[_HDR.size :]
     if magic != SNAP_MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
         raise CorruptRaftLogError(
-            f"{SNAPSHOT_FILE}: checksum mismatch; the snapshot is damaged - wipe this node's "
-            "raft directory and let it rejoin from its peers")
+            f"{SNAPSHOT_FILE}: checksum mismatch; the snapshot is damaged")
     index, term = _BASE.unpack_from(payload, 0)
     pos = _BASE.size
     groups = []
@@ -332,8 +365,9 @@ class RaftLog:
         return None
 
     def recover(self) -> Recovered:
-        """Read the durable state, truncating a torn tail; raise CorruptRaftLogError if
-        damage may involve committed entries."""
+        """Read the durable state, truncating a tail that can never have been
+        acknowledged; raise CorruptRaftLogError for any other damage (see the module
+        docstring for the rule)."""
         notes: list[str] = []
         raw = self.files.read(SNAPSHOT_FILE)
         if raw is not None:
@@ -343,26 +377,21 @@ class RaftLog:
         truncated = 0
         while pos < len(data):
             parsed = _parse_at(data, pos)
-            payload = None
+            decoded = None
             if parsed is not None:
-                payload, nxt = parsed
                 try:
-                    kind, hs, bidx, bterm, entries = _dec_payload(payload)
+                    decoded = _dec_payload(parsed[0])
                 except _Bad as exc:
                     notes.append(f"record at byte {pos}: {exc}")
-                    payload = None
-            if payload is None:
-                if self._valid_record_after(data, pos + 1):
-                    raise CorruptRaftLogError(
-                        f"{LOG_FILE}: record at byte {pos} (after entry {self.last_index()}, "
-                        f"persisted commit {self.hard_state.commit}) is corrupt and valid "
-                        "records follow it: the log is damaged in the middle and may have "
-                        "lost committed entries. Refusing to start; wipe this node's raft "
-                        "directory and let it rejoin from its peers.")
+            if decoded is None:
+                why = self._unwritten(data, pos)  # raises if this is damage
                 truncated = len(data) - pos
-                notes.append(f"truncated {truncated} bytes of torn/corrupt tail at byte {pos}")
+                notes.append(f"truncated {truncated} bytes at byte {pos} ({why}); they were "
+                             "written after the last fsync and never acknowledged")
                 self.files.truncate(LOG_FILE, pos)
                 break
+            kind, hs, bidx, bterm, entries = decoded
+            nxt = parsed[1]
             records += 1
             if kind == KIND_BASE:
                 self._offset, self._offset_term, self._entries = bidx, bterm, []
@@ -392,21 +421,105 @@ class RaftLog:
                 f"{LOG_FILE}: persisted commit {self.hard_state.commit} is beyond the last "
                 f"entry {self.last_index()}; committed entries are missing")
         self._recovered = True
-        return Recovered(self.hard_state, snap, list(self._entries), truncated, records, notes)
+        joining = bool(self.files.read(JOIN_FILE))
+        return Recovered(self.hard_state, snap, list(self._entries), truncated, records, notes,
+                         joining)
+
+    def set_joining(self, joining: bool) -> None:
+        """Durably record that this node is joining (it must not vote until promoted), or
+        that it no longer is. Written before anything else when a node starts joining."""
+        self.files.replace(JOIN_FILE, b"joining: no votes until promoted from learner\n"
+                           if joining else b"")
+
+    def _damage(self, pos: int, what: str) -> CorruptRaftLogError:
+        return CorruptRaftLogError(
+            f"{LOG_FILE}: record at byte {pos} (after entry {self.last_index()}, persisted "
+            f"commit {self.hard_state.commit}) {what}")
+
+    def _unwritten(self, data: bytes, pos: int) -> str:
+        """Why the bytes from `pos` (where no valid record starts) can only be a write cut
+        short by a crash before its fsync; raise CorruptRaftLogError if they can be damage
+        to acknowledged data instead."""
+        rest = len(data) - pos
+        if not any(data[pos:]):
+            return "zero-filled space never written"
+        if rest < _HDR.size:
+            return "a record header cut short"
+        magic, length, crc = _HDR.unpack_from(data, pos)
+        if magic in (MAGIC, MAGIC_V1):
+            end = _record_end(magic, pos, length)
+            if end > len(data):
+                body = data[pos + _HDR.size : len(data) - (1 if magic == MAGIC else 0)]
+                if zlib.crc32(body) == crc and (magic == MAGIC_V1 or data[-1] == END):
+                    raise self._damage(pos, f"has a damaged length field ({length} bytes, "
+                                            "past the end of the file) although the record "
+                                            "is complete: not a torn write")
+                if self._valid_record_after(data, pos + 1):
+                    raise self._damage(pos, f"claims {length} bytes, past the end of the file, "
+                                            "but complete records follow it: its length field "
+                                            "is damaged, this is not a torn write")
+                why = "a record cut short by the end of the file"
+            elif magic == MAGIC and not any(data[max((end - 1) // SECTOR * SECTOR, pos) :]):
+                # The end marker reads zero, and so does everything from the start of its
+                # sector to the end of the file (a damaged length cannot look like that).
+                why = "a record whose last sector was never written"
+            elif _zero_sector_in(data, pos, end):
+                why = "a record with a sector that was never written"
+            else:
+                raise self._damage(pos, "fails its checksum; it was written completely (its "
+                                        "length and end marker are intact), so this is "
+                                        "damage to data that was fsynced, not a torn write")
+        elif not any(data[pos : pos + len(MAGIC)]):
+            why = "a record whose first sector was never written"
+        else:
+            raise self._damage(pos, "is neither a record nor zero-filled space; no crash "
+                                    "leaves that, so this is damage, not a torn write")
+        self._check_nothing_fsynced_after(data, pos)
+        return why
 
     @staticmethod
     def _valid_record_after(data: bytes, start: int) -> bool:
-        pos = data.find(MAGIC, start)
-        while pos != -1:
-            parsed = _parse_at(data, pos)
-            if parsed is not None:
-                try:
-                    _dec_payload(parsed[0])
-                    return True
-                except _Bad:
-                    pass
-            pos = data.find(MAGIC, pos + 1)
+        for magic in (MAGIC, MAGIC_V1):
+            at = data.find(magic, start)
+            while at != -1:
+                parsed = _parse_at(data, at)
+                if parsed is not None:
+                    try:
+                        _dec_payload(parsed[0])
+                        return True
+                    except _Bad:
+                        pass
+                at = data.find(magic, at + 1)
         return False
+
+    def _check_nothing_fsynced_after(self, data: bytes, hole: int) -> None:
+        """Records after a crash-torn spot must all have been written after the last fsync:
+        at most the final one can be a record that needed an fsync (term, vote, entries)."""
+        prev = self.hard_state
+        pos = hole + 1
+        while True:
+            found = [i for i in (data.find(MAGIC, pos), data.find(MAGIC_V1, pos)) if i >= 0]
+            if not found:
+                return
+            at = min(found)
+            parsed = _parse_at(data, at)
+            decoded = None
+            if parsed is not None:
+                with contextlib.suppress(_Bad):
+                    decoded = _dec_payload(parsed[0])
+            if decoded is None:
+                pos = at + 1
+                continue
+            kind, hs, _, _, entries = decoded
+            synced = kind == KIND_BASE or bool(entries) or (
+                hs is not None and (hs.term, hs.vote) != (prev.term, prev.vote))
+            if synced and parsed[1] < len(data):
+                raise self._damage(hole, f"cannot be a torn write: the record at byte {at} "
+                                         "after it was fsynced (more was written after it), "
+                                         "and an fsync would have written this spot too")
+            if hs is not None:
+                prev = hs
+            pos = parsed[1]
 
     def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool) -> None:
         """Persist one Ready's hard state and entries as one record (fsync if `sync`)."""

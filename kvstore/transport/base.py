@@ -41,6 +41,15 @@ def idempotent(batch: pb.PeerBatch) -> bool:
     return not any(m.HasField("forward") for m in batch.messages)
 
 
+class Lane(Protocol):
+    """A set of per-peer queues: `call` as on a Transport, and `close`."""
+
+    async def call(self, peer: str, message: pb.PeerMessage, timeout: float) -> pb.PeerResult:
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Transport(Protocol):
     node_id: str
 
@@ -54,6 +63,14 @@ class Transport(Protocol):
 
     def set_address(self, peer: str, address: str) -> None:
         """Learn or update where `peer` listens (membership feeds this)."""
+        ...
+
+    def new_lane(self) -> Lane:
+        """A second set of per-peer queues over the same connections, for requests whose
+        answer waits on later messages to the same peer: on the shared one-batch-in-flight
+        queue they would hold those messages back (head-of-line blocking; e.g. a forwarded
+        metadata write waits for its commit, which needs the raft acknowledgements queued
+        behind it). `close()` closes the lanes too."""
         ...
 
     async def close(self) -> None: ...

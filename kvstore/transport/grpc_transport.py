@@ -90,6 +90,7 @@ class GrpcTransport:
         self.addresses: dict[str, str] = {}
         self.channels: dict[str, tuple[str, grpc.aio.Channel, pb_grpc.InternodeStub]] = {}
         self.coalescer = Coalescer(node_id, self._send)
+        self.lanes: list[Coalescer] = []
         pb_grpc.add_InternodeServicer_to_server(_InternodeServicer(self), server)
 
     async def start(self, handler: Handler) -> None:
@@ -145,13 +146,17 @@ class GrpcTransport:
     def new_lane(self) -> Coalescer:
         """A second set of per-peer queues over the same channels, for requests whose answer
         waits on later messages to the same peer (they must not hold those back)."""
-        return Coalescer(self.node_id, self._send)
+        lane = Coalescer(self.node_id, self._send)
+        self.lanes.append(lane)
+        return lane
 
     async def call(self, peer: str, message: pb.PeerMessage, timeout: float) -> pb.PeerResult:
         return await self.coalescer.call(peer, message, timeout)
 
     async def close(self) -> None:
         await self.coalescer.close()
+        for lane in self.lanes:
+            await lane.close()
         for _, channel, _ in self.channels.values():
             await channel.close()
         self.channels.clear()

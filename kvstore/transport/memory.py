@@ -118,6 +118,7 @@ class MemoryTransport:
         self.node_id = node_id
         self.peer_ids: dict[str, str] = {}
         self.coalescer = Coalescer(node_id, self._send)
+        self.lanes: list[Coalescer] = []
 
     async def start(self, handler: Handler) -> None:
         self.network.handlers[self.node_id] = handler
@@ -132,6 +133,14 @@ class MemoryTransport:
     async def call(self, peer: str, message: pb.PeerMessage, timeout: float) -> pb.PeerResult:
         return await self.coalescer.call(peer, message, timeout)
 
+    def new_lane(self) -> Coalescer:
+        """Own per-peer queues over the same simulated links (see `Transport.new_lane`)."""
+        lane = Coalescer(self.node_id, self._send)
+        self.lanes.append(lane)
+        return lane
+
     async def close(self) -> None:
         self.network.handlers.pop(self.node_id, None)
         await self.coalescer.close()
+        for lane in self.lanes:
+            await lane.close()

@@ -37,7 +37,8 @@ def _leader(cluster, exclude: str = "", timeout: float = 20.0) -> str:
 
 def test_leader_sigkill_under_write_load(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("KV_RAFT_SNAPSHOT_EVERY", "50")
-    cluster = start_cluster(tmp_path, extra_args=["--raft-voters", "n1,n2,n3"])
+    cluster = start_cluster(tmp_path, extra_args=["--raft-voters", "n1,n2,n3"],
+                            raft_bootstrap=True)
     stop = threading.Event()
     try:
         leader = _leader(cluster)
@@ -125,7 +126,8 @@ def test_meta_and_raft_status_commands(tmp_path) -> None:
 
     from kvstore.cli.main import cli
 
-    cluster = start_cluster(tmp_path, extra_args=["--raft-voters", "n1,n2,n3"])
+    cluster = start_cluster(tmp_path, extra_args=["--raft-voters", "n1,n2,n3"],
+                            raft_bootstrap=True)
     try:
         leader = _leader(cluster)
         ep = ",".join(cluster.endpoints())

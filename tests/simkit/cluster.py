@@ -21,6 +21,7 @@ from kvstore.node.node import Node
 from kvstore.storage import DISCARD, AsyncStore, MemoryEngine
 from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
+from kvstore.storage.raftlog import MemoryFiles
 from kvstore.transport.memory import MemoryNetwork
 
 LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
@@ -42,6 +43,7 @@ class SimCluster:
         self.vnodes = vnodes
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
         self.hints = {node_id: HintStore(None) for node_id in self.ids}
+        self.raft_files = {node_id: MemoryFiles() for node_id in self.ids}  # the raft "disk"
         # Each node's actor-epoch allocator: part of its "disk" (lost with it).
         self.epochs: dict[str, EpochAllocator] = {}
         self.nodes: dict[str, Node] = {}
@@ -64,13 +66,16 @@ class SimCluster:
     def _node_clock(self, node_id: str):
         return lambda: self._clock_ms() + self.skew_ms.get(node_id, 0)
 
-    def _make(self, node_id: str, seeds: list[str] | None = None, **overrides) -> Node:
+    def _make(self, node_id: str, seeds: list[str] | None = None, *,
+              first_start: bool = False, **overrides) -> Node:
+        # A raft group is created (--raft-bootstrap) only when the cluster first starts,
+        # as `kv cluster up` does; restarts recover (or refuse) like real nodes.
+        fields = {"raft_bootstrap": first_start, **self.config, **overrides}
         config = NodeConfig(
             node_id=node_id, listen=f"{node_id}:1",
             seeds=seeds if seeds is not None else [f"{n}={n}:1" for n in self.ids],
             replication_factor=self.replication_factor, vnodes=self.vnodes,
-            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff,
-            **{**self.config, **overrides},
+            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff, **fields,
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
@@ -82,7 +87,7 @@ class SimCluster:
         node = Node(config, transport, store, clock_ms=self._node_clock(node_id),
                     monotonic=lambda: asyncio.get_running_loop().time(),
                     rng=rng, hints=self.hints[node_id], epochs=self.epochs[node_id],
-                    inline_io=True)
+                    inline_io=True, raft_files=self.raft_files.setdefault(node_id, MemoryFiles()))
         node.coordinator.config.read_all_chance = self.read_all_chance
         self._observe(node_id, node)
         return node
@@ -148,7 +153,7 @@ class SimCluster:
 
     async def start(self) -> SimCluster:
         for node_id in self.ids:
-            self.nodes[node_id] = self._make(node_id)
+            self.nodes[node_id] = self._make(node_id, first_start=True)
             await self._start_node(node_id, self.nodes[node_id])
         await self.wait_ready()
         return self
@@ -178,7 +183,8 @@ class SimCluster:
         self.network.crash(node_id)
 
     async def restart(self, node_id: str, **overrides) -> None:
-        """A crashed node comes back with what its engine held (memory engine = its disk)."""
+        """A crashed node comes back with what its engine held (memory engine = its disk);
+        `overrides` change its NodeConfig for this start (e.g. raft_join=True)."""
         seeds = self.nodes[node_id].config.seeds
         await self.nodes[node_id].stop()
         self.network.restart(node_id)
@@ -205,6 +211,7 @@ class SimCluster:
             self.engines[node_id] = MemoryEngine()
             self.hints[node_id] = HintStore(None)
             self.epochs.pop(node_id, None)
+            self.raft_files[node_id] = MemoryFiles()
         seeds = self.nodes[node_id].config.seeds
         self.incarnation[node_id] = self.incarnation.get(node_id, 0) + 1
         self.down.discard(node_id)
@@ -228,10 +235,12 @@ class SimCluster:
         return True
 
     async def lose_disk(self, node_id: str) -> None:
-        """The node restarts with an empty data directory: records, hints, epochs gone."""
+        """The node restarts with an empty data directory: records, hints, epochs and raft
+        state gone (a raft voter then refuses to start: RaftStartRefused)."""
         self.crash(node_id)
         self.engines[node_id] = MemoryEngine()
         self.hints[node_id] = HintStore(None)
+        self.raft_files[node_id] = MemoryFiles()
         del self.epochs[node_id]
         await self.restart(node_id)
 
@@ -242,6 +251,30 @@ class SimCluster:
         self.engines[node_id] = backup.snapshot()
         del self.epochs[node_id]  # its epoch file came back old too
         await self.restart(node_id, restored=True)
+
+    def wipe_raft(self, node_id: str) -> None:
+        """Lose the node's raft directory (the rest of its data stays)."""
+        self.raft_files[node_id] = MemoryFiles()
+
+    # -- the raft metadata group (SimCluster(..., raft_voters=[...])) ------------------
+    def raft_leader(self) -> str | None:
+        """The one node that leads the raft group now, if exactly one does."""
+        leads = [n for n, node in self.nodes.items()
+                 if node.raft is not None and node.raft.status().get("role") == "leader"
+                 and n not in self.network.faults.crashed]
+        return leads[0] if len(leads) == 1 else None
+
+    async def wait_raft_leader(self, limit: float = 30.0) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while (lead := self.raft_leader()) is None:
+            assert loop.time() < deadline, "no raft leader in the simulated cluster"
+            await asyncio.sleep(0.05)
+        return lead
+
+    async def meta(self, via: str, request: dict) -> dict:
+        """A metadata request (get, put, cas, status, ...) served through node `via`."""
+        return await self.nodes[via].raft.handle(request)
 
     def replicas(self, key: bytes) -> list[str]:
         return self.nodes[self.ids[0]].membership.ring.preference_list(key,

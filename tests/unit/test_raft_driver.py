@@ -30,7 +30,7 @@ async def _cluster(ids: list[str], seed: int = 1):
             t.set_address(other, f"mem://{other}")
         d = RaftDriver(nid, VOTERS, t, tick_interval=0.01, snapshot_every=20, keep_entries=5,
                        rng=random.Random(f"{seed}{nid}"), offload=inline, request_timeout=2.0,
-                       forward_transport=Coalescer(nid, t._send))
+                       forward_transport=Coalescer(nid, t._send), bootstrap=True)
 
         async def handler(source, msg, d=d):
             return pb.PeerResult(raw=await d.on_message(source, msg.raft))

@@ -132,6 +132,7 @@ class Status:
     last_index: int
     conf: ConfState
     progress: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    joining: bool = False
 
 
 @dataclass
@@ -157,14 +158,25 @@ class RaftNode:
         snapshot: Snapshot | None = None,
         entries: list[Entry] | None = None,
         bootstrap_voters: list[str] | None = None,
+        joining: bool = False,
     ) -> None:
         """Start from recovered durable state (all empty for a node that is joining), or
         bootstrap a brand-new group with `bootstrap_voters` (every initial voter must pass
-        the same list; it becomes configuration entries 1..n, already committed)."""
+        the same list; it becomes configuration entries 1..n, already committed).
+
+        `joining`: this node lost its state (or never had any) and is coming (back) through
+        a membership change. Until it applies its own promotion from learner to voter it
+        neither votes nor campaigns, whatever configuration its log shows: a configuration
+        naming it a voter may come from before it lost its state, and a vote from it then
+        could elect a leader missing entries it once acknowledged, or repeat a vote it gave
+        in the same term. Being a learner proves that removal happened (a member cannot be
+        added as a learner), so the promotion that follows is a configuration made for the
+        node as it is now. The driver persists the flag until `joining` turns False."""
         config.validate()
         self.cfg = config
         self.id = config.id
         self.rng = rng
+        self.joining = joining
         hs = hard_state or HardState()
         snap = snapshot or Snapshot()
         self.term = hs.term
@@ -498,7 +510,8 @@ class RaftNode:
         if self.role is Role.LEADER:
             prog = {n: (p.match, p.next, p.state.value) for n, p in self.progress.items()}
         return Status(self.id, self.term, self.vote, self.role, self.lead, self.commit,
-                      self.applied, self.first_index(), self.last_index(), self.conf, prog)
+                      self.applied, self.first_index(), self.last_index(), self.conf, prog,
+                      self.joining)
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -509,7 +522,7 @@ class RaftNode:
         self._msgs.append(m)
 
     def _promotable(self) -> bool:
-        return self.id in self.conf.voters
+        return self.id in self.conf.voters and not self.joining
 
     def _reset_randomized_timeout(self) -> None:
         et = self.cfg.election_tick
@@ -595,6 +608,10 @@ class RaftNode:
 
     def _handle_vote_request(self, m: Message) -> None:
         pre = m.type is MsgType.PRE_VOTE
+        if self.joining:  # may hold a vote it forgot, or lack entries it acknowledged
+            resp = MsgType.PRE_VOTE_RESP if pre else MsgType.VOTE_RESP
+            self._send(Message(resp, m.frm, self.id, self.term, reject=True))
+            return
         can_vote = (
             self.vote == m.frm
             or (self.vote == "" and self.lead == "")
@@ -684,6 +701,8 @@ class RaftNode:
             self._pending_snapshot = s
             self.commit = s.index
             self._unstable = s.index + 1
+            if self.joining and self.id in self.conf.learners and self.id in s.conf.voters:
+                self.joining = False  # promoted, and the promotion was compacted away
             self.conf = s.conf
             self._conf_index = s.index
         self._send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=self.last_index()
@@ -866,6 +885,9 @@ class RaftNode:
     def _apply_conf_change(self, e: Entry) -> None:
         cc = decode_conf_change(e.data)
         voters, learners = set(self.conf.voters), set(self.conf.learners)
+        if (self.joining and cc.node == self.id and cc.type is ConfChangeType.ADD_VOTER
+                and self.id in learners):
+            self.joining = False  # promoted from learner: a voter made for this node as it is
         if cc.type is ConfChangeType.ADD_VOTER:
             learners.discard(cc.node)
             voters.add(cc.node)

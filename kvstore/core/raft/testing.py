@@ -59,6 +59,7 @@ class MemCluster:
         self.down: set[str] = set()
         self.sent: list[Message] = []  # every message that left a node, for assertions
         self.drop: Callable[[Message], bool] | None = None
+        self.joining: set[str] = set()  # nodes started with joining=True (durable flag)
         for nid in ids:
             self._start(nid, bootstrap=ids)
         for nid in learners or []:
@@ -77,15 +78,25 @@ class MemCluster:
             node = RaftNode(self.config(nid), rng, bootstrap_voters=bootstrap)
         else:
             node = RaftNode(self.config(nid), rng, hard_state=d.hard_state, snapshot=d.snapshot,
-                            entries=list(d.entries))
+                            entries=list(d.entries), joining=nid in self.joining)
             self.applied[nid] = [e for e in self.applied[nid] if e.index <= d.snapshot.index]
         self.nodes[nid] = node
         self.read_states[nid] = []
 
-    def add_node(self, nid: str) -> RaftNode:
-        """A brand-new, empty node (to be added as a learner)."""
+    def add_node(self, nid: str, joining: bool = False) -> RaftNode:
+        """A brand-new, empty node (to be added as a learner); `joining` as a node that
+        lost its state comes back (it votes only once promoted from learner)."""
+        if joining:
+            self.joining.add(nid)
         self._start(nid, bootstrap=None)
         return self.nodes[nid]
+
+    def wipe(self, nid: str) -> None:
+        """Lose everything `nid` persisted (a removed or wiped data directory)."""
+        self.down.add(nid)
+        self.durable.pop(nid, None)
+        self.applied.pop(nid, None)
+        self.inflight = [m for m in self.inflight if m.to != nid]
 
     # ---- the driver -------------------------------------------------------------------------
 
@@ -106,6 +117,8 @@ class MemCluster:
             self.applied[nid].extend(e for e in rd.committed if e.type is EntryType.NORMAL)
             self.read_states[nid].extend(rd.read_states)
             node.advance(rd)  # 4. advance
+            if nid in self.joining and not node.joining:
+                self.joining.discard(nid)  # promoted: the driver clears the durable flag
 
     def deliver(self, filt: Callable[[Message], bool] | None = None) -> int:
         """Deliver in-flight messages (those matching `filt`, default all); return count."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+SECTOR = 512
+
 
 class MemFiles:
     """Implements `kvstore.storage.raftlog.Files` in memory.
@@ -43,9 +45,12 @@ class MemFiles:
         return sum(len(c) - len(self.durable.get(n, b"")) for n, c in self.current.items())
 
     def crash(self, rng: random.Random, lose_unsynced: bool) -> int:
-        """A crash. A process crash keeps the page cache (lose_unsynced=False); a power
-        loss keeps only durable bytes plus a random prefix of the unsynced tail, possibly
-        ending in garbage (a torn write). Returns how many bytes were lost."""
+        """A crash. A process crash keeps the page cache (lose_unsynced=False). A power loss
+        keeps the durable bytes; of what was written after the last fsync, the file keeps a
+        random length (its size may or may not have reached the disk), and each sector in
+        that stretch may never have been written (it then reads as zeros). Sectors are
+        written whole (sector atomicity), so this is all a crash can leave: no other bytes.
+        Returns how many written bytes were lost."""
         if not lose_unsynced:
             return 0
         lost = 0
@@ -54,9 +59,16 @@ class MemFiles:
             tail = bytes(cur[len(dur) :]) if cur[: len(dur)] == dur else b""
             keep = rng.randrange(len(tail) + 1) if tail else 0
             kept = bytearray(dur + tail[:keep])
-            if tail and keep < len(tail) and rng.random() < 0.3:
-                kept.extend(rng.randbytes(min(8, len(tail) - keep)))  # torn sector garbage
-            lost += len(cur) - keep - len(dur)
+            unwritten = 0.5 if tail and rng.random() < 0.3 else 0.0
+            sector = len(dur) // SECTOR
+            while unwritten and sector * SECTOR < len(kept):
+                if rng.random() < unwritten:
+                    lo, hi = max(sector * SECTOR, len(dur)), min(sector * SECTOR + SECTOR,
+                                                                 len(kept))
+                    kept[lo:hi] = bytes(hi - lo)
+                    lost += hi - lo
+                sector += 1
+            lost += len(cur) - len(kept)
             self.current[name] = kept
             self.durable[name] = bytes(kept)
         return lost

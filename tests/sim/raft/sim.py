@@ -25,6 +25,7 @@ from kvstore.core.raft import (
     Config,
     EntryType,
     Message,
+    MsgType,
     NotLeaderError,
     ProposalDroppedError,
     RaftError,
@@ -34,6 +35,7 @@ from kvstore.core.raft import (
     decode_message,
     encode_message,
 )
+from kvstore.services.raft_start import RaftStartRefused, StartMode, plan_start
 from kvstore.storage.raftlog import LOG_FILE, RaftLog
 
 from .checkers import InvariantChecker, SimFailure
@@ -84,10 +86,12 @@ class Scenario:
     drift: tuple[int, ...]
 
     @classmethod
-    def from_seed(cls, seed: int, long: bool = False) -> Scenario:
+    def from_seed(cls, seed: int, long: bool = False, wipe: bool = False) -> Scenario:
+        """`wipe`: also one voter loses its whole disk (crash, then an empty directory) and
+        must come back through remove / join / learner / promote (no spare then)."""
         r = random.Random(f"scenario-{seed}")
         n = r.choice((3, 3, 5))
-        spare = n == 3 and r.random() < 0.3
+        spare = n == 3 and r.random() < 0.3 and not wipe
         ids = [f"n{i}" for i in range(1, n + 1)]
         window = r.randrange(3000, 10000) if long else r.randrange(250, 1000)
         faults = []
@@ -105,11 +109,20 @@ class Scenario:
                 if kind == "flap":
                     period = r.randrange(20, 150)
             faults.append(Fault(kind, start, end, group, period))
+        loss = r.choice((0.0, 0.01, 0.05, 0.1, 0.2))
+        if wipe:
+            # Until the wiped voter is back, the group needs every other voter: with 20% loss
+            # a 3-node group's elections then miss the liveness bound by chance (~1%).
+            loss = min(loss, 0.1)
+            w = random.Random(f"wipe-{seed}")
+            start = w.randrange(50, window - 40)
+            faults.append(Fault("wipe", start, min(window, start + w.randrange(40, 900)),
+                                (w.choice(ids),)))
         return cls(
             seed=seed,
             n_nodes=n,
             spare=spare,
-            loss=r.choice((0.0, 0.01, 0.05, 0.1, 0.2)),
+            loss=loss,
             dup=r.choice((0.0, 0.01, 0.05)),
             max_delay=r.choice((3, 8, 20)),
             long_delay_p=r.choice((0.0, 0.005, 0.02)),
@@ -157,6 +170,7 @@ class Result:
     crashes: int
     snapshots_sent: int
     notes: list[str] = field(default_factory=list)
+    refusals: int = 0  # starts a wiped voter refused
 
 
 class SimNode:
@@ -175,18 +189,31 @@ class SimNode:
         self.reads: dict[bytes, Op] = {}
         self.read_waits: list = []
         self.leader_term_checked = -1
+        self.joining_on_disk = False
+        self.wiped = False  # lost its disk; comes back only through --raft-join
 
-    def boot(self, bootstrap: list[str] | None) -> list[str]:
+    def boot(self, voters: list[str], *, create: bool = False, join: bool = False
+             ) -> list[str]:
+        """Start from the disk as a real node does (kvstore/services/raft_start.py):
+        `create` (--raft-bootstrap) only when the cluster is created, `join` (--raft-join)
+        for a node that is to be added. Raises RaftStartRefused (the node stays down)."""
         self.log = RaftLog(self.files)
         rec = self.log.recover()
         cfg = Config(self.id, election_tick=ELECTION_TICK, heartbeat_tick=HEARTBEAT_TICK,
                      max_entries_per_msg=16, max_inflight=4)
-        fresh = rec.records == 0 and rec.snapshot.index == 0
-        if bootstrap and fresh:
-            self.raft = RaftNode(cfg, self.rng, bootstrap_voters=bootstrap)
+        plan = plan_start(self.id, voters, has_state=rec.has_state, joining=rec.joining,
+                          bootstrap=create, join=join, prior_life=[], raft_dir="its disk",
+                          data_dir="its disk")
+        if plan.mode is StartMode.BOOTSTRAP:
+            self.raft = RaftNode(cfg, self.rng, bootstrap_voters=voters)
+        elif plan.mode is StartMode.JOIN:
+            self.log.set_joining(True)
+            self.raft = RaftNode(cfg, self.rng, joining=True)
         else:
             self.raft = RaftNode(cfg, self.rng, hard_state=rec.hard_state,
-                                 snapshot=rec.snapshot, entries=rec.entries)
+                                 snapshot=rec.snapshot, entries=rec.entries,
+                                 joining=rec.joining)
+        self.joining_on_disk = plan.joining
         self.sm = MetaStateMachine()
         if rec.snapshot.index:
             self.sm.restore(rec.snapshot.data, rec.snapshot.index)
@@ -203,8 +230,12 @@ TICK, DELIVER, FSYNC, FAULT_ON, FAULT_OFF, CLIENT, OP_TIMEOUT, ADMIN, CHECK = ra
 
 
 class Simulation:
-    def __init__(self, sc: Scenario, encode: bool = True) -> None:
+    def __init__(self, sc: Scenario, encode: bool = True, unsafe_rebootstrap: bool = False
+                 ) -> None:
+        """`unsafe_rebootstrap`: a wiped voter bootstraps a fresh copy of the group again
+        (the behaviour issue 10 removed), to show the checkers catch what it breaks."""
         self.sc = sc
+        self.unsafe_rebootstrap = unsafe_rebootstrap
         self.encode = encode
         self.rng = random.Random(f"run-{sc.seed}")
         self.now = 0
@@ -221,6 +252,9 @@ class Simulation:
         self.active: dict[int, set[tuple[str, str]]] = {}
         self.victim = ""
         self.admin_done = not sc.spare
+        self.rejoin = ""  # a wiped voter on its way back
+        self.rejoin_done = True
+        self.refusals = 0
         self.elect_after_heal = -2
         self.messages = self.crashes = self.snapshots_sent = self.events = 0
         self.notes: list[str] = []
@@ -236,7 +270,7 @@ class Simulation:
 
     def run(self) -> Result:
         for nid, node in self.nodes.items():
-            node.boot(self.voters if nid in self.voters else None)
+            node.boot(self.voters, create=nid in self.voters, join=nid not in self.voters)
             self.at(self.rng.randrange(node.tick_ms), TICK, nid, node.gen)
             self.drive(node)
         for i, f in enumerate(self.sc.faults):
@@ -296,7 +330,10 @@ class Simulation:
                 client.op = None  # indeterminate: ret stays at +inf
                 self.schedule_client(client)
         elif kind == ADMIN:
-            self.admin_step()
+            if a == "rejoin":
+                self.rejoin_step()
+            else:
+                self.admin_step()
         elif kind == CHECK:
             self.check_progress()
 
@@ -307,6 +344,12 @@ class Simulation:
         while node.up and node.pending is None and raft.has_ready():
             rd = raft.ready()
             self.checker.on_ready(node.id, raft, rd)
+            if raft.joining:  # still joining: so it was when it made every message here
+                for m in rd.messages:
+                    if m.type in (MsgType.VOTE, MsgType.PRE_VOTE) or (
+                            m.type in (MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP)
+                            and not m.reject):
+                        self.fail(f"{node.id} is joining but sent {m.type.name} to {m.to}")
             if rd.snapshot is not None:
                 node.log.install_snapshot(rd.snapshot, rd.hard_state)
             node.log.save(rd.hard_state, rd.entries, sync=False)  # written, not yet durable
@@ -337,6 +380,9 @@ class Simulation:
                 node.sm.skip(e.index)
         node.read_waits.extend(rd.read_states)
         node.raft.advance(rd)
+        if node.joining_on_disk and not node.raft.joining:
+            node.log.set_joining(False)  # promoted: before any vote and any compaction
+            node.joining_on_disk = False
         if node.read_waits:
             still = []
             for rs in node.read_waits:
@@ -396,6 +442,16 @@ class Simulation:
 
     def fault_on(self, i: int) -> None:
         f = self.sc.faults[i]
+        if f.kind == "wipe":  # the node dies and its directory is removed
+            node = self.nodes[f.nodes[0]]
+            if node.up:
+                node.up = False
+                node.gen += 1
+                self.crashes += 1
+            node.files = MemFiles()
+            node.wiped = True
+            self.rejoin, self.rejoin_done = node.id, False
+            return
         if f.kind in ("crash", "power_loss"):
             node = self.nodes[f.nodes[0]]
             if node.up:
@@ -433,6 +489,22 @@ class Simulation:
         f = self.sc.faults[i]
         if f.kind == "transfer":
             return
+        if f.kind == "wipe":  # restarted as a voter, it must refuse; then the way back
+            node = self.nodes[f.nodes[0]]
+            if self.unsafe_rebootstrap:  # what an empty voter did before issue 10
+                node.wiped = False
+                node.boot(self.voters, create=True)
+                self.checker.on_restart(node.id, node.raft)
+                self.at(self.now + self.rng.randrange(node.tick_ms), TICK, node.id, node.gen)
+                self.drive(node)
+                self.rejoin_done = True
+                return
+            if not node.up:
+                self.restart(node)
+                if node.up:
+                    self.fail(f"{node.id} lost its disk and still started as a voter")
+            self.at(self.now, ADMIN, "rejoin")
+            return
         if f.kind in ("crash", "power_loss"):
             node = self.nodes[f.nodes[0]]
             if not node.up and not any(
@@ -444,8 +516,14 @@ class Simulation:
         self.active.pop(i, None)
         self._recompute()
 
-    def restart(self, node: SimNode) -> None:
-        notes = node.boot(self.voters if node.id in self.voters else None)
+    def restart(self, node: SimNode, join: bool = False) -> None:
+        try:
+            notes = node.boot(self.voters, join=join or node.id == self.spare)
+        except RaftStartRefused as exc:
+            if not node.wiped:
+                self.fail(f"{node.id} refused to start although it kept its disk: {exc}")
+            self.refusals += 1
+            return
         self.notes.extend(f"{node.id}: {n}" for n in notes)
         self.checker.on_restart(node.id, node.raft)
         self.at(self.now + self.rng.randrange(node.tick_ms), TICK, node.id, node.gen)
@@ -543,6 +621,36 @@ class Simulation:
         self.drive(lead)
         self.at(self.now + 50, ADMIN)
 
+    def rejoin_step(self) -> None:
+        """The way back for the wiped voter: remove it, start it with --raft-join, add it
+        as a learner, promote it (one change at a time, retried every 50 ms)."""
+        node = self.nodes[self.rejoin]
+        lead = self.leader()
+        if lead is None:
+            self.at(self.now + 50, ADMIN, "rejoin")
+            return
+        conf = lead.raft.conf  # the leader's applied configuration
+        cc = None
+        if node.wiped and node.id in conf.members():
+            cc = ConfChange(ConfChangeType.REMOVE, node.id)
+        elif node.wiped:  # removed: start it as a joining member
+            node.wiped = False
+            self.restart(node, join=True)
+            if not node.up or not node.raft.joining:
+                self.fail(f"{node.id} did not start as a joining member")
+        elif node.id not in conf.members():
+            cc = ConfChange(ConfChangeType.ADD_LEARNER, node.id)
+        elif node.id in conf.learners:
+            cc = ConfChange(ConfChangeType.ADD_VOTER, node.id)
+        elif node.up and not node.raft.joining:
+            self.rejoin_done = True
+            return
+        if cc is not None:
+            with contextlib.suppress(ConfChangeError, NotLeaderError, ProposalDroppedError):
+                lead.raft.propose_conf_change(cc)
+            self.drive(lead)
+        self.at(self.now + 50, ADMIN, "rejoin")
+
     # ---- liveness and convergence ------------------------------------------------------------
 
     def stable_leader(self) -> SimNode | None:
@@ -571,6 +679,7 @@ class Simulation:
             lead is not None
             and self.now >= self.ops_end
             and self.admin_done
+            and self.rejoin_done
             and all(c.op is None for c in self.clients)
         ):
             members = lead.raft.conf.members()
@@ -616,12 +725,14 @@ class Simulation:
             crashes=self.crashes,
             snapshots_sent=self.snapshots_sent,
             notes=self.notes,
+            refusals=self.refusals,
         )
 
 
-def run_seed(seed: int, long: bool = False, encode: bool = True) -> Result:
+def run_seed(seed: int, long: bool = False, encode: bool = True, wipe: bool = False
+             ) -> Result:
     """Run one seed; raise SimFailure (with the scenario) if anything is violated."""
-    sc = Scenario.from_seed(seed, long)
+    sc = Scenario.from_seed(seed, long, wipe)
     try:
         return Simulation(sc, encode=encode).run()
     except SimFailure as exc:

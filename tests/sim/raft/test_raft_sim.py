@@ -5,8 +5,10 @@ available cores. Replay one seed:
 
     KV_RAFT_SEED=1234 .venv/bin/python -m pytest tests/sim/raft -k replay -s
 
-(add KV_RAFT_LONG=1 for a seed from the long run). Long run: KV_SLOW=1 (or -m slow) with
-KV_RAFT_LONG_SEEDS (default 300) long scenarios.
+(add KV_RAFT_LONG=1 for a seed from the long run, KV_RAFT_WIPE=1 for one from the wiped
+voter run). Long run: KV_SLOW=1 (or -m slow) with KV_RAFT_LONG_SEEDS (default 300) long
+scenarios. Wiped voters: KV_RAFT_WIPE_SEEDS (default 300) scenarios in which a voter also
+loses its whole disk and must come back through a membership change.
 """
 
 from __future__ import annotations
@@ -20,26 +22,29 @@ import time
 import pytest
 
 from .checkers import SimFailure
-from .sim import ELECTION_MS, LIVENESS_BOUND_TIMEOUTS, Scenario, run_seed
+from .sim import ELECTION_MS, LIVENESS_BOUND_TIMEOUTS, Scenario, Simulation, run_seed
 
 SEEDS = int(os.environ.get("KV_RAFT_SEEDS", "2000"))
 START = int(os.environ.get("KV_RAFT_SEED_START", "0"))
 CHUNK = 250
 LONG_SEEDS = int(os.environ.get("KV_RAFT_LONG_SEEDS", "300"))
+WIPE_SEEDS = int(os.environ.get("KV_RAFT_WIPE_SEEDS", "300"))
 _RESULTS: dict[str, list] = collections.defaultdict(list)
 
 
-def replay_command(seed: int, long: bool = False) -> str:
-    extra = "KV_RAFT_LONG=1 " if long else ""
+def replay_command(seed: int, long: bool = False, wipe: bool = False) -> str:
+    extra = ("KV_RAFT_LONG=1 " if long else "") + ("KV_RAFT_WIPE=1 " if wipe else "")
     return f"{extra}KV_RAFT_SEED={seed} .venv/bin/python -m pytest tests/sim/raft -k replay -s"
 
 
-def _one(args: tuple[int, bool]) -> tuple[int, object, str]:
-    seed, long = args
+def _one(args: tuple[int, bool, bool]) -> tuple[int, object, str]:
+    seed, long, wipe = args
     try:
-        r = run_seed(seed, long=long)
+        r = run_seed(seed, long=long, wipe=wipe)
+        if wipe and r.refusals < 1:
+            return seed, None, "the wiped voter was never refused"
         return seed, (r.elect_after_heal_ms, r.ops, r.indeterminate, r.events, r.crashes,
-                      r.snapshots_sent), ""
+                      r.snapshots_sent, r.refusals), ""
     except SimFailure as exc:
         return seed, None, str(exc)
     except Exception as exc:  # a crash inside the core is a failure of that seed too
@@ -48,10 +53,10 @@ def _one(args: tuple[int, bool]) -> tuple[int, object, str]:
         return seed, None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
 
 
-def _run(seeds: list[int], long: bool) -> tuple[list, float]:
+def _run(seeds: list[int], long: bool, wipe: bool = False) -> tuple[list, float]:
     t0 = time.perf_counter()
     workers = min(len(seeds), os.cpu_count() or 1, 4)
-    jobs = [(s, long) for s in seeds]
+    jobs = [(s, long, wipe) for s in seeds]
     if workers > 1:
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(workers) as pool:
@@ -61,13 +66,13 @@ def _run(seeds: list[int], long: bool) -> tuple[list, float]:
     return out, time.perf_counter() - t0
 
 
-def _check(out: list, long: bool) -> None:
+def _check(out: list, long: bool, wipe: bool = False) -> None:
     failures = [(s, msg) for s, res, msg in out if res is None]
     if failures:
         lines = []
         for s, msg in failures[:5]:
-            lines.append(f"--- seed {s} FAILED; replay with:\n    {replay_command(s, long)}\n"
-                         f"{msg}")
+            lines.append(f"--- seed {s} FAILED; replay with:\n    "
+                         f"{replay_command(s, long, wipe)}\n{msg}")
         pytest.fail(f"{len(failures)} of {len(out)} seeds failed:\n" + "\n".join(lines),
                     pytrace=False)
 
@@ -128,13 +133,38 @@ def test_long_seeds(chunk: int) -> None:
         print(_summary("raft sim long", _RESULTS["long"], sum(_RESULTS["long_seconds"])))
 
 
+@pytest.mark.timeout(1800)
+def test_wiped_voter_seeds() -> None:
+    """Issue 10: a voter loses its whole disk. Restarted as a voter it must refuse (checked
+    on every such start); it comes back only through remove / --raft-join / learner /
+    promote, never votes or campaigns while joining (checked on every Ready), and every
+    invariant, convergence and linearizability still hold."""
+    seeds = list(range(START, START + WIPE_SEEDS))
+    out, seconds = _run(seeds, long=False, wipe=True)
+    _check(out, long=False, wipe=True)
+    results = [res for _, res, _ in out]
+    print(f"\nwiped-voter seeds: {len(seeds)} in {seconds:.1f}s; "
+          f"{sum(r[6] for r in results)} refused starts, {sum(r[1] for r in results)} client "
+          "ops, all rejoined through a membership change")
+
+
+def test_the_checkers_catch_a_wiped_voter_that_bootstraps_again() -> None:
+    """The negative control: with the old behaviour (an empty voter bootstraps a fresh copy
+    of the group) this seed elects a leader that lacks a committed entry."""
+    sc = Scenario.from_seed(143, wipe=True)
+    with pytest.raises(SimFailure, match="leader completeness violated"):
+        Simulation(sc, unsafe_rebootstrap=True).run()
+    Simulation(sc).run()  # and the seed passes with the refusal and the way back
+
+
 @pytest.mark.skipif("KV_RAFT_SEED" not in os.environ, reason="set KV_RAFT_SEED to replay")
 def test_replay() -> None:
     seed = int(os.environ["KV_RAFT_SEED"])
     long = os.environ.get("KV_RAFT_LONG") == "1"
-    sc = Scenario.from_seed(seed, long)
+    wipe = os.environ.get("KV_RAFT_WIPE") == "1"
+    sc = Scenario.from_seed(seed, long, wipe)
     print(f"\nreplaying {sc.describe()}")
-    r = run_seed(seed, long=long)
+    r = run_seed(seed, long=long, wipe=wipe)
     when = ("already in place at the heal" if r.elect_after_heal_ms < 0
             else f"{r.elect_after_heal_ms}ms after the heal")
     print(f"ok: {r.ops} ops ({r.indeterminate} indeterminate), {r.events} events, "
