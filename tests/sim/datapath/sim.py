@@ -112,6 +112,8 @@ class Scenario:
     faults: list[Fault]
     modes: tuple[float, float]   # cumulative chance of strict, of strict-or-default
     think_ms: int
+    skew_allowance_ms: int = 60_000          # NodeConfig.max_clock_skew_ms
+    hint_max_age_ms: int = 3 * 3600 * 1000   # NodeConfig.hint_max_age_ms
 
     @classmethod
     def from_seed(cls, seed: int, long: bool = False) -> Scenario:
@@ -168,11 +170,22 @@ class Scenario:
         # each client's mean pause is what spreads its share of the operations (an RMW
         # counts two) over the window; bursty: uniform from 1 ms to twice the mean
         sc.think_ms = max(2, int(sc.window_ms * sc.clients / sc.ops * 1.3 * 2))
+        if purge:
+            # Settings the node accepts (tombstones.check_settings): the skew allowance
+            # below half the grace period, hints expiring before grace minus the allowance,
+            # and the clocks within the allowance of each other. (Drawn apart, so that the
+            # rest of a seed's scenario does not depend on them.)
+            p = random.Random(f"datapath-{seed}-settings")
+            sc.skew_allowance_ms = p.choice((sc.grace_ms // 8, sc.grace_ms // 4))
+            sc.hint_max_age_ms = p.randrange(sc.grace_ms // 4, sc.grace_ms - sc.skew_allowance_ms)
+            bound = sc.skew_allowance_ms // 2
+            sc.skew_ms = tuple(max(-bound, min(bound, s)) for s in sc.skew_ms)
         return sc
 
     def describe(self) -> str:
         skew = ",".join(f"n{i + 1}{s:+d}" for i, s in enumerate(self.skew_ms) if s)
-        purge = (f"purge(grace={self.grace_ms}ms)" if self.purge else "no-purge")
+        purge = (f"purge(grace={self.grace_ms}ms skew_allowance={self.skew_allowance_ms}ms "
+                 f"hint_age={self.hint_max_age_ms}ms)" if self.purge else "no-purge")
         return (
             f"seed={self.seed}{' long' if self.long else ''} nodes={self.nodes} N={N} "
             f"keys={self.keys} clients={self.clients} ops={self.ops} "
@@ -303,6 +316,7 @@ class Simulation:
             sc.nodes, seed=sc.seed, replication_factor=N, timeout_ms=sc.timeout_ms, vnodes=8,
             read_all_chance=sc.read_all_chance, hinted_handoff=sc.hinted_handoff,
             antientropy_interval=sc.antientropy_s, tombstone_grace_ms=sc.grace_ms,
+            max_clock_skew_ms=sc.skew_allowance_ms, hint_max_age_ms=sc.hint_max_age_ms,
         )
         self.c = c
         c.network.faults.jitter = sc.jitter
