@@ -5,7 +5,8 @@ clock skew (`skew_ms`), crashes that stop a node and abandon what it was doing (
 restarts with or without its disk (`revive`), and a replica losing or corrupting one
 record (`lose_record`, `corrupt_record`). Observers (`on_mint`, `on_refused`) see every
 version a replica mints and every version its resurrection guard refuses, without
-changing what the production code does.
+changing what the production code does, and `on_hint_dropped` every hint a node drops
+undelivered.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class SimCluster:
         # refused siblings) when a merge's resurrection guard refuses versions.
         self.on_mint = None
         self.on_refused = None
+        self.on_hint_dropped = None  # on_hint_dropped(node, key, reason)
 
     EPOCH_MS = 1_800_000_000_000  # virtual wall clock: a plausible epoch plus loop time
 
@@ -104,6 +106,7 @@ class SimCluster:
             return out
 
         replica.mint = observed_mint
+        self._observe_hints(node_id, node.handoff.hints)
         # the resurrection guard: `admit(current, incoming)` (a purge watermark) or
         # `_admit(record, incoming, now)` (purge markers); both return what they accept
         name = "admit" if getattr(replica, "admit", None) is not None else "_admit"
@@ -129,6 +132,21 @@ class SimCluster:
 
         replica.merge = keyed_merge
         setattr(replica, name, observed_admit)
+
+    def _observe_hints(self, node_id: str, hints: HintStore) -> None:
+        """Report hints dropped undelivered (expired, owner left, corrupt) to on_hint_dropped."""
+        if getattr(hints, "_sim_observed", False):
+            return  # the same store across restarts: wrap it once
+        for name in ("expire", "take_dropped"):
+            def dropping(*args, _fn=getattr(hints, name)):
+                dropped = _fn(*args)
+                if self.on_hint_dropped is not None:
+                    for hint in dropped:
+                        self.on_hint_dropped(node_id, hint.key, hint.reason)
+                return dropped
+
+            setattr(hints, name, dropping)
+        hints._sim_observed = True
 
     async def _start_node(self, node_id: str, node: Node) -> None:
         await node.start()

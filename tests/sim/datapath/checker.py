@@ -33,8 +33,9 @@ Exemptions (faults that legitimately break a guarantee):
 
 * lost_write, resurrection: an acknowledged write or delete is exempt (and counted in
   `Report.lost_exempt`) when every node that held it at the ack later lost it (its disk,
-  or that key's record, destroyed at or after the write started): the write is gone and
-  so is its effect, so what it superseded may come back. A disk loss is survivable for
+  that key's record, or, on a fallback, a hint for that key dropped undelivered: at or
+  after the write started): the write is gone and so is its effect, so what it
+  superseded may come back. A disk loss is survivable for
   writes with W >= 2 as long as not all acknowledging replicas lose their data.
 * read_your_writes: exempt when a replica of the key lost its disk, or the key's record
   was lost or corrupted on a replica, between the write's start and the read's end; writes

@@ -62,11 +62,12 @@ class Op:
 
 @dataclass(frozen=True)
 class Loss:
-    """A fault that destroyed stored data: a whole disk (key "") or one key's record."""
+    """Stored data destroyed: a whole disk (key ""), one key's record, or a hint for the
+    key dropped undelivered (hints expire by design; a fallback holds nothing else)."""
 
     time: int
     node: str
-    kind: str     # "disk_loss" | "record_loss" | "corrupt"
+    kind: str     # "disk_loss" | "record_loss" | "corrupt" | "hint_expired" | "hint_..."
     key: str = ""
 
     def describe(self) -> str:

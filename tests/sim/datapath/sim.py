@@ -304,6 +304,10 @@ class Simulation:
     def on_mint(self, node: str, key: bytes, sibling: versions.Sibling) -> None:
         self.mints[(key.decode(), sibling.dot)] += 1
 
+    def on_hint_dropped(self, node: str, key: bytes, reason: str) -> None:
+        # the fallback's copy of a sloppy write is gone (hints expire, by design)
+        self.losses.append(Loss(self.now(), node, f"hint_{reason}", key.decode()))
+
     def on_refused(self, node: str, key: bytes, refused: list[versions.Sibling]) -> None:
         ids = tuple(s.value.decode() for s in refused if not s.tombstone)
         if ids:
@@ -323,6 +327,7 @@ class Simulation:
         for i, skew in enumerate(sc.skew_ms):
             c.skew_ms[f"n{i + 1}"] = skew
         c.on_mint, c.on_refused = self.on_mint, self.on_refused
+        c.on_hint_dropped = self.on_hint_dropped
         await c.start()
         self.t0 = self.now()
         try:

@@ -194,3 +194,12 @@ def test_the_checker_knows_nothing_of_dots_or_actor_names() -> None:
     """Signatures are opaque: a store that renames actors (n2 -> n2.7) checks the same."""
     copies = {n: Copy("[('n2.7', 1, False, b'w1')]", ("w1",)) for n in REPLICAS}
     assert check(history([put("w1", 0, 10)], ["w1"], copies=copies)).ok
+
+
+def test_a_hint_dropped_undelivered_counts_as_its_fallback_losing_the_write() -> None:
+    ops = [put("w1", 0, 10, holders=("n1", "n4"), mode="sloppy")]  # n4: a fallback's hint
+    losses = [Loss(50, "n1", "disk_loss"), Loss(60, "n4", "hint_expired", "k")]
+    report = check(history(ops, [], losses=losses))
+    assert report.ok and report.lost_exempt == [ops[0].index]
+    other_key = [losses[0], Loss(60, "n4", "hint_expired", "other")]
+    assert invariants(history(ops, [], losses=other_key)) == ["lost_write"]
