@@ -235,20 +235,24 @@ def _check_siblings(report: Report, key: str, what: str, ids: tuple[str, ...],
 
 
 def _wiped(history: History, w: Op) -> bool:
-    """Whether every node that held an acknowledged write later lost its data."""
-    return bool(w.holders) and all(_lost_at(history, node, w.key, w.start)
-                                   for node in w.holders)
+    """Whether every node that held an acknowledged write later lost its copy."""
+    return bool(w.holders) and all(
+        _lost_at(history, node, w.key, w.start, as_hint=node in w.hint_holders)
+        for node in w.holders)
 
 
-def _lost_at(history: History, node: str, key: str, since: int) -> bool:
-    return any(loss.node == node and loss.time >= since and loss.key in ("", key)
-               for loss in history.losses)
+def _lost_at(history: History, node: str, key: str, since: int, *, as_hint: bool) -> bool:
+    """A disk loss, or (a hint for) the key's record lost, on `node` at or after `since`."""
+    return any(loss.node == node and loss.time >= since and (
+        loss.kind == "disk_loss"
+        or (loss.key == key and loss.kind.startswith("hint_") == as_hint))
+        for loss in history.losses)
 
 
 def _destroyed_between(history: History, key: str, start: int, end: int) -> bool:
     replicas = history.replicas.get(key, ())
     return any(start <= loss.time <= end and loss.node in replicas and loss.key in ("", key)
-               for loss in history.losses)
+               and not loss.kind.startswith("hint_") for loss in history.losses)
 
 
 def _check_ryw(history: History, key: str, writes: list[Op], reads: list[Op], graph: _Graph,

@@ -41,6 +41,7 @@ class Op:
     hinted: bool = False      # a hint on a fallback node counted towards W
     final: bool = False       # a read of the final check, after healing and repair
     error: str = ""
+    hint_holders: tuple[str, ...] = ()  # those of `holders` that held it as a hint only
 
     def describe(self) -> str:
         span = f"[{self.start}..{self.end}]"
@@ -51,7 +52,8 @@ class Op:
             ctx = f" seen={list(self.seen)}" if self.seen else " blind"
             extra = f" {self.mode}"
             if self.holders:
-                extra += f" held_by={','.join(self.holders)}"
+                extra += " held_by=" + ",".join(
+                    n + ("(hint)" if n in self.hint_holders else "") for n in self.holders)
             if self.hinted:
                 extra += " (hint counted)"
             body = f"{self.kind} {self.key}={self.id} {self.level}{ctx}{extra}"

@@ -587,15 +587,17 @@ class Simulation:
             self.ops.append(Op(**base, result=_write_outcome(reply.error),
                                error=reply.error.message))
             return False
-        holders = []
-        hinted = False
+        holders: list[str] = []
+        hints: list[str] = []
         for rep in reply.trace.replicas:
             if rep.ok:
                 if rep.node not in holders:
                     holders.append(rep.node)
-                hinted = hinted or bool(rep.hint_for)
-        hinted = hinted and WRITE_MODES[mode]["counts_hints"]
-        self.ops.append(Op(**base, holders=tuple(holders), hinted=hinted))
+                if rep.hint_for:
+                    hints.append(rep.node)
+        hinted = bool(hints) and WRITE_MODES[mode]["counts_hints"]
+        self.ops.append(Op(**base, holders=tuple(holders), hinted=hinted,
+                           hint_holders=tuple(hints)))
         return True
 
     # -- the end: heal, repair, read everything ---------------------------------------------

@@ -13,9 +13,10 @@ _index = itertools.count()
 
 
 def put(id, start, end, *, seen=(), need=2, result=OK, mode="strict", holders=("n1", "n2"),
-        key="k", final=False):
+        key="k", final=False, hints=()):
     return Op(next(_index), 0, "put", key, "n1", start, end, need, f"W={need}", result, id,
-              tuple(seen), (), mode, mode != "sloppy", holders if result == OK else ())
+              tuple(seen), (), mode, mode != "sloppy", holders if result == OK else (),
+              hint_holders=tuple(hints))
 
 
 def delete(id, start, end, *, seen=(), need=2, result=OK, mode="strict", key="k"):
@@ -197,9 +198,17 @@ def test_the_checker_knows_nothing_of_dots_or_actor_names() -> None:
 
 
 def test_a_hint_dropped_undelivered_counts_as_its_fallback_losing_the_write() -> None:
-    ops = [put("w1", 0, 10, holders=("n1", "n4"), mode="sloppy")]  # n4: a fallback's hint
+    ops = [put("w1", 0, 10, holders=("n1", "n4"), hints=("n4",), mode="sloppy")]
     losses = [Loss(50, "n1", "disk_loss"), Loss(60, "n4", "hint_expired", "k")]
     report = check(history(ops, [], losses=losses))
     assert report.ok and report.lost_exempt == [ops[0].index]
     other_key = [losses[0], Loss(60, "n4", "hint_expired", "other")]
     assert invariants(history(ops, [], losses=other_key)) == ["lost_write"]
+    # a replica dropping a hint it kept for another owner still holds its own record
+    replica = [put("w1", 0, 10, holders=("n1", "n2"), mode="sloppy")]
+    hint_on_replica = [losses[0], Loss(60, "n2", "hint_expired", "k")]
+    assert invariants(history(replica, [], losses=hint_on_replica)) == ["lost_write"]
+    # ... and its hint drop does not excuse a stale read either
+    w, stale = put("w1", 0, 10), get([], 20, 30)
+    dropped = [Loss(15, "n3", "hint_expired", "k")]
+    assert invariants(history([w, stale], ["w1"], losses=dropped)) == ["read_your_writes"]
