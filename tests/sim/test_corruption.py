@@ -73,4 +73,4 @@ def test_a_corrupted_record_whose_good_copies_are_collectable_tombstones_is_repl
         assert [s.tombstone for s in c.stored("n3", KEY)] in ([True], [])
 
     run(scenario, seed=24, hinted_handoff=False, antientropy_interval=0,
-        tombstone_grace_ms=2000)
+        tombstone_grace_ms=2000, max_clock_skew_ms=500)
