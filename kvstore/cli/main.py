@@ -21,6 +21,8 @@ DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 CLUSTER_FILE = Path("data") / "cluster.json"
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
 LEVEL_CHOICE = click.Choice(["ONE", "TWO", "THREE", "QUORUM", "ALL"], case_sensitive=False)
+WRITE_LEVEL_CHOICE = click.Choice(["ONE", "TWO", "THREE", "QUORUM", "ALL", "ANY"],
+                                  case_sensitive=False)
 
 
 def default_endpoints() -> str:
@@ -83,17 +85,32 @@ def consistency_options(letter: str):
                           default=None,
                           help=f"Explicit number of replicas that must answer ({letter.upper()}); "
                                "overrides --consistency.")(fn)
+        if letter == "w":
+            return click.option(
+                "--consistency", "-c", type=WRITE_LEVEL_CHOICE, default=None,
+                help="How many of the key's replicas must acknowledge: ONE, TWO, THREE, "
+                     "QUORUM, ALL (default: the server's, QUORUM). ANY: one acknowledgement, "
+                     "and a hint on a fallback node alone is enough (no read guarantee).")(fn)
         return click.option("--consistency", "-c", type=LEVEL_CHOICE, default=None,
                             help="How many replicas must answer: ONE, TWO, THREE, QUORUM, ALL. "
-                                 "Default: the server's (QUORUM).")(fn)
+                                 "Default: the server's (QUORUM). A read at R sees every "
+                                 "write acknowledged at W when R + W > N.")(fn)
 
     return wrap
 
 
-def strict_option(fn):
+def write_mode_options(fn):
+    """--strict / --sloppy: whether hints on fallback nodes count towards W."""
+    fn = click.option("--sloppy", is_flag=True,
+                      help="Sloppy quorum: a hint held by a fallback node counts towards W for "
+                           "the replica it stands in for. The write survives more failures, "
+                           "but until hinted handoff delivers it a read (even with R + W > N) "
+                           "may not see it.")(fn)
     return click.option("--strict", is_flag=True,
-                        help="Strict quorum: only the key's own replicas count towards W "
-                             "(hints written to fallback nodes do not).")(fn)
+                        help="Strict quorum (the default unless the node runs with "
+                             "--sloppy-quorum): only the key's own replicas count towards W; "
+                             "hints are still written, and delivered later, but not "
+                             "counted.")(fn)
 
 
 def json_and_trace(fn):
@@ -130,11 +147,11 @@ def get(s: Settings, key: str, consistency: str | None, count_r: int | None, tra
                    "sibling of whatever is there).")
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
               help="The context from `kv get --json` to supersede (instead of reading it now).")
-@strict_option
+@write_mode_options
 @json_and_trace
 @click.pass_obj
 def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int | None,
-        blind: bool, context_text: str | None, strict: bool, trace: bool,
+        blind: bool, context_text: str | None, strict: bool, sloppy: bool, trace: bool,
         as_json: bool) -> None:
     """Write VALUE to KEY, replacing the versions it has now (VALUE - reads stdin).
 
@@ -144,7 +161,7 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
     data = click.get_binary_stream("stdin").read() if value == "-" else value.encode()
     context = _context(s, key, consistency, blind, context_text)
     result = s.client().put(key, data, context=context, consistency=consistency, w=count_w,
-                            trace=trace, strict=strict)
+                            trace=trace, strict=strict, sloppy=sloppy)
     _print_write(result, "stored", trace, as_json)
 
 
@@ -154,15 +171,16 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
 @click.option("--blind", is_flag=True, help="Delete without reading the current context first.")
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
               help="The context from `kv get --json` to supersede.")
-@strict_option
+@write_mode_options
 @json_and_trace
 @click.pass_obj
 def delete(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
-           context_text: str | None, strict: bool, trace: bool, as_json: bool) -> None:
+           context_text: str | None, strict: bool, sloppy: bool, trace: bool,
+           as_json: bool) -> None:
     """Delete KEY (writes a tombstone that supersedes the versions it saw)."""
     context = _context(s, key, consistency, blind, context_text)
     result = s.client().delete(key, context=context, consistency=consistency, w=count_w,
-                               trace=trace, strict=strict)
+                               trace=trace, strict=strict, sloppy=sloppy)
     _print_write(result, "deleted", trace, as_json)
 
 

@@ -50,6 +50,12 @@ def node() -> None:
 @click.option("--no-hinted-handoff", is_flag=True, envvar="KV_NO_HINTED_HANDOFF",
               help="Write no hints and deliver none (strict quorums only); for experiments "
                    "that must isolate anti-entropy. [env KV_NO_HINTED_HANDOFF]")
+@click.option("--sloppy-quorum", is_flag=True, envvar="KV_SLOPPY_QUORUM",
+              help="Let hints on fallback nodes count towards W for writes that ask for "
+                   "neither --strict nor --sloppy. Off by default: only the key's own "
+                   "replicas count, so R + W > N reads see every acknowledged write; on, "
+                   "writes survive more failures but a read may miss them until hinted "
+                   "handoff delivers them. [env KV_SLOPPY_QUORUM]")
 @click.option("--hint-max-age", envvar="KV_HINT_MAX_AGE", default=3 * 3600.0, show_default=True,
               type=click.FloatRange(min=1), help="Seconds a hint is kept before it is dropped.")
 @click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=1.0, show_default=True,
@@ -68,7 +74,8 @@ def node() -> None:
                    "other nodes forward metadata requests to its leader). [env KV_RAFT_VOTERS]")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
-          max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
+          max_value_bytes: int, no_hinted_handoff: bool, sloppy_quorum: bool,
+          hint_max_age: float,
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "") -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C."""
@@ -83,7 +90,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir,
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
-        hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
+        hinted_handoff=not no_hinted_handoff, sloppy_quorum=sloppy_quorum,
+        hint_max_age_ms=int(hint_max_age * 1000),
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
         read_all_chance=read_all_chance,
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],

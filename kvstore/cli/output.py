@@ -71,7 +71,8 @@ def print_trace(trace: dict[str, Any] | None) -> None:
     head += (f", preference list {', '.join(trace['preference_list'])}, "
              f"needed {trace['required']}, {trace['total_ms']:.2f} ms")
     table = Table(title=head, title_justify="left")
-    for col in ("replica", "ok", "latency ms", "versions (dot clock value)", "error"):
+    for col in ("replica", "ok", "counted", "latency ms", "versions (dot clock value)",
+                "error"):
         table.add_column(col)
     for r in trace["replicas"]:
         shown = "\n".join(
@@ -82,8 +83,10 @@ def print_trace(trace: dict[str, Any] | None) -> None:
         name = r["node"] + (" (local)" if r.get("local") else "")
         if r.get("hint_for"):
             name += f" (hint for {r['hint_for']})"
-        table.add_row(name, "yes" if r["ok"] else "NO", f"{r['latency_ms']:.2f}", shown,
-                      r.get("error") or "")
+        counted = "yes" if r.get("counted") else ("no (hint)" if r.get("hint_for") and r["ok"]
+                                                  else "no")
+        table.add_row(name, "yes" if r["ok"] else "NO", counted, f"{r['latency_ms']:.2f}",
+                      shown, r.get("error") or "")
     console.print(table)
     for e in trace["events"]:
         console.print(f"  {e['at_ms']:8.2f} ms  {e['event']}")
