@@ -32,15 +32,31 @@ def get_json(result: GetResult) -> dict[str, Any]:
     }
 
 
-def put_json(result: PutResult) -> dict[str, Any]:
+def put_json(result: PutResult, context_read: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The documented put/delete schema: key, ok, siblings, context, context_read, trace."""
     key, _ = text_or_base64(result.key)
     return {
         "key": key,
         "ok": True,
         "siblings": [v.to_json() for v in result.stored if not v.tombstone],
         "context": versions.context_to_text(result.context),
+        "context_read": context_read,
         "trace": result.trace,
     }
+
+
+def describe_context_read(read: dict[str, Any]) -> str:
+    """One line on the read that fetched a write's context (levels that failed first)."""
+    failed = "; ".join(f"{f['consistency']} failed ({f['error']})" for f in read["failed"])
+    if read["blind"]:
+        return f"context: nothing could be read ({failed}); written blind (ANY)"
+    siblings = read["siblings"]
+    text = (f"context read at {read['consistency']} from {', '.join(read['replicas'])}: "
+            f"{siblings} sibling{'' if siblings == 1 else 's'} seen")
+    if failed:
+        text += (f" ({failed}; versions held only by replicas that did not answer stay as "
+                 "siblings of this write)")
+    return text
 
 
 def _show(value: bytes) -> str:
