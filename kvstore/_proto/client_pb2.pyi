@@ -144,12 +144,14 @@ class GetResult(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., siblings: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., context: _Optional[bytes] = ...) -> None: ...
 
 class PutResult(_message.Message):
-    __slots__ = ("stored", "context")
+    __slots__ = ("stored", "context", "concurrent")
     STORED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_FIELD_NUMBER: _ClassVar[int]
     stored: _containers.RepeatedCompositeFieldContainer[_common_pb2.Version]
     context: bytes
-    def __init__(self, stored: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., context: _Optional[bytes] = ...) -> None: ...
+    concurrent: int
+    def __init__(self, stored: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., context: _Optional[bytes] = ..., concurrent: _Optional[int] = ...) -> None: ...
 
 class ClientReply(_message.Message):
     __slots__ = ("get", "put", "error", "trace")

@@ -260,8 +260,8 @@ def _print_write(result, verb: str, trace: bool, as_json: bool,
     live = [v for v in result.stored if not v.tombstone]
     note = ""
     if len(live) > 1:
-        note = (f" — the key now has {len(live)} siblings (concurrent writes); "
-                "`kv get` shows them")
+        note = (f" — the key now has {len(live)} siblings (concurrent writes this one did "
+                "not see); `kv get` shows them")
     click.echo(f"OK, {verb}{note}")
     if trace:
         output.print_trace(result.trace)

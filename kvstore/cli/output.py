@@ -33,13 +33,15 @@ def get_json(result: GetResult) -> dict[str, Any]:
 
 
 def put_json(result: PutResult, context_read: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The documented put/delete schema: key, ok, siblings, context, context_read, trace."""
+    """The documented put/delete schema: key, ok, siblings, context, concurrent,
+    context_read, trace."""
     key, _ = text_or_base64(result.key)
     return {
         "key": key,
         "ok": True,
         "siblings": [v.to_json() for v in result.stored if not v.tombstone],
         "context": versions.context_to_text(result.context),
+        "concurrent": result.concurrent,
         "context_read": context_read,
         "trace": result.trace,
     }

@@ -89,9 +89,10 @@ class GetResult:
 @dataclass
 class PutResult:
     key: bytes
-    context: bytes
-    stored: list[Version] = field(default_factory=list)
+    context: bytes  # what the writer has seen: its context plus this write, nothing more
+    stored: list[Version] = field(default_factory=list)  # the key's siblings; the new one last
     trace: dict[str, Any] | None = None
+    concurrent: int = 0  # siblings in `stored` written concurrently (the writer had not seen)
 
 
 def text_or_base64(data: bytes) -> tuple[str, str]:
@@ -242,7 +243,8 @@ class AsyncClient:
     @staticmethod
     def _put_result(key: bytes, reply: cpb.ClientReply, trace: bool) -> PutResult:
         return PutResult(key, reply.put.context, [Version.from_pb(v) for v in reply.put.stored],
-                         trace_to_dict(reply.trace) if trace else None)
+                         trace_to_dict(reply.trace) if trace else None,
+                         reply.put.concurrent)
 
     def _timeout_ms(self, timeout: float | None) -> int:
         return int((timeout if timeout is not None else self.timeout) * 1000)

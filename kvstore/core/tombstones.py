@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from kvstore.core.versions import Sibling, covers
+from kvstore.core.versions import Sibling
 
 DEFAULT_GRACE_MS = 10 * 24 * 3600 * 1000  # 10 days, as Cassandra's gc_grace_seconds
 DEFAULT_SKEW_MS = 60_000  # the largest coordinator clock skew we tolerate
@@ -157,7 +157,7 @@ def is_stale(
     """Whether an incoming sibling must be refused as possibly resurrected data."""
     if sibling.tombstone or watermark_ms <= 0:
         return False
-    if any(s.dot == sibling.dot or covers(s.past, sibling.node, sibling.counter) for s in local):
+    if any(s.dot == sibling.dot or s.supersedes(sibling.node, sibling.counter) for s in local):
         return False  # known here, or superseded anyway: merging it cannot resurrect
     return sibling.written_at_ms <= watermark_ms + skew_ms
 

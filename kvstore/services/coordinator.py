@@ -419,7 +419,7 @@ class Coordinator:
         await self._read_repair(key, merged, ok, failed, waiting, tasks, need, n, trace,
                                 timeout)
         values = versions.live(merged)
-        context = versions.encode_context(versions.context_of(merged))
+        context = versions.encode_context(versions.read_context(merged))
         return cpb.ClientReply(get=cpb.GetResult(
             found=bool(values),
             siblings=[versions.sibling_to_pb(s) for s in values],
@@ -487,7 +487,7 @@ class Coordinator:
         any_level = is_any(quorum)
         sloppy = counts_hints(strict, sloppy_asked, any_level, self.config.sloppy_quorum)
         try:
-            clock = versions.decode_context(context)
+            seen = versions.parse_context(context)
         except versions.InvalidContext as exc:
             raise InvalidArgument(str(exc)) from exc
         pref = self._preference_list(key, trace)
@@ -500,14 +500,17 @@ class Coordinator:
             return await self._forward(request, pref, trace, timeout, sloppy, any_level)
         verb = "delete" if tombstone else "write"
         local = await self._local(
-            self.replica.mint(key, clock, value, tombstone=tombstone))
+            self.replica.mint(key, seen, value, tombstone=tombstone))
         trace.replica(self.node_id, self._address(self.node_id), local.ok, local.latency_ms,
                       local.siblings, "" if local.ok else local.describe(), local=True,
                       counted=local.ok)
         if not local.ok:
             raise local.error if isinstance(local.error, KVError) else Unavailable(local.describe())
         new = local.siblings[-1]
-        trace.event(f"minted {verb} {new.node}:{new.counter} at {self.node_id} (durable)")
+        concurrent = len(local.siblings) - 1  # siblings the writer had not seen
+        trace.event(f"minted {verb} {new.node}:{new.counter} at {self.node_id} (durable)"
+                    + (f"; {concurrent} concurrent sibling(s) the writer had not seen are kept"
+                       if concurrent else ""))
         state = versions.to_pb(local.siblings)
         traced = trace.pb is not None
         message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced))
@@ -583,9 +586,13 @@ class Coordinator:
         else:
             trace.event(f"W={need} reached: replicas {', '.join(true_acks)} acknowledged"
                         + (f"; hints on {held} not counted (strict)" if hint_acks else ""))
+        # The reply context is what this writer has seen: its own context plus this write,
+        # never the concurrent siblings kept beside it (they are in `stored`).
+        after = versions.context_after_write(seen, local.siblings, new)
         return cpb.ClientReply(put=cpb.PutResult(
             stored=[versions.sibling_to_pb(s) for s in local.siblings],
-            context=versions.encode_context(versions.context_of(local.siblings)),
+            context=versions.encode_context(after),
+            concurrent=concurrent,
         ))
 
     def _write_shortfall(self, need: int, verb: str, sloppy: bool, true_acks: list[str],

@@ -59,9 +59,13 @@ class Replica:
         return out[-1]
 
     async def mint(
-        self, key: bytes, context: Mapping[str, int], value: bytes, *, tombstone: bool = False
+        self, key: bytes, context: Mapping[str, int] | versions.Context, value: bytes, *,
+        tombstone: bool = False
     ) -> list[Sibling]:
-        """Coordinate a client write here: make a new version that supersedes `context`."""
+        """Coordinate a client write here: make a new version that supersedes `context`.
+
+        Returns the key's siblings afterwards; the new version is the last.
+        """
         out: list[list[Sibling]] = []
         now = self.clock_ms()
 
