@@ -151,8 +151,10 @@ def _bounded(dots: Iterable[Dot], clock: Mapping[str, int]) -> frozenset[Dot]:
 
     Dropping a dot only makes a write look less known: an extra sibling, never a lost one.
     """
-    rest = sorted({d for d in dots if not covers(clock, *d)}, key=lambda d: (-d[1], d[0]))
-    return frozenset(rest[:MAX_SEEN_DOTS])
+    rest = {d for d in dots if not covers(clock, *d)}
+    if len(rest) <= MAX_SEEN_DOTS:
+        return frozenset(rest)
+    return frozenset(sorted(rest, key=lambda d: (-d[1], d[0]))[:MAX_SEEN_DOTS])
 
 
 def read_context(siblings: Sequence[Sibling]) -> Context:
@@ -213,14 +215,13 @@ def update(
     Siblings the context covers are replaced; the others stay beside the new one, which
     is last in the returned list.
     """
-    seen = context if isinstance(context, Context) else Context(dict(context))
-
-    def highest_of(clock: Mapping[str, int], dots: Iterable[Dot]) -> int:
-        return max([clock.get(node, 0), *(c for n, c in dots if n == node)])
-
-    highest = highest_of(seen.clock, seen.dots)
+    seen = context if isinstance(context, Context) else Context(context)
+    highest = max([seen.clock.get(node, 0), *(c for n, c in seen.dots if n == node)])
     for s in local:
-        highest = max(highest, highest_of(s.past, s.seen), s.counter if s.node == node else 0)
+        highest = max(highest, s.past.get(node, 0), s.counter if s.node == node else 0)
+        for n, c in s.seen:
+            if n == node and c > highest:
+                highest = c
     past = prune(seen.clock)
     new = Sibling(
         node=node,
