@@ -53,10 +53,18 @@ class Version(_message.Message):
     def __init__(self, dot: _Optional[_Union[ClockEntry, _Mapping]] = ..., past: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., written_at_ms: _Optional[int] = ..., seen: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ...) -> None: ...
 
 class VersionSet(_message.Message):
-    __slots__ = ("versions",)
+    __slots__ = ("versions", "actor_epoch", "actor_counter", "purged", "purged_at_ms")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    PURGED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[Version]
-    def __init__(self, versions: _Optional[_Iterable[_Union[Version, _Mapping]]] = ...) -> None: ...
+    actor_epoch: int
+    actor_counter: int
+    purged: _containers.RepeatedCompositeFieldContainer[ClockEntry]
+    purged_at_ms: int
+    def __init__(self, versions: _Optional[_Iterable[_Union[Version, _Mapping]]] = ..., actor_epoch: _Optional[int] = ..., actor_counter: _Optional[int] = ..., purged: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ..., purged_at_ms: _Optional[int] = ...) -> None: ...
 
 class Context(_message.Message):
     __slots__ = ("clock", "dots")

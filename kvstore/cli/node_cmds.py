@@ -30,6 +30,11 @@ def node() -> None:
 @click.option("--data-dir", envvar="KV_DATA_DIR", type=click.Path(path_type=Path),
               default=None, help="Where data lives (default: in memory, lost on exit). "
                                  "[env KV_DATA_DIR]")
+@click.option("--restored", is_flag=True, envvar="KV_RESTORED",
+              help="The data directory was restored from a backup: records may know less "
+                   "than the other replicas saw, so every key takes a fresh actor epoch on "
+                   "its next write here (no version dot is ever minted twice). [env "
+                   "KV_RESTORED]")
 @click.option("--replication-factor", "-n", envvar="KV_REPLICATION_FACTOR", default=3,
               show_default=True, type=click.IntRange(1, 15),
               help="N: replicas per key. Must be the same on every node. "
@@ -77,7 +82,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           max_value_bytes: int, no_hinted_handoff: bool, sloppy_quorum: bool,
           hint_max_age: float,
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
-          log_level: str, raft_voters: str = "") -> None:
+          log_level: str, raft_voters: str = "", restored: bool = False) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
@@ -87,7 +92,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         handler.setLevel(log_level.upper())
     config = NodeConfig(
         node_id=node_id, listen=listen, advertise=advertise,
-        seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir,
+        seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir, restored=restored,
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, sloppy_quorum=sloppy_quorum,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from kvstore.core import versions
 from kvstore.core.ring import TOKEN_MIN, TOKEN_SPACE
@@ -46,8 +46,11 @@ DIGEST_SIZE = 16
 _MASK = (1 << 64) - 1
 
 
-def version_digest(siblings: Iterable[Sibling]) -> bytes:
-    """A stable 16-byte digest of a key's sibling set: its sorted (dot, tombstone) pairs."""
+def version_digest(siblings: Iterable[Sibling], purged: Mapping[str, int] | None = None
+                   ) -> bytes:
+    """A stable 16-byte digest of a key's state: its sorted (dot, tombstone) pairs, and the
+    clock of a purge marker when there is one (replicas compare markers too, so a purge
+    spreads to the replicas that still hold what it collected)."""
     h = hashlib.blake2b(digest_size=DIGEST_SIZE, person=b"kv-vdigest")
     for node, counter, tomb in sorted((s.node, s.counter, s.tombstone) for s in siblings):
         raw = node.encode()
@@ -55,15 +58,24 @@ def version_digest(siblings: Iterable[Sibling]) -> bytes:
         h.update(raw)
         h.update(counter.to_bytes(8, "big"))
         h.update(b"\x01" if tomb else b"\x00")
+    if purged:
+        h.update(b"\xffpurged")
+        for node, counter in sorted(purged.items()):
+            raw = node.encode()
+            h.update(len(raw).to_bytes(2, "big"))
+            h.update(raw)
+            h.update(counter.to_bytes(8, "big"))
     return h.digest()
 
 
 def record_digest(record: bytes | None) -> bytes | None:
     """The version digest of a stored record (an encoded VersionSet); None when it holds
-    no siblings, so that `MerkleTree.update(token, key, record_digest(old),
+    no siblings and no marker, so that `MerkleTree.update(token, key, record_digest(old),
     record_digest(new))` mirrors a storage write."""
-    siblings = versions.decode(record)
-    return version_digest(siblings) if siblings else None
+    rec = versions.decode_record(record)
+    if not rec.siblings and not rec.purged:
+        return None
+    return version_digest(rec.siblings, rec.purged)
 
 
 _ENTRY_HASHER = hashlib.blake2b(digest_size=8, person=b"kv-entry")

@@ -10,29 +10,26 @@ the caller's clock; nothing here reads a clock):
    session: the peer reported the same digest) and are kept in `Confirmations`. A replica
    that is down simply never confirms, so its keys' tombstones wait for it.
 
-2. **No resurrection** (`split_stale`, `needs_catch_up`): a replica that missed the delete
-   and whose copy survives past the purge (it was down longer than the grace period, was
-   replaced in the preference list, or was restored from an old disk) still holds the
-   deleted live version, and nothing is left to supersede it. Every node therefore keeps
-   a *purge watermark*: the newest `written_at_ms` of any tombstone it has purged
-   (`advance_watermark`). An incoming live sibling that the receiver does not know, does
-   not see superseded, and that was written at or before ``watermark + skew`` is refused:
-   under the operating rule "every replica completes anti-entropy within the grace
-   period", such a version is either data a purged tombstone deleted, or a write that
-   lived only on a node that was away longer than the grace period — and we choose to
-   drop the latter rather than resurrect the former. Tombstones are never refused.
-   A node that finds itself down longer than the grace period (`needs_catch_up`) must not
-   serve reads or push data until it has run anti-entropy as a receiver and dropped its
-   own siblings that its peers refuse by the same rule (`split_stale` with the peers'
-   merged set as "local" and its own as "incoming").
+2. **No resurrection** (`split_purged`): a replica that missed the delete and whose copy
+   survives past the purge (it was down longer than the grace period, was replaced in
+   the preference list, or was restored from an old disk) still holds the deleted live
+   version, and nothing is left to supersede it. So a purge does not forget everything:
+   it leaves a *marker*, the clock the collected tombstones covered, for another grace
+   period (`Replica.purge`). An incoming version whose dot the marker covers is refused;
+   every other version is accepted. That refuses exactly the data a purged tombstone
+   deleted (and the purged tombstones themselves, so they do not ping-pong), never a
+   write made after the delete, never data of a key this node never purged: a new write
+   has a fresh dot (core/versions.py), which no marker covers. An old copy that returns
+   after the marker expired can still resurrect: replicas must complete anti-entropy
+   within twice the grace period (Cassandra's rule, with its gc_grace_seconds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from kvstore.core.versions import Sibling
+from kvstore.core.versions import Sibling, covers
 
 DEFAULT_GRACE_MS = 10 * 24 * 3600 * 1000  # 10 days, as Cassandra's gc_grace_seconds
 DEFAULT_SKEW_MS = 60_000  # the largest coordinator clock skew we tolerate
@@ -61,7 +58,8 @@ def check_settings(grace_ms: int, skew_ms: int = DEFAULT_SKEW_MS,
     if hint_ttl_ms is not None and hint_ttl_ms >= grace_ms - skew_ms:
         raise ValueError(f"hints must expire ({hint_ttl_ms} ms) before the tombstone grace "
                          f"period minus the skew allowance ({grace_ms - skew_ms} ms), or a "
-                         f"late hint could be refused as resurrected data")
+                         f"hint could outlive the purge marker of the delete that "
+                         f"superseded it and bring the deleted data back")
 
 
 def may_purge(
@@ -146,34 +144,15 @@ class Confirmations:
         return len(self._by_key)
 
 
-def advance_watermark(watermark_ms: int, purged_written_at_ms: int) -> int:
-    """The purge watermark after purging a tombstone written at `purged_written_at_ms`."""
-    return max(watermark_ms, purged_written_at_ms)
-
-
-def is_stale(
-    sibling: Sibling, local: Sequence[Sibling], watermark_ms: int, *, skew_ms: int = DEFAULT_SKEW_MS
-) -> bool:
-    """Whether an incoming sibling must be refused as possibly resurrected data."""
-    if sibling.tombstone or watermark_ms <= 0:
-        return False
-    if any(s.dot == sibling.dot or s.supersedes(sibling.node, sibling.counter) for s in local):
-        return False  # known here, or superseded anyway: merging it cannot resurrect
-    return sibling.written_at_ms <= watermark_ms + skew_ms
-
-
-def split_stale(
-    local: Sequence[Sibling],
-    incoming: Sequence[Sibling],
-    watermark_ms: int,
-    *,
-    skew_ms: int = DEFAULT_SKEW_MS,
+def split_purged(
+    marker: Mapping[str, int], incoming: Sequence[Sibling]
 ) -> tuple[list[Sibling], list[Sibling]]:
-    """Split incoming siblings into (accepted, refused) by the resurrection rule."""
+    """Split incoming siblings into (accepted, refused): refused are those the purge marker
+    (the clock of collected tombstones) covers."""
     accepted: list[Sibling] = []
     refused: list[Sibling] = []
     for s in incoming:
-        (refused if is_stale(s, local, watermark_ms, skew_ms=skew_ms) else accepted).append(s)
+        (refused if covers(marker, s.node, s.counter) else accepted).append(s)
     return accepted, refused
 
 

@@ -9,11 +9,16 @@ clients and coordinators took part.
 
 Rules the rest of the system relies on:
 
-* A write is *minted* only at a replica of its key (`update`), which picks a counter
-  greater than any counter of its own it has seen for the key, and then replicates its
-  whole resulting sibling set. So whoever holds dot ``(n, c)`` also holds (or has seen
-  superseded) every earlier dot of ``n`` for that key, and a context entry ``n: c`` may
-  safely stand for all of them.
+* A write is *minted* only at a replica of its key (`update`), under an *actor*
+  ``node@epoch`` (`actor`) that this replica uses for this key only while its record of
+  the key is continuous, with a counter greater than any it has minted or seen for that
+  actor; it then replicates its whole resulting sibling set. So whoever holds dot
+  ``(a, c)`` also holds (or has seen superseded) every earlier dot of ``a`` for that key,
+  and a context entry ``a: c`` may safely stand for all of them.
+* A dot names one event for ever. A replica with no continuous record of a key (first
+  write there, purged tombstone, dropped corrupted record, lost or restored disk) mints
+  under a fresh epoch that no replica can have seen (storage/epochs.py), never
+  ``(node, 1)`` again: Riak lost acknowledged writes that way (KV679).
 * Replicas merge with `sync`, which is commutative, associative and idempotent.
 * Clocks are bounded (`MAX_CLOCK_ENTRIES`); pruning drops the smallest counters. Pruning
   only ever makes a version look *less* known, so it can create extra siblings but can
@@ -48,6 +53,36 @@ Dot = tuple[str, int]
 
 class InvalidContext(ValueError):
     """A causal context given by a client could not be decoded."""
+
+
+ACTOR_SEPARATOR = "@"  # node ids may not contain it (NodeConfig.validate)
+
+
+def actor(node_id: str, epoch: int) -> str:
+    """The actor name a replica mints under: its node id and an epoch (base 36)."""
+    if epoch <= 0:
+        raise ValueError(f"an actor epoch is positive, not {epoch}")
+    return f"{node_id}{ACTOR_SEPARATOR}{_base36(epoch)}"
+
+
+def actor_epoch(name: str, node_id: str) -> int:
+    """The epoch of `name` if it is one of `node_id`'s actors, else 0."""
+    node, sep, epoch = name.rpartition(ACTOR_SEPARATOR)
+    if not sep or node != node_id:
+        return 0
+    try:
+        return int(epoch, 36)
+    except ValueError:
+        return 0
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while n:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return out or "0"
 
 
 class Order(enum.Enum):
@@ -97,6 +132,14 @@ class Context:
     def covers(self, node: str, counter: int) -> bool:
         return covers(self.clock, node, counter) or (node, counter) in self.dots
 
+    def horizon(self) -> Clock:
+        """The highest counter of every actor this context names (dots included)."""
+        out = dict(self.clock)
+        for node, counter in self.dots:
+            if out.get(node, 0) < counter:
+                out[node] = counter
+        return out
+
 
 def covers(clock: Mapping[str, int], node: str, counter: int) -> bool:
     """Whether `clock` has seen the write named by dot (node, counter)."""
@@ -144,6 +187,20 @@ def prune(clock: Mapping[str, int], limit: int = MAX_CLOCK_ENTRIES) -> Clock:
 def context_of(siblings: Iterable[Sibling]) -> Clock:
     """The causal context a reader gets: everything the siblings (tombstones included) saw."""
     return join(*(s.clock() for s in siblings))
+
+
+def horizon(siblings: Sequence[Sibling]) -> Clock:
+    """The highest counter of every actor the siblings know of, single dots included.
+
+    Not a context to hand a client (it may cover versions none of the siblings had seen):
+    it is what a replica knows was minted, for purge markers and for fresh-dot checks.
+    """
+    out = context_of(siblings)
+    for s in siblings:
+        for node, counter in s.seen:
+            if out.get(node, 0) < counter:
+                out[node] = counter
+    return out
 
 
 def _bounded(dots: Iterable[Dot], clock: Mapping[str, int]) -> frozenset[Dot]:
@@ -209,14 +266,17 @@ def update(
     *,
     tombstone: bool = False,
     now_ms: int = 0,
+    floor: int = 0,
 ) -> list[Sibling]:
-    """Mint a write at replica `node`, given what the client saw (`context`).
+    """Mint a write under actor `node`, given what the client saw (`context`).
 
-    Siblings the context covers are replaced; the others stay beside the new one, which
-    is last in the returned list.
+    The counter exceeds every counter of `node` in `local` (single dots included), in
+    `context` and `floor` (the highest this replica ever minted under `node`). Siblings
+    the context covers are replaced; the others stay beside the new one, which is last in
+    the returned list.
     """
     seen = context if isinstance(context, Context) else Context(context)
-    highest = max([seen.clock.get(node, 0), *(c for n, c in seen.dots if n == node)])
+    highest = max([seen.clock.get(node, 0), floor, *(c for n, c in seen.dots if n == node)])
     for s in local:
         highest = max(highest, s.past.get(node, 0), s.counter if s.node == node else 0)
         for n, c in s.seen:
@@ -232,6 +292,8 @@ def update(
         written_at_ms=now_ms,
         seen=_bounded(seen.dots, past),
     )
+    assert not any(covers(s.clock(), node, new.counter) or s.supersedes(*new.dot)
+                   for s in local), "a minted dot is fresh: no local version has seen it"
     kept = [s for s in local if not seen.covers(s.node, s.counter)]
     return [*kept, new]
 
@@ -298,6 +360,56 @@ def decode(record: bytes | None) -> list[Sibling]:
     state = pb.VersionSet()
     state.ParseFromString(record)
     return from_pb(state)
+
+
+@dataclass(slots=True)
+class Record:
+    """A replica's stored record of one key: its siblings plus what only it knows.
+
+    `epoch` / `counter`: the actor epoch this replica mints the key's writes under, and
+    the highest counter it minted under it (0 / 0: none yet). `purged`: a purge marker,
+    the clock of tombstones collected here, which refuses every copy they covered until
+    it expires (`purged_at_ms`, local clock). None of it is ever sent to peers.
+    """
+
+    siblings: list[Sibling] = field(default_factory=list)
+    epoch: int = 0
+    counter: int = 0
+    purged: Clock = field(default_factory=dict)
+    purged_at_ms: int = 0
+
+    def knows(self) -> Clock:
+        """Every event this record has seen: its siblings' clocks and single dots, and its
+        marker."""
+        return join(horizon(self.siblings), self.purged)
+
+
+def decode_record(record: bytes | None) -> Record:
+    if not record:
+        return Record()
+    state = pb.VersionSet()
+    state.ParseFromString(record)
+    return Record(from_pb(state), state.actor_epoch, state.actor_counter,
+                  _clock_from_pb(state.purged), state.purged_at_ms)
+
+
+def marker_to_pb(state: pb.VersionSet, purged: Mapping[str, int], purged_at_ms: int) -> None:
+    """Add a purge marker to a VersionSet sent to a peer (anti-entropy spreads purges)."""
+    state.purged.extend(_clock_to_pb(purged))
+    state.purged_at_ms = purged_at_ms
+
+
+def marker_from_pb(state: pb.VersionSet) -> tuple[Clock, int]:
+    """The purge marker a peer sent ({} when none) and when it was first collected."""
+    return _clock_from_pb(state.purged), state.purged_at_ms
+
+
+def encode_record(rec: Record) -> bytes:
+    state = to_pb(rec.siblings)
+    state.actor_epoch = rec.epoch
+    state.actor_counter = rec.counter
+    marker_to_pb(state, rec.purged, rec.purged_at_ms)
+    return state.SerializeToString(deterministic=True)
 
 
 def encode_context(context: Mapping[str, int] | Context) -> bytes:

@@ -16,6 +16,7 @@ class NodeConfig:
     advertise: str = ""               # the address peers and clients use; default: listen
     seeds: list[str] = field(default_factory=list)
     data_dir: Path | None = None      # None: in-memory storage (tests)
+    restored: bool = False            # data_dir was restored from a backup (--restored)
     replication_factor: int = 3
     vnodes: int = DEFAULT_VNODES
     sync: str = "full"                # storage sync policy: full | normal | off

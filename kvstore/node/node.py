@@ -22,6 +22,8 @@ from kvstore.services.coordinator import Coordinator, CoordinatorConfig
 from kvstore.services.gossip import GossipMembership
 from kvstore.services.handoff import HandoffService, inline
 from kvstore.services.replica import Replica
+from kvstore.storage.epochs import FILE_NAME as EPOCHS_FILE
+from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
 from kvstore.transport.base import Transport
 
@@ -41,6 +43,7 @@ class Node:
                  monotonic: Callable[[], float] = time.perf_counter,
                  rng: random.Random | None = None,
                  hints: HintStore | None = None,
+                 epochs: EpochAllocator | None = None,
                  inline_io: bool = False) -> None:
         config.validate()
         self.config = config
@@ -55,7 +58,13 @@ class Node:
             vnodes=config.vnodes, state_path=state_path, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, timeout=min(1.0, config.timeout_ms / 1000),
         )
-        self.replica = Replica(config.node_id, store, clock_ms)
+        if epochs is None:
+            epochs = EpochAllocator(
+                config.data_dir / EPOCHS_FILE if config.data_dir else None, clock_ms)
+        if config.restored:
+            epochs.invalidate_older()
+        self.replica = Replica(config.node_id, store, clock_ms, epochs,
+                               marker_ttl_ms=config.tombstone_grace_ms)
         self.coordinator = Coordinator(
             config.node_id, self.membership, transport, self.replica,
             CoordinatorConfig(
@@ -83,11 +92,9 @@ class Node:
         self.antientropy = AntiEntropyService(
             config.node_id, store, transport, self.membership, self.replica,
             replication_factor=config.replication_factor, clock_ms=clock_ms, rng=rng,
-            state_path=config.data_dir / "tombstones.json" if config.data_dir else None,
             interval=config.antientropy_interval, grace_ms=config.tombstone_grace_ms,
             rate_bytes_per_s=config.repair_rate_bytes, timeout=max(5.0, config.timeout_ms / 1000),
         )
-        self.replica.admit = self.antientropy.admit
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
 
     def register(self, kind: str, handler: RawHandler) -> None:
@@ -111,8 +118,12 @@ class Node:
         kind = message.WhichOneof("body")
         try:
             if kind == "read":
-                siblings = await self.replica.read(message.read.key)
-                return pb.PeerResult(state=versions.to_pb(siblings), found=bool(siblings))
+                rec = await self.replica.read_record(message.read.key)
+                state = versions.to_pb(rec.siblings)
+                purged, purged_at = self.replica.live_marker(rec)
+                if purged:  # anti-entropy spreads purges; coordinators ignore it
+                    versions.marker_to_pb(state, purged, purged_at)
+                return pb.PeerResult(state=state, found=bool(rec.siblings))
             if kind == "write":
                 write = message.write
                 incoming = versions.from_pb(write.state)
@@ -120,7 +131,9 @@ class Node:
                     await self.handoff.store(write.hint_for, write.key, incoming)
                     return pb.PeerResult(state=write.state if write.reply_state else None,
                                          found=True)
-                merged = await self.replica.merge(write.key, incoming)
+                purged, purged_at = versions.marker_from_pb(write.state)
+                merged = await self.replica.merge(write.key, incoming, marker=purged,
+                                                  marker_at_ms=purged_at)
                 if not write.reply_state:
                     return pb.PeerResult(found=True)
                 return pb.PeerResult(state=versions.to_pb(merged), found=True)

@@ -15,21 +15,19 @@ are paced to `rate_bytes_per_s`, so repair cannot starve foreground traffic.
 Tombstones (core/tombstones.py): a key whose siblings are all tombstones older than the
 grace period is compared in every session (forced leaves); a peer reporting the same
 digest confirms it; once every replica of its preference list confirmed, it is purged and
-the node's purge watermark advances. Replica merges refuse live versions the watermark
-says may be deleted data coming back (see Replica.merge).
+the record becomes a purge marker (Replica.purge) that refuses exactly the versions the
+tombstones covered until it expires; expired markers are dropped during the scan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from kvstore._proto import admin_pb2
@@ -46,10 +44,9 @@ from kvstore.core.antientropy import (
     peek_shape,
 )
 from kvstore.core.errors import InvalidArgument, Unavailable
-from kvstore.core.merkle import DEFAULT_DEPTH, MerkleTree, record_digest, version_digest
+from kvstore.core.merkle import DEFAULT_DEPTH, MerkleTree, version_digest
 from kvstore.core.ring import TOKEN_MIN, token_of
 from kvstore.core.versions import Sibling
-from kvstore.storage import DELETE
 from kvstore.storage.engine import CorruptRecordError
 from kvstore.transport.base import Transport, TransportError
 
@@ -75,7 +72,6 @@ class AntiEntropyService:
         replication_factor: int,
         clock_ms: Callable[[], int],
         rng: random.Random,
-        state_path: Path | None = None,
         interval: float = 60.0,
         depth: int = DEFAULT_DEPTH,
         grace_ms: int = tombstones.DEFAULT_GRACE_MS,
@@ -90,7 +86,6 @@ class AntiEntropyService:
         self.n = replication_factor
         self.clock_ms = clock_ms
         self.rng = rng
-        self.state_path = state_path
         self.interval = interval
         self.depth = depth
         self.grace_ms = grace_ms
@@ -98,26 +93,11 @@ class AntiEntropyService:
         self.timeout = timeout
         self.metrics: Counter[str] = Counter()
         self.confirmations = tombstones.Confirmations()
-        self.watermark_ms = self._load_watermark()
+        self._expired_markers: set[bytes] = set()
         self._responders: dict[tuple[str, int], tuple[Responder, float]] = {}
         self._lock = asyncio.Lock()  # one session at a time (as initiator)
         self._task: asyncio.Task | None = None
         self._next_peer = 0
-
-    # -- state ------------------------------------------------------------------------
-    def _load_watermark(self) -> int:
-        if self.state_path and self.state_path.exists():
-            try:
-                return int(json.loads(self.state_path.read_text())["watermark_ms"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("unreadable tombstone state %s: %s", self.state_path, exc)
-        return 0
-
-    def _save_watermark(self) -> None:
-        if self.state_path:
-            tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"watermark_ms": self.watermark_ms}))
-            tmp.replace(self.state_path)
 
     # -- which keys a pair shares -------------------------------------------------------
     def peers(self) -> list[str]:
@@ -166,10 +146,15 @@ class AntiEntropyService:
         for token, key, record in page:
             if not shared(token):
                 continue
-            siblings = versions.decode(record)
-            if not siblings:
+            rec = versions.decode_record(record)
+            purged = rec.purged
+            if purged and now - rec.purged_at_ms > self.replica.marker_ttl_ms:
+                self._expired_markers.add(key)
+                purged = {}
+            siblings = rec.siblings
+            if not siblings and not purged:
                 continue
-            digest = record_digest(record)
+            digest = version_digest(siblings, purged)
             out.append((token, key, digest))
             if candidates is not None and self._purgeable(siblings, now):
                 candidates[key] = digest
@@ -194,27 +179,8 @@ class AntiEntropyService:
             after = (one[0][0], one[0][1])
 
     def _purgeable(self, siblings: list[Sibling], now_ms: int) -> bool:
-        return all(s.tombstone for s in siblings) and \
+        return bool(siblings) and all(s.tombstone for s in siblings) and \
             now_ms - max(s.written_at_ms for s in siblings) > self.grace_ms
-
-    def admit(self, current: list[Sibling], incoming: list[Sibling]) -> list[Sibling]:
-        """What a replica merge may take in (Replica.merge calls this).
-
-        Refuses live versions the purge watermark says may be deleted data coming back,
-        and tombstones past the grace period for keys this node does not hold (it purged
-        them, or never had anything they delete), so purged tombstones do not ping-pong.
-        """
-        now = self.clock_ms()
-        if not current and incoming and self._purgeable(incoming, now):
-            self.metrics["refused_purgeable_tombstones"] += 1
-            return []
-        accepted, refused = tombstones.split_stale(current, incoming, self.watermark_ms)
-        if refused:
-            self.metrics["refused_stale_versions"] += len(refused)
-            log.warning("refused %d version(s) older than the purge watermark (possible "
-                        "resurrection of deleted data): %s", len(refused),
-                        ", ".join(f"{s.node}:{s.counter}" for s in refused))
-        return accepted
 
     async def _tree(self, peer: str, start: int, end: int, depth: int,
                     candidates: dict[bytes, bytes] | None = None) -> MerkleTree:
@@ -289,8 +255,12 @@ class AntiEntropyService:
         now = self.clock_ms()
 
         async def send(key: bytes) -> int:
-            siblings = await self.replica.read(key)
+            rec = await self.replica.read_record(key)
+            siblings = rec.siblings
             state = versions.to_pb(siblings)
+            purged, purged_at = self.replica.live_marker(rec)
+            if purged:
+                versions.marker_to_pb(state, purged, purged_at)
             message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state,
                                                            reply_state=True))
             result = await self._checked(peer, message)
@@ -302,7 +272,9 @@ class AntiEntropyService:
 
         async def get(key: bytes) -> int:
             result = await self._checked(peer, pb.PeerMessage(read=pb.ReplicaRead(key=key)))
-            await self.replica.merge(key, versions.from_pb(result.state))
+            purged, purged_at = versions.marker_from_pb(result.state)
+            await self.replica.merge(key, versions.from_pb(result.state), marker=purged,
+                                     marker_at_ms=purged_at)
             return result.state.ByteSize()
 
         jobs = [(send, k) for k in push] + [(get, k) for k in fetch]
@@ -325,7 +297,10 @@ class AntiEntropyService:
         return result
 
     async def _collect(self, candidates: dict[bytes, bytes]) -> int:
-        """Purge tombstones every replica of their preference list confirmed."""
+        """Purge tombstones every replica of their preference list confirmed.
+
+        The purge turns the record into a marker in the same storage write (Replica.purge),
+        so there is no separate safety state to persist before acting."""
         purged = 0
         now = self.clock_ms()
         for key, digest in candidates.items():
@@ -334,22 +309,20 @@ class AntiEntropyService:
             siblings = await self.replica.read(key)
             decision = tombstones.purge_decision(siblings, now_ms=now, grace_ms=self.grace_ms,
                                                  preference_list=pref, confirmed=confirmed)
-            if not decision or record_digest(versions.encode(siblings)) != digest:
+            if not decision:
                 continue
-            newest = max(s.written_at_ms for s in siblings)
-
-            def purge(record: bytes | None, digest: bytes = digest) -> bytes | None:
-                # only if nothing changed since it was confirmed
-                return DELETE if record_digest(record) == digest else None
-
-            await self.store.update(key, purge)
+            if await self.replica.purge(key, digest):  # only if unchanged since confirmed
+                purged += 1
             self.confirmations.forget(key)
-            self.watermark_ms = tombstones.advance_watermark(self.watermark_ms, newest)
-            purged += 1
-        if purged:
-            self._save_watermark()
+        expired = 0
+        for key in sorted(self._expired_markers):
+            expired += await self.replica.expire_marker(key)
+        self._expired_markers.clear()
+        if purged or expired:
             self.metrics["tombstones_purged"] += purged
-            log.info("purged %d tombstones; purge watermark now %d", purged, self.watermark_ms)
+            self.metrics["markers_expired"] += expired
+            log.info("purged %d tombstones (leaving markers); dropped %d expired markers",
+                     purged, expired)
         return purged
 
     async def repair(self, peers: list[str] | None = None,

@@ -2,37 +2,67 @@
 
 Every change is a read-modify-write run inside the storage engine's write transaction
 (group-committed), so concurrent writes to one key never race each other.
+
+Dots stay fresh (core/versions.py): a key's record remembers the actor epoch this replica
+mints it under and the highest counter minted. A record that is absent (first write
+here, purged, dropped after corruption, lost disk) has no epoch, so the next write takes a
+fresh one from the node's `EpochAllocator`. A record that knows less of its own actor
+than a client or a peer does has regressed (a restored backup): it is detected, counted,
+and the next write takes a fresh epoch too.
+
+Purged tombstones leave a *marker* (the clock they covered) for `marker_ttl_ms`: merges
+refuse exactly the versions a purged tombstone covered, and nothing else.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from google.protobuf.message import DecodeError
 
-from kvstore.core import versions
+from kvstore.core import tombstones, versions
 from kvstore.core.errors import Corruption, Internal
-from kvstore.core.versions import Sibling
-from kvstore.storage import OverwriteCorrupt
+from kvstore.core.merkle import version_digest
+from kvstore.core.versions import Record, Sibling
+from kvstore.storage import DELETE, OverwriteCorrupt
 from kvstore.storage.engine import CorruptRecordError, StorageError
+from kvstore.storage.epochs import EpochAllocator
+
+log = logging.getLogger(__name__)
 
 
-def _decode(key: bytes, record: bytes | None) -> list[Sibling]:
+def _decode(key: bytes, record: bytes | None) -> Record:
     try:
-        return versions.decode(record)
+        return versions.decode_record(record)
     except DecodeError as exc:
         raise CorruptRecordError(key, f"record does not decode ({exc})") from exc
 
 
+def _horizon(context: Mapping[str, int] | versions.Context) -> versions.Clock:
+    """Every actor counter a client's context names (its single dots included)."""
+    if isinstance(context, versions.Context):
+        return context.horizon()
+    return dict(context)
+
+
 class Replica:
-    def __init__(self, node_id: str, store, clock_ms: Callable[[], int]) -> None:
+    def __init__(self, node_id: str, store, clock_ms: Callable[[], int],
+                 epochs: EpochAllocator | None = None, *,
+                 marker_ttl_ms: int = 10 * 24 * 3600 * 1000) -> None:
         self.node_id = node_id
         self.store = store
         self.clock_ms = clock_ms
-        # Filters what merges take in (anti-entropy's resurrection guard); None: everything.
-        self.admit: Callable[[list[Sibling], list[Sibling]], list[Sibling]] | None = None
+        self.epochs = epochs or EpochAllocator(None, clock_ms)
+        self.marker_ttl_ms = marker_ttl_ms
+        self.metrics: Counter[str] = Counter()
 
+    # -- reads ---------------------------------------------------------------------------
     async def read(self, key: bytes) -> list[Sibling]:
+        return (await self.read_record(key)).siblings
+
+    async def read_record(self, key: bytes) -> Record:
         try:
             return _decode(key, await self.store.get(key))
         except CorruptRecordError as exc:
@@ -40,24 +70,78 @@ class Replica:
         except StorageError as exc:
             raise Internal(f"{self.node_id}: storage failed: {exc}") from exc
 
-    async def merge(self, key: bytes, incoming: list[Sibling]) -> list[Sibling]:
-        """Merge versions from another replica (replication, repair, handoff)."""
+    # -- merges --------------------------------------------------------------------------
+    def _marker_live(self, rec: Record, now_ms: int) -> bool:
+        return bool(rec.purged) and now_ms - rec.purged_at_ms <= self.marker_ttl_ms
+
+    def _note_own_actors(self, rec: Record, clock: Mapping[str, int]) -> None:
+        """Learn from `clock` what this node may have forgotten about its own actors."""
+        for name, counter in clock.items():
+            epoch = versions.actor_epoch(name, self.node_id)
+            if not epoch:
+                continue
+            if self.epochs.observe(epoch):
+                self.metrics["epochs_observed_ahead"] += 1
+                log.warning("%s saw its own actor epoch %s in data from elsewhere, above "
+                            "anything it remembers allocating (a lost or restored disk?); "
+                            "it will never allocate it again", self.node_id, name)
+            if epoch == rec.epoch and counter > rec.counter:
+                # Someone saw a write of ours this record does not hold: it regressed.
+                self.metrics["amnesia_detected"] += 1
+                log.warning("%s: the record of a key knows %s up to %d but %d was minted "
+                            "(restored or damaged storage); the next write takes a fresh "
+                            "epoch", self.node_id, name, rec.counter, counter)
+                rec.epoch = rec.counter = 0
+
+    def _admit(self, rec: Record, incoming: list[Sibling], now_ms: int) -> list[Sibling]:
+        """Refuse exactly the versions a purged tombstone here covered."""
+        if not self._marker_live(rec, now_ms):
+            return incoming
+        accepted, refused = tombstones.split_purged(rec.purged, incoming)
+        self.metrics["refused_purged_versions"] += len(refused)
+        return accepted
+
+    def live_marker(self, rec: Record) -> tuple[versions.Clock, int]:
+        """The record's purge marker if it has not expired ({}, 0 otherwise)."""
+        if self._marker_live(rec, self.clock_ms()):
+            return rec.purged, rec.purged_at_ms
+        return {}, 0
+
+    async def merge(self, key: bytes, incoming: list[Sibling], *,
+                    marker: Mapping[str, int] | None = None,
+                    marker_at_ms: int = 0) -> list[Sibling]:
+        """Merge versions from another replica (replication, repair, handoff).
+
+        A purge marker from a peer (anti-entropy) is joined into ours: every version it
+        covers was collected on every replica, so it is dropped here too.
+        """
         out: list[list[Sibling]] = []
+        now = self.clock_ms()
 
         def mutation(record: bytes | None) -> bytes | None:
-            current = _decode(key, record)
-            accepted = incoming if self.admit is None else self.admit(current, incoming)
-            merged = versions.sync(current, accepted)
+            rec = _decode(key, record)
+            before = (rec.epoch, rec.counter, rec.purged_at_ms, dict(rec.purged))
+            self._note_own_actors(rec, versions.horizon(incoming))
+            if marker and now - marker_at_ms <= self.marker_ttl_ms:
+                live = self._marker_live(rec, now)
+                rec.purged = versions.join(rec.purged if live else {}, marker)
+                rec.purged_at_ms = max(rec.purged_at_ms if live else 0, marker_at_ms)
+            merged = versions.sync(rec.siblings, self._admit(rec, incoming, now))
+            if self._marker_live(rec, now):
+                merged, _ = tombstones.split_purged(rec.purged, merged)
             out.append(merged)
-            if {s.dot for s in merged} == {s.dot for s in current}:
+            if {s.dot for s in merged} == {s.dot for s in rec.siblings} and \
+                    (rec.epoch, rec.counter, rec.purged_at_ms, rec.purged) == before:
                 return None  # nothing new: no write, no fsync
-            return versions.encode(merged)
+            rec.siblings = merged
+            return versions.encode_record(rec)
 
         # A damaged local record is replaced by what the merge makes of nothing: the
         # incoming versions are authoritative copies from another replica.
         await self._update(key, OverwriteCorrupt(mutation))
         return out[-1]
 
+    # -- mints ---------------------------------------------------------------------------
     async def mint(
         self, key: bytes, context: Mapping[str, int] | versions.Context, value: bytes, *,
         tombstone: bool = False
@@ -68,17 +152,84 @@ class Replica:
         """
         out: list[list[Sibling]] = []
         now = self.clock_ms()
+        known = _horizon(context)
 
         def mutation(record: bytes | None) -> bytes:
-            current = _decode(key, record)
-            updated = versions.update(
-                current, context, self.node_id, value, tombstone=tombstone, now_ms=now
-            )
+            rec = _decode(key, record)
+            self._note_own_actors(rec, known)
+            if rec.epoch and not self.epochs.usable(rec.epoch):
+                rec.epoch = rec.counter = 0  # minted before a restore: may have regressed
+            if not rec.epoch:
+                rec.epoch, rec.counter = self.epochs.next(), 0
+                name = versions.actor(self.node_id, rec.epoch)
+                assert name not in rec.knows() and name not in known, \
+                    "a fresh epoch is unknown to every clock"
+            name = versions.actor(self.node_id, rec.epoch)
+            updated = versions.update(rec.siblings, context, name, value, tombstone=tombstone,
+                                      now_ms=now, floor=rec.counter)
+            new = updated[-1]
+            assert new.counter > rec.counter and not versions.covers(rec.knows(), *new.dot), \
+                "a minted dot is newer than anything this replica minted or saw"
+            rec.siblings, rec.counter = updated, new.counter
             out.append(updated)
-            return versions.encode(updated)
+            return versions.encode_record(rec)
 
         await self._update(key, mutation)
         return out[-1]
+
+    def mint_unowned(self, context: Mapping[str, int] | versions.Context, value: bytes, *,
+                     tombstone: bool = False) -> list[Sibling]:
+        """A version under a never-used actor, minted without the local store.
+
+        For a coordinator that cannot reach any replica of the key (level ANY): the fresh
+        actor makes the dot unique, so replicas merge it like any other version.
+        """
+        name = versions.actor(self.node_id, self.epochs.next())
+        assert name not in _horizon(context), "a fresh epoch is unknown to every clock"
+        return versions.update([], context, name, value, tombstone=tombstone,
+                               now_ms=self.clock_ms())
+
+    # -- tombstone collection --------------------------------------------------------------
+    async def purge(self, key: bytes, digest: bytes) -> bool:
+        """Collect a key's tombstones, leaving a marker, if its state still has `digest`
+        (the one every replica confirmed holding)."""
+        now = self.clock_ms()
+        done: list[bool] = []
+
+        def mutation(record: bytes | None) -> bytes | None:
+            rec = _decode(key, record)
+            marker = rec.purged if self._marker_live(rec, now) else {}
+            if not rec.siblings or not all(s.tombstone for s in rec.siblings) \
+                    or version_digest(rec.siblings, marker) != digest:
+                return None
+            # single dots too: every version of an actor up to its highest known counter
+            # is dead once all the replicas hold only these tombstones
+            marker = versions.join(marker, versions.horizon(rec.siblings))
+            done.append(True)
+            # No siblings are left to continue the key's lineage: the next write here
+            # takes a fresh epoch.
+            return versions.encode_record(Record(purged=marker, purged_at_ms=now))
+
+        await self._update(key, mutation)
+        return bool(done)
+
+    async def expire_marker(self, key: bytes) -> bool:
+        """Drop a purge marker older than `marker_ttl_ms` (the key too if nothing is left)."""
+        now = self.clock_ms()
+        done: list[bool] = []
+
+        def mutation(record: bytes | None) -> bytes | None:
+            rec = _decode(key, record)
+            if not rec.purged or self._marker_live(rec, now):
+                return None
+            done.append(True)
+            if not rec.siblings:
+                return DELETE
+            rec.purged, rec.purged_at_ms = {}, 0
+            return versions.encode_record(rec)
+
+        await self._update(key, mutation)
+        return bool(done)
 
     async def _update(self, key: bytes, mutation) -> None:
         try:

@@ -153,6 +153,13 @@ class MemoryEngine:
         if self._closed:
             raise StorageError("the memory engine is closed")
 
+    def snapshot(self) -> MemoryEngine:
+        """An independent copy of every record, as a backup of a disk would be."""
+        copy = MemoryEngine()
+        with self._lock:
+            copy._data = self._data.copy()
+        return copy
+
     @staticmethod
     def _verified(key: bytes, entry: tuple[bytes, int]) -> bytes:
         record, crc = entry

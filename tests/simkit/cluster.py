@@ -10,6 +10,7 @@ from kvstore.core import versions
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
 from kvstore.storage import AsyncStore, MemoryEngine
+from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
 from kvstore.transport.memory import MemoryNetwork
 
@@ -32,6 +33,8 @@ class SimCluster:
         self.vnodes = vnodes
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
         self.hints = {node_id: HintStore(None) for node_id in self.ids}
+        # Each node's actor-epoch allocator: part of its "disk" (lost with it).
+        self.epochs: dict[str, EpochAllocator] = {}
         self.nodes: dict[str, Node] = {}
 
     EPOCH_MS = 1_800_000_000_000  # virtual wall clock: a plausible epoch plus loop time
@@ -39,19 +42,22 @@ class SimCluster:
     def _clock_ms(self) -> int:
         return self.EPOCH_MS + int(asyncio.get_running_loop().time() * 1000)
 
-    def _make(self, node_id: str, seeds: list[str] | None = None) -> Node:
+    def _make(self, node_id: str, seeds: list[str] | None = None, **overrides) -> Node:
         config = NodeConfig(
             node_id=node_id, listen=f"{node_id}:1",
             seeds=seeds if seeds is not None else [f"{n}={n}:1" for n in self.ids],
             replication_factor=self.replication_factor, vnodes=self.vnodes,
-            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff, **self.config,
+            timeout_ms=self.timeout_ms, hinted_handoff=self.hinted_handoff,
+            **{**self.config, **overrides},
         )
         transport = self.network.transport(node_id, config.address)
         store = AsyncStore(self.engines[node_id], inline=True)
+        if node_id not in self.epochs:
+            self.epochs[node_id] = EpochAllocator(None, self._clock_ms)
         node = Node(config, transport, store, clock_ms=self._clock_ms,
                     monotonic=lambda: asyncio.get_running_loop().time(),
                     rng=random.Random(f"{self.seed}/{node_id}"),
-                    hints=self.hints[node_id], inline_io=True)
+                    hints=self.hints[node_id], epochs=self.epochs[node_id], inline_io=True)
         node.coordinator.config.read_all_chance = self.read_all_chance
         return node
 
@@ -86,14 +92,30 @@ class SimCluster:
     def crash(self, node_id: str) -> None:
         self.network.crash(node_id)
 
-    async def restart(self, node_id: str) -> None:
+    async def restart(self, node_id: str, **overrides) -> None:
         """A crashed node comes back with what its engine held (memory engine = its disk)."""
         seeds = self.nodes[node_id].config.seeds
         await self.nodes[node_id].stop()
         self.network.restart(node_id)
-        self.nodes[node_id] = self._make(node_id, seeds)
+        self.nodes[node_id] = self._make(node_id, seeds, **overrides)
         await self.nodes[node_id].start()
         await self.wait_ready()
+
+    async def lose_disk(self, node_id: str) -> None:
+        """The node restarts with an empty data directory: records, hints, epochs gone."""
+        self.crash(node_id)
+        self.engines[node_id] = MemoryEngine()
+        self.hints[node_id] = HintStore(None)
+        del self.epochs[node_id]
+        await self.restart(node_id)
+
+    async def restore(self, node_id: str, backup: MemoryEngine) -> None:
+        """The node restarts from an old copy of its disk, as an operator would
+        (`kv node start --restored`)."""
+        self.crash(node_id)
+        self.engines[node_id] = backup.snapshot()
+        del self.epochs[node_id]  # its epoch file came back old too
+        await self.restart(node_id, restored=True)
 
     def replicas(self, key: bytes) -> list[str]:
         return self.nodes[self.ids[0]].membership.ring.preference_list(key,

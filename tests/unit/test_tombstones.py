@@ -12,13 +12,11 @@ from kvstore.core.merkle import MerkleTree, in_range, version_digest
 from kvstore.core.ring import TOKEN_MIN, token_of
 from kvstore.core.tombstones import (
     Confirmations,
-    advance_watermark,
     check_settings,
-    is_stale,
     may_purge,
     needs_catch_up,
     purge_decision,
-    split_stale,
+    split_purged,
 )
 
 GRACE = 10_000
@@ -86,20 +84,15 @@ def test_settings_are_checked():
         check_settings(GRACE, -1)
 
 
-def test_stale_rule():
+def test_a_purge_marker_refuses_exactly_what_the_purged_tombstones_covered():
     old = v.Sibling("c", 1, {}, b"old", written_at_ms=500)
-    assert not is_stale(old, [], 0, skew_ms=SKEW)  # nothing purged yet: accept all
-    assert is_stale(old, [], 1000, skew_ms=SKEW)
-    assert is_stale(v.Sibling("c", 1, {}, b"x", written_at_ms=1100), [], 1000, skew_ms=SKEW)
-    assert not is_stale(v.Sibling("c", 1, {}, b"x", written_at_ms=1101), [], 1000,
-                        skew_ms=SKEW)
-    assert not is_stale(old, [old], 1000, skew_ms=SKEW)  # already held here
-    superseding = v.Sibling("a", 1, {"c": 1}, tombstone=True, written_at_ms=900)
-    assert not is_stale(old, [superseding], 1000, skew_ms=SKEW)  # merge drops it anyway
-    assert not is_stale(superseding, [], 1000, skew_ms=SKEW)  # tombstones always pass
-    fresh = v.Sibling("c", 2, {}, b"new", written_at_ms=10**9)
-    assert split_stale([], [old, fresh], 1000, skew_ms=SKEW) == ([fresh], [old])
-    assert advance_watermark(advance_watermark(0, 700), 300) == 700
+    tomb = v.Sibling("a", 1, {"c": 1}, tombstone=True, written_at_ms=900)
+    marker = v.context_of([tomb])
+    concurrent = v.Sibling("b", 1, {}, b"concurrent", written_at_ms=100)  # never deleted
+    fresh = v.Sibling("c@2", 1, {}, b"new", written_at_ms=0)  # after the purge, any clock
+    assert split_purged(marker, [old, tomb, concurrent, fresh]) == \
+        ([concurrent, fresh], [old, tomb])
+    assert split_purged({}, [old]) == ([old], [])
 
 
 def test_catch_up_after_an_absence_longer_than_the_grace_period():
@@ -113,11 +106,14 @@ class Replica:
     def __init__(self, name: str) -> None:
         self.name = name
         self.data: dict[bytes, list[v.Sibling]] = {}
-        self.watermark = 0
+        self.markers: dict[bytes, v.Clock] = {}
+
+    def purge(self, key: bytes) -> None:
+        self.markers[key] = v.context_of(self.data.pop(key))
 
     def receive(self, key: bytes, siblings: list[v.Sibling]) -> list[v.Sibling]:
         local = self.data.get(key, [])
-        accepted, refused = split_stale(local, siblings, self.watermark, skew_ms=SKEW)
+        accepted, refused = split_purged(self.markers.get(key, {}), siblings)
         merged = v.sync(local, accepted)
         if merged:
             self.data[key] = merged
@@ -188,8 +184,7 @@ def test_old_replica_cannot_resurrect_a_collected_delete():
     assert purge_decision(a.data[key], now_ms=now, grace_ms=GRACE, preference_list=pref,
                           confirmed=holders)
     for r in (a, b, d):
-        r.watermark = advance_watermark(r.watermark, max(s.written_at_ms for s in r.data[key]))
-        del r.data[key]
+        r.purge(key)
     # c comes back after more than the grace period, still holding v1
     assert needs_catch_up(last_alive_ms=500, now_ms=now + 5, grace_ms=GRACE)
     # its push (anti-entropy, read repair or a hint) is refused everywhere
@@ -199,14 +194,13 @@ def test_old_replica_cannot_resurrect_a_collected_delete():
     _anti_entropy(c, a)
     _anti_entropy(c, b)
     assert a.visible(key) == b.visible(key) == d.visible(key) == []
-    # catch-up: c drops what its peers refuse (peers' merged set as "local")
-    accepted, dropped = split_stale(a.data.get(key, []), c.data[key], a.watermark,
-                                    skew_ms=SKEW)
+    # catch-up: c drops what its peers' markers refuse
+    accepted, dropped = split_purged(a.markers[key], c.data[key])
     assert dropped == first and accepted == []
     c.data[key] = accepted
     assert c.visible(key) == []
-    # a write made after the purge is accepted everywhere, from anyone
-    again = v.update([], {}, "c", b"v2", now_ms=now + 10)
+    # a write made after the purge (a fresh actor epoch) is accepted everywhere
+    again = v.update([], {}, "c@2", b"v2", now_ms=now + 10)
     c.data[key] = again
     _anti_entropy(c, a)
     assert a.visible(key) == [b"v2"]
