@@ -174,6 +174,14 @@ class _Answer:
         return str(self.error)
 
 
+class _NoReplica(Unavailable):
+    """Every replica refused a forwarded write: it was delivered nowhere."""
+
+    def __init__(self, message: str, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
 def _with_mode(request: cpb.ClientRequest, sloppy: bool) -> cpb.ClientRequest:
     """A copy of a write request that says explicitly whether hints count."""
     out = cpb.ClientRequest()
@@ -497,7 +505,17 @@ class Coordinator:
             if forwarded:
                 raise NotReady(f"{self.node_id} was asked to coordinate a key it does not "
                                "replicate; the nodes disagree about membership, retry shortly")
-            return await self._forward(request, pref, trace, timeout, sloppy, any_level)
+            if not any_level:
+                return await self._forward(request, pref, trace, timeout, sloppy)
+            # ANY: forward only to replicas thought up; a forward that times out may have
+            # been applied, and must not be minted a second time here
+            up = [node for node in pref if self.membership.is_up(node)]
+            down = [f"{node} is down (failure detector)" for node in pref if node not in up]
+            try:
+                return await self._forward(request, up, trace, timeout, sloppy)
+            except _NoReplica as exc:
+                return await self._write_unowned(key, value, seen, tombstone, pref, trace,
+                                                 down + exc.reasons)
         verb = "delete" if tombstone else "write"
         local = await self._local(
             self.replica.mint(key, seen, value, tombstone=tombstone))
@@ -652,12 +670,59 @@ class Coordinator:
         except KVError as exc:
             log.warning("could not keep a hint for %s (key %r): %s", owner, key, exc.message)
 
+    async def _write_unowned(self, key: bytes, value: bytes, seen: versions.Context,
+                             tombstone: bool, pref: list[str], trace: Trace,
+                             reasons: list[str]) -> cpb.ClientReply:
+        """ANY when no replica of the key can take the write: mint it here under a fresh
+        actor (no replica can have seen it, so the dot is unique) and keep a durable hint
+        for every replica; one hint kept is W=1. Handoff delivers them."""
+        why = "; ".join(reasons) or "none is up"
+        verb = "delete" if tombstone else "write"
+        if not self.config.hinted_handoff or self.hint_sink is None:
+            raise Unavailable(f"consistency ANY: no replica of the key could take the {verb} "
+                              f"({why}) and {self.node_id} keeps no hints "
+                              "(--no-hinted-handoff); nothing was written")
+        siblings = self.replica.mint_unowned(seen, value, tombstone=tombstone)
+        new = siblings[-1]
+        trace.event(f"no replica of the key could take the {verb} ({why}); minted "
+                    f"{new.node}:{new.counter} at {self.node_id} under a fresh actor (ANY)")
+
+        async def keep(owner: str) -> _Answer:
+            started = self.monotonic()
+            try:
+                await self.hint_sink(owner, key, siblings)
+            except KVError as exc:
+                return _Answer(self.node_id, False, (self.monotonic() - started) * 1000,
+                               error=exc, hint_for=owner)
+            return _Answer(self.node_id, True, (self.monotonic() - started) * 1000,
+                           siblings=siblings, hint_for=owner)
+
+        answers = await asyncio.gather(*(keep(owner) for owner in pref))
+        for a in answers:
+            trace.replica(self.node_id, self._address(self.node_id), a.ok, a.latency_ms,
+                          a.siblings, "" if a.ok else a.describe(), local=True,
+                          hint_for=a.hint_for, counted=a.ok)
+        held = [a.hint_for for a in answers if a.ok]
+        if not held:
+            failures = "; ".join(a.describe() for a in answers)
+            raise Unavailable(f"consistency ANY: no replica of the key could take the {verb} "
+                              f"({why}) and {self.node_id} could not keep a hint for any of "
+                              f"them ({failures}); nothing was written")
+        trace.event(f"W=1 reached (ANY): hints for {', '.join(held)} kept on {self.node_id}; "
+                    "hinted handoff delivers them when the replicas are back")
+        after = versions.context_after_write(seen, siblings, new)
+        return cpb.ClientReply(put=cpb.PutResult(
+            stored=[versions.sibling_to_pb(s) for s in siblings],
+            context=versions.encode_context(after),
+        ))
+
     async def _forward(self, request: cpb.ClientRequest, pref: list[str], trace: Trace,
-                       timeout: float, sloppy: bool, any_level: bool) -> cpb.ClientReply:
+                       timeout: float, sloppy: bool) -> cpb.ClientReply:
         """Writes are minted at a replica: hand the request to the first one that answers.
 
         The request goes with its write mode decided here (strict or sloppy, from this
         node's default when the client gave neither), so the replica counts as asked.
+        Raises `_NoReplica` when every replica refused the connection (nothing written).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -697,15 +762,8 @@ class Coordinator:
                 merged.total_ms = round(trace.ms(), 3)
                 reply.trace.CopyFrom(merged)
             return reply
-        if any_level:
-            # TODO(mint_unowned): mint here with a fresh actor epoch and hint every owner.
-            raise Unavailable(
-                "consistency ANY: no replica of the key could take the write ("
-                + "; ".join(reasons) + "), and a node that does not replicate the key "
-                "cannot yet mint a version for it (Replica.mint_unowned is not built); "
-                "nothing was written")
-        raise Unavailable("no replica of the key could coordinate the write ("
-                          + "; ".join(reasons) + "); nothing was written")
+        raise _NoReplica("no replica of the key could coordinate the write ("
+                         + "; ".join(reasons) + "); nothing was written", reasons)
 
     async def drain(self) -> None:
         """Wait for background replica calls (used on shutdown and in tests)."""

@@ -180,17 +180,48 @@ def test_write_mode_travels_with_a_forwarded_request():
     run(scenario, size=5, seed=38, **QUIET)
 
 
-def test_any_with_every_replica_down_says_why_it_cannot_be_taken_yet():
-    """ANY from a node outside the preference list, every replica down: nothing can mint
-    the version until Replica.mint_unowned exists; until then a clear Unavailable."""
+def test_any_with_every_replica_down_is_acknowledged_by_a_hint_and_handed_off():
+    """ANY through a node outside the preference list while every replica is down: the
+    coordinator mints the version under a fresh actor (Replica.mint_unowned), keeps a
+    durable hint for each replica, and handoff delivers them when the replicas are back."""
 
+    async def scenario(c: SimCluster):
+        key = key_on(c, "n4")
+        replicas = c.replicas(key)
+        for node in replicas:
+            c.crash(node)
+        put = await c.put("n4", key, b"v", "ANY", trace=True)
+        assert put.HasField("put"), put.error.message
+        new = put.put.stored[-1]
+        assert new.dot.node.startswith("n4@"), new  # a fresh actor of the coordinator
+        hints = [r for r in put.trace.replicas if r.hint_for]
+        assert sorted(r.hint_for for r in hints) == sorted(replicas)
+        assert all(r.node == "n4" and r.ok and r.counted for r in hints)
+        assert any("fresh actor" in e.event for e in put.trace.events)
+        # nothing on the replicas yet: no read guarantee (a read at ANY is refused anyway)
+        assert all(c.stored(node, key) == [] for node in replicas)
+        for node in replicas:
+            await c.restart(node)
+        assert await c.nodes["n4"].handoff.deliver_once() == 3
+        for node in replicas:
+            assert [s.value for s in c.stored(node, key)] == [b"v"], node
+        got = await c.get(replicas[0], key, "QUORUM")
+        assert values(got) == [b"v"]
+        # the put's context supersedes it like any other version
+        again = await c.put(replicas[0], key, b"w", "QUORUM", context=put.put.context)
+        assert again.HasField("put") and again.put.concurrent == 0
+
+    run(scenario, size=4, seed=39, **QUIET)
+
+
+def test_any_through_a_node_without_hinted_handoff_says_why():
     async def scenario(c: SimCluster):
         key = key_on(c, "n4")
         for node in c.replicas(key):
             c.crash(node)
         put = await c.put("n4", key, b"v", "ANY")
         assert put.error.code == common_pb2.UNAVAILABLE, put
-        assert "consistency ANY" in put.error.message
+        assert "keeps no hints" in put.error.message
         assert "nothing was written" in put.error.message
 
-    run(scenario, size=4, seed=39, **QUIET)
+    run(scenario, size=4, seed=40, hinted_handoff=False, **QUIET)
