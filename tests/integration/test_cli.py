@@ -244,5 +244,21 @@ def test_put_at_all_with_stopped_nodes_reads_its_context_at_a_level_that_can_ans
         # a read at ANY is refused with the reason
         r = kv(cluster, "get", key, "-c", "ANY", endpoints=live)
         assert r.returncode == 2 and "ANY is for writes only" in r.stderr, r.stderr
+
+        # every replica down: nothing can be read, ANY writes blind and the one node left
+        # (not a replica) keeps hints for all three
+        replicas = json.loads(kv(cluster, "put", key, "x", "-c", "ANY", "--blind", "--json",
+                                 "--trace", endpoints=live).stdout)["trace"]["preference_list"]
+        third = next(n for n in replicas if n not in ("n3", "n4"))
+        cluster.kill(third)
+        last = next(n for n in cluster.nodes if n.id not in (*replicas,))
+        r = kv(cluster, "put", key, "any", "-c", "ANY", "--json", "--trace",
+               endpoints=last.address)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        assert data["context_read"]["blind"] and data["context_read"]["consistency"] is None
+        hints = [h for h in data["trace"]["replicas"] if h["hint_for"]]
+        assert sorted(h["hint_for"] for h in hints) == sorted(replicas), data["trace"]
+        assert all(h["node"] == last.id and h["counted"] for h in hints), data["trace"]
     finally:
         cluster.stop()
