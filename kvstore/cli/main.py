@@ -125,7 +125,8 @@ def write_mode_options(fn):
 
 def json_and_trace(fn):
     fn = click.option("--trace", is_flag=True,
-                      help="Show what the coordinator did: replicas asked, latency, versions.")(fn)
+                      help="Show what the coordinator did: replicas asked, latency, versions, "
+                           "which answers counted (a hint counts only when sloppy).")(fn)
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(fn)
 
 
@@ -165,8 +166,10 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
         as_json: bool) -> None:
     """Write VALUE to KEY, replacing the versions it has now (VALUE - reads stdin).
 
-    By default the current causal context is read first (at the same consistency), so the
-    write supersedes every sibling it saw; use --blind to skip that read.
+    By default the current causal context is read first, at the write's level capped at
+    QUORUM (at ONE when that cannot answer; --trace and --json say what was read), so the
+    write supersedes every sibling it saw; use --blind to skip that read. Versions the
+    read did not see stay as siblings; the reply's "concurrent" counts them.
     """
     data = click.get_binary_stream("stdin").read() if value == "-" else value.encode()
     context, context_read = _context(s, key, consistency, count_w, blind, context_text)
@@ -187,7 +190,8 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
 def delete(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
            context_text: str | None, strict: bool, sloppy: bool, trace: bool,
            as_json: bool) -> None:
-    """Delete KEY (writes a tombstone that supersedes the versions it saw)."""
+    """Delete KEY (writes a tombstone that supersedes the versions it saw; the context is
+    read first as for `kv put`)."""
     context, context_read = _context(s, key, consistency, count_w, blind, context_text)
     result = s.client().delete(key, context=context, consistency=consistency, w=count_w,
                                trace=trace, strict=strict, sloppy=sloppy)
