@@ -11,6 +11,12 @@ from pathlib import Path
 import click
 
 
+class InvalidConfig(click.ClickException):
+    """A setting, or a combination of settings, the node refuses: one line, exit 2."""
+
+    exit_code = 2
+
+
 @click.group()
 def node() -> None:
     """Run a node, or check one."""
@@ -62,7 +68,24 @@ def node() -> None:
                    "writes survive more failures but a read may miss them until hinted "
                    "handoff delivers them. [env KV_SLOPPY_QUORUM]")
 @click.option("--hint-max-age", envvar="KV_HINT_MAX_AGE", default=3 * 3600.0, show_default=True,
-              type=click.FloatRange(min=1), help="Seconds a hint is kept before it is dropped.")
+              type=click.FloatRange(min=1),
+              help="Seconds a hint is kept before it is dropped; must be below "
+                   "--tombstone-grace minus --max-clock-skew. [env KV_HINT_MAX_AGE]")
+@click.option("--tombstone-grace", envvar="KV_TOMBSTONE_GRACE", default=10 * 24 * 3600.0,
+              show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a delete's tombstone is kept before anti-entropy may collect it "
+                   "(once every replica of the key holds it). Every replica must complete "
+                   "repair within this time. Must exceed twice --max-clock-skew, and "
+                   "--hint-max-age by that much. [env KV_TOMBSTONE_GRACE]")
+@click.option("--max-clock-skew", envvar="KV_MAX_CLOCK_SKEW", default=60.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds by which node clocks may differ (keep them in sync with NTP); the "
+                   "tombstone and hint limits keep this margin. [env KV_MAX_CLOCK_SKEW]")
+@click.option("--antientropy-interval", envvar="KV_ANTIENTROPY_INTERVAL", default=60.0,
+              show_default=True, type=click.FloatRange(min=0),
+              help="Mean seconds between background anti-entropy sessions (one peer each); "
+                   "0 turns them off (`kv repair` still runs them). "
+                   "[env KV_ANTIENTROPY_INTERVAL]")
 @click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=1.0, show_default=True,
               type=click.FloatRange(0.01, 60), help="Seconds between gossip rounds.")
 @click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=8.0, show_default=True,
@@ -80,9 +103,10 @@ def node() -> None:
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, sloppy_quorum: bool,
-          hint_max_age: float,
+          hint_max_age: float, tombstone_grace: float, antientropy_interval: float,
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
-          log_level: str, raft_voters: str = "", restored: bool = False) -> None:
+          log_level: str, raft_voters: str = "", restored: bool = False,
+          max_clock_skew: float = 60.0) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C."""
     from kvstore.node.config import NodeConfig
     from kvstore.node.server import run_node
@@ -97,6 +121,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, sloppy_quorum=sloppy_quorum,
         hint_max_age_ms=int(hint_max_age * 1000),
+        tombstone_grace_ms=int(tombstone_grace * 1000), antientropy_interval=antientropy_interval,
+        max_clock_skew_ms=int(max_clock_skew * 1000),
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
         read_all_chance=read_all_chance,
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
@@ -109,8 +135,13 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         for seed in config.seeds:
             parse_seed(seed)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    _run(run_node(config))
+        raise InvalidConfig(str(exc)) from None
+    from kvstore.storage import StorageError
+
+    try:
+        _run(run_node(config))
+    except StorageError as exc:  # a damaged database or state file: one line, exit 1
+        raise click.ClickException(str(exc)) from None
 
 
 def _run(coro) -> None:

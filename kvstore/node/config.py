@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvstore.core import tombstones
 from kvstore.core.address import is_host_port
 from kvstore.core.ring import DEFAULT_VNODES
 
@@ -30,6 +31,7 @@ class NodeConfig:
     gossip_interval: float = 1.0
     antientropy_interval: float = 60.0  # seconds between background sessions; 0: off
     tombstone_grace_ms: int = 10 * 24 * 3600 * 1000
+    max_clock_skew_ms: int = 60_000   # the tombstone rules' margin for node clock differences
     repair_rate_bytes: int = 8 * 1024 * 1024
     read_all_chance: float = 0.1        # reads that ask all N replicas, not just R
     raft_voters: list[str] = field(default_factory=list)  # the Raft metadata group; [] none
@@ -68,3 +70,20 @@ class NodeConfig:
             raise ValueError("max key bytes must be 1..65535")
         if not 0 <= self.max_value_bytes <= 32 * 1024 * 1024:
             raise ValueError("max value bytes must be 0..33554432 (32 MiB)")
+        if self.antientropy_interval < 0:
+            raise ValueError("--antientropy-interval must be >= 0 seconds (0: off)")
+        if self.hint_max_age_ms <= 0:
+            raise ValueError("--hint-max-age must be positive")
+        # The tombstone rules (core/tombstones.py, with their clock-skew allowance): with
+        # settings check_settings rejects, a hint could outlive the purge marker of the
+        # delete that superseded it and bring deleted data back.
+        hint_ttl_ms = self.hint_max_age_ms if self.hinted_handoff else None
+        try:
+            tombstones.check_settings(self.tombstone_grace_ms, self.max_clock_skew_ms,
+                                      hint_ttl_ms)
+        except ValueError as exc:
+            flags = (f"--tombstone-grace {self.tombstone_grace_ms / 1000:g}, "
+                     f"--max-clock-skew {self.max_clock_skew_ms / 1000:g}")
+            if hint_ttl_ms is not None:
+                flags += f", --hint-max-age {hint_ttl_ms / 1000:g}"
+            raise ValueError(f"{flags} (seconds) is not safe: {exc}") from None

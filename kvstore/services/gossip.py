@@ -29,6 +29,7 @@ from kvstore.core.errors import InvalidArgument
 from kvstore.core.failure_detector import PhiAccrualDetector
 from kvstore.core.gossip import Gossiper, GossipError, Status
 from kvstore.core.ring import DEFAULT_VNODES, Ring, node_tokens
+from kvstore.storage.durable import StateFileError, read_state, write_atomic
 from kvstore.transport.base import Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -112,23 +113,46 @@ class GossipMembership:
 
     # -- persistence ------------------------------------------------------------------
     def _load(self) -> tuple[int, dict[str, str]]:
-        if not (self.state_path and self.state_path.exists()):
+        """(generation, members) saved by an earlier run; (0, {}) when there was none.
+
+        A file that exists but is unreadable or malformed stops the node (StateFileError):
+        treating it as empty would restart with a generation that may not exceed the last
+        one, and without the members that are down now, so keys would be placed on a
+        different ring than everyone else's.
+        """
+        if not self.state_path:
+            return 0, {}
+        data = read_state(self.state_path)
+        if data is None:
             return 0, {}
         try:
-            saved = json.loads(self.state_path.read_text())
-            members = {str(k): str(v) for k, v in saved.get("members", {}).items()}
-            return int(saved.get("generation", 0)), members
-        except (OSError, ValueError, AttributeError, TypeError) as exc:
-            log.warning("ignoring unreadable membership file %s: %s", self.state_path, exc)
-            return 0, {}
+            saved = json.loads(data)
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+            generation = saved["generation"]
+            members = saved["members"]
+            if not isinstance(generation, int) or isinstance(generation, bool) \
+                    or generation < 0:
+                raise ValueError(f"generation {generation!r} is not a non-negative integer")
+            if not isinstance(members, dict) or not all(
+                    isinstance(k, str) and k and isinstance(v, str) and is_host_port(v)
+                    for k, v in members.items()):
+                raise ValueError("members is not a map of node id to host:port")
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise StateFileError(
+                f"membership file {self.state_path} is damaged ({reason}). It holds this "
+                "node's generation and the members it places keys on: restore it, or move "
+                "it aside only if --seeds lists every member as id=host:port") from None
+        return generation, dict(members)
 
     def _save(self) -> None:
         if not self.state_path:
             return
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"generation": self.gossiper.local.generation,
-                                   "members": self.members}, indent=2, sort_keys=True))
-        tmp.replace(self.state_path)
+        # Rare (start, stop, a membership change): done inline, one small fsync.
+        write_atomic(self.state_path, json.dumps(
+            {"generation": self.gossiper.local.generation, "members": self.members},
+            indent=2, sort_keys=True).encode())
 
     # -- the seam ---------------------------------------------------------------------
     @property

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kvstore.core.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot
+from kvstore.storage.durable import write_atomic
 from kvstore.storage.engine import StorageError
 
 __all__ = [
@@ -123,17 +124,7 @@ class OsFiles:
 
     def replace(self, name: str, data: bytes) -> None:
         self._close(name)
-        tmp = self.dir / (name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / name)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.dir / name, data)
 
     def _close(self, name: str) -> None:
         fh = self._handles.pop(name, None)
