@@ -16,12 +16,14 @@ class Consistency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     THREE: _ClassVar[Consistency]
     QUORUM: _ClassVar[Consistency]
     ALL: _ClassVar[Consistency]
+    ANY: _ClassVar[Consistency]
 CONSISTENCY_UNSPECIFIED: Consistency
 ONE: Consistency
 TWO: Consistency
 THREE: Consistency
 QUORUM: Consistency
 ALL: Consistency
+ANY: Consistency
 
 class Quorum(_message.Message):
     __slots__ = ("level", "count")
@@ -40,30 +42,34 @@ class GetRequest(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ...) -> None: ...
 
 class PutRequest(_message.Message):
-    __slots__ = ("key", "value", "context", "quorum", "strict")
+    __slots__ = ("key", "value", "context", "quorum", "strict", "sloppy")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    SLOPPY_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
     context: bytes
     quorum: Quorum
     strict: bool
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
+    sloppy: bool
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ..., sloppy: _Optional[bool] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("key", "context", "quorum", "strict")
+    __slots__ = ("key", "context", "quorum", "strict", "sloppy")
     KEY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    SLOPPY_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     context: bytes
     quorum: Quorum
     strict: bool
-    def __init__(self, key: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
+    sloppy: bool
+    def __init__(self, key: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ..., sloppy: _Optional[bool] = ...) -> None: ...
 
 class ClientRequest(_message.Message):
     __slots__ = ("get", "put", "delete", "trace", "timeout_ms")
@@ -80,7 +86,7 @@ class ClientRequest(_message.Message):
     def __init__(self, get: _Optional[_Union[GetRequest, _Mapping]] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., trace: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ReplicaTrace(_message.Message):
-    __slots__ = ("node", "address", "ok", "latency_ms", "versions", "error", "local", "hint_for")
+    __slots__ = ("node", "address", "ok", "latency_ms", "versions", "error", "local", "hint_for", "counted")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +95,7 @@ class ReplicaTrace(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     HINT_FOR_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
     node: str
     address: str
     ok: bool
@@ -97,7 +104,8 @@ class ReplicaTrace(_message.Message):
     error: str
     local: bool
     hint_for: str
-    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., ok: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., versions: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., error: _Optional[str] = ..., local: _Optional[bool] = ..., hint_for: _Optional[str] = ...) -> None: ...
+    counted: bool
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., ok: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., versions: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., error: _Optional[str] = ..., local: _Optional[bool] = ..., hint_for: _Optional[str] = ..., counted: _Optional[bool] = ...) -> None: ...
 
 class TraceEvent(_message.Message):
     __slots__ = ("at_ms", "event")
@@ -136,12 +144,14 @@ class GetResult(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., siblings: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., context: _Optional[bytes] = ...) -> None: ...
 
 class PutResult(_message.Message):
-    __slots__ = ("stored", "context")
+    __slots__ = ("stored", "context", "concurrent")
     STORED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_FIELD_NUMBER: _ClassVar[int]
     stored: _containers.RepeatedCompositeFieldContainer[_common_pb2.Version]
     context: bytes
-    def __init__(self, stored: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., context: _Optional[bytes] = ...) -> None: ...
+    concurrent: int
+    def __init__(self, stored: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., context: _Optional[bytes] = ..., concurrent: _Optional[int] = ...) -> None: ...
 
 class ClientReply(_message.Message):
     __slots__ = ("get", "put", "error", "trace")

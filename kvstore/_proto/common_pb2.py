@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkvstore/_proto/common.proto\x12\x07kvstore\"+\n\nClockEntry\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"\x87\x01\n\x07Version\x12 \n\x03\x64ot\x18\x01 \x01(\x0b\x32\x13.kvstore.ClockEntry\x12!\n\x04past\x18\x02 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x11\n\ttombstone\x18\x04 \x01(\x08\x12\x15\n\rwritten_at_ms\x18\x05 \x01(\x03\"\x97\x01\n\nVersionSet\x12\"\n\x08versions\x18\x01 \x03(\x0b\x32\x10.kvstore.Version\x12\x13\n\x0b\x61\x63tor_epoch\x18\x02 \x01(\x04\x12\x15\n\ractor_counter\x18\x03 \x01(\x04\x12#\n\x06purged\x18\x04 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\x14\n\x0cpurged_at_ms\x18\x05 \x01(\x03\"-\n\x07\x43ontext\x12\"\n\x05\x63lock\x18\x01 \x03(\x0b\x32\x13.kvstore.ClockEntry\":\n\x05\x45rror\x12 \n\x04\x63ode\x18\x01 \x01(\x0e\x32\x12.kvstore.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t*\xa1\x01\n\tErrorCode\x12\x15\n\x11\x45RROR_UNSPECIFIED\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\x12\x0f\n\x0bUNAVAILABLE\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x0e\n\nCORRUPTION\x10\x04\x12\x0c\n\x08INTERNAL\x10\x05\x12\r\n\tNOT_READY\x10\x06\x12\x0e\n\nNOT_LEADER\x10\x07\x12\x0c\n\x08\x43ONFLICT\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkvstore/_proto/common.proto\x12\x07kvstore\"+\n\nClockEntry\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"\xaa\x01\n\x07Version\x12 \n\x03\x64ot\x18\x01 \x01(\x0b\x32\x13.kvstore.ClockEntry\x12!\n\x04past\x18\x02 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x11\n\ttombstone\x18\x04 \x01(\x08\x12\x15\n\rwritten_at_ms\x18\x05 \x01(\x03\x12!\n\x04seen\x18\x06 \x03(\x0b\x32\x13.kvstore.ClockEntry\"\x97\x01\n\nVersionSet\x12\"\n\x08versions\x18\x01 \x03(\x0b\x32\x10.kvstore.Version\x12\x13\n\x0b\x61\x63tor_epoch\x18\x02 \x01(\x04\x12\x15\n\ractor_counter\x18\x03 \x01(\x04\x12#\n\x06purged\x18\x04 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\x14\n\x0cpurged_at_ms\x18\x05 \x01(\x03\"P\n\x07\x43ontext\x12\"\n\x05\x63lock\x18\x01 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12!\n\x04\x64ots\x18\x02 \x03(\x0b\x32\x13.kvstore.ClockEntry\":\n\x05\x45rror\x12 \n\x04\x63ode\x18\x01 \x01(\x0e\x32\x12.kvstore.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t*\xa1\x01\n\tErrorCode\x12\x15\n\x11\x45RROR_UNSPECIFIED\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\x12\x0f\n\x0bUNAVAILABLE\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x0e\n\nCORRUPTION\x10\x04\x12\x0c\n\x08INTERNAL\x10\x05\x12\r\n\tNOT_READY\x10\x06\x12\x0e\n\nNOT_LEADER\x10\x07\x12\x0c\n\x08\x43ONFLICT\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore._proto.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=485
-  _globals['_ERRORCODE']._serialized_end=646
+  _globals['_ERRORCODE']._serialized_start=555
+  _globals['_ERRORCODE']._serialized_end=716
   _globals['_CLOCKENTRY']._serialized_start=40
   _globals['_CLOCKENTRY']._serialized_end=83
   _globals['_VERSION']._serialized_start=86
-  _globals['_VERSION']._serialized_end=221
-  _globals['_VERSIONSET']._serialized_start=224
-  _globals['_VERSIONSET']._serialized_end=375
-  _globals['_CONTEXT']._serialized_start=377
-  _globals['_CONTEXT']._serialized_end=422
-  _globals['_ERROR']._serialized_start=424
-  _globals['_ERROR']._serialized_end=482
+  _globals['_VERSION']._serialized_end=256
+  _globals['_VERSIONSET']._serialized_start=259
+  _globals['_VERSIONSET']._serialized_end=410
+  _globals['_CONTEXT']._serialized_start=412
+  _globals['_CONTEXT']._serialized_end=492
+  _globals['_ERROR']._serialized_start=494
+  _globals['_ERROR']._serialized_end=552
 # @@protoc_insertion_point(module_scope)

@@ -37,18 +37,20 @@ class ClockEntry(_message.Message):
     def __init__(self, node: _Optional[str] = ..., counter: _Optional[int] = ...) -> None: ...
 
 class Version(_message.Message):
-    __slots__ = ("dot", "past", "value", "tombstone", "written_at_ms")
+    __slots__ = ("dot", "past", "value", "tombstone", "written_at_ms", "seen")
     DOT_FIELD_NUMBER: _ClassVar[int]
     PAST_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
     dot: ClockEntry
     past: _containers.RepeatedCompositeFieldContainer[ClockEntry]
     value: bytes
     tombstone: bool
     written_at_ms: int
-    def __init__(self, dot: _Optional[_Union[ClockEntry, _Mapping]] = ..., past: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., written_at_ms: _Optional[int] = ...) -> None: ...
+    seen: _containers.RepeatedCompositeFieldContainer[ClockEntry]
+    def __init__(self, dot: _Optional[_Union[ClockEntry, _Mapping]] = ..., past: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., written_at_ms: _Optional[int] = ..., seen: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ...) -> None: ...
 
 class VersionSet(_message.Message):
     __slots__ = ("versions", "actor_epoch", "actor_counter", "purged", "purged_at_ms")
@@ -65,10 +67,12 @@ class VersionSet(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[Version, _Mapping]]] = ..., actor_epoch: _Optional[int] = ..., actor_counter: _Optional[int] = ..., purged: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ..., purged_at_ms: _Optional[int] = ...) -> None: ...
 
 class Context(_message.Message):
-    __slots__ = ("clock",)
+    __slots__ = ("clock", "dots")
     CLOCK_FIELD_NUMBER: _ClassVar[int]
+    DOTS_FIELD_NUMBER: _ClassVar[int]
     clock: _containers.RepeatedCompositeFieldContainer[ClockEntry]
-    def __init__(self, clock: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ...) -> None: ...
+    dots: _containers.RepeatedCompositeFieldContainer[ClockEntry]
+    def __init__(self, clock: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ..., dots: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")

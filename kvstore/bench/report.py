@@ -33,6 +33,18 @@ def _stale(st: dict[str, Any] | None) -> str:
     return f"{st['probability'] * 100:.3f}% of {st['reads_checked']:,}"
 
 
+def _conflicts(lv: dict[str, Any]) -> str:
+    if not lv.get("writes"):
+        return "-"
+    return f"{lv['conflict_rate'] * 100:.2f}% of {lv['writes']:,}"
+
+
+def _siblings(lv: dict[str, Any]) -> str:
+    if "siblings_mean" not in lv:
+        return "-"
+    return f"{lv['siblings_mean']:.3f} (max {lv['siblings_max']})"
+
+
 def results_table(results: dict[str, Any]) -> Table:
     """One row per ceiling and per consistency level."""
     cfg, cluster = results["config"], results["cluster"]
@@ -43,12 +55,13 @@ def results_table(results: dict[str, Any]) -> Table:
              + (f", fixed rate {cfg['rate']:.0f}/s" if cfg.get("rate") else ""))
     table = Table(title=title, title_justify="left")
     for col in ("level", "R+W>N", "ops/s", "% of ceiling", "p50 ms", "p95 ms", "p99 ms",
-                "p99.9 ms", "errors", "stale (workload)", "stale (probes)"):
+                "p99.9 ms", "errors", "stale (workload)", "stale (probes)",
+                "conflicting writes", "siblings per read"):
         table.add_column(col, justify="left" if col in ("level", "errors") else "right")
     for name, c in results.get("ceiling", {}).items():
         table.add_row(f"ceiling: {name}", "", f"{c['ops_per_s']:,.0f}", "100%",
                       _ms(c["p50_ms"]), _ms(c["p95_ms"]), _ms(c["p99_ms"]), _ms(c["p999_ms"]),
-                      _errors(c["errors"]), "", "", style="dim")
+                      _errors(c["errors"]), "", "", "", "", style="dim")
     for lv in results["levels"]:
         frac = lv.get("fraction_of_null_ceiling", lv.get("fraction_of_ping_ceiling"))
         stale = [_stale(lv.get(k)) for k in ("staleness", "staleness_probes")]
@@ -56,7 +69,7 @@ def results_table(results: dict[str, Any]) -> Table:
                       f"{results['cluster']['replication_factor']}",
                       f"{lv['ops_per_s']:,.0f}", _pct(frac), _ms(lv["p50_ms"]),
                       _ms(lv["p95_ms"]), _ms(lv["p99_ms"]), _ms(lv["p999_ms"]),
-                      _errors(lv["errors"]), *stale)
+                      _errors(lv["errors"]), *stale, _conflicts(lv), _siblings(lv))
     return table
 
 

@@ -167,15 +167,20 @@ class Bench:
             rec.siblings(len(result.siblings))
         return result.context
 
-    async def _update(self, key: str, level: Level, context: bytes | None = None) -> None:
+    async def _update(self, key: str, level: Level, context: bytes | None = None,
+                      rec: Recorder | None = None) -> None:
         wid = self._write_id()
         if context is None:
             context = self.contexts.get(key, b"")
         result = await self.client.put(key, encode_value(wid, self.config.value_size),
                                        context=context, consistency=level.write,
                                        timeout=self.config.timeout_s)
+        # The put's context covers what this write had seen plus the write itself, never
+        # the concurrent siblings kept beside it, so reusing it does not resolve them.
         self.contexts[key] = result.context
         self.detector.write_acked(key, wid, now())
+        if rec is not None:
+            rec.write(result.concurrent)
 
     async def do(self, op: str, key: str, level: Level | None, started: float,
                  rec: Recorder | None) -> None:
@@ -183,10 +188,10 @@ class Bench:
         if op == READ:
             await self._read(key, level, started, rec is not None, rec)
         elif op == UPDATE:
-            await self._update(key, level)
+            await self._update(key, level, rec=rec)
         elif op == RMW:
             context = await self._read(key, level, started, rec is not None, rec)
-            await self._update(key, level, context)
+            await self._update(key, level, context, rec)
         elif op == PING:
             endpoints = self.client.endpoints
             self.endpoint_cycle = (self.endpoint_cycle + 1) % len(endpoints)

@@ -65,6 +65,9 @@ class Recorder:
         self.siblings_max = 0
         self.siblings_total = 0
         self.reads = 0
+        self.writes = 0
+        self.conflicts = 0           # writes that found siblings they had not seen
+        self.concurrent_total = 0    # those siblings, summed over writes
 
     def _interval(self, at: float) -> Interval:
         index = max(0, int(at / self.interval_s))
@@ -103,6 +106,14 @@ class Recorder:
         self.reads += 1
         self.siblings_total += count
         self.siblings_max = max(self.siblings_max, count)
+
+    def write(self, concurrent: int) -> None:
+        """A write acknowledged; `concurrent`: siblings its minting replica kept beside it
+        because the writer had not seen them (PutResult.concurrent): a real conflict."""
+        self.writes += 1
+        if concurrent:
+            self.conflicts += 1
+            self.concurrent_total += concurrent
 
     @property
     def hist(self) -> HdrHistogram:
@@ -149,4 +160,9 @@ class Recorder:
         if self.reads:
             out["siblings_mean"] = self.siblings_total / self.reads
             out["siblings_max"] = self.siblings_max
+        if self.writes:
+            out["writes"] = self.writes
+            out["conflicts"] = self.conflicts
+            out["conflict_rate"] = self.conflicts / self.writes
+            out["concurrent_siblings_mean"] = self.concurrent_total / self.writes
         return out

@@ -14,13 +14,25 @@ from pathlib import Path
 import click
 
 from kvstore.cli import output
-from kvstore.client import Client, InvalidArgument, KVError, parse_endpoints
+from kvstore.client import Client, ConnectionFailed, InvalidArgument, KVError, parse_endpoints
 from kvstore.core import versions
 
 DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 CLUSTER_FILE = Path("data") / "cluster.json"
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
-LEVEL_CHOICE = click.Choice(["ONE", "TWO", "THREE", "QUORUM", "ALL"], case_sensitive=False)
+class _ReadLevel(click.Choice):
+    """The read levels; ANY (a write level) is refused with the reason."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.upper() == "ANY":
+            self.fail("ANY is for writes only: a write acknowledged by a hint alone cannot be "
+                      "read until handoff delivers it; read at ONE or above", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+LEVEL_CHOICE = _ReadLevel(["ONE", "TWO", "THREE", "QUORUM", "ALL"], case_sensitive=False)
+WRITE_LEVEL_CHOICE = click.Choice(["ONE", "TWO", "THREE", "QUORUM", "ALL", "ANY"],
+                                  case_sensitive=False)
 
 
 def default_endpoints() -> str:
@@ -83,22 +95,38 @@ def consistency_options(letter: str):
                           default=None,
                           help=f"Explicit number of replicas that must answer ({letter.upper()}); "
                                "overrides --consistency.")(fn)
+        if letter == "w":
+            return click.option(
+                "--consistency", "-c", type=WRITE_LEVEL_CHOICE, default=None,
+                help="How many of the key's replicas must acknowledge: ONE, TWO, THREE, "
+                     "QUORUM, ALL (default: the server's, QUORUM). ANY: one acknowledgement, "
+                     "and a hint on a fallback node alone is enough (no read guarantee).")(fn)
         return click.option("--consistency", "-c", type=LEVEL_CHOICE, default=None,
                             help="How many replicas must answer: ONE, TWO, THREE, QUORUM, ALL. "
-                                 "Default: the server's (QUORUM).")(fn)
+                                 "Default: the server's (QUORUM). A read at R sees every "
+                                 "write acknowledged at W when R + W > N.")(fn)
 
     return wrap
 
 
-def strict_option(fn):
+def write_mode_options(fn):
+    """--strict / --sloppy: whether hints on fallback nodes count towards W."""
+    fn = click.option("--sloppy", is_flag=True,
+                      help="Sloppy quorum: a hint held by a fallback node counts towards W for "
+                           "the replica it stands in for. The write survives more failures, "
+                           "but until hinted handoff delivers it a read (even with R + W > N) "
+                           "may not see it.")(fn)
     return click.option("--strict", is_flag=True,
-                        help="Strict quorum: only the key's own replicas count towards W "
-                             "(hints written to fallback nodes do not).")(fn)
+                        help="Strict quorum (the default unless the node runs with "
+                             "--sloppy-quorum): only the key's own replicas count towards W; "
+                             "hints are still written, and delivered later, but not "
+                             "counted.")(fn)
 
 
 def json_and_trace(fn):
     fn = click.option("--trace", is_flag=True,
-                      help="Show what the coordinator did: replicas asked, latency, versions.")(fn)
+                      help="Show what the coordinator did: replicas asked, latency, versions, "
+                           "which answers counted (a hint counts only when sloppy).")(fn)
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(fn)
 
 
@@ -130,22 +158,24 @@ def get(s: Settings, key: str, consistency: str | None, count_r: int | None, tra
                    "sibling of whatever is there).")
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
               help="The context from `kv get --json` to supersede (instead of reading it now).")
-@strict_option
+@write_mode_options
 @json_and_trace
 @click.pass_obj
 def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int | None,
-        blind: bool, context_text: str | None, strict: bool, trace: bool,
+        blind: bool, context_text: str | None, strict: bool, sloppy: bool, trace: bool,
         as_json: bool) -> None:
     """Write VALUE to KEY, replacing the versions it has now (VALUE - reads stdin).
 
-    By default the current causal context is read first (at the same consistency), so the
-    write supersedes every sibling it saw; use --blind to skip that read.
+    By default the current causal context is read first, at the write's level capped at
+    QUORUM (at ONE when that cannot answer; --trace and --json say what was read), so the
+    write supersedes every sibling it saw; use --blind to skip that read. Versions the
+    read did not see stay as siblings; the reply's "concurrent" counts them.
     """
     data = click.get_binary_stream("stdin").read() if value == "-" else value.encode()
-    context = _context(s, key, consistency, blind, context_text)
+    context, context_read = _context(s, key, consistency, count_w, blind, context_text)
     result = s.client().put(key, data, context=context, consistency=consistency, w=count_w,
-                            trace=trace, strict=strict)
-    _print_write(result, "stored", trace, as_json)
+                            trace=trace, strict=strict, sloppy=sloppy)
+    _print_write(result, "stored", trace, as_json, context_read)
 
 
 @cli.command()
@@ -154,45 +184,88 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
 @click.option("--blind", is_flag=True, help="Delete without reading the current context first.")
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
               help="The context from `kv get --json` to supersede.")
-@strict_option
+@write_mode_options
 @json_and_trace
 @click.pass_obj
 def delete(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
-           context_text: str | None, strict: bool, trace: bool, as_json: bool) -> None:
-    """Delete KEY (writes a tombstone that supersedes the versions it saw)."""
-    context = _context(s, key, consistency, blind, context_text)
+           context_text: str | None, strict: bool, sloppy: bool, trace: bool,
+           as_json: bool) -> None:
+    """Delete KEY (writes a tombstone that supersedes the versions it saw; the context is
+    read first as for `kv put`)."""
+    context, context_read = _context(s, key, consistency, count_w, blind, context_text)
     result = s.client().delete(key, context=context, consistency=consistency, w=count_w,
-                               trace=trace, strict=strict)
-    _print_write(result, "deleted", trace, as_json)
+                               trace=trace, strict=strict, sloppy=sloppy)
+    _print_write(result, "deleted", trace, as_json, context_read)
 
 
-def _context(s: Settings, key: str, consistency: str | None, blind: bool,
-             context_text: str | None) -> bytes:
+# Levels the context is read at before a write, strongest first: the write's level capped
+# at QUORUM (a pre-read never needs every replica: a QUORUM read sees every write
+# acknowledged at QUORUM or above), then ONE when that is unavailable. A context read from
+# fewer replicas can miss versions held only by the others: the write then does not
+# supersede them and they stay as siblings (nothing is lost).
+def _pre_read_levels(consistency: str | None, count_w: int | None) -> list[tuple[str, dict]]:
+    if count_w is not None:
+        first = [("R=1", {"r": 1})] if count_w == 1 else (
+            [("R=2", {"r": 2})] if count_w == 2 else [("QUORUM", {"consistency": "QUORUM"})])
+    else:
+        level = (consistency or "QUORUM").upper()
+        capped = level if level in ("ONE", "TWO") else "QUORUM"
+        first = [(capped, {"consistency": capped})]
+    if first[0][0] in ("ONE", "R=1"):
+        return first
+    return [*first, ("ONE", {"consistency": "ONE"})]
+
+
+def _context(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
+             context_text: str | None) -> tuple[bytes, dict | None]:
+    """The causal context to write with, and what was read to get it (None: nothing read).
+
+    The second value is the `context_read` object of `--json` (docs/architecture.md):
+    consistency, replicas that answered, siblings seen, levels that failed first, and
+    whether the write went blind because nothing could be read (ANY only).
+    """
     if context_text is not None:
         try:
-            return versions.context_from_text(context_text)
+            return versions.context_from_text(context_text), None
         except versions.InvalidContext as exc:
             raise InvalidArgument(str(exc)) from None
     if blind:
-        return b""
-    try:
-        return s.client().get(key, consistency=consistency).context
-    except InvalidArgument:
-        raise
-    except KVError as exc:
-        raise type(exc)(f"could not read the current context first ({exc.message}); "
-                        "retry, or use --blind to write without it") from None
+        return b"", None
+    failed: list[dict] = []
+    last: KVError | None = None
+    for label, kwargs in _pre_read_levels(consistency, count_w):
+        try:
+            got = s.client().get(key, trace=True, **kwargs)
+        except (InvalidArgument, ConnectionFailed):
+            raise
+        except KVError as exc:
+            failed.append({"consistency": label, "error": f"{type(exc).__name__}: {exc.message}"})
+            last = exc
+            continue
+        answered = [r["node"] for r in (got.trace or {}).get("replicas", []) if r["ok"]]
+        return got.context, {"consistency": label, "replicas": answered,
+                             "siblings": len(got.siblings), "failed": failed, "blind": False}
+    assert last is not None
+    if (consistency or "").upper() == "ANY":  # ANY takes a write even with no replica up
+        return b"", {"consistency": None, "replicas": [], "siblings": 0, "failed": failed,
+                     "blind": True}
+    tried = "; ".join(f"{f['consistency']}: {f['error']}" for f in failed)
+    raise type(last)(f"could not read the current context first ({tried}); retry, or use "
+                     "--blind to write without it") from None
 
 
-def _print_write(result, verb: str, trace: bool, as_json: bool) -> None:
+def _print_write(result, verb: str, trace: bool, as_json: bool,
+                 context_read: dict | None) -> None:
     if as_json:
-        output.print_json(output.put_json(result))
+        output.print_json(output.put_json(result, context_read))
         return
+    if context_read is not None and (trace or context_read["failed"]):
+        click.echo(output.describe_context_read(context_read), err=not trace)
     live = [v for v in result.stored if not v.tombstone]
     note = ""
     if len(live) > 1:
-        note = (f" — the key now has {len(live)} siblings (concurrent writes); "
-                "`kv get` shows them")
+        note = (f" — the key now has {len(live)} siblings (concurrent writes this one did "
+                "not see); `kv get` shows them")
     click.echo(f"OK, {verb}{note}")
     if trace:
         output.print_trace(result.trace)

@@ -61,6 +61,12 @@ def node() -> None:
 @click.option("--no-hinted-handoff", is_flag=True, envvar="KV_NO_HINTED_HANDOFF",
               help="Write no hints and deliver none (strict quorums only); for experiments "
                    "that must isolate anti-entropy. [env KV_NO_HINTED_HANDOFF]")
+@click.option("--sloppy-quorum", is_flag=True, envvar="KV_SLOPPY_QUORUM",
+              help="Let hints on fallback nodes count towards W for writes that ask for "
+                   "neither --strict nor --sloppy. Off by default: only the key's own "
+                   "replicas count, so R + W > N reads see every acknowledged write; on, "
+                   "writes survive more failures but a read may miss them until hinted "
+                   "handoff delivers them. [env KV_SLOPPY_QUORUM]")
 @click.option("--hint-max-age", envvar="KV_HINT_MAX_AGE", default=3 * 3600.0, show_default=True,
               type=click.FloatRange(min=1),
               help="Seconds a hint is kept before it is dropped; must be below "
@@ -108,9 +114,9 @@ def node() -> None:
                    "its raft state. [env KV_RAFT_JOIN]")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
-          max_value_bytes: int, no_hinted_handoff: bool, hint_max_age: float,
-          tombstone_grace: float, antientropy_interval: float, gossip_interval: float,
-          phi_threshold: float, read_all_chance: float,
+          max_value_bytes: int, no_hinted_handoff: bool, sloppy_quorum: bool,
+          hint_max_age: float, tombstone_grace: float, antientropy_interval: float,
+          gossip_interval: float, phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
           raft_join: bool = False, restored: bool = False,
           max_clock_skew: float = 60.0) -> None:
@@ -130,7 +136,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir, restored=restored,
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
-        hinted_handoff=not no_hinted_handoff, hint_max_age_ms=int(hint_max_age * 1000),
+        hinted_handoff=not no_hinted_handoff, sloppy_quorum=sloppy_quorum,
+        hint_max_age_ms=int(hint_max_age * 1000),
         tombstone_grace_ms=int(tombstone_grace * 1000), antientropy_interval=antientropy_interval,
         max_clock_skew_ms=int(max_clock_skew * 1000),
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,

@@ -32,15 +32,33 @@ def get_json(result: GetResult) -> dict[str, Any]:
     }
 
 
-def put_json(result: PutResult) -> dict[str, Any]:
+def put_json(result: PutResult, context_read: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The documented put/delete schema: key, ok, siblings, context, concurrent,
+    context_read, trace."""
     key, _ = text_or_base64(result.key)
     return {
         "key": key,
         "ok": True,
         "siblings": [v.to_json() for v in result.stored if not v.tombstone],
         "context": versions.context_to_text(result.context),
+        "concurrent": result.concurrent,
+        "context_read": context_read,
         "trace": result.trace,
     }
+
+
+def describe_context_read(read: dict[str, Any]) -> str:
+    """One line on the read that fetched a write's context (levels that failed first)."""
+    failed = "; ".join(f"{f['consistency']} failed ({f['error']})" for f in read["failed"])
+    if read["blind"]:
+        return f"context: nothing could be read ({failed}); written blind (ANY)"
+    siblings = read["siblings"]
+    text = (f"context read at {read['consistency']} from {', '.join(read['replicas'])}: "
+            f"{siblings} sibling{'' if siblings == 1 else 's'} seen")
+    if failed:
+        text += (f" ({failed}; versions held only by replicas that did not answer stay as "
+                 "siblings of this write)")
+    return text
 
 
 def _show(value: bytes) -> str:
@@ -71,7 +89,8 @@ def print_trace(trace: dict[str, Any] | None) -> None:
     head += (f", preference list {', '.join(trace['preference_list'])}, "
              f"needed {trace['required']}, {trace['total_ms']:.2f} ms")
     table = Table(title=head, title_justify="left")
-    for col in ("replica", "ok", "latency ms", "versions (dot clock value)", "error"):
+    for col in ("replica", "ok", "counted", "latency ms", "versions (dot clock value)",
+                "error"):
         table.add_column(col)
     for r in trace["replicas"]:
         shown = "\n".join(
@@ -82,8 +101,10 @@ def print_trace(trace: dict[str, Any] | None) -> None:
         name = r["node"] + (" (local)" if r.get("local") else "")
         if r.get("hint_for"):
             name += f" (hint for {r['hint_for']})"
-        table.add_row(name, "yes" if r["ok"] else "NO", f"{r['latency_ms']:.2f}", shown,
-                      r.get("error") or "")
+        counted = "yes" if r.get("counted") else ("no (hint)" if r.get("hint_for") and r["ok"]
+                                                  else "no")
+        table.add_row(name, "yes" if r["ok"] else "NO", counted, f"{r['latency_ms']:.2f}",
+                      shown, r.get("error") or "")
     console.print(table)
     for e in trace["events"]:
         console.print(f"  {e['at_ms']:8.2f} ms  {e['event']}")

@@ -28,7 +28,7 @@ from kvstore.core.address import is_host_port
 from kvstore.core.errors import InvalidArgument, KVError, Timeout, Unavailable
 
 LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
-          "ALL": cpb.ALL}
+          "ALL": cpb.ALL, "ANY": cpb.ANY}
 MAX_PIPELINE = 512
 DOWN_FOR = 1.0  # seconds a node that refused a connection is skipped
 OPTIONS = [
@@ -89,9 +89,10 @@ class GetResult:
 @dataclass
 class PutResult:
     key: bytes
-    context: bytes
-    stored: list[Version] = field(default_factory=list)
+    context: bytes  # what the writer has seen: its context plus this write, nothing more
+    stored: list[Version] = field(default_factory=list)  # the key's siblings; the new one last
     trace: dict[str, Any] | None = None
+    concurrent: int = 0  # siblings in `stored` written concurrently (the writer had not seen)
 
 
 def text_or_base64(data: bytes) -> tuple[str, str]:
@@ -119,6 +120,7 @@ def trace_to_dict(trace: cpb.Trace) -> dict[str, Any]:
                 "latency_ms": r.latency_ms,
                 "local": r.local,
                 "hint_for": r.hint_for or None,
+                "counted": r.counted,
                 "error": r.error or None,
                 "versions": [Version.from_pb(v).to_json() for v in r.versions],
             }
@@ -142,7 +144,8 @@ def make_quorum(consistency: str | None, count: int | None) -> cpb.Quorum:
     level = LEVELS.get(consistency.upper())
     if level is None:
         raise InvalidArgument(
-            f"unknown consistency level {consistency!r}; use ONE, TWO, THREE, QUORUM or ALL"
+            f"unknown consistency level {consistency!r}; use ONE, TWO, THREE, QUORUM or ALL "
+            "(or ANY, for writes)"
         )
     return cpb.Quorum(level=level)
 
@@ -210,29 +213,38 @@ class AsyncClient:
 
     async def put(self, key: bytes | str, value: bytes | str, *, context: bytes = b"",
                   consistency: str | None = None, w: int | None = None, trace: bool = False,
-                  timeout: float | None = None, strict: bool = False) -> PutResult:
+                  timeout: float | None = None, strict: bool = False,
+                  sloppy: bool = False) -> PutResult:
+        """Write `value`, superseding what `context` (from a get or a put) saw.
+
+        `strict` / `sloppy` choose whether hints on fallback nodes count towards W (neither:
+        the node's default, strict unless it runs with --sloppy-quorum); consistency ANY
+        accepts a hint alone.
+        """
         key = as_bytes(key)
         request = cpb.ClientRequest(
             put=cpb.PutRequest(key=key, value=as_bytes(value), context=context,
-                               quorum=make_quorum(consistency, w), strict=strict),
+                               quorum=make_quorum(consistency, w), strict=strict,
+                               sloppy=sloppy),
             trace=trace, timeout_ms=self._timeout_ms(timeout))
         return self._put_result(key, await self.execute(request), trace)
 
     async def delete(self, key: bytes | str, *, context: bytes = b"",
                      consistency: str | None = None, w: int | None = None,
                      trace: bool = False, timeout: float | None = None,
-                     strict: bool = False) -> PutResult:
+                     strict: bool = False, sloppy: bool = False) -> PutResult:
         key = as_bytes(key)
         request = cpb.ClientRequest(
             delete=cpb.DeleteRequest(key=key, context=context, quorum=make_quorum(consistency, w),
-                                     strict=strict),
+                                     strict=strict, sloppy=sloppy),
             trace=trace, timeout_ms=self._timeout_ms(timeout))
         return self._put_result(key, await self.execute(request), trace)
 
     @staticmethod
     def _put_result(key: bytes, reply: cpb.ClientReply, trace: bool) -> PutResult:
         return PutResult(key, reply.put.context, [Version.from_pb(v) for v in reply.put.stored],
-                         trace_to_dict(reply.trace) if trace else None)
+                         trace_to_dict(reply.trace) if trace else None,
+                         reply.put.concurrent)
 
     def _timeout_ms(self, timeout: float | None) -> int:
         return int((timeout if timeout is not None else self.timeout) * 1000)

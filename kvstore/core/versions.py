@@ -23,6 +23,13 @@ Rules the rest of the system relies on:
 * Clocks are bounded (`MAX_CLOCK_ENTRIES`); pruning drops the smallest counters. Pruning
   only ever makes a version look *less* known, so it can create extra siblings but can
   never drop a write.
+* A context (`Context`) is a version vector plus single dots beyond it. A reader's
+  context is the join of what it read. A writer's context after a put is what it had seen
+  plus its own new dot: that dot joins the vector only when no sibling the writer had not
+  seen sits below it (`context_after_write`); otherwise it stays a single dot, because
+  ``n: c`` would also claim the unseen ``(n, c')``, c' < c, and a later write with that
+  context would silently supersede a concurrent write. A sibling keeps the single dots
+  its write superseded in `seen`, so every replica drops exactly those.
 
 Pure: no I/O, no clock reads (the caller passes the time).
 """
@@ -39,7 +46,9 @@ from google.protobuf.message import DecodeError
 from kvstore._proto import common_pb2 as pb
 
 MAX_CLOCK_ENTRIES = 64
+MAX_SEEN_DOTS = 64  # single dots a context or a sibling carries beyond its version vector
 Clock = dict[str, int]
+Dot = tuple[str, int]
 
 
 class InvalidContext(ValueError):
@@ -93,6 +102,9 @@ class Sibling:
     value: bytes = b""
     tombstone: bool = False
     written_at_ms: int = 0
+    # Single dots this write superseded beyond `past` (from a writer's context that held
+    # its own earlier write as a single dot): dropped wherever this sibling is merged.
+    seen: frozenset[Dot] = frozenset()
 
     @property
     def dot(self) -> tuple[str, int]:
@@ -103,6 +115,29 @@ class Sibling:
         out = dict(self.past)
         if out.get(self.node, 0) < self.counter:
             out[self.node] = self.counter
+        return out
+
+    def supersedes(self, node: str, counter: int) -> bool:
+        """Whether the write that made this sibling had seen the write (node, counter)."""
+        return covers(self.past, node, counter) or (node, counter) in self.seen
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a client has seen: a version vector, plus single dots beyond it."""
+
+    clock: Mapping[str, int] = field(default_factory=dict)
+    dots: frozenset[Dot] = frozenset()
+
+    def covers(self, node: str, counter: int) -> bool:
+        return covers(self.clock, node, counter) or (node, counter) in self.dots
+
+    def horizon(self) -> Clock:
+        """The highest counter of every actor this context names (dots included)."""
+        out = dict(self.clock)
+        for node, counter in self.dots:
+            if out.get(node, 0) < counter:
+                out[node] = counter
         return out
 
 
@@ -154,6 +189,59 @@ def context_of(siblings: Iterable[Sibling]) -> Clock:
     return join(*(s.clock() for s in siblings))
 
 
+def horizon(siblings: Sequence[Sibling]) -> Clock:
+    """The highest counter of every actor the siblings know of, single dots included.
+
+    Not a context to hand a client (it may cover versions none of the siblings had seen):
+    it is what a replica knows was minted, for purge markers and for fresh-dot checks.
+    """
+    out = context_of(siblings)
+    for s in siblings:
+        for node, counter in s.seen:
+            if out.get(node, 0) < counter:
+                out[node] = counter
+    return out
+
+
+def _bounded(dots: Iterable[Dot], clock: Mapping[str, int]) -> frozenset[Dot]:
+    """The dots `clock` does not cover, at most MAX_SEEN_DOTS (the highest counters).
+
+    Dropping a dot only makes a write look less known: an extra sibling, never a lost one.
+    """
+    rest = {d for d in dots if not covers(clock, *d)}
+    if len(rest) <= MAX_SEEN_DOTS:
+        return frozenset(rest)
+    return frozenset(sorted(rest, key=lambda d: (-d[1], d[0]))[:MAX_SEEN_DOTS])
+
+
+def read_context(siblings: Sequence[Sibling]) -> Context:
+    """The context a reader of `siblings` gets: their clocks joined, and their single dots."""
+    clock = context_of(siblings)
+    return Context(clock, _bounded((d for s in siblings for d in s.seen), clock))
+
+
+def context_after_write(seen: Context, siblings: Sequence[Sibling], new: Sibling) -> Context:
+    """The context a writer holds after its write: what it had seen, plus the write.
+
+    `siblings` is the key's sibling set at the replica that minted `new` (`new` among
+    them). Every earlier dot of the minting node is on that replica, kept or superseded by
+    a sibling there, so `new`'s dot can join the version vector exactly when no sibling
+    the writer had not seen has a dot of that node below it; otherwise it is carried as a
+    single dot. (A superseded dot the vector then also covers is harmless: the sibling
+    that superseded it is kept, and drops it anyway.)
+    """
+    clock = dict(seen.clock)
+    below = clock.get(new.node, 0)
+    unseen_below = any(
+        s.node == new.node and below < s.counter < new.counter and not seen.covers(*s.dot)
+        for s in siblings
+    )
+    if unseen_below:
+        return Context(clock, _bounded({*seen.dots, new.dot}, clock))
+    clock[new.node] = max(below, new.counter)
+    return Context(clock, _bounded(seen.dots, clock))
+
+
 def sync(ours: Sequence[Sibling], theirs: Sequence[Sibling]) -> list[Sibling]:
     """Merge two replicas' sibling sets; keep every sibling no other sibling supersedes."""
     by_dot: dict[tuple[str, int], Sibling] = {}
@@ -164,7 +252,7 @@ def sync(ours: Sequence[Sibling], theirs: Sequence[Sibling]) -> list[Sibling]:
         (
             s
             for s in candidates
-            if not any(o is not s and covers(o.past, s.node, s.counter) for o in candidates)
+            if not any(o is not s and o.supersedes(s.node, s.counter) for o in candidates)
         ),
         key=lambda s: (s.node, s.counter),
     )
@@ -172,7 +260,7 @@ def sync(ours: Sequence[Sibling], theirs: Sequence[Sibling]) -> list[Sibling]:
 
 def update(
     local: Sequence[Sibling],
-    context: Mapping[str, int],
+    context: Mapping[str, int] | Context,
     node: str,
     value: bytes,
     *,
@@ -182,24 +270,31 @@ def update(
 ) -> list[Sibling]:
     """Mint a write under actor `node`, given what the client saw (`context`).
 
-    The counter exceeds every counter of `node` in `local`, in `context` and `floor` (the
-    highest this replica ever minted under `node`). Siblings the context covers are
-    replaced; the others stay beside the new one.
+    The counter exceeds every counter of `node` in `local` (single dots included), in
+    `context` and `floor` (the highest this replica ever minted under `node`). Siblings
+    the context covers are replaced; the others stay beside the new one, which is last in
+    the returned list.
     """
-    highest = max(context.get(node, 0), floor)
+    seen = context if isinstance(context, Context) else Context(context)
+    highest = max([seen.clock.get(node, 0), floor, *(c for n, c in seen.dots if n == node)])
     for s in local:
         highest = max(highest, s.past.get(node, 0), s.counter if s.node == node else 0)
+        for n, c in s.seen:
+            if n == node and c > highest:
+                highest = c
+    past = prune(seen.clock)
     new = Sibling(
         node=node,
         counter=highest + 1,
-        past=prune(context),
+        past=past,
         value=value,
         tombstone=tombstone,
         written_at_ms=now_ms,
+        seen=_bounded(seen.dots, past),
     )
-    assert not any(covers(s.clock(), node, new.counter) for s in local), \
-        "a minted dot is fresh: no local version has seen it"
-    kept = [s for s in local if not covers(context, s.node, s.counter)]
+    assert not any(covers(s.clock(), node, new.counter) or s.supersedes(*new.dot)
+                   for s in local), "a minted dot is fresh: no local version has seen it"
+    kept = [s for s in local if not seen.covers(s.node, s.counter)]
     return [*kept, new]
 
 
@@ -219,6 +314,10 @@ def _clock_from_pb(entries: Iterable[pb.ClockEntry]) -> Clock:
     return {e.node: e.counter for e in entries}
 
 
+def _dots_to_pb(dots: Iterable[Dot]) -> list[pb.ClockEntry]:
+    return [pb.ClockEntry(node=n, counter=c) for n, c in sorted(dots)]
+
+
 def sibling_to_pb(s: Sibling) -> pb.Version:
     return pb.Version(
         dot=pb.ClockEntry(node=s.node, counter=s.counter),
@@ -226,6 +325,7 @@ def sibling_to_pb(s: Sibling) -> pb.Version:
         value=s.value,
         tombstone=s.tombstone,
         written_at_ms=s.written_at_ms,
+        seen=_dots_to_pb(s.seen),
     )
 
 
@@ -237,6 +337,7 @@ def sibling_from_pb(v: pb.Version) -> Sibling:
         value=v.value,
         tombstone=v.tombstone,
         written_at_ms=v.written_at_ms,
+        seen=frozenset((e.node, e.counter) for e in v.seen),
     )
 
 
@@ -278,8 +379,9 @@ class Record:
     purged_at_ms: int = 0
 
     def knows(self) -> Clock:
-        """Every event this record has seen: its siblings' clocks and its marker."""
-        return join(context_of(self.siblings), self.purged)
+        """Every event this record has seen: its siblings' clocks and single dots, and its
+        marker."""
+        return join(horizon(self.siblings), self.purged)
 
 
 def decode_record(record: bytes | None) -> Record:
@@ -310,14 +412,18 @@ def encode_record(rec: Record) -> bytes:
     return state.SerializeToString(deterministic=True)
 
 
-def encode_context(clock: Mapping[str, int]) -> bytes:
+def encode_context(context: Mapping[str, int] | Context) -> bytes:
     """The opaque context handed to clients."""
-    return pb.Context(clock=_clock_to_pb(clock)).SerializeToString(deterministic=True)
+    if isinstance(context, Context):
+        return pb.Context(clock=_clock_to_pb(context.clock),
+                          dots=_dots_to_pb(context.dots)).SerializeToString(deterministic=True)
+    return pb.Context(clock=_clock_to_pb(context)).SerializeToString(deterministic=True)
 
 
-def decode_context(data: bytes) -> Clock:
+def parse_context(data: bytes) -> Context:
+    """A context from a client: its version vector and its single dots."""
     if not data:
-        return {}
+        return Context()
     msg = pb.Context()
     try:
         msg.ParseFromString(data)
@@ -326,12 +432,19 @@ def decode_context(data: bytes) -> Clock:
             "the causal context is not one this store issued; pass the context returned by get"
         ) from exc
     clock = _clock_from_pb(msg.clock)
-    if any(not node or counter <= 0 for node, counter in clock.items()):
+    dots = frozenset((e.node, e.counter) for e in msg.dots)
+    if any(not node or counter <= 0 for node, counter in (*clock.items(), *dots)):
         raise InvalidContext("the causal context has an empty node id or a zero counter")
-    if len(clock) > 4 * MAX_CLOCK_ENTRIES:
-        raise InvalidContext(f"the causal context has {len(clock)} entries; at most "
-                             f"{4 * MAX_CLOCK_ENTRIES} are allowed")
-    return clock
+    if len(clock) > 4 * MAX_CLOCK_ENTRIES or len(dots) > 4 * MAX_SEEN_DOTS:
+        raise InvalidContext(f"the causal context has {len(clock)} entries and {len(dots)} "
+                             f"single dots; at most {4 * MAX_CLOCK_ENTRIES} and "
+                             f"{4 * MAX_SEEN_DOTS} are allowed")
+    return Context(clock, dots)
+
+
+def decode_context(data: bytes) -> Clock:
+    """The version-vector part of a client's context (see `parse_context` for all of it)."""
+    return dict(parse_context(data).clock)
 
 
 def context_to_text(data: bytes) -> str:
@@ -344,7 +457,7 @@ def context_from_text(text: str) -> bytes:
         data = base64.b64decode(text.encode("ascii"), altchars=b"-_", validate=True)
     except (ValueError, UnicodeEncodeError) as exc:
         raise InvalidContext("the context is not the base64 text `kv get --json` prints") from exc
-    decode_context(data)  # reject what is not a context now, with the same clear message
+    parse_context(data)  # reject what is not a context now, with the same clear message
     return data
 
 

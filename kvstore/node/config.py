@@ -24,7 +24,8 @@ class NodeConfig:
     timeout_ms: int = 2000
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
-    hinted_handoff: bool = True       # sloppy quorum + hints (--no-hinted-handoff)
+    hinted_handoff: bool = True       # hints for replicas that missed a write (--no-hinted-handoff)
+    sloppy_quorum: bool = False       # hints count towards W by default (--sloppy-quorum)
     hint_max_age_ms: int = 3 * 3600 * 1000
     handoff_interval: float = 1.0
     gossip_interval: float = 1.0

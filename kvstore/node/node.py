@@ -119,6 +119,7 @@ class Node:
             rng=rng,
         )
         self.coordinator.config.hinted_handoff = config.hinted_handoff
+        self.coordinator.config.sloppy_quorum = config.sloppy_quorum
         self.coordinator.config.read_all_chance = config.read_all_chance
         if hints is None:
             hints = HintStore(config.data_dir / "hints.db" if config.data_dir else None,

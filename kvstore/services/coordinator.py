@@ -38,7 +38,7 @@ from kvstore.transport.base import PeerTimeout, PeerUnreachable, Transport, Tran
 log = logging.getLogger(__name__)
 
 LEVEL_NAMES = {cpb.ONE: "ONE", cpb.TWO: "TWO", cpb.THREE: "THREE", cpb.QUORUM: "QUORUM",
-               cpb.ALL: "ALL"}
+               cpb.ALL: "ALL", cpb.ANY: "ANY"}
 
 
 @dataclass
@@ -57,10 +57,17 @@ class CoordinatorConfig:
     # Repair stale replicas that took part in a QUORUM-or-stronger read before answering,
     # so a value once read at QUORUM is never "un-read" by the next QUORUM read.
     blocking_read_repair: bool = True
-    # Sloppy quorum: when a replica is down or does not answer, write a hint to the next
-    # healthy node past the preference list; it counts towards W unless the request is
-    # strict. Off (--no-hinted-handoff): no hints are written at all.
+    # Hinted handoff: when a replica is down or does not answer, write a hint to the next
+    # healthy node past the preference list (and keep one here for replicas that missed
+    # the write); handoff delivers them when the owner is back. Off (--no-hinted-handoff):
+    # no hints are written at all.
     hinted_handoff: bool = True
+    # Whether hints count towards W when a write asks for neither --strict nor --sloppy.
+    # Off (the default): only the key's own replicas count, so R + W > N reads see the
+    # write. On (--sloppy-quorum): a hint on a fallback counts for the replica it stands
+    # in for, so writes survive more failures but a QUORUM read may miss them until
+    # handoff has run.
+    sloppy_quorum: bool = False
 
 
 def required_replicas(quorum: cpb.Quorum, n: int, default_level: int, what: str) -> int:
@@ -72,10 +79,18 @@ def required_replicas(quorum: cpb.Quorum, n: int, default_level: int, what: str)
             )
         return quorum.count
     level = quorum.level or default_level
+    if level == cpb.ANY:
+        if what != "W":
+            raise InvalidArgument(
+                "consistency ANY is for writes only: a write acknowledged by a hint alone "
+                "cannot be read until handoff delivers it; read at ONE or above"
+            )
+        return 1
     fixed = {cpb.ONE: 1, cpb.TWO: 2, cpb.THREE: 3, cpb.QUORUM: n // 2 + 1, cpb.ALL: n}
     if level not in fixed:
         raise InvalidArgument(
-            f"unknown consistency level {level}; use ONE, TWO, THREE, QUORUM or ALL"
+            f"unknown consistency level {level}; use ONE, TWO, THREE, QUORUM or ALL "
+            "(or ANY, for writes)"
         )
     need = fixed[level]
     if need > n:
@@ -84,6 +99,29 @@ def required_replicas(quorum: cpb.Quorum, n: int, default_level: int, what: str)
             f"factor is N={n}"
         )
     return need
+
+
+def is_any(quorum: cpb.Quorum) -> bool:
+    """Whether a write asks for consistency ANY (an explicit count wins over the level)."""
+    return not quorum.count and quorum.level == cpb.ANY
+
+
+def counts_hints(strict: bool, sloppy: bool, any_level: bool, node_default: bool) -> bool:
+    """Whether hints on fallback nodes count towards W for this write.
+
+    ANY always counts them; otherwise the request's --strict or --sloppy, else the node's
+    default (--sloppy-quorum, off unless set).
+    """
+    if strict and sloppy:
+        raise InvalidArgument("--strict and --sloppy contradict each other; give one of them")
+    if any_level:
+        if strict:
+            raise InvalidArgument("consistency ANY counts a hint alone, so it cannot be "
+                                  "--strict; use ONE for one of the key's own replicas")
+        return True
+    if strict or sloppy:
+        return sloppy
+    return node_default
 
 
 class Trace:
@@ -103,12 +141,12 @@ class Trace:
 
     def replica(self, node: str, address: str, ok: bool, latency_ms: float,
                 siblings: list[Sibling] | None, error: str = "", local: bool = False,
-                hint_for: str = "") -> None:
+                hint_for: str = "", counted: bool = False) -> None:
         if self.pb is not None:
             self.pb.replicas.append(cpb.ReplicaTrace(
                 node=node, address=address, ok=ok, latency_ms=round(latency_ms, 3),
                 versions=[versions.sibling_to_pb(s) for s in siblings or ()], error=error,
-                local=local, hint_for=hint_for,
+                local=local, hint_for=hint_for, counted=counted,
             ))
 
 
@@ -134,6 +172,23 @@ class _Answer:
         if isinstance(self.error, KVError):
             return self.error.message
         return str(self.error)
+
+
+class _NoReplica(Unavailable):
+    """Every replica refused a forwarded write: it was delivered nowhere."""
+
+    def __init__(self, message: str, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+def _with_mode(request: cpb.ClientRequest, sloppy: bool) -> cpb.ClientRequest:
+    """A copy of a write request that says explicitly whether hints count."""
+    out = cpb.ClientRequest()
+    out.CopyFrom(request)
+    write = out.put if out.WhichOneof("op") == "put" else out.delete
+    write.sloppy, write.strict = sloppy, not sloppy
+    return out
 
 
 class Coordinator:
@@ -172,12 +227,13 @@ class Coordinator:
                 put = request.put
                 self._check_value(put.value)
                 reply = await self._write(request, put.key, put.value, put.context, put.quorum,
-                                          False, trace, timeout, forwarded, put.strict)
+                                          False, trace, timeout, forwarded, put.strict,
+                                          put.sloppy)
             elif op == "delete":
                 delete = request.delete
                 reply = await self._write(request, delete.key, b"", delete.context,
                                           delete.quorum, True, trace, timeout, forwarded,
-                                          delete.strict)
+                                          delete.strict, delete.sloppy)
             else:
                 raise InvalidArgument("the request names no operation; send get, put or delete")
         except KVError as exc:
@@ -278,9 +334,9 @@ class Coordinator:
                                                return_when=asyncio.FIRST_COMPLETED)
             for task in [t for t in started if t in done]:
                 answer: _Answer = task.result()
+                owner = counts_for(answer) if answer.ok else None
                 if answer.ok:
                     ok.append(answer)
-                    owner = counts_for(answer)
                     if owner is not None:
                         covered.add(owner)
                 else:
@@ -293,7 +349,8 @@ class Coordinator:
                     trace.replica(answer.node, self._address(answer.node), answer.ok,
                                   answer.latency_ms, answer.siblings,
                                   "" if answer.ok else answer.describe(),
-                                  local=answer.node == self.node_id, hint_for=answer.hint_for)
+                                  local=answer.node == self.node_id, hint_for=answer.hint_for,
+                                  counted=owner is not None)
         waiting = [label for label, task in tasks.items() if task in pending]
         for task in pending:
             self._keep(task)
@@ -375,7 +432,7 @@ class Coordinator:
         await self._read_repair(key, merged, ok, failed, waiting, tasks, need, n, trace,
                                 timeout)
         values = versions.live(merged)
-        context = versions.encode_context(versions.context_of(merged))
+        context = versions.encode_context(versions.read_context(merged))
         return cpb.ClientReply(get=cpb.GetResult(
             found=bool(values),
             siblings=[versions.sibling_to_pb(s) for s in values],
@@ -435,12 +492,15 @@ class Coordinator:
     # -- put / delete ----------------------------------------------------------------
     async def _write(self, request: cpb.ClientRequest, key: bytes, value: bytes, context: bytes,
                      quorum: cpb.Quorum, tombstone: bool, trace: Trace, timeout: float,
-                     forwarded: bool, strict: bool = False) -> cpb.ClientReply:
+                     forwarded: bool, strict: bool = False,
+                     sloppy_asked: bool = False) -> cpb.ClientReply:
         self._check_key(key)
         n = self.config.replication_factor
         need = required_replicas(quorum, n, self.config.default_level, "W")
+        any_level = is_any(quorum)
+        sloppy = counts_hints(strict, sloppy_asked, any_level, self.config.sloppy_quorum)
         try:
-            clock = versions.decode_context(context)
+            seen = versions.parse_context(context)
         except versions.InvalidContext as exc:
             raise InvalidArgument(str(exc)) from exc
         pref = self._preference_list(key, trace)
@@ -450,26 +510,40 @@ class Coordinator:
             if forwarded:
                 raise NotReady(f"{self.node_id} was asked to coordinate a key it does not "
                                "replicate; the nodes disagree about membership, retry shortly")
-            return await self._forward(request, pref, trace, timeout)
+            if not any_level:
+                return await self._forward(request, pref, trace, timeout, sloppy)
+            # ANY: forward only to replicas thought up; a forward that times out may have
+            # been applied, and must not be minted a second time here
+            up = [node for node in pref if self.membership.is_up(node)]
+            down = [f"{node} is down (failure detector)" for node in pref if node not in up]
+            try:
+                return await self._forward(request, up, trace, timeout, sloppy)
+            except _NoReplica as exc:
+                return await self._write_unowned(key, value, seen, tombstone, pref, trace,
+                                                 down + exc.reasons)
         verb = "delete" if tombstone else "write"
         local = await self._local(
-            self.replica.mint(key, clock, value, tombstone=tombstone))
+            self.replica.mint(key, seen, value, tombstone=tombstone))
         trace.replica(self.node_id, self._address(self.node_id), local.ok, local.latency_ms,
-                      local.siblings, "" if local.ok else local.describe(), local=True)
+                      local.siblings, "" if local.ok else local.describe(), local=True,
+                      counted=local.ok)
         if not local.ok:
             raise local.error if isinstance(local.error, KVError) else Unavailable(local.describe())
         new = local.siblings[-1]
-        trace.event(f"minted {verb} {new.node}:{new.counter} at {self.node_id} (durable)")
+        concurrent = len(local.siblings) - 1  # siblings the writer had not seen
+        trace.event(f"minted {verb} {new.node}:{new.counter} at {self.node_id} (durable)"
+                    + (f"; {concurrent} concurrent sibling(s) the writer had not seen are kept"
+                       if concurrent else ""))
         state = versions.to_pb(local.siblings)
         traced = trace.pb is not None
         message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced))
         others = [node for node in pref if node != self.node_id]
-        sloppy = self.config.hinted_handoff and not strict
         hinting = self.config.hinted_handoff
         fallbacks = (node for node in self.membership.ring.walk(token_of(key))
                      if node not in pref and self.membership.is_up(node))
         tasks: dict[str, asyncio.Task] = {}
         hinted: dict[str, str] = {}  # owner -> fallback holding its hint
+        counting = "counts towards W (sloppy)" if sloppy else "does not count towards W (strict)"
 
         def hint(owner: str) -> list[asyncio.Task]:
             """Send the write to the next healthy node past the preference list."""
@@ -481,7 +555,8 @@ class Coordinator:
                 hinted[owner] = ""
                 return []
             hinted[owner] = fallback
-            trace.event(f"{owner} is down or slow: writing a hint for it to {fallback}")
+            trace.event(f"{owner} is down or slow: writing a hint for it to {fallback}; "
+                        f"the hint {counting}")
             hint_message = pb.PeerMessage(write=pb.ReplicaWrite(
                 key=key, state=state, hint_for=owner, reply_state=traced))
             task = asyncio.create_task(self._call(fallback, hint_message, timeout, owner))
@@ -492,7 +567,10 @@ class Coordinator:
             if self.membership.is_up(node):
                 tasks[node] = asyncio.create_task(self._call(node, message, timeout))
         if tasks:
-            trace.event(f"sent to {', '.join(tasks)}; W={need}")
+            trace.event(f"sent to {', '.join(tasks)}; W={need}"
+                        + (" (ANY: a hint alone counts)" if any_level
+                           else " (sloppy: hints count)" if sloppy
+                           else " (strict: only the key's replicas count)"))
         for node in others:
             if not self.membership.is_up(node):
                 hint(node)
@@ -503,32 +581,67 @@ class Coordinator:
                 if failed.hint_for:
                     hinted.pop(owner, None)  # that fallback failed: try the next one
                 return hint(owner)
-            # speculation: hint for every owner that has not answered yet
+            # speculation: hint for every owner that has not answered yet (in a strict
+            # write such a hint helps delivery but never counts; the owner still may)
             answered = {a for a, t in tasks.items() if t.done() and t.result().ok}
             return [t for node in others if node not in answered for t in hint(node)]
 
         def counts_for(answer: _Answer) -> str | None:
-            return (answer.hint_for if sloppy else None) if answer.hint_for else answer.node
+            """The replica an acknowledgement counts for; None: it does not count."""
+            if answer.hint_for:
+                return answer.hint_for if sloppy else None
+            return answer.node
 
         ok, failed, waiting = await self._gather(
             tasks, need - 1, timeout, trace, spare if hinting else None, counts_for)
         if hinting:
             self._hint_stragglers(key, local.siblings, others, tasks, ok, trace)
         owners = {self.node_id} | {o for a in ok if (o := counts_for(a))}
+        true_acks = [self.node_id, *(a.node for a in ok if not a.hint_for)]
+        hint_acks = [a for a in ok if a.hint_for]
+        held = ", ".join(f"{a.node} (for {a.hint_for})" for a in hint_acks)
         if len(owners) < need:
-            stored_on = ", ".join([self.node_id, *(a.node for a in ok)])
-            raise Unavailable(
-                self._shortfall("W", need, [local, *ok], failed, waiting, timeout)
-                + (" (hints do not count: --strict)" if strict and hinted else "")
-                + f". The {verb} is durable on {stored_on} and may become visible to later "
-                "reads; it was not rolled back."
-            )
-        trace.event(f"W={need} reached" + (" (sloppy quorum: hints counted)"
-                                           if any(a.hint_for for a in ok) and sloppy else ""))
+            raise Unavailable(self._write_shortfall(
+                need, verb, sloppy, true_acks, hint_acks, failed, waiting, timeout))
+        if hint_acks and sloppy:
+            trace.event(f"W={need} reached (sloppy quorum): replicas "
+                        f"{', '.join(true_acks)} and counted hints on {held}")
+        else:
+            trace.event(f"W={need} reached: replicas {', '.join(true_acks)} acknowledged"
+                        + (f"; hints on {held} not counted (strict)" if hint_acks else ""))
+        # The reply context is what this writer has seen: its own context plus this write,
+        # never the concurrent siblings kept beside it (they are in `stored`).
+        after = versions.context_after_write(seen, local.siblings, new)
         return cpb.ClientReply(put=cpb.PutResult(
             stored=[versions.sibling_to_pb(s) for s in local.siblings],
-            context=versions.encode_context(versions.context_of(local.siblings)),
+            context=versions.encode_context(after),
+            concurrent=concurrent,
         ))
+
+    def _write_shortfall(self, need: int, verb: str, sloppy: bool, true_acks: list[str],
+                         hint_acks: list[_Answer], failed: list[_Answer], waiting: list[str],
+                         timeout: float) -> str:
+        """Why a write did not reach W: who acknowledged, which hints exist, what counted."""
+        reasons = [a.describe() for a in failed]
+        reasons += [f"{label} timed out after {timeout * 1000:.0f} ms" for label in waiting]
+        covered = set(true_acks) | ({a.hint_for for a in hint_acks} if sloppy else set())
+        text = (f"W={need} needs {need} replicas, {len(true_acks)} answered"
+                + (f" ({'; '.join(reasons)})" if reasons else ""))
+        if hint_acks:
+            held = ", ".join(f"for {a.hint_for} on {a.node}" for a in hint_acks)
+            if sloppy:
+                text += f"; hints held ({held}) counted, {len(covered)} of {need} in all"
+            else:
+                would = len(set(true_acks) | {a.hint_for for a in hint_acks})
+                text += (f"; hints are held on fallback nodes ({held}), but hints do not "
+                         f"count towards W in a strict write: --sloppy would have counted "
+                         f"them ({would} of {need})")
+        stored_on = ", ".join(true_acks)
+        text += (f". The {verb} is durable on {stored_on}"
+                 + (f" and held as hints on {', '.join(a.node for a in hint_acks)}"
+                    if hint_acks else "")
+                 + " and may become visible to later reads; it was not rolled back.")
+        return text
 
     def _hint_stragglers(self, key: bytes, siblings: list[Sibling], owners: list[str],
                          tasks: dict[str, asyncio.Task], ok: list[_Answer],
@@ -562,12 +675,64 @@ class Coordinator:
         except KVError as exc:
             log.warning("could not keep a hint for %s (key %r): %s", owner, key, exc.message)
 
+    async def _write_unowned(self, key: bytes, value: bytes, seen: versions.Context,
+                             tombstone: bool, pref: list[str], trace: Trace,
+                             reasons: list[str]) -> cpb.ClientReply:
+        """ANY when no replica of the key can take the write: mint it here under a fresh
+        actor (no replica can have seen it, so the dot is unique) and keep a durable hint
+        for every replica; one hint kept is W=1. Handoff delivers them."""
+        why = "; ".join(reasons) or "none is up"
+        verb = "delete" if tombstone else "write"
+        if not self.config.hinted_handoff or self.hint_sink is None:
+            raise Unavailable(f"consistency ANY: no replica of the key could take the {verb} "
+                              f"({why}) and {self.node_id} keeps no hints "
+                              "(--no-hinted-handoff); nothing was written")
+        siblings = self.replica.mint_unowned(seen, value, tombstone=tombstone)
+        new = siblings[-1]
+        trace.event(f"no replica of the key could take the {verb} ({why}); minted "
+                    f"{new.node}:{new.counter} at {self.node_id} under a fresh actor (ANY)")
+
+        async def keep(owner: str) -> _Answer:
+            started = self.monotonic()
+            try:
+                await self.hint_sink(owner, key, siblings)
+            except KVError as exc:
+                return _Answer(self.node_id, False, (self.monotonic() - started) * 1000,
+                               error=exc, hint_for=owner)
+            return _Answer(self.node_id, True, (self.monotonic() - started) * 1000,
+                           siblings=siblings, hint_for=owner)
+
+        answers = await asyncio.gather(*(keep(owner) for owner in pref))
+        for a in answers:
+            trace.replica(self.node_id, self._address(self.node_id), a.ok, a.latency_ms,
+                          a.siblings, "" if a.ok else a.describe(), local=True,
+                          hint_for=a.hint_for, counted=a.ok)
+        held = [a.hint_for for a in answers if a.ok]
+        if not held:
+            failures = "; ".join(a.describe() for a in answers)
+            raise Unavailable(f"consistency ANY: no replica of the key could take the {verb} "
+                              f"({why}) and {self.node_id} could not keep a hint for any of "
+                              f"them ({failures}); nothing was written")
+        trace.event(f"W=1 reached (ANY): hints for {', '.join(held)} kept on {self.node_id}; "
+                    "hinted handoff delivers them when the replicas are back")
+        after = versions.context_after_write(seen, siblings, new)
+        return cpb.ClientReply(put=cpb.PutResult(
+            stored=[versions.sibling_to_pb(s) for s in siblings],
+            context=versions.encode_context(after),
+        ))
+
     async def _forward(self, request: cpb.ClientRequest, pref: list[str], trace: Trace,
-                       timeout: float) -> cpb.ClientReply:
-        """Writes are minted at a replica: hand the request to the first one that answers."""
+                       timeout: float, sloppy: bool) -> cpb.ClientReply:
+        """Writes are minted at a replica: hand the request to the first one that answers.
+
+        The request goes with its write mode decided here (strict or sloppy, from this
+        node's default when the client gave neither), so the replica counts as asked.
+        Raises `_NoReplica` when every replica refused the connection (nothing written).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         reasons = []
+        request = _with_mode(request, sloppy)
         for node in sorted(pref, key=lambda node: not self.membership.is_up(node)):
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -602,8 +767,8 @@ class Coordinator:
                 merged.total_ms = round(trace.ms(), 3)
                 reply.trace.CopyFrom(merged)
             return reply
-        raise Unavailable("no replica of the key could coordinate the write ("
-                          + "; ".join(reasons) + "); nothing was written")
+        raise _NoReplica("no replica of the key could coordinate the write ("
+                         + "; ".join(reasons) + "); nothing was written", reasons)
 
     async def drain(self) -> None:
         """Wait for background replica calls (used on shutdown and in tests)."""

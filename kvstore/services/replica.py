@@ -40,6 +40,13 @@ def _decode(key: bytes, record: bytes | None) -> Record:
         raise CorruptRecordError(key, f"record does not decode ({exc})") from exc
 
 
+def _horizon(context: Mapping[str, int] | versions.Context) -> versions.Clock:
+    """Every actor counter a client's context names (its single dots included)."""
+    if isinstance(context, versions.Context):
+        return context.horizon()
+    return dict(context)
+
+
 class Replica:
     def __init__(self, node_id: str, store, clock_ms: Callable[[], int],
                  epochs: EpochAllocator | None = None, *,
@@ -114,7 +121,7 @@ class Replica:
         def mutation(record: bytes | None) -> bytes | None:
             rec = _decode(key, record)
             before = (rec.epoch, rec.counter, rec.purged_at_ms, dict(rec.purged))
-            self._note_own_actors(rec, versions.context_of(incoming))
+            self._note_own_actors(rec, versions.horizon(incoming))
             if marker and now - marker_at_ms <= self.marker_ttl_ms:
                 live = self._marker_live(rec, now)
                 rec.purged = versions.join(rec.purged if live else {}, marker)
@@ -136,21 +143,26 @@ class Replica:
 
     # -- mints ---------------------------------------------------------------------------
     async def mint(
-        self, key: bytes, context: Mapping[str, int], value: bytes, *, tombstone: bool = False
+        self, key: bytes, context: Mapping[str, int] | versions.Context, value: bytes, *,
+        tombstone: bool = False
     ) -> list[Sibling]:
-        """Coordinate a client write here: make a new version that supersedes `context`."""
+        """Coordinate a client write here: make a new version that supersedes `context`.
+
+        Returns the key's siblings afterwards; the new version is the last.
+        """
         out: list[list[Sibling]] = []
         now = self.clock_ms()
+        known = _horizon(context)
 
         def mutation(record: bytes | None) -> bytes:
             rec = _decode(key, record)
-            self._note_own_actors(rec, context)
+            self._note_own_actors(rec, known)
             if rec.epoch and not self.epochs.usable(rec.epoch):
                 rec.epoch = rec.counter = 0  # minted before a restore: may have regressed
             if not rec.epoch:
                 rec.epoch, rec.counter = self.epochs.next(), 0
                 name = versions.actor(self.node_id, rec.epoch)
-                assert name not in rec.knows() and name not in context, \
+                assert name not in rec.knows() and name not in known, \
                     "a fresh epoch is unknown to every clock"
             name = versions.actor(self.node_id, rec.epoch)
             updated = versions.update(rec.siblings, context, name, value, tombstone=tombstone,
@@ -165,7 +177,7 @@ class Replica:
         await self._update(key, mutation)
         return out[-1]
 
-    def mint_unowned(self, context: Mapping[str, int], value: bytes, *,
+    def mint_unowned(self, context: Mapping[str, int] | versions.Context, value: bytes, *,
                      tombstone: bool = False) -> list[Sibling]:
         """A version under a never-used actor, minted without the local store.
 
@@ -173,7 +185,7 @@ class Replica:
         actor makes the dot unique, so replicas merge it like any other version.
         """
         name = versions.actor(self.node_id, self.epochs.next())
-        assert name not in context, "a fresh epoch is unknown to every clock"
+        assert name not in _horizon(context), "a fresh epoch is unknown to every clock"
         return versions.update([], context, name, value, tombstone=tombstone,
                                now_ms=self.clock_ms())
 
@@ -190,7 +202,9 @@ class Replica:
             if not rec.siblings or not all(s.tombstone for s in rec.siblings) \
                     or version_digest(rec.siblings, marker) != digest:
                 return None
-            marker = versions.join(marker, versions.context_of(rec.siblings))
+            # single dots too: every version of an actor up to its highest known counter
+            # is dead once all the replicas hold only these tombstones
+            marker = versions.join(marker, versions.horizon(rec.siblings))
             done.append(True)
             # No siblings are left to continue the key's lineage: the next write here
             # takes a fresh epoch.

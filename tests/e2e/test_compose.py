@@ -20,8 +20,9 @@ from .conftest import ComposeCluster, values
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 # What `kv` documents for ALL when a replica is down in a 3-node cluster (no node outside
-# the preference list to take a hint): exit 1 and this message. With a spare node the
-# same request may succeed through a sloppy quorum, which the tests accept too.
+# the preference list to take a hint, and hints count only with --sloppy anyway): exit 1
+# and this message. With a spare node a --sloppy request may succeed through a sloppy
+# quorum, which the tests accept too.
 UNAVAILABLE = re.compile(r"^Error: Unavailable: .*\b[RW]=3 needs 3 replicas, 2 answered", re.M)
 CONVERGE_TIMEOUT = 60.0
 
@@ -180,7 +181,8 @@ def test_down_keeps_the_data_in_named_volumes(compose_cluster: ComposeCluster) -
 def test_five_node_profile_gossip_sloppy_quorum_and_handoff(
         compose_cluster: ComposeCluster) -> None:
     """`--profile five` adds n4 and n5, seeded with n1..n3 only; they join and serve. With
-    n5 stopped, writes at ALL succeed through fallbacks and reach n5 when it is back."""
+    n5 stopped, writes at ALL --sloppy succeed through fallbacks and reach n5 when it is
+    back."""
     c = compose_cluster
     c.compose("--profile", "five", "up", "-d", "--no-build", "n4", "n5", timeout=300)
     took = c.wait_healthy(["n4", "n5"])
@@ -198,17 +200,19 @@ def test_five_node_profile_gossip_sloppy_quorum_and_handoff(
     assert values(c.kv("get", "five:k", "--consistency", "QUORUM", "--json",
                        via=["n5"])) == ["v5"]
     # With five nodes a write at ALL has somewhere to go when an owner is down: a fallback
-    # node takes it with a hint (sloppy quorum, docs/architecture.md), and hinted handoff
-    # delivers it once the owner is back.
+    # node takes it with a hint, which counts towards W when the write asks for --sloppy
+    # (docs/architecture.md), and hinted handoff delivers it once the owner is back.
     c.stop("n5")
     owned_by_n5 = []
     try:
         for i in range(8):
             put = c.kv("put", f"sloppy:{i}", f"s{i}", "--consistency", "ALL", "--blind",
-                       "--trace", "--json", via=["n1", "n2", "n3"])
+                       "--sloppy", "--trace", "--json", via=["n1", "n2", "n3"])
             trace = json.loads(ok(put))["trace"]
             if "n5" in trace["preference_list"]:
                 owned_by_n5.append(f"sloppy:{i}")
+                assert any(r["hint_for"] == "n5" and r["counted"] for r in trace["replicas"]), \
+                    trace
     finally:
         took = c.start("n5")
     assert owned_by_n5, "no key landed on n5: the test proves nothing"

@@ -178,3 +178,87 @@ def test_status_json_lists_every_member(shared_cluster):
         assert m["up"] is True and m["hints_pending"] == 0
     r = kv(shared_cluster, "status")
     assert r.returncode == 0 and "hints" in r.stdout and "n3" in r.stdout
+
+
+def _key_owned_by(cluster, nodes: set[str], endpoints: str) -> str:
+    """A key whose preference list holds every node in `nodes` (asked of the cluster)."""
+    for i in range(500):
+        key = f"ctx:{i}"
+        r = kv(cluster, "get", key, "-c", "ONE", "--json", "--trace", endpoints=endpoints)
+        if nodes <= set(json.loads(r.stdout)["trace"]["preference_list"]):
+            return key
+    raise AssertionError(f"no key found on {nodes}")
+
+
+def test_put_at_all_with_stopped_nodes_reads_its_context_at_a_level_that_can_answer(tmp_path):
+    """Failed before: `kv put --consistency ALL` read its context at R=ALL, so with one node
+    down it failed with "could not read the current context first", even with --sloppy."""
+    from conftest import start_cluster
+
+    cluster = start_cluster(tmp_path, nodes=4)
+    try:
+        live = ",".join(n.address for n in cluster.nodes if n.id not in ("n3", "n4"))
+        every = ",".join(cluster.endpoints())
+        key = _key_owned_by(cluster, {"n3", "n4"}, every)
+        assert kv(cluster, "put", key, "old", "-c", "ALL", endpoints=every).returncode == 0
+        cluster.kill("n4")
+        no_n4 = ",".join(n.address for n in cluster.nodes if n.id != "n4")
+
+        # one replica down: the context is read at QUORUM, the sloppy write at ALL succeeds
+        r = kv(cluster, "put", key, "new", "-c", "ALL", "--sloppy", "--json", "--trace",
+               endpoints=no_n4)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        read = data["context_read"]
+        assert read["consistency"] == "QUORUM" and read["failed"] == [], read
+        assert len(read["replicas"]) == 2 and "n4" not in read["replicas"], read
+        assert read["siblings"] == 1 and not read["blind"], read
+        assert [s["value"] for s in data["siblings"]] == ["new"], data  # superseded "old"
+        assert any(r["hint_for"] == "n4" and r["counted"] for r in data["trace"]["replicas"])
+        # strict (the default): the write itself, not the context read, is what fails
+        r = kv(cluster, "put", key, "strict", "-c", "ALL", endpoints=no_n4)
+        assert r.returncode == 1, r
+        assert "could not read the current context" not in r.stderr, r.stderr
+        assert "W=3 needs 3 replicas, 2 answered" in r.stderr, r.stderr
+        assert "--sloppy would have counted them" in r.stderr, r.stderr
+
+        # two of the key's replicas down: QUORUM cannot answer, the context is read at ONE
+        cluster.kill("n3")
+        r = kv(cluster, "put", key, "newer", "-c", "QUORUM", "--sloppy", "--trace",
+               endpoints=live)
+        assert r.returncode == 0, r.stderr
+        assert "context read at ONE from" in r.stdout and "QUORUM failed" in r.stdout, r.stdout
+        r = kv(cluster, "put", key, "newest", "-c", "QUORUM", "--sloppy", "--json",
+               endpoints=live)
+        assert r.returncode == 0, r.stderr
+        read = json.loads(r.stdout)["context_read"]
+        assert read["consistency"] == "ONE" and len(read["replicas"]) == 1, read
+        assert read["failed"][0]["consistency"] == "QUORUM", read
+        assert "R=2 needs 2 replicas, 1 answered" in read["failed"][0]["error"], read
+        got = kv(cluster, "get", key, "-c", "ONE", "--json", endpoints=live)
+        assert [s["value"] for s in json.loads(got.stdout)["siblings"]] == ["newest"]
+        # without --trace or --json the fallback is a note on stderr
+        r = kv(cluster, "put", key, "last", "-c", "QUORUM", "--sloppy", endpoints=live)
+        assert r.returncode == 0 and "OK" in r.stdout, r
+        assert "context read at ONE" in r.stderr, r.stderr
+        # a read at ANY is refused with the reason
+        r = kv(cluster, "get", key, "-c", "ANY", endpoints=live)
+        assert r.returncode == 2 and "ANY is for writes only" in r.stderr, r.stderr
+
+        # every replica down: nothing can be read, ANY writes blind and the one node left
+        # (not a replica) keeps hints for all three
+        replicas = json.loads(kv(cluster, "put", key, "x", "-c", "ANY", "--blind", "--json",
+                                 "--trace", endpoints=live).stdout)["trace"]["preference_list"]
+        third = next(n for n in replicas if n not in ("n3", "n4"))
+        cluster.kill(third)
+        last = next(n for n in cluster.nodes if n.id not in (*replicas,))
+        r = kv(cluster, "put", key, "any", "-c", "ANY", "--json", "--trace",
+               endpoints=last.address)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        assert data["context_read"]["blind"] and data["context_read"]["consistency"] is None
+        hints = [h for h in data["trace"]["replicas"] if h["hint_for"]]
+        assert sorted(h["hint_for"] for h in hints) == sorted(replicas), data["trace"]
+        assert all(h["node"] == last.id and h["counted"] for h in hints), data["trace"]
+    finally:
+        cluster.stop()

@@ -1,5 +1,5 @@
-"""Real processes, 4 nodes, N=3: SIGKILL a node, write at ALL through fallbacks, restart it,
-and hinted handoff brings it every write it missed."""
+"""Real processes, 4 nodes, N=3: SIGKILL a node, write at ALL with --sloppy through
+fallbacks, restart it, and hinted handoff brings it every write it missed."""
 
 from __future__ import annotations
 
@@ -36,12 +36,14 @@ def test_sigkilled_node_receives_every_write_by_hinted_handoff(tmp_path):
                 keys = []
                 for i in range(300):
                     key = f"while-down-{i}".encode()
-                    result = await client.put(key, b"v-" + key, consistency="ALL", trace=True)
+                    result = await client.put(key, b"v-" + key, consistency="ALL", trace=True,
+                                              sloppy=True)
                     replicas = result.trace["preference_list"]
                     if "n2" in replicas:
                         hinted = [r for r in result.trace["replicas"]
                                   if r["hint_for"] == "n2" and r["ok"]]
                         assert hinted, result.trace  # W=ALL met through a fallback
+                        assert hinted[0]["counted"], result.trace  # sloppy: it counted
                         keys.append(key)
                 return keys
 

@@ -69,6 +69,83 @@ def test_siblings_are_exactly_the_truly_concurrent_writes(seed, writes, clients,
     assert len(merged) <= len(concurrent)
 
 
+def history_with_put_contexts(seed: int, writes: int, clients: int, drop: float):
+    """As `random_history`, but a client may also write with the context its previous put
+    returned (as `kv bench` and any client chaining writes do), or write blind.
+
+    Ground truth: a write has seen what its client had seen when it was made: the
+    versions its last read returned, or its own previous write and what that had seen,
+    never the siblings that write found beside itself.
+    """
+    rng = random.Random(seed)
+    state: dict[str, list[Sibling]] = {r: [] for r in REPLICAS}
+    seen: dict[bytes, set[bytes]] = {}
+    last_put: dict[int, tuple[versions.Context, set[bytes]]] = {}
+    in_flight: list[tuple[str, list[Sibling]]] = []
+    for i in range(writes):
+        rng.shuffle(in_flight)
+        keep = []
+        for target, payload in in_flight:
+            if rng.random() < 0.5:
+                state[target] = versions.sync(state[target], payload)
+            elif rng.random() > drop:
+                keep.append((target, payload))
+        in_flight = keep
+        client = rng.randrange(clients)
+        choice = rng.random()
+        context, saw = versions.Context(), set()
+        if choice < 0.4 and client in last_put:
+            context, saw = last_put[client]
+        elif choice < 0.85:
+            siblings = state[rng.choice(REPLICAS)]
+            context = versions.read_context(siblings)
+            for s in siblings:
+                saw |= {s.value} | seen[s.value]
+        coordinator = rng.choice(REPLICAS)
+        value = f"w{i}-c{client}".encode()
+        seen[value] = set(saw)
+        state[coordinator] = versions.update(state[coordinator], context, coordinator, value,
+                                             now_ms=i)
+        new = state[coordinator][-1]
+        assert new.value == value
+        after = versions.context_after_write(context, state[coordinator], new)
+        # round trip through the wire form, as a client would hold it
+        after = versions.parse_context(versions.encode_context(after))
+        last_put[client] = (after, saw | {value})
+        for other in REPLICAS:
+            if other != coordinator:
+                in_flight.append((other, list(state[coordinator])))
+    merged: list[Sibling] = []
+    for siblings in state.values():
+        merged = versions.sync(merged, siblings)
+    superseded = set().union(*seen.values()) if seen else set()
+    return merged, set(seen) - superseded
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 40), st.integers(1, 6), st.floats(0, 1))
+def test_put_contexts_supersede_exactly_what_the_writer_had_seen(seed, writes, clients, drop):
+    merged, concurrent = history_with_put_contexts(seed, writes, clients, drop)
+    values = {s.value for s in merged}
+    assert values == concurrent, (
+        f"lost: {sorted(concurrent - values)}, extra siblings: {sorted(values - concurrent)}")
+
+
+def test_a_put_context_holds_its_own_dot_apart_when_an_unseen_sibling_is_below_it():
+    first = versions.update([], {}, "r1", b"a")                  # (r1, 1)
+    both = versions.update(first, {}, "r1", b"b")                # (r1, 2), blind: a sibling
+    mine = versions.context_after_write(versions.Context(), both, both[-1])
+    assert mine == versions.Context({}, frozenset({("r1", 2)}))  # not {r1: 2}: that covers a
+    again = versions.update(both, mine, "r1", b"c")              # supersedes b only
+    assert [s.value for s in again] == [b"a", b"c"]
+    assert again[-1].seen == frozenset({("r1", 2)})
+    # another replica that still holds b drops it on merge, and keeps a
+    assert [s.value for s in versions.sync(both, again)] == [b"a", b"c"]
+    # without an unseen sibling below, the own dot joins the version vector
+    alone = versions.context_after_write(versions.Context(), first, first[-1])
+    assert alone == versions.Context({"r1": 1}, frozenset())
+
+
 def realistic_states(seed: int) -> list[list[Sibling]]:
     merged, _ = random_history(seed, 12, 4, 0.3)
     rng = random.Random(seed)
@@ -121,6 +198,9 @@ def test_prune_bounds_the_clock_and_keeps_the_largest_counters(clock):
 def test_context_codec_round_trip_and_rejects_garbage():
     clock = {"n1": 3, "n2": 7}
     assert versions.decode_context(versions.encode_context(clock)) == clock
+    full = versions.Context(clock, frozenset({("n1", 5), ("n3", 2)}))
+    assert versions.parse_context(versions.encode_context(full)) == full
+    assert versions.decode_context(versions.encode_context(full)) == clock
     text = versions.context_to_text(versions.encode_context(clock))
     assert versions.decode_context(versions.context_from_text(text)) == clock
     for bad in (b"\xff\xff", b"\x0a\x02\x0a\x00"):

@@ -26,7 +26,7 @@ from kvstore.storage.raftlog import MemoryFiles
 from kvstore.transport.memory import MemoryNetwork
 
 LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
-          "ALL": cpb.ALL}
+          "ALL": cpb.ALL, "ANY": cpb.ANY}
 
 
 class SimCluster:
@@ -312,17 +312,21 @@ class SimCluster:
             trace=trace))
 
     async def put(self, via: str, key: bytes, value: bytes, level: str = "QUORUM", *,
-                  context: bytes = b"", trace: bool = False, w: int = 0) -> cpb.ClientReply:
+                  context: bytes = b"", trace: bool = False, w: int = 0, strict: bool = False,
+                  sloppy: bool = False) -> cpb.ClientReply:
         return await self.request(via, cpb.ClientRequest(
             put=cpb.PutRequest(key=key, value=value, context=context,
-                               quorum=cpb.Quorum(level=LEVELS[level], count=w)),
+                               quorum=cpb.Quorum(level=LEVELS[level], count=w),
+                               strict=strict, sloppy=sloppy),
             trace=trace))
 
     async def delete(self, via: str, key: bytes, level: str = "QUORUM", *,
-                     context: bytes = b"") -> cpb.ClientReply:
+                     context: bytes = b"", strict: bool = False,
+                     sloppy: bool = False) -> cpb.ClientReply:
         return await self.request(via, cpb.ClientRequest(
             delete=cpb.DeleteRequest(key=key, context=context,
-                                     quorum=cpb.Quorum(level=LEVELS[level]))))
+                                     quorum=cpb.Quorum(level=LEVELS[level]),
+                                     strict=strict, sloppy=sloppy)))
 
     async def settle(self) -> None:
         """Let background replica calls finish."""

@@ -152,3 +152,28 @@ def test_fixed_rate_charges_the_backlog_to_latency() -> None:
     assert out["p99_ms"] > 3 * out["service_time"]["p99_ms"]
     print(f"\nlatency from intended start p99 {out['p99_ms']} ms, service p99 "
           f"{out['service_time']['p99_ms']} ms, unsent {out['rate_unsent']}")
+
+
+class ConflictingClient(MemoryClient):
+    """Every third put reports one concurrent sibling it had not seen."""
+
+    async def put(self, key, value, *, context=b"", consistency=None, w=None, trace=False,
+                  timeout=None):
+        result = await super().put(key, value, context=context)
+        result.concurrent = 1 if self.calls % 3 == 0 else 0
+        return result
+
+
+def test_conflicting_writes_are_counted_from_the_put_reply() -> None:
+    async def main():
+        client = ConflictingClient()
+        bench = Bench(_config(probes=0), client)
+        out = await bench.phase("ONE", get_workload("w"), Level.parse("ONE"), 0.3)
+        return out
+
+    out = asyncio.run(main())
+    updates = out["by_op"]["update"]["count"]
+    assert out["writes"] == updates > 0
+    assert 0 < out["conflicts"] < updates
+    assert out["conflict_rate"] == out["conflicts"] / updates
+    assert out["concurrent_siblings_mean"] == out["conflicts"] / updates

@@ -108,3 +108,30 @@ def test_actor_names_round_trip():
     assert versions.actor_epoch(name, "n1.a") == 123456789
     assert versions.actor_epoch(name, "n1") == 0
     assert versions.actor_epoch("n1", "n1") == 0
+
+
+def test_a_purge_marker_covers_the_single_dots_a_tombstone_superseded():
+    """A delete written with a put's context holds that put's dot as a single dot
+    (`Version.seen`) when an unseen sibling sat below it; the marker left by purging the
+    delete must refuse an old copy of that put too, though no clock covers it."""
+
+    async def main():
+        r = _replica()
+        other = Replica("n2", AsyncStore(MemoryEngine(), inline=True), lambda: 10_000,
+                        EpochAllocator(None, lambda: 10_000))
+        a = (await other.mint(b"k", {}, b"a"))[-1]                  # n2@..:1
+        both = await other.mint(b"k", {}, b"b")                     # n2@..:2, blind
+        b = both[-1]
+        mine = versions.context_after_write(versions.Context(), both, b)
+        assert mine.dots == {b.dot}                                 # a is below, unseen
+        await r.merge(b"k", both)
+        t1 = (await r.mint(b"k", mine, b"", tombstone=True))[-1]    # deletes b only
+        assert t1.seen == {b.dot} and not versions.covers(t1.past, *b.dot)
+        t2 = (await r.mint(b"k", a.clock(), b"", tombstone=True))[-1]  # deletes a only
+        assert sorted(s.dot for s in await r.read(b"k")) == sorted([t1.dot, t2.dot])
+        assert await r.purge(b"k", version_digest([t1, t2]))
+        # old copies of either deleted version come back: both are refused
+        assert await r.merge(b"k", [a]) == []
+        assert await r.merge(b"k", [b]) == []
+
+    asyncio.run(main())
