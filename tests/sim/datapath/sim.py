@@ -38,23 +38,24 @@ from .history import FAILED, OK, UNKNOWN, Copy, History, Loss, Op, Refusal
 N = 3
 
 # ---- the strict / sloppy choice, in one place ---------------------------------------------
-# How a write asks for its quorum, and what that promises. Today `PutRequest.strict` /
-# `DeleteRequest.strict` opt out of counting hints and the default counts them (known bug
-# "sloppy_by_default": the README promises read-your-writes for R + W > N). The planned
-# change makes strict the default and adds `sloppy` (PutRequest field 6, DeleteRequest
-# field 5): then "sloppy" becomes {"sloppy": True} and "default" counts no hints.
+# How a write asks for its quorum, and whether that promises read-your-writes (R + W > N).
+# Strict is the default: only the key's own replicas count towards W; `sloppy` (PutRequest
+# field 6, DeleteRequest field 5) counts hints on fallback nodes, and so does level ANY.
+# (Before strict became the default, "default" counted hints: known bug
+# "sloppy_by_default", found by this simulator, fixed.) Whether a hint counted is read from
+# the trace (`ReplicaTrace.counted`).
 WRITE_MODES: dict[str, dict] = {
-    "strict": {"fields": {"strict": True}, "counts_hints": False, "ryw": True},
-    # no flag at all: what the README's promise is about, so read-your-writes is checked
-    "default": {"fields": {}, "counts_hints": True, "ryw": True},
-    "sloppy": {"fields": {"strict": False}, "counts_hints": True, "ryw": False},
+    "strict": {"fields": {"strict": True}, "ryw": True},
+    "default": {"fields": {}, "ryw": True},   # what the README promises R + W > N for
+    "sloppy": {"fields": {"sloppy": True}, "ryw": False},
 }
+ANY_CHANCE = 0.25  # of a sloppy write: at level ANY (W=1, a hint alone may count)
 
 READ_LEVELS = (("ONE", cpb.ONE, 0), ("QUORUM", cpb.QUORUM, 0), ("ALL", cpb.ALL, 0),
                ("R=2", 0, 2))
 WRITE_LEVELS = (("ONE", cpb.ONE, 0), ("QUORUM", cpb.QUORUM, 0), ("ALL", cpb.ALL, 0),
                 ("W=2", 0, 2))
-NEED = {"ONE": 1, "QUORUM": N // 2 + 1, "ALL": N, "R=2": 2, "W=2": 2}
+NEED = {"ONE": 1, "QUORUM": N // 2 + 1, "ALL": N, "R=2": 2, "W=2": 2, "ANY": 1}
 
 # crashes are drawn twice as often as the other kinds
 FAULT_KINDS = ("partition", "asym", "flap", "crash", "disk_loss", "record_loss", "corrupt",
@@ -561,6 +562,8 @@ class Simulation:
         if not nodes:
             return False
         node = self.rng.choice(nodes)
+        if mode == "sloppy" and self.rng.random() < ANY_CHANCE:
+            level = ("ANY", cpb.ANY, 0)
         name, lvl, count = level
         wid = self.new_id("d" if delete else "w")
         quorum = cpb.Quorum(level=lvl, count=count)
@@ -579,7 +582,7 @@ class Simulation:
         base = dict(index=len(self.ops), client=cid, kind="delete" if delete else "put",
                     key=key, node=node, start=start - self.t0, end=end - self.t0,
                     need=NEED[name], level=name, id=wid, seen=seen, mode=mode,
-                    ryw=WRITE_MODES[mode]["ryw"])
+                    ryw=WRITE_MODES[mode]["ryw"] and name != "ANY")
         if reply is None:
             self.ops.append(Op(**base, result=UNKNOWN, error="coordinator crashed"))
             return False
@@ -589,13 +592,14 @@ class Simulation:
             return False
         holders: list[str] = []
         hints: list[str] = []
+        hinted = False
         for rep in reply.trace.replicas:
             if rep.ok:
                 if rep.node not in holders:
                     holders.append(rep.node)
                 if rep.hint_for:
                     hints.append(rep.node)
-        hinted = bool(hints) and WRITE_MODES[mode]["counts_hints"]
+                    hinted = hinted or rep.counted
         self.ops.append(Op(**base, holders=tuple(holders), hinted=hinted,
                            hint_holders=tuple(hints)))
         return True

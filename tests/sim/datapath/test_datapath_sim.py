@@ -31,12 +31,11 @@ from .sim import KNOWN_CAUSES, Scenario, run_seed
 # Known bugs of today's code that the simulator finds. A violation that the simulator
 # attributes to a bug listed here (sim.explain) is counted and reported with replay
 # commands, but does not fail the run. Remove an entry once its fix is merged: from then
-# on every seed that shows it fails CI. Fixed already (merged from main, per-key actor
-# epochs and purge markers): "doomstone", "guard_refuses_live"; sim.KNOWN_CAUSES still
-# recognises them, so a regression fails CI with its name.
+# on every seed that shows it fails CI. Fixed already (merged from main): "doomstone",
+# "guard_refuses_live" (per-key actor epochs, purge markers), "sloppy_by_default" (strict
+# quorums by default); sim.KNOWN_CAUSES still recognises them, so a regression fails CI
+# with its name.
 KNOWN_BUGS = {
-    "sloppy_by_default": "hints on fallback nodes count towards W unless `strict` is set, so "
-                         "R + W > N does not give read-your-writes",
     "corrupt_tombstone_stuck": "a corrupted record of a key whose other replicas hold only "
                                "collectable tombstones or nothing (purged) is never replaced "
                                "or dropped: reads at ALL of it fail for ever",
