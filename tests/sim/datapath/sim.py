@@ -297,6 +297,10 @@ class Simulation:
     def now(self) -> int:
         return round(asyncio.get_running_loop().time() * 1000)
 
+    def rel(self) -> int:
+        """Virtual ms since the workload started: the history's time scale."""
+        return self.now() - self.t0
+
     def new_id(self, prefix: str) -> str:
         self.next_id += 1
         return f"{prefix}{self.next_id}"
@@ -307,12 +311,12 @@ class Simulation:
 
     def on_hint_dropped(self, node: str, key: bytes, reason: str) -> None:
         # the fallback's copy of a sloppy write is gone (hints expire, by design)
-        self.losses.append(Loss(self.now(), node, f"hint_{reason}", key.decode()))
+        self.losses.append(Loss(self.rel(), node, f"hint_{reason}", key.decode()))
 
     def on_refused(self, node: str, key: bytes, refused: list[versions.Sibling]) -> None:
         ids = tuple(s.value.decode() for s in refused if not s.tombstone)
         if ids:
-            self.refusals.append(Refusal(self.now(), node, key.decode(), ids))
+            self.refusals.append(Refusal(self.rel(), node, key.decode(), ids))
 
     # -- main ------------------------------------------------------------------------------
     async def main(self) -> History:
@@ -372,7 +376,7 @@ class Simulation:
             self.crash_depth[node] += 1
             if f.kind == "disk_loss":
                 self.lose_disk[node] = True
-                self.losses.append(Loss(self.now(), node, "disk_loss"))
+                self.losses.append(Loss(self.rel(), node, "disk_loss"))
             if node not in c.down:
                 self.kill(node)
             return
@@ -384,7 +388,7 @@ class Simulation:
             done = (c.lose_record(node, key) if f.kind == "record_loss"
                     else c.corrupt_record(node, key))
             if done:
-                self.losses.append(Loss(self.now(), node, f.kind, f.key))
+                self.losses.append(Loss(self.rel(), node, f.kind, f.key))
             return
         self.active[i] = f
         if f.kind == "flap":
@@ -632,7 +636,7 @@ class Simulation:
                 try:
                     await c.nodes[node].antientropy.repair()
                 except Exception as exc:  # repair reports failures in its result, never raises
-                    self.errors.append((self.now() - self.t0, f"{node}: antientropy.repair() "
+                    self.errors.append((self.rel(), f"{node}: antientropy.repair() "
                                         f"raised {type(exc).__name__}: {exc}"))
             await c.settle()
             self.stats["repair_rounds"] += 1
