@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from simkit.cluster import SimCluster, values
 from simkit.cluster import run_scenario as run
 
@@ -73,4 +74,28 @@ def test_a_corrupted_record_whose_good_copies_are_collectable_tombstones_is_repl
         assert [s.tombstone for s in c.stored("n3", KEY)] in ([True], [])
 
     run(scenario, seed=24, hinted_handoff=False, antientropy_interval=0,
+        tombstone_grace_ms=2000, max_clock_skew_ms=500)
+
+
+@pytest.mark.xfail(strict=True, reason="open: a corrupted record of a key the other replicas "
+                   "have purged is never replaced or dropped (found by the data-path "
+                   "simulation: corrupt_tombstone_stuck)")
+def test_a_corrupted_record_of_a_key_the_others_purged_is_dropped():
+    async def scenario(c: SimCluster):
+        put = await c.put("n1", KEY, b"gold", "ALL")
+        assert (await c.delete("n1", KEY, "ALL", context=put.put.context)).HasField("put")
+        await c.settle()
+        await asyncio.sleep(2.5)  # past the grace period
+        for node_id in ("n1", "n3"):  # they confirm with every replica and purge theirs
+            await c.nodes[node_id].antientropy.repair()
+        assert c.stored("n1", KEY) == [] and c.stored("n3", KEY) == []
+        await asyncio.sleep(2.5)  # their purge markers expire (they live a grace period)
+        c.engines["n2"].corrupt_for_test(KEY)  # n2 had not purged its copy yet
+        for _ in range(3):
+            for node_id in c.ids:
+                await c.nodes[node_id].antientropy.repair()
+        got = await c.get("n1", KEY, "ALL")
+        assert got.HasField("get") and not got.get.found, got.error.message
+
+    run(scenario, seed=25, hinted_handoff=False, antientropy_interval=0,
         tombstone_grace_ms=2000, max_clock_skew_ms=500)
