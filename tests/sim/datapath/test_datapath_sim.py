@@ -129,7 +129,7 @@ def _summary(label: str) -> str:
     for cause, text in KNOWN_BUGS.items():
         n = t[f"seeds:{cause}"]
         lines.append(f"[{label}] known bug {cause}: {n} seeds" + (f" ({text})" if n else
-                     " -- not seen: fixed? then remove it from KNOWN_BUGS"))
+                     " -- not seen in this run (rare, or fixed: then remove it from KNOWN_BUGS)"))
         lines.extend(f"      {e}" for e in _EXAMPLES[label, cause][:2])
     return "\n".join(lines)
 
