@@ -95,6 +95,7 @@ class AntiEntropyService:
         self.monotonic = monotonic  # pacing and session expiry; simulations pass virtual time
         self.metrics: Counter[str] = Counter()
         self.confirmations = tombstones.Confirmations()
+        self._damaged: set[bytes] = set()  # keys whose local record failed its checksum
         self._expired_markers: set[bytes] = set()
         self._responders: dict[tuple[str, int], tuple[Responder, float]] = {}
         self._lock = asyncio.Lock()  # one session at a time (as initiator)
@@ -164,8 +165,8 @@ class AntiEntropyService:
     async def _step_over_corrupt(self, start: int, end: int, after):
         """Read one record at a time up to the corrupted one and step over it.
 
-        A corrupted record is reported and never served; leaving it out of the tree makes
-        its key differ from the peer's copy, so this session fetches a good copy back.
+        A corrupted record is reported and never served; it is left out of the tree and
+        replaced after the session by the peer's copy (`_replace_damaged`).
         """
         page = []
         while True:
@@ -173,6 +174,7 @@ class AntiEntropyService:
                 one = await self.store.scan_chunk(start, end, after, 1)
             except CorruptRecordError as exc:
                 self.metrics["corrupt_records"] += 1
+                self._damaged.add(exc.key)
                 log.error("anti-entropy stepped over a corrupted record: %s", exc)
                 return page, (token_of(exc.key), exc.key), False
             if not one:
@@ -240,6 +242,7 @@ class AntiEntropyService:
         outcome = initiator.result
         stats = outcome.stats
         stats.bytes_transferred += await self._move(peer, outcome.push, outcome.fetch)
+        await self._replace_damaged(peer)
         self.confirmations.record_all(outcome.matched, (self.node_id, peer))
         self.metrics["sessions"] += 1
         self.metrics["keys_pushed"] += len(outcome.push)
@@ -249,6 +252,24 @@ class AntiEntropyService:
                  len(outcome.fetch), self.monotonic() - started)
         await self._collect(candidates)
         return stats
+
+    async def _replace_damaged(self, peer: str) -> None:
+        """Replace the damaged records this node shares with `peer` by the peer's copy.
+
+        The key may not differ in the trees at all (the peer purged it, or holds nothing),
+        so it is fetched explicitly; when the peer holds nothing the damaged record is
+        dropped: it cannot be read, and nothing else would ever replace it. A replica that
+        does hold versions of the key brings them back in its own session."""
+        shared = self._shared(peer)
+        for key in sorted(k for k in self._damaged if shared(token_of(k))):
+            result = await self._checked(peer, pb.PeerMessage(read=pb.ReplicaRead(key=key)))
+            purged, purged_at = versions.marker_from_pb(result.state)
+            await self.replica.merge(key, versions.from_pb(result.state), marker=purged,
+                                     marker_at_ms=purged_at, replace_damaged=True)
+            self._damaged.discard(key)
+            self.metrics["damaged_records_replaced"] += 1
+            log.warning("replaced the damaged record of %r with %s's copy (%d versions)",
+                        key, peer, len(result.state.versions))
 
     async def _move(self, peer: str, push: list[bytes], fetch: list[bytes]) -> int:
         moved = 0

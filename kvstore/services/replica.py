@@ -109,11 +109,15 @@ class Replica:
 
     async def merge(self, key: bytes, incoming: list[Sibling], *,
                     marker: Mapping[str, int] | None = None,
-                    marker_at_ms: int = 0) -> list[Sibling]:
+                    marker_at_ms: int = 0, replace_damaged: bool = False) -> list[Sibling]:
         """Merge versions from another replica (replication, repair, handoff).
 
         A purge marker from a peer (anti-entropy) is joined into ours: every version it
         covers was collected on every replica, so it is dropped here too.
+        `replace_damaged`: the local record is known to fail its checksum and the incoming
+        state is a peer's whole copy; the damaged record is replaced by it, or dropped when
+        the peer holds nothing (it cannot be read anyway, and nothing else would ever
+        replace it).
         """
         out: list[list[Sibling]] = []
         now = self.clock_ms()
@@ -130,8 +134,11 @@ class Replica:
             if self._marker_live(rec, now):
                 merged, _ = tombstones.split_purged(rec.purged, merged)
             out.append(merged)
+            if replace_damaged and record is None and not merged and not rec.purged:
+                return DELETE  # absent or damaged: either way nothing is left
             if {s.dot for s in merged} == {s.dot for s in rec.siblings} and \
-                    (rec.epoch, rec.counter, rec.purged_at_ms, rec.purged) == before:
+                    (rec.epoch, rec.counter, rec.purged_at_ms, rec.purged) == before \
+                    and not (replace_damaged and record is None):
                 return None  # nothing new: no write, no fsync
             rec.siblings = merged
             return versions.encode_record(rec)
@@ -174,7 +181,10 @@ class Replica:
             out.append(updated)
             return versions.encode_record(rec)
 
-        await self._update(key, mutation)
+        # A damaged record counts as absent: it cannot be read, the write takes a fresh
+        # epoch (nothing it minted before can be repeated), and repair brings back the
+        # other replicas' versions beside the new one.
+        await self._update(key, OverwriteCorrupt(mutation))
         return out[-1]
 
     def mint_unowned(self, context: Mapping[str, int] | versions.Context, value: bytes, *,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from simkit.cluster import SimCluster, values
 from simkit.cluster import run_scenario as run
 
@@ -77,9 +76,6 @@ def test_a_corrupted_record_whose_good_copies_are_collectable_tombstones_is_repl
         tombstone_grace_ms=2000, max_clock_skew_ms=500)
 
 
-@pytest.mark.xfail(strict=True, reason="open: a corrupted record of a key the other replicas "
-                   "have purged is never replaced or dropped (found by the data-path "
-                   "simulation: corrupt_tombstone_stuck)")
 def test_a_corrupted_record_of_a_key_the_others_purged_is_dropped():
     async def scenario(c: SimCluster):
         put = await c.put("n1", KEY, b"gold", "ALL")

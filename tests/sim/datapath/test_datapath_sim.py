@@ -35,11 +35,7 @@ from .sim import KNOWN_CAUSES, Scenario, run_seed
 # "guard_refuses_live" (per-key actor epochs, purge markers), "sloppy_by_default" (strict
 # quorums by default); sim.KNOWN_CAUSES still recognises them, so a regression fails CI
 # with its name.
-KNOWN_BUGS = {
-    "corrupt_tombstone_stuck": "a corrupted record of a key whose other replicas hold only "
-                               "collectable tombstones or nothing (purged) is never replaced "
-                               "or dropped: reads at ALL of it fail for ever",
-}
+KNOWN_BUGS: dict[str, str] = {}
 assert set(KNOWN_BUGS) <= set(KNOWN_CAUSES)
 
 SEEDS = int(os.environ.get("KV_DATAPATH_SEEDS", "1000"))
