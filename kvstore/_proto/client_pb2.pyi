@@ -42,34 +42,38 @@ class GetRequest(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ...) -> None: ...
 
 class PutRequest(_message.Message):
-    __slots__ = ("key", "value", "context", "quorum", "strict", "sloppy")
+    __slots__ = ("key", "value", "context", "quorum", "strict", "sloppy", "fence")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
     SLOPPY_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
     context: bytes
     quorum: Quorum
     strict: bool
     sloppy: bool
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ..., sloppy: _Optional[bool] = ...) -> None: ...
+    fence: _common_pb2.Fence
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ..., sloppy: _Optional[bool] = ..., fence: _Optional[_Union[_common_pb2.Fence, _Mapping]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("key", "context", "quorum", "strict", "sloppy")
+    __slots__ = ("key", "context", "quorum", "strict", "sloppy", "fence")
     KEY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
     SLOPPY_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     context: bytes
     quorum: Quorum
     strict: bool
     sloppy: bool
-    def __init__(self, key: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ..., sloppy: _Optional[bool] = ...) -> None: ...
+    fence: _common_pb2.Fence
+    def __init__(self, key: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ..., sloppy: _Optional[bool] = ..., fence: _Optional[_Union[_common_pb2.Fence, _Mapping]] = ...) -> None: ...
 
 class ClientRequest(_message.Message):
     __slots__ = ("get", "put", "delete", "trace", "timeout_ms")

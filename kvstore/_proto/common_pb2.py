@@ -24,23 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkvstore/_proto/common.proto\x12\x07kvstore\"+\n\nClockEntry\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"\xaa\x01\n\x07Version\x12 \n\x03\x64ot\x18\x01 \x01(\x0b\x32\x13.kvstore.ClockEntry\x12!\n\x04past\x18\x02 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x11\n\ttombstone\x18\x04 \x01(\x08\x12\x15\n\rwritten_at_ms\x18\x05 \x01(\x03\x12!\n\x04seen\x18\x06 \x03(\x0b\x32\x13.kvstore.ClockEntry\"\x97\x01\n\nVersionSet\x12\"\n\x08versions\x18\x01 \x03(\x0b\x32\x10.kvstore.Version\x12\x13\n\x0b\x61\x63tor_epoch\x18\x02 \x01(\x04\x12\x15\n\ractor_counter\x18\x03 \x01(\x04\x12#\n\x06purged\x18\x04 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\x14\n\x0cpurged_at_ms\x18\x05 \x01(\x03\"P\n\x07\x43ontext\x12\"\n\x05\x63lock\x18\x01 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12!\n\x04\x64ots\x18\x02 \x03(\x0b\x32\x13.kvstore.ClockEntry\":\n\x05\x45rror\x12 \n\x04\x63ode\x18\x01 \x01(\x0e\x32\x12.kvstore.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t*\xa1\x01\n\tErrorCode\x12\x15\n\x11\x45RROR_UNSPECIFIED\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\x12\x0f\n\x0bUNAVAILABLE\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x0e\n\nCORRUPTION\x10\x04\x12\x0c\n\x08INTERNAL\x10\x05\x12\r\n\tNOT_READY\x10\x06\x12\x0e\n\nNOT_LEADER\x10\x07\x12\x0c\n\x08\x43ONFLICT\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkvstore/_proto/common.proto\x12\x07kvstore\"+\n\nClockEntry\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"$\n\x05\x46\x65nce\x12\x0c\n\x04lock\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x04\"\xe9\x01\n\x07Version\x12 \n\x03\x64ot\x18\x01 \x01(\x0b\x32\x13.kvstore.ClockEntry\x12!\n\x04past\x18\x02 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x11\n\ttombstone\x18\x04 \x01(\x08\x12\x15\n\rwritten_at_ms\x18\x05 \x01(\x03\x12!\n\x04seen\x18\x06 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\x1d\n\x05\x66\x65nce\x18\x07 \x01(\x0b\x32\x0e.kvstore.Fence\x12\x1e\n\x06\x66\x65nces\x18\x08 \x03(\x0b\x32\x0e.kvstore.Fence\"\x97\x01\n\nVersionSet\x12\"\n\x08versions\x18\x01 \x03(\x0b\x32\x10.kvstore.Version\x12\x13\n\x0b\x61\x63tor_epoch\x18\x02 \x01(\x04\x12\x15\n\ractor_counter\x18\x03 \x01(\x04\x12#\n\x06purged\x18\x04 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\x14\n\x0cpurged_at_ms\x18\x05 \x01(\x03\"p\n\x07\x43ontext\x12\"\n\x05\x63lock\x18\x01 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12!\n\x04\x64ots\x18\x02 \x03(\x0b\x32\x13.kvstore.ClockEntry\x12\x1e\n\x06\x66\x65nces\x18\x03 \x03(\x0b\x32\x0e.kvstore.Fence\"_\n\x06\x46\x65nced\x12\x0c\n\x04lock\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x04\x12\x0f\n\x07highest\x18\x03 \x01(\x04\x12\x12\n\nrefused_by\x18\x04 \x03(\t\x12\x13\n\x0b\x61\x63\x63\x65pted_by\x18\x05 \x03(\t\"[\n\x05\x45rror\x12 \n\x04\x63ode\x18\x01 \x01(\x0e\x32\x12.kvstore.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1f\n\x06\x66\x65nced\x18\x03 \x01(\x0b\x32\x0f.kvstore.Fenced*\xad\x01\n\tErrorCode\x12\x15\n\x11\x45RROR_UNSPECIFIED\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\x12\x0f\n\x0bUNAVAILABLE\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x0e\n\nCORRUPTION\x10\x04\x12\x0c\n\x08INTERNAL\x10\x05\x12\r\n\tNOT_READY\x10\x06\x12\x0e\n\nNOT_LEADER\x10\x07\x12\x0c\n\x08\x43ONFLICT\x10\x08\x12\n\n\x06\x46\x45NCED\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore._proto.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=555
-  _globals['_ERRORCODE']._serialized_end=716
+  _globals['_ERRORCODE']._serialized_start=818
+  _globals['_ERRORCODE']._serialized_end=991
   _globals['_CLOCKENTRY']._serialized_start=40
   _globals['_CLOCKENTRY']._serialized_end=83
-  _globals['_VERSION']._serialized_start=86
-  _globals['_VERSION']._serialized_end=256
-  _globals['_VERSIONSET']._serialized_start=259
-  _globals['_VERSIONSET']._serialized_end=410
-  _globals['_CONTEXT']._serialized_start=412
-  _globals['_CONTEXT']._serialized_end=492
-  _globals['_ERROR']._serialized_start=494
-  _globals['_ERROR']._serialized_end=552
+  _globals['_FENCE']._serialized_start=85
+  _globals['_FENCE']._serialized_end=121
+  _globals['_VERSION']._serialized_start=124
+  _globals['_VERSION']._serialized_end=357
+  _globals['_VERSIONSET']._serialized_start=360
+  _globals['_VERSIONSET']._serialized_end=511
+  _globals['_CONTEXT']._serialized_start=513
+  _globals['_CONTEXT']._serialized_end=625
+  _globals['_FENCED']._serialized_start=627
+  _globals['_FENCED']._serialized_end=722
+  _globals['_ERROR']._serialized_start=724
+  _globals['_ERROR']._serialized_end=815
 # @@protoc_insertion_point(module_scope)

@@ -15,16 +15,18 @@ class ReplicaRead(_message.Message):
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaWrite(_message.Message):
-    __slots__ = ("key", "state", "hint_for", "reply_state")
+    __slots__ = ("key", "state", "hint_for", "reply_state", "fence")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     HINT_FOR_FIELD_NUMBER: _ClassVar[int]
     REPLY_STATE_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     state: _common_pb2.VersionSet
     hint_for: str
     reply_state: bool
-    def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., hint_for: _Optional[str] = ..., reply_state: _Optional[bool] = ...) -> None: ...
+    fence: _common_pb2.Fence
+    def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., hint_for: _Optional[str] = ..., reply_state: _Optional[bool] = ..., fence: _Optional[_Union[_common_pb2.Fence, _Mapping]] = ...) -> None: ...
 
 class Forward(_message.Message):
     __slots__ = ("request",)

@@ -30,6 +30,20 @@ Rules the rest of the system relies on:
   ``n: c`` would also claim the unseen ``(n, c')``, c' < c, and a later write with that
   context would silently supersede a concurrent write. A sibling keeps the single dots
   its write superseded in `seen`, so every replica drops exactly those.
+* Fencing (docs/architecture.md, "Fencing"): a guarded write carries its lock and token
+  (`Sibling.fence`), and every version carries the highest token per lock its writer had
+  seen (`Sibling.fences`, inherited through contexts and the versions it superseded). A
+  version is *fenced out* while its key also holds a version that knows a higher token of
+  its lock (`fenced_out`): reads do not return it, as they do not return tombstones, and
+  contexts cover it, so the next write that read the key supersedes it. `sync` itself is
+  unchanged (the plain DVV merge, so it stays commutative, associative and idempotent),
+  and whether a version is fenced out is a function of the merged set, so every replica
+  that holds the same versions shows the same values. Dropping fenced-out versions inside
+  `sync` instead is not associative (a fenced-out version may have superseded another,
+  which would come back or not depending on the order of merges;
+  tests/property/test_versions_props.py has the example). A version's own token is never
+  below what its writer had seen of its lock (`update` refuses it: `StaleFence`), so a
+  lower token never supersedes a higher one.
 
 Pure: no I/O, no clock reads (the caller passes the time).
 """
@@ -47,12 +61,30 @@ from kvstore._proto import common_pb2 as pb
 
 MAX_CLOCK_ENTRIES = 64
 MAX_SEEN_DOTS = 64  # single dots a context or a sibling carries beyond its version vector
+MAX_FENCE_LOCKS = 64  # locks a version's or a context's `fences` keeps (the highest tokens)
+MAX_LOCK_BYTES = 256  # a lock name in a fence, UTF-8
+MAX_TOKEN = 2**63 - 1  # stored as a SQLite INTEGER (signed 64-bit)
 Clock = dict[str, int]
 Dot = tuple[str, int]
+Fence = tuple[str, int]  # (lock, token), token >= 1
+Fences = dict[str, int]  # lock -> the highest token known
 
 
 class InvalidContext(ValueError):
     """A causal context given by a client could not be decoded."""
+
+
+class InvalidFence(ValueError):
+    """A fence given by a client is not `LOCK:TOKEN` with a token of 1 or more."""
+
+
+class StaleFence(ValueError):
+    """A guarded write's token is below the highest known for its lock (`update`)."""
+
+    def __init__(self, lock: str, token: int, highest: int) -> None:
+        super().__init__(f"lock {lock!r} token {token} is below the highest token seen for "
+                         f"it, {highest}")
+        self.lock, self.token, self.highest = lock, token, highest
 
 
 ACTOR_SEPARATOR = "@"  # node ids may not contain it (NodeConfig.validate)
@@ -105,6 +137,10 @@ class Sibling:
     # Single dots this write superseded beyond `past` (from a writer's context that held
     # its own earlier write as a single dot): dropped wherever this sibling is merged.
     seen: frozenset[Dot] = frozenset()
+    # A guarded write's (lock, token); None for other writes.
+    fence: Fence | None = None
+    # The highest token per lock its writer had seen (beyond its own fence).
+    fences: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def dot(self) -> tuple[str, int]:
@@ -121,6 +157,16 @@ class Sibling:
         """Whether the write that made this sibling had seen the write (node, counter)."""
         return covers(self.past, node, counter) or (node, counter) in self.seen
 
+    def fence_horizon(self) -> Fences:
+        """The highest token per lock this version knows: its `fences` and its own fence."""
+        if self.fence is None:
+            return dict(self.fences)
+        out = dict(self.fences)
+        lock, token = self.fence
+        if out.get(lock, 0) < token:
+            out[lock] = token
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class Context:
@@ -128,6 +174,8 @@ class Context:
 
     clock: Mapping[str, int] = field(default_factory=dict)
     dots: frozenset[Dot] = frozenset()
+    # The highest token per lock of the versions seen (fenced-out ones included).
+    fences: Mapping[str, int] = field(default_factory=dict)
 
     def covers(self, node: str, counter: int) -> bool:
         return covers(self.clock, node, counter) or (node, counter) in self.dots
@@ -215,9 +263,11 @@ def _bounded(dots: Iterable[Dot], clock: Mapping[str, int]) -> frozenset[Dot]:
 
 
 def read_context(siblings: Sequence[Sibling]) -> Context:
-    """The context a reader of `siblings` gets: their clocks joined, and their single dots."""
+    """The context a reader of `siblings` gets: their clocks joined, their single dots,
+    and the highest token per lock they know."""
     clock = context_of(siblings)
-    return Context(clock, _bounded((d for s in siblings for d in s.seen), clock))
+    return Context(clock, _bounded((d for s in siblings for d in s.seen), clock),
+                   bound_fences(fences_of(siblings)))
 
 
 def context_after_write(seen: Context, siblings: Sequence[Sibling], new: Sibling) -> Context:
@@ -231,15 +281,81 @@ def context_after_write(seen: Context, siblings: Sequence[Sibling], new: Sibling
     that superseded it is kept, and drops it anyway.)
     """
     clock = dict(seen.clock)
+    fences = bound_fences(join(seen.fences, new.fence_horizon()))
     below = clock.get(new.node, 0)
     unseen_below = any(
         s.node == new.node and below < s.counter < new.counter and not seen.covers(*s.dot)
         for s in siblings
     )
     if unseen_below:
-        return Context(clock, _bounded({*seen.dots, new.dot}, clock))
+        return Context(clock, _bounded({*seen.dots, new.dot}, clock), fences)
     clock[new.node] = max(below, new.counter)
-    return Context(clock, _bounded(seen.dots, clock))
+    return Context(clock, _bounded(seen.dots, clock), fences)
+
+
+# --- fencing ----------------------------------------------------------------------------
+
+
+def fences_of(siblings: Iterable[Sibling]) -> Fences:
+    """The highest token per lock any of `siblings` knows (own fences and inherited)."""
+    out: Fences = {}
+    for s in siblings:
+        if s.fences:
+            for lock, token in s.fences.items():
+                if out.get(lock, 0) < token:
+                    out[lock] = token
+        if s.fence is not None:
+            lock, token = s.fence
+            if out.get(lock, 0) < token:
+                out[lock] = token
+    return out
+
+
+def fenced_out(siblings: Sequence[Sibling]) -> set[Dot]:
+    """The dots of the guarded versions whose token is below what another version of the
+    same set knows of their lock: hidden from reads until a write supersedes them."""
+    if not any(s.fence is not None for s in siblings):
+        return set()
+    high = fences_of(siblings)
+    return {s.dot for s in siblings if s.fence is not None and s.fence[1] < high[s.fence[0]]}
+
+
+def fence_floor(lock: str, context: Context, local: Iterable[Sibling]) -> int:
+    """The highest token of `lock` a write minted with `context` over `local` must reach."""
+    return max(context.fences.get(lock, 0), fences_of(local).get(lock, 0))
+
+
+def bound_fences(fences: Mapping[str, int], limit: int = MAX_FENCE_LOCKS) -> Fences:
+    """At most `limit` locks, the highest tokens kept (tokens are Raft revisions: the most
+    recent grants). Dropping a lock only weakens what is hidden or refused for it."""
+    if len(fences) <= limit:
+        return dict(fences)
+    return dict(sorted(fences.items(), key=lambda kv: (-kv[1], kv[0]))[:limit])
+
+
+def check_fence(lock: str, token: int) -> None:
+    """Raise InvalidFence unless (lock, token) is a fence a write may carry."""
+    if not lock:
+        raise InvalidFence("the fence's lock name is empty; give LOCK:TOKEN")
+    if len(lock.encode("utf-8")) > MAX_LOCK_BYTES:
+        raise InvalidFence(f"the fence's lock name is {len(lock.encode('utf-8'))} bytes; "
+                           f"the limit is {MAX_LOCK_BYTES}")
+    if not 1 <= token <= MAX_TOKEN:
+        raise InvalidFence(f"the fence's token must be 1..{MAX_TOKEN}, not {token}")
+
+
+def parse_fence(text: str) -> Fence:
+    """`LOCK:TOKEN` (the token decimal, after the last colon; the lock may hold colons)."""
+    lock, sep, token = text.strip().rpartition(":")
+    if not sep or not token.isdigit() or not token.isascii():
+        raise InvalidFence(f"fence {text!r} is not LOCK:TOKEN (TOKEN a decimal number, as "
+                           "`kv lock` prints it)")
+    check_fence(lock, int(token))
+    return lock, int(token)
+
+
+def format_fence(fence: Fence) -> str:
+    return f"{fence[0]}:{fence[1]}"
 
 
 def sync(ours: Sequence[Sibling], theirs: Sequence[Sibling]) -> list[Sibling]:
@@ -267,15 +383,22 @@ def update(
     tombstone: bool = False,
     now_ms: int = 0,
     floor: int = 0,
+    fence: Fence | None = None,
 ) -> list[Sibling]:
     """Mint a write under actor `node`, given what the client saw (`context`).
 
     The counter exceeds every counter of `node` in `local` (single dots included), in
     `context` and `floor` (the highest this replica ever minted under `node`). Siblings
     the context covers are replaced; the others stay beside the new one, which is last in
-    the returned list.
+    the returned list. A guarded write (`fence`) whose token is below what the context or
+    `local` knows of its lock raises StaleFence. The new version inherits the highest
+    tokens of the context and of the versions it supersedes.
     """
     seen = context if isinstance(context, Context) else Context(context)
+    if fence is not None:
+        highest = fence_floor(fence[0], seen, local)
+        if fence[1] < highest:
+            raise StaleFence(fence[0], fence[1], highest)
     highest = max([seen.clock.get(node, 0), floor, *(c for n, c in seen.dots if n == node)])
     for s in local:
         highest = max(highest, s.past.get(node, 0), s.counter if s.node == node else 0)
@@ -283,6 +406,13 @@ def update(
             if n == node and c > highest:
                 highest = c
     past = prune(seen.clock)
+    kept, superseded = [], []
+    for s in local:
+        (superseded if seen.covers(s.node, s.counter) else kept).append(s)
+    inherited = join(seen.fences, fences_of(superseded))
+    if fence is not None:
+        assert inherited.get(fence[0], 0) <= fence[1], "a guarded write is not stale"
+        inherited.pop(fence[0], None)  # its own fence says it
     new = Sibling(
         node=node,
         counter=highest + 1,
@@ -291,16 +421,18 @@ def update(
         tombstone=tombstone,
         written_at_ms=now_ms,
         seen=_bounded(seen.dots, past),
+        fence=fence,
+        fences=bound_fences(inherited),
     )
     assert not any(covers(s.clock(), node, new.counter) or s.supersedes(*new.dot)
                    for s in local), "a minted dot is fresh: no local version has seen it"
-    kept = [s for s in local if not seen.covers(s.node, s.counter)]
     return [*kept, new]
 
 
-def live(siblings: Iterable[Sibling]) -> list[Sibling]:
-    """The siblings a reader sees as values (tombstones hidden)."""
-    return [s for s in siblings if not s.tombstone]
+def live(siblings: Sequence[Sibling]) -> list[Sibling]:
+    """The siblings a reader sees as values: tombstones and fenced-out versions hidden."""
+    hidden = fenced_out(siblings)
+    return [s for s in siblings if not s.tombstone and s.dot not in hidden]
 
 
 # --- wire codec -------------------------------------------------------------------------
@@ -318,8 +450,25 @@ def _dots_to_pb(dots: Iterable[Dot]) -> list[pb.ClockEntry]:
     return [pb.ClockEntry(node=n, counter=c) for n, c in sorted(dots)]
 
 
+def fences_to_pb(fences: Mapping[str, int]) -> list[pb.Fence]:
+    return [pb.Fence(lock=lock, token=token) for lock, token in sorted(fences.items())]
+
+
+def fences_from_pb(entries: Iterable[pb.Fence]) -> Fences:
+    out: Fences = {}
+    for e in entries:
+        if e.token and out.get(e.lock, 0) < e.token:
+            out[e.lock] = e.token
+    return out
+
+
+def fence_from_pb(f: pb.Fence) -> Fence | None:
+    """A fence field: None when unset (token 0)."""
+    return (f.lock, f.token) if f.token else None
+
+
 def sibling_to_pb(s: Sibling) -> pb.Version:
-    return pb.Version(
+    v = pb.Version(
         dot=pb.ClockEntry(node=s.node, counter=s.counter),
         past=_clock_to_pb(s.past),
         value=s.value,
@@ -327,6 +476,11 @@ def sibling_to_pb(s: Sibling) -> pb.Version:
         written_at_ms=s.written_at_ms,
         seen=_dots_to_pb(s.seen),
     )
+    if s.fence is not None:
+        v.fence.lock, v.fence.token = s.fence
+    if s.fences:
+        v.fences.extend(fences_to_pb(s.fences))
+    return v
 
 
 def sibling_from_pb(v: pb.Version) -> Sibling:
@@ -338,6 +492,8 @@ def sibling_from_pb(v: pb.Version) -> Sibling:
         tombstone=v.tombstone,
         written_at_ms=v.written_at_ms,
         seen=frozenset((e.node, e.counter) for e in v.seen),
+        fence=(v.fence.lock, v.fence.token) if v.fence.token else None,
+        fences=fences_from_pb(v.fences) if v.fences else {},
     )
 
 
@@ -415,8 +571,9 @@ def encode_record(rec: Record) -> bytes:
 def encode_context(context: Mapping[str, int] | Context) -> bytes:
     """The opaque context handed to clients."""
     if isinstance(context, Context):
-        return pb.Context(clock=_clock_to_pb(context.clock),
-                          dots=_dots_to_pb(context.dots)).SerializeToString(deterministic=True)
+        return pb.Context(clock=_clock_to_pb(context.clock), dots=_dots_to_pb(context.dots),
+                          fences=fences_to_pb(context.fences)
+                          ).SerializeToString(deterministic=True)
     return pb.Context(clock=_clock_to_pb(context)).SerializeToString(deterministic=True)
 
 
@@ -435,11 +592,13 @@ def parse_context(data: bytes) -> Context:
     dots = frozenset((e.node, e.counter) for e in msg.dots)
     if any(not node or counter <= 0 for node, counter in (*clock.items(), *dots)):
         raise InvalidContext("the causal context has an empty node id or a zero counter")
-    if len(clock) > 4 * MAX_CLOCK_ENTRIES or len(dots) > 4 * MAX_SEEN_DOTS:
-        raise InvalidContext(f"the causal context has {len(clock)} entries and {len(dots)} "
-                             f"single dots; at most {4 * MAX_CLOCK_ENTRIES} and "
-                             f"{4 * MAX_SEEN_DOTS} are allowed")
-    return Context(clock, dots)
+    if len(clock) > 4 * MAX_CLOCK_ENTRIES or len(dots) > 4 * MAX_SEEN_DOTS \
+            or len(msg.fences) > 4 * MAX_FENCE_LOCKS:
+        raise InvalidContext(f"the causal context has {len(clock)} entries, {len(dots)} "
+                             f"single dots and {len(msg.fences)} fences; at most "
+                             f"{4 * MAX_CLOCK_ENTRIES}, {4 * MAX_SEEN_DOTS} and "
+                             f"{4 * MAX_FENCE_LOCKS} are allowed")
+    return Context(clock, dots, fences_from_pb(msg.fences))
 
 
 def decode_context(data: bytes) -> Clock:
