@@ -19,12 +19,17 @@ Details both engines (memory.py, sqlite.py) implement, beyond the signatures bel
   `after_key` is the last (token, key) already seen; the scan resumes strictly after it.
 * `apply` raises StorageError (and stores nothing of the batch) when the engine itself
   fails (disk full, I/O error, damaged file); steps' own exceptions are only returned.
+* `fences` (a `FenceTable`, storage/fences.py): the highest fencing token per lock.
+  Mutations stage raises in it; `apply` stores the staged rows in the batch's
+  transaction and commits them with it (or aborts them when the batch fails).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Protocol
+
+from kvstore.storage.fences import FenceTable
 
 # A read-modify-write step: given the current record (or None), return the new record
 # (or None to leave the key unchanged). It runs inside the engine's write transaction, so
@@ -46,6 +51,8 @@ class CorruptRecordError(StorageError):
 
 
 class Engine(Protocol):
+    fences: FenceTable
+
     def get(self, key: bytes) -> bytes | None:
         """The record for `key`, or None. Raises CorruptRecordError on a checksum mismatch."""
         ...

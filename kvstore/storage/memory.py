@@ -27,6 +27,7 @@ from sortedcontainers import SortedDict
 
 from kvstore.core.ring import TOKEN_MAX, TOKEN_MIN, token_of
 from kvstore.storage.engine import CorruptRecordError, Mutation, StorageError
+from kvstore.storage.fences import FenceTable
 
 # How many records a scan takes per lock hold / per SQL query.
 SCAN_PAGE = 256
@@ -148,6 +149,7 @@ class MemoryEngine:
         self._data: SortedDict = SortedDict()  # (token, key) -> (record, crc)
         self._lock = threading.Lock()
         self._closed = False
+        self.fences = FenceTable()  # committed with each apply, like the records
 
     def _check_open(self) -> None:
         if self._closed:
@@ -158,6 +160,7 @@ class MemoryEngine:
         copy = MemoryEngine()
         with self._lock:
             copy._data = self._data.copy()
+            copy.fences = FenceTable(self.fences.snapshot())
         return copy
 
     @staticmethod
@@ -199,7 +202,11 @@ class MemoryEngine:
         results: list[StepResult] = []
         data = self._data
         with self._lock:
-            self._check_open()
+            try:
+                self._check_open()
+            except StorageError:
+                self.fences.abort()
+                raise
             for key, mutation in mutations:
                 try:
                     check_key(key)
@@ -232,6 +239,7 @@ class MemoryEngine:
                         results.append(new)
                 except Exception as exc:
                     results.append(exc)
+            self.fences.commit()
         return results
 
     def _page(
@@ -291,6 +299,7 @@ class MemoryEngine:
         with self._lock:
             other = MemoryEngine()
             other._data = self._data
+            other.fences = FenceTable(self.fences.snapshot())
             return other
 
     def corrupt_for_test(self, key: bytes) -> None:

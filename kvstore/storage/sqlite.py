@@ -5,6 +5,9 @@ Layout: `records(token, key, value, crc)` is a WITHOUT ROWID table whose primary
 range scan. `crc` is CRC32 over key+value; a mismatch raises `CorruptRecordError` and the
 bytes are never returned. `meta` holds the format version; the file's `application_id`
 marks it as a kvstore database, so a stranger's file is refused with a clear error.
+`fences(lock, token)` is the replica's `FenceTable` (the highest fencing token seen per
+lock), written in the same transaction as the records that taught it; a file from before
+fencing gets the (empty) table when it is opened.
 
 Sync policy (`sync=`), i.e. what a returned `apply()` has survived:
 
@@ -43,6 +46,7 @@ from typing import Final
 
 from kvstore.core.ring import token_of
 from kvstore.storage.engine import CorruptRecordError, Mutation, StorageError
+from kvstore.storage.fences import FenceTable
 from kvstore.storage.memory import (
     DELETE,
     DISCARD,
@@ -69,10 +73,14 @@ _SQLITE_FULL: Final = 13
 _SQLITE_NOTADB: Final = 26
 _SQLITE_IOERR: Final = 10
 
+_FENCES_SCHEMA: Final = ("CREATE TABLE IF NOT EXISTS fences (lock TEXT PRIMARY KEY,"
+                         " token INTEGER NOT NULL) WITHOUT ROWID")
+_FENCE_PUT: Final = "INSERT OR REPLACE INTO fences (lock, token) VALUES (?, ?)"
 _SCHEMA: Final = (
     "CREATE TABLE records (token INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,"
     " crc INTEGER NOT NULL, PRIMARY KEY (token, key)) WITHOUT ROWID",
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    _FENCES_SCHEMA,
 )
 _GET: Final = "SELECT value, crc FROM records WHERE token = ? AND key = ?"
 _IN_SIZES: Final = tuple(2**i for i in range(10))  # pad to a power of two: <= 2x, 10 shapes
@@ -117,6 +125,7 @@ class SqliteEngine:
         self._closed = False
         self._lock_fd: int | None = None
         self._count = 0
+        self.fences = FenceTable()
         if self.path.is_dir():
             raise StorageError(f"{self.path} is a directory; give the path of the database file")
         if not self.path.parent.is_dir():
@@ -126,6 +135,8 @@ class SqliteEngine:
             conn = self._conn()
             self._init_schema(conn)
             self._count = self._query(conn, "SELECT count(*) FROM records", ()).fetchone()[0]
+            self.fences = FenceTable(dict(
+                self._query(conn, "SELECT lock, token FROM fences", ()).fetchall()))
         except BaseException:
             self._release()
             raise
@@ -201,6 +212,8 @@ class SqliteEngine:
         mode = self._query(conn, "PRAGMA journal_mode = WAL", ()).fetchone()[0]
         if mode != "wal":
             raise StorageError(f"{self.path}: cannot enable WAL mode (got {mode!r})")
+        if "fences" not in tables:  # a file from before fencing: add the (empty) table
+            self._query(conn, _FENCES_SCHEMA, ())
 
     def _create(self, conn: sqlite3.Connection) -> None:
         self._query(conn, f"PRAGMA page_size = {int(self._page_size)}", ())
@@ -377,13 +390,19 @@ class SqliteEngine:
                     conn.executemany(_PUT, puts)
                 if dels:
                     conn.executemany(_DEL, dels)
+                staged = self.fences.staged()
+                if staged:
+                    conn.executemany(_FENCE_PUT, list(staged.items()))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(conn)
+                self.fences.abort()
                 raise self._translate(exc) from exc
             except BaseException:
                 self._rollback(conn)
+                self.fences.abort()
                 raise
+            self.fences.commit()
             self._count += delta
         return results
 

@@ -28,6 +28,7 @@ from itertools import islice
 from typing import Any
 
 from kvstore.storage.engine import Engine, Mutation, StorageError
+from kvstore.storage.fences import FenceTable
 from kvstore.storage.memory import StepResult
 
 _STOP = object()
@@ -114,6 +115,15 @@ class AsyncStore:
             ]
             for reader in self._readers:
                 reader.start()
+
+    @property
+    def fences(self) -> FenceTable:
+        """The engine's fence table (an engine without one gets a private in-memory one).
+        Mutations may use it: they run inside the engine's transaction."""
+        table = getattr(self.engine, "fences", None)
+        if table is None:
+            table = self.engine.fences = FenceTable()
+        return table
 
     async def __aenter__(self) -> AsyncStore:
         return self
