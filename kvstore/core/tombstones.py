@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from kvstore.core.versions import Sibling, covers
+from kvstore.core.versions import Sibling, covers, live
 
 DEFAULT_GRACE_MS = 10 * 24 * 3600 * 1000  # 10 days, as Cassandra's gc_grace_seconds
 DEFAULT_SKEW_MS = 60_000  # the largest coordinator clock skew we tolerate
@@ -100,7 +100,7 @@ def purge_decision(
     """The collection rule for a key's whole sibling set (all must be tombstones)."""
     if not siblings:
         return PurgeDecision(False, "nothing stored")
-    if any(not s.tombstone for s in siblings):
+    if live(siblings):  # tombstones, and versions fenced out beside them, may go
         return PurgeDecision(False, "the key has a live sibling")
     newest = max(s.written_at_ms for s in siblings)
     return may_purge(newest, now_ms=now_ms, grace_ms=grace_ms,

@@ -182,7 +182,8 @@ class Node:
                                          found=True)
                 purged, purged_at = versions.marker_from_pb(write.state)
                 merged = await self.replica.merge(write.key, incoming, marker=purged,
-                                                  marker_at_ms=purged_at)
+                                                  marker_at_ms=purged_at,
+                                                  fence=versions.fence_from_pb(write.fence))
                 if not write.reply_state:
                     return pb.PeerResult(found=True)
                 return pb.PeerResult(state=versions.to_pb(merged), found=True)

@@ -183,7 +183,7 @@ class AntiEntropyService:
             after = (one[0][0], one[0][1])
 
     def _purgeable(self, siblings: list[Sibling], now_ms: int) -> bool:
-        return bool(siblings) and all(s.tombstone for s in siblings) and \
+        return bool(siblings) and not versions.live(siblings) and \
             now_ms - max(s.written_at_ms for s in siblings) > self.grace_ms
 
     async def _tree(self, peer: str, start: int, end: int, depth: int,

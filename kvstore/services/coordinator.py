@@ -23,6 +23,7 @@ from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.core.errors import (
     Corruption,
+    Fenced,
     InvalidArgument,
     KVError,
     NotReady,
@@ -228,12 +229,12 @@ class Coordinator:
                 self._check_value(put.value)
                 reply = await self._write(request, put.key, put.value, put.context, put.quorum,
                                           False, trace, timeout, forwarded, put.strict,
-                                          put.sloppy)
+                                          put.sloppy, put.fence)
             elif op == "delete":
                 delete = request.delete
                 reply = await self._write(request, delete.key, b"", delete.context,
                                           delete.quorum, True, trace, timeout, forwarded,
-                                          delete.strict, delete.sloppy)
+                                          delete.strict, delete.sloppy, delete.fence)
             else:
                 raise InvalidArgument("the request names no operation; send get, put or delete")
         except KVError as exc:
@@ -493,12 +494,15 @@ class Coordinator:
     async def _write(self, request: cpb.ClientRequest, key: bytes, value: bytes, context: bytes,
                      quorum: cpb.Quorum, tombstone: bool, trace: Trace, timeout: float,
                      forwarded: bool, strict: bool = False,
-                     sloppy_asked: bool = False) -> cpb.ClientReply:
+                     sloppy_asked: bool = False,
+                     fence_pb: common_pb2.Fence | None = None) -> cpb.ClientReply:
         self._check_key(key)
         n = self.config.replication_factor
         need = required_replicas(quorum, n, self.config.default_level, "W")
         any_level = is_any(quorum)
-        sloppy = counts_hints(strict, sloppy_asked, any_level, self.config.sloppy_quorum)
+        fence = self._check_fence(fence_pb, strict, sloppy_asked, any_level)
+        sloppy = counts_hints(strict or fence is not None, sloppy_asked, any_level,
+                              self.config.sloppy_quorum)
         try:
             seen = versions.parse_context(context)
         except versions.InvalidContext as exc:
@@ -523,20 +527,24 @@ class Coordinator:
                                                  down + exc.reasons)
         verb = "delete" if tombstone else "write"
         local = await self._local(
-            self.replica.mint(key, seen, value, tombstone=tombstone))
+            self.replica.mint(key, seen, value, tombstone=tombstone, fence=fence))
         trace.replica(self.node_id, self._address(self.node_id), local.ok, local.latency_ms,
                       local.siblings, "" if local.ok else local.describe(), local=True,
                       counted=local.ok)
         if not local.ok:
+            if isinstance(local.error, Fenced):
+                raise self._fenced(local.error, [local], [], verb, need)
             raise local.error if isinstance(local.error, KVError) else Unavailable(local.describe())
         new = local.siblings[-1]
         concurrent = len(local.siblings) - 1  # siblings the writer had not seen
         trace.event(f"minted {verb} {new.node}:{new.counter} at {self.node_id} (durable)"
+                    + (f" under fence {versions.format_fence(fence)}" if fence else "")
                     + (f"; {concurrent} concurrent sibling(s) the writer had not seen are kept"
                        if concurrent else ""))
         state = versions.to_pb(local.siblings)
         traced = trace.pb is not None
-        message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced))
+        message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced,
+                                                       fence=fence_pb if fence else None))
         others = [node for node in pref if node != self.node_id]
         hinting = self.config.hinted_handoff
         fallbacks = (node for node in self.membership.ring.walk(token_of(key))
@@ -576,6 +584,8 @@ class Coordinator:
                 hint(node)
 
         def spare(failed: _Answer | None) -> list[asyncio.Task]:
+            if failed is not None and isinstance(failed.error, Fenced):
+                return []  # it refused the write: a hint would deliver it anyway
             if failed is not None:
                 owner = failed.hint_for or failed.node
                 if failed.hint_for:
@@ -594,12 +604,17 @@ class Coordinator:
 
         ok, failed, waiting = await self._gather(
             tasks, need - 1, timeout, trace, spare if hinting else None, counts_for)
+        refused = [a for a in failed if isinstance(a.error, Fenced)]
         if hinting:
-            self._hint_stragglers(key, local.siblings, others, tasks, ok, trace)
+            self._hint_stragglers(key, local.siblings,
+                                  [o for o in others if o not in {a.node for a in refused}],
+                                  tasks, ok, trace)
         owners = {self.node_id} | {o for a in ok if (o := counts_for(a))}
         true_acks = [self.node_id, *(a.node for a in ok if not a.hint_for)]
         hint_acks = [a for a in ok if a.hint_for]
         held = ", ".join(f"{a.node} (for {a.hint_for})" for a in hint_acks)
+        if refused:
+            raise self._fenced(refused[0].error, refused, true_acks, verb, need)
         if len(owners) < need:
             raise Unavailable(self._write_shortfall(
                 need, verb, sloppy, true_acks, hint_acks, failed, waiting, timeout))
@@ -617,6 +632,47 @@ class Coordinator:
             context=versions.encode_context(after),
             concurrent=concurrent,
         ))
+
+    @staticmethod
+    def _check_fence(fence_pb: common_pb2.Fence | None, strict: bool, sloppy: bool,
+                     any_level: bool) -> versions.Fence | None:
+        """The write's fence (None: not guarded), refused when malformed or combined with a
+        mode in which a replica that never checked the token could count."""
+        fence = versions.fence_from_pb(fence_pb) if fence_pb is not None else None
+        if fence is None:
+            if fence_pb is not None and fence_pb.lock:
+                raise InvalidArgument(f"the fence of lock {fence_pb.lock!r} has token 0; "
+                                      "tokens start at 1 (give LOCK:TOKEN as `kv lock` prints)")
+            return None
+        try:
+            versions.check_fence(*fence)
+        except versions.InvalidFence as exc:
+            raise InvalidArgument(str(exc)) from exc
+        if sloppy or any_level:
+            raise InvalidArgument(
+                f"a guarded write (--fence) counts only replicas that checked its token, so "
+                f"it is always strict: drop {'ANY' if any_level else '--sloppy'}")
+        return fence
+
+    def _fenced(self, first: Fenced, refused: list[_Answer], accepted: list[str], verb: str,
+                need: int) -> Fenced:
+        """The error for a guarded write some replicas refused (`accepted`: where it is
+        durable anyway)."""
+        errors = [a.error for a in refused if isinstance(a.error, Fenced)]
+        highest = max(e.highest for e in errors)
+        by = ", ".join(f"{a.node} (highest {a.error.highest})" for a in refused
+                       if isinstance(a.error, Fenced))
+        text = (f"lock {first.lock!r} token {first.token} is below the highest token seen for "
+                f"it ({highest}): the guarded {verb} was refused by {by}")
+        if not accepted:
+            text += "; nothing was written"
+        else:
+            text += (f"; it is durable on {', '.join(accepted)} ({len(accepted)} of W={need} "
+                     "accepted), was not rolled back, and is hidden from reads wherever a "
+                     "version of the key written under a higher token of the lock is held. "
+                     "The lock has a newer holder: stop writing under this token")
+        return Fenced(text, lock=first.lock, token=first.token, highest=highest,
+                      refused_by=tuple(a.node for a in refused), accepted_by=tuple(accepted))
 
     def _write_shortfall(self, need: int, verb: str, sloppy: bool, true_acks: list[str],
                          hint_acks: list[_Answer], failed: list[_Answer], waiting: list[str],

@@ -12,6 +12,12 @@ and the next write takes a fresh epoch too.
 
 Purged tombstones leave a *marker* (the clock they covered) for `marker_ttl_ms`: merges
 refuse exactly the versions a purged tombstone covered, and nothing else.
+
+Fencing: the store's `FenceTable` holds the highest token this replica has seen per lock.
+A guarded write (`mint` or a replicated `merge` with `fence`) is refused with `Fenced`,
+inside the storage mutation, when its token is below that or below what the key's record
+or the writer's context knows of the lock; every write and merge teaches the table the
+tokens its versions carry.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from collections.abc import Callable, Mapping
 from google.protobuf.message import DecodeError
 
 from kvstore.core import tombstones, versions
-from kvstore.core.errors import Corruption, Internal
+from kvstore.core.errors import Corruption, Fenced, Internal
 from kvstore.core.merkle import version_digest
 from kvstore.core.versions import Record, Sibling
 from kvstore.storage import DELETE, OverwriteCorrupt
 from kvstore.storage.engine import CorruptRecordError, StorageError
 from kvstore.storage.epochs import EpochAllocator
+from kvstore.storage.fences import FenceTable
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,25 @@ class Replica:
         self.epochs = epochs or EpochAllocator(None, clock_ms)
         self.marker_ttl_ms = marker_ttl_ms
         self.metrics: Counter[str] = Counter()
+
+    @property
+    def fences(self) -> FenceTable:
+        """The highest fencing token seen per lock (durable with the data)."""
+        table = getattr(self.store, "fences", None)
+        if table is None:  # a store without one (tests): keep one in memory
+            table = self.__dict__.setdefault("_fences", FenceTable())
+        return table
+
+    def _check_fence(self, fence: versions.Fence, known: int, what: str) -> None:
+        """Raise Fenced when `fence`'s token is below the highest this replica knows of its
+        lock (its table, and `known`: the key's record and the writer's context)."""
+        lock, token = fence
+        highest = max(self.fences.highest(lock), known)
+        if token < highest:
+            self.metrics["fenced_writes_refused"] += 1
+            raise Fenced(f"{self.node_id} refused the guarded {what}: lock {lock!r} token "
+                         f"{token} is below the highest token it has seen for it, {highest}",
+                         lock=lock, token=token, highest=highest, refused_by=(self.node_id,))
 
     # -- reads ---------------------------------------------------------------------------
     async def read(self, key: bytes) -> list[Sibling]:
@@ -109,11 +135,16 @@ class Replica:
 
     async def merge(self, key: bytes, incoming: list[Sibling], *,
                     marker: Mapping[str, int] | None = None,
-                    marker_at_ms: int = 0, replace_damaged: bool = False) -> list[Sibling]:
+                    marker_at_ms: int = 0, replace_damaged: bool = False,
+                    fence: versions.Fence | None = None) -> list[Sibling]:
         """Merge versions from another replica (replication, repair, handoff).
 
         A purge marker from a peer (anti-entropy) is joined into ours: every version it
         covers was collected on every replica, so it is dropped here too.
+        `fence`: this is a guarded client write being replicated; it is refused (Fenced,
+        nothing merged) when its token is below the highest this replica knows of the
+        lock. Repair, read repair and handoff pass none: merges never refuse for a fence
+        (whether a version is shown is decided by the merged set: `versions.live`).
         `replace_damaged`: the local record is known to fail its checksum and the incoming
         state is a peer's whole copy; the damaged record is replaced by it, or dropped when
         the peer holds nothing (it cannot be read anyway, and nothing else would ever
@@ -124,6 +155,9 @@ class Replica:
 
         def mutation(record: bytes | None) -> bytes | None:
             rec = _decode(key, record)
+            if fence is not None:
+                self._check_fence(fence, versions.fences_of(rec.siblings).get(fence[0], 0),
+                                  "write")
             before = (rec.epoch, rec.counter, rec.purged_at_ms, dict(rec.purged))
             self._note_own_actors(rec, versions.horizon(incoming))
             if marker and now - marker_at_ms <= self.marker_ttl_ms:
@@ -133,6 +167,7 @@ class Replica:
             merged = versions.sync(rec.siblings, self._admit(rec, incoming, now))
             if self._marker_live(rec, now):
                 merged, _ = tombstones.split_purged(rec.purged, merged)
+            self.fences.learn(versions.fences_of(merged))
             out.append(merged)
             if replace_damaged and record is None and not merged and not rec.purged:
                 return DELETE  # absent or damaged: either way nothing is left
@@ -151,18 +186,24 @@ class Replica:
     # -- mints ---------------------------------------------------------------------------
     async def mint(
         self, key: bytes, context: Mapping[str, int] | versions.Context, value: bytes, *,
-        tombstone: bool = False
+        tombstone: bool = False, fence: versions.Fence | None = None
     ) -> list[Sibling]:
         """Coordinate a client write here: make a new version that supersedes `context`.
 
-        Returns the key's siblings afterwards; the new version is the last.
+        Returns the key's siblings afterwards; the new version is the last. A guarded write
+        (`fence`) whose token is below the highest this replica, the key's record or the
+        context knows of its lock raises Fenced and writes nothing.
         """
         out: list[list[Sibling]] = []
         now = self.clock_ms()
         known = _horizon(context)
+        seen = context if isinstance(context, versions.Context) else versions.Context(context)
 
         def mutation(record: bytes | None) -> bytes:
             rec = _decode(key, record)
+            if fence is not None:
+                self._check_fence(fence, versions.fence_floor(fence[0], seen, rec.siblings),
+                                  "delete" if tombstone else "write")
             self._note_own_actors(rec, known)
             if rec.epoch and not self.epochs.usable(rec.epoch):
                 rec.epoch = rec.counter = 0  # minted before a restore: may have regressed
@@ -172,12 +213,13 @@ class Replica:
                 assert name not in rec.knows() and name not in known, \
                     "a fresh epoch is unknown to every clock"
             name = versions.actor(self.node_id, rec.epoch)
-            updated = versions.update(rec.siblings, context, name, value, tombstone=tombstone,
-                                      now_ms=now, floor=rec.counter)
+            updated = versions.update(rec.siblings, seen, name, value, tombstone=tombstone,
+                                      now_ms=now, floor=rec.counter, fence=fence)
             new = updated[-1]
             assert new.counter > rec.counter and not versions.covers(rec.knows(), *new.dot), \
                 "a minted dot is newer than anything this replica minted or saw"
             rec.siblings, rec.counter = updated, new.counter
+            self.fences.learn(new.fence_horizon())
             out.append(updated)
             return versions.encode_record(rec)
 
@@ -209,7 +251,8 @@ class Replica:
         def mutation(record: bytes | None) -> bytes | None:
             rec = _decode(key, record)
             marker = rec.purged if self._marker_live(rec, now) else {}
-            if not rec.siblings or not all(s.tombstone for s in rec.siblings) \
+            # nothing a read shows: tombstones, and versions fenced out by one beside them
+            if not rec.siblings or versions.live(rec.siblings) \
                     or version_digest(rec.siblings, marker) != digest:
                 return None
             # single dots too: every version of an actor up to its highest known counter

@@ -15,6 +15,7 @@ import asyncio
 import random
 
 from kvstore._proto import client_pb2 as cpb
+from kvstore._proto import common_pb2
 from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.node.config import NodeConfig
@@ -99,8 +100,8 @@ class SimCluster:
         replica = node.replica
         mint = replica.mint
 
-        async def observed_mint(key, context, value, *, tombstone=False):
-            out = await mint(key, context, value, tombstone=tombstone)
+        async def observed_mint(key, context, value, **kwargs):
+            out = await mint(key, context, value, **kwargs)
             if self.on_mint is not None:
                 self.on_mint(node_id, key, out[-1])
             return out
@@ -313,26 +314,32 @@ class SimCluster:
 
     async def put(self, via: str, key: bytes, value: bytes, level: str = "QUORUM", *,
                   context: bytes = b"", trace: bool = False, w: int = 0, strict: bool = False,
-                  sloppy: bool = False) -> cpb.ClientReply:
+                  sloppy: bool = False,
+                  fence: tuple[str, int] | None = None) -> cpb.ClientReply:
         return await self.request(via, cpb.ClientRequest(
             put=cpb.PutRequest(key=key, value=value, context=context,
                                quorum=cpb.Quorum(level=LEVELS[level], count=w),
-                               strict=strict, sloppy=sloppy),
+                               strict=strict, sloppy=sloppy, fence=_fence(fence)),
             trace=trace))
 
     async def delete(self, via: str, key: bytes, level: str = "QUORUM", *,
                      context: bytes = b"", strict: bool = False,
-                     sloppy: bool = False) -> cpb.ClientReply:
+                     sloppy: bool = False,
+                     fence: tuple[str, int] | None = None) -> cpb.ClientReply:
         return await self.request(via, cpb.ClientRequest(
             delete=cpb.DeleteRequest(key=key, context=context,
                                      quorum=cpb.Quorum(level=LEVELS[level]),
-                                     strict=strict, sloppy=sloppy)))
+                                     strict=strict, sloppy=sloppy, fence=_fence(fence))))
 
     async def settle(self) -> None:
         """Let background replica calls finish."""
         for node in self.nodes.values():
             await node.coordinator.drain()
         await asyncio.sleep(0.05)
+
+
+def _fence(fence: tuple[str, int] | None) -> common_pb2.Fence | None:
+    return None if fence is None else common_pb2.Fence(lock=fence[0], token=fence[1])
 
 
 def values(reply: cpb.ClientReply) -> list[bytes]:
