@@ -1,7 +1,8 @@
 """The `kv` command line: data commands, and the node and cluster command groups.
 
 Errors print one line (`Error: ...`) and exit non-zero; `--debug` shows the traceback.
-Exit codes: 0 ok, 1 the request failed, 2 bad usage or invalid argument, 3 key not found.
+Exit codes: 0 ok, 1 the request failed, 2 bad usage or invalid argument, 3 key not found,
+4 a guarded write was refused (fenced: the lock has a newer holder; retrying cannot help).
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ from pathlib import Path
 import click
 
 from kvstore.cli import output
-from kvstore.client import Client, ConnectionFailed, InvalidArgument, KVError, parse_endpoints
+from kvstore.client import (
+    Client,
+    ConnectionFailed,
+    Fenced,
+    InvalidArgument,
+    KVError,
+    parse_endpoints,
+)
 from kvstore.core import versions
 
 DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 CLUSTER_FILE = Path("data") / "cluster.json"
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_FENCED = 1, 2, 3, 4
+
+
 class _ReadLevel(click.Choice):
     """The read levels; ANY (a write level) is refused with the reason."""
 
@@ -123,6 +133,16 @@ def write_mode_options(fn):
                              "counted.")(fn)
 
 
+def fence_option(fn):
+    return click.option(
+        "--fence", default=None, metavar="LOCK:TOKEN",
+        help="Guard the write with a fencing token (as `kv lock` prints it; KV_FENCE in a "
+             "command run under `kv lock`): a replica that has seen a higher token of the "
+             "lock refuses it (exit 4), and a version written under a lower token is hidden "
+             "wherever one written under a higher token of the lock is held. Always "
+             "strict.")(fn)
+
+
 def json_and_trace(fn):
     fn = click.option("--trace", is_flag=True,
                       help="Show what the coordinator did: replicas asked, latency, versions, "
@@ -159,11 +179,12 @@ def get(s: Settings, key: str, consistency: str | None, count_r: int | None, tra
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
               help="The context from `kv get --json` to supersede (instead of reading it now).")
 @write_mode_options
+@fence_option
 @json_and_trace
 @click.pass_obj
 def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int | None,
-        blind: bool, context_text: str | None, strict: bool, sloppy: bool, trace: bool,
-        as_json: bool) -> None:
+        blind: bool, context_text: str | None, strict: bool, sloppy: bool, fence: str | None,
+        trace: bool, as_json: bool) -> None:
     """Write VALUE to KEY, replacing the versions it has now (VALUE - reads stdin).
 
     By default the current causal context is read first, at the write's level capped at
@@ -171,10 +192,11 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
     write supersedes every sibling it saw; use --blind to skip that read. Versions the
     read did not see stay as siblings; the reply's "concurrent" counts them.
     """
+    _check_fence(fence)
     data = click.get_binary_stream("stdin").read() if value == "-" else value.encode()
     context, context_read = _context(s, key, consistency, count_w, blind, context_text)
     result = s.client().put(key, data, context=context, consistency=consistency, w=count_w,
-                            trace=trace, strict=strict, sloppy=sloppy)
+                            trace=trace, strict=strict, sloppy=sloppy, fence=fence)
     _print_write(result, "stored", trace, as_json, context_read)
 
 
@@ -185,17 +207,28 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
               help="The context from `kv get --json` to supersede.")
 @write_mode_options
+@fence_option
 @json_and_trace
 @click.pass_obj
 def delete(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
-           context_text: str | None, strict: bool, sloppy: bool, trace: bool,
-           as_json: bool) -> None:
+           context_text: str | None, strict: bool, sloppy: bool, fence: str | None,
+           trace: bool, as_json: bool) -> None:
     """Delete KEY (writes a tombstone that supersedes the versions it saw; the context is
     read first as for `kv put`)."""
+    _check_fence(fence)
     context, context_read = _context(s, key, consistency, count_w, blind, context_text)
     result = s.client().delete(key, context=context, consistency=consistency, w=count_w,
-                               trace=trace, strict=strict, sloppy=sloppy)
+                               trace=trace, strict=strict, sloppy=sloppy, fence=fence)
     _print_write(result, "deleted", trace, as_json, context_read)
+
+
+def _check_fence(fence: str | None) -> None:
+    """Refuse a malformed --fence before anything is read or written."""
+    if fence is not None:
+        try:
+            versions.parse_fence(fence)
+        except versions.InvalidFence as exc:
+            raise InvalidArgument(f"--fence: {exc}") from None
 
 
 # Levels the context is read at before a write, strongest first: the write's level capped
@@ -261,12 +294,13 @@ def _print_write(result, verb: str, trace: bool, as_json: bool,
         return
     if context_read is not None and (trace or context_read["failed"]):
         click.echo(output.describe_context_read(context_read), err=not trace)
-    live = [v for v in result.stored if not v.tombstone]
+    live = [v for v in result.stored if not v.tombstone and not v.fenced_out]
     note = ""
     if len(live) > 1:
         note = (f" — the key now has {len(live)} siblings (concurrent writes this one did "
                 "not see); `kv get` shows them")
-    click.echo(f"OK, {verb}{note}")
+    guarded = f" under fence {result.fence}" if result.fence else ""
+    click.echo(f"OK, {verb}{guarded}{note}")
     if trace:
         output.print_trace(result.trace)
 
@@ -359,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         name = type(exc).__name__
         click.echo(f"Error: {name}: {exc.message}", err=True)
-        sys.exit(EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_FAILED)
+        sys.exit(EXIT_USAGE if isinstance(exc, InvalidArgument)
+                 else EXIT_FENCED if isinstance(exc, Fenced) else EXIT_FAILED)
     except OSError as exc:
         if debug:
             raise

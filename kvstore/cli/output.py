@@ -33,15 +33,17 @@ def get_json(result: GetResult) -> dict[str, Any]:
 
 
 def put_json(result: PutResult, context_read: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The documented put/delete schema: key, ok, siblings, context, concurrent,
+    """The documented put/delete schema: key, ok, siblings, context, concurrent, fence,
     context_read, trace."""
     key, _ = text_or_base64(result.key)
     return {
         "key": key,
         "ok": True,
-        "siblings": [v.to_json() for v in result.stored if not v.tombstone],
+        "siblings": [v.to_json() for v in result.stored
+                     if not v.tombstone and not v.fenced_out],
         "context": versions.context_to_text(result.context),
         "concurrent": result.concurrent,
+        "fence": result.fence,
         "context_read": context_read,
         "trace": result.trace,
     }
@@ -96,6 +98,8 @@ def print_trace(trace: dict[str, Any] | None) -> None:
         shown = "\n".join(
             f"{v['dot']} {versions.format_clock(v['clock'])} "
             + ("(tombstone)" if v.get("tombstone") else repr(v["value"])[:40])
+            + (f" fence {v['fence']}" if v.get("fence") else "")
+            + (" (fenced out)" if v.get("fenced_out") else "")
             for v in r["versions"]
         ) or "-"
         name = r["node"] + (" (local)" if r.get("local") else "")

@@ -13,6 +13,7 @@ from kvstore.client.core import (
 from kvstore.core.errors import (
     Conflict,
     Corruption,
+    Fenced,
     InvalidArgument,
     KVError,
     NotLeader,
@@ -27,6 +28,7 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "Corruption",
+    "Fenced",
     "GetResult",
     "InvalidArgument",
     "KVError",

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from kvstore._proto import admin_pb2, admin_pb2_grpc, client_pb2_grpc
+from kvstore._proto import admin_pb2, admin_pb2_grpc, client_pb2_grpc, common_pb2
 from kvstore._proto import client_pb2 as cpb
 from kvstore.core import errors, versions
 from kvstore.core.address import is_host_port
@@ -45,18 +45,33 @@ class ConnectionFailed(Unavailable):
 
 @dataclass
 class Version:
-    """One sibling as the client sees it."""
+    """One sibling as the client sees it.
+
+    `fence`: `LOCK:TOKEN` of a guarded write (None otherwise). `fenced_out`: in the set it
+    came in (a replica's versions in a trace, a put's `stored`), another version knows a
+    higher token of its lock, so reads do not show it.
+    """
 
     value: bytes
     clock: dict[str, int]
     dot: str
     tombstone: bool = False
     written_at_ms: int = 0
+    fence: str | None = None
+    fenced_out: bool = False
 
     @classmethod
-    def from_pb(cls, v) -> Version:
+    def from_pb(cls, v, fenced_out: bool = False) -> Version:
         s = versions.sibling_from_pb(v)
-        return cls(s.value, s.clock(), f"{s.node}:{s.counter}", s.tombstone, s.written_at_ms)
+        return cls(s.value, s.clock(), f"{s.node}:{s.counter}", s.tombstone, s.written_at_ms,
+                   versions.format_fence(s.fence) if s.fence else None, fenced_out)
+
+    @classmethod
+    def list_from_pb(cls, vs) -> list[Version]:
+        """A set of versions, each marked when another of the set fences it out."""
+        siblings = [versions.sibling_from_pb(v) for v in vs]
+        hidden = versions.fenced_out(siblings)
+        return [cls.from_pb(v, s.dot in hidden) for v, s in zip(vs, siblings, strict=True)]
 
     def to_json(self) -> dict[str, Any]:
         value, encoding = text_or_base64(self.value)
@@ -65,6 +80,10 @@ class Version:
             out["value_encoding"] = encoding
         if self.tombstone:
             out["tombstone"] = True
+        if self.fence:
+            out["fence"] = self.fence
+        if self.fenced_out:
+            out["fenced_out"] = True
         return out
 
 
@@ -93,6 +112,7 @@ class PutResult:
     stored: list[Version] = field(default_factory=list)  # the key's siblings; the new one last
     trace: dict[str, Any] | None = None
     concurrent: int = 0  # siblings in `stored` written concurrently (the writer had not seen)
+    fence: str | None = None  # LOCK:TOKEN the write was guarded by
 
 
 def text_or_base64(data: bytes) -> tuple[str, str]:
@@ -122,7 +142,7 @@ def trace_to_dict(trace: cpb.Trace) -> dict[str, Any]:
                 "hint_for": r.hint_for or None,
                 "counted": r.counted,
                 "error": r.error or None,
-                "versions": [Version.from_pb(v).to_json() for v in r.versions],
+                "versions": [v.to_json() for v in Version.list_from_pb(r.versions)],
             }
             for r in trace.replicas
         ],
@@ -132,6 +152,21 @@ def trace_to_dict(trace: cpb.Trace) -> dict[str, Any]:
 
 def as_bytes(data: bytes | str) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else data
+
+
+def make_fence(fence: str | tuple[str, int] | None) -> common_pb2.Fence | None:
+    """`LOCK:TOKEN` (as `kv lock` prints it and exports as KV_FENCE) or (lock, token)."""
+    if fence is None:
+        return None
+    try:
+        if isinstance(fence, str):
+            lock, token = versions.parse_fence(fence)
+        else:
+            lock, token = fence
+            versions.check_fence(lock, token)
+    except versions.InvalidFence as exc:
+        raise InvalidArgument(str(exc)) from None
+    return common_pb2.Fence(lock=lock, token=token)
 
 
 def make_quorum(consistency: str | None, count: int | None) -> cpb.Quorum:
@@ -214,37 +249,45 @@ class AsyncClient:
     async def put(self, key: bytes | str, value: bytes | str, *, context: bytes = b"",
                   consistency: str | None = None, w: int | None = None, trace: bool = False,
                   timeout: float | None = None, strict: bool = False,
-                  sloppy: bool = False) -> PutResult:
+                  sloppy: bool = False,
+                  fence: str | tuple[str, int] | None = None) -> PutResult:
         """Write `value`, superseding what `context` (from a get or a put) saw.
 
         `strict` / `sloppy` choose whether hints on fallback nodes count towards W (neither:
         the node's default, strict unless it runs with --sloppy-quorum); consistency ANY
-        accepts a hint alone.
+        accepts a hint alone. `fence` (`LOCK:TOKEN`, or (lock, token)) guards the write:
+        a replica that has seen a higher token of the lock refuses it, and the call raises
+        `Fenced` (docs/architecture.md, "Fencing"); a guarded write is always strict.
         """
         key = as_bytes(key)
+        fence_pb = make_fence(fence)
         request = cpb.ClientRequest(
             put=cpb.PutRequest(key=key, value=as_bytes(value), context=context,
                                quorum=make_quorum(consistency, w), strict=strict,
-                               sloppy=sloppy),
+                               sloppy=sloppy, fence=fence_pb),
             trace=trace, timeout_ms=self._timeout_ms(timeout))
-        return self._put_result(key, await self.execute(request), trace)
+        return self._put_result(key, await self.execute(request), trace, fence_pb)
 
     async def delete(self, key: bytes | str, *, context: bytes = b"",
                      consistency: str | None = None, w: int | None = None,
                      trace: bool = False, timeout: float | None = None,
-                     strict: bool = False, sloppy: bool = False) -> PutResult:
+                     strict: bool = False, sloppy: bool = False,
+                     fence: str | tuple[str, int] | None = None) -> PutResult:
         key = as_bytes(key)
+        fence_pb = make_fence(fence)
         request = cpb.ClientRequest(
             delete=cpb.DeleteRequest(key=key, context=context, quorum=make_quorum(consistency, w),
-                                     strict=strict, sloppy=sloppy),
+                                     strict=strict, sloppy=sloppy, fence=fence_pb),
             trace=trace, timeout_ms=self._timeout_ms(timeout))
-        return self._put_result(key, await self.execute(request), trace)
+        return self._put_result(key, await self.execute(request), trace, fence_pb)
 
     @staticmethod
-    def _put_result(key: bytes, reply: cpb.ClientReply, trace: bool) -> PutResult:
-        return PutResult(key, reply.put.context, [Version.from_pb(v) for v in reply.put.stored],
+    def _put_result(key: bytes, reply: cpb.ClientReply, trace: bool,
+                    fence: common_pb2.Fence | None = None) -> PutResult:
+        return PutResult(key, reply.put.context, Version.list_from_pb(reply.put.stored),
                          trace_to_dict(reply.trace) if trace else None,
-                         reply.put.concurrent)
+                         reply.put.concurrent,
+                         versions.format_fence((fence.lock, fence.token)) if fence else None)
 
     def _timeout_ms(self, timeout: float | None) -> int:
         return int((timeout if timeout is not None else self.timeout) * 1000)

@@ -85,6 +85,12 @@ def test_explicit_r_and_w(shared_cluster):
         (["get", "k", "--consistency", "FIVE"], 2, "is not one of"),
         (["frobnicate"], 2, "No such command"),
         (["put", "k", "v", "--context", "%%%"], 2, "context"),
+        (["put", "k", "v", "--fence", "jobs/nightly"], 2, "is not LOCK:TOKEN"),
+        (["put", "k", "v", "--fence", "jobs/nightly:0"], 2, "token must be 1.."),
+        (["delete", "k", "--fence", "jobs/nightly:x7"], 2, "is not LOCK:TOKEN"),
+        (["put", "k", "v", "--fence", ":7"], 2, "lock name is empty"),
+        (["put", "k", "v", "--fence", "L:7", "--sloppy"], 2, "always strict"),
+        (["put", "k", "v", "--fence", "L:7", "-c", "ANY"], 2, "always strict"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_no_traceback(shared_cluster, args, code, message):
@@ -92,6 +98,29 @@ def test_bad_input_gets_a_clear_error_and_no_traceback(shared_cluster, args, cod
     assert r.returncode == code, r
     assert message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_guarded_writes_show_their_fence_and_a_stale_token_exits_4(shared_cluster):
+    r = kv(shared_cluster, "put", "k:fenced", "v7", "--fence", "jobs/nightly:7", "--json")
+    assert r.returncode == 0, r
+    data = json.loads(r.stdout)
+    assert data["fence"] == "jobs/nightly:7"
+    assert data["siblings"][0]["fence"] == "jobs/nightly:7"
+    r = kv(shared_cluster, "put", "k:fenced", "v5", "--fence", "jobs/nightly:5")
+    assert r.returncode == 4, r
+    assert r.stderr.startswith("Error: Fenced: lock 'jobs/nightly' token 5 is below the "
+                               "highest token seen for it (7)"), r.stderr
+    assert "nothing was written" in r.stderr
+    # another key: the replicas' table remembers the lock; a delete is guarded the same way
+    r = kv(shared_cluster, "delete", "k:fenced-other", "--fence", "jobs/nightly:6", "--blind")
+    assert r.returncode == 4 and "Fenced" in r.stderr, r
+    r = kv(shared_cluster, "put", "k:fenced", "v8", "--fence", "jobs/nightly:8", "--trace")
+    assert r.returncode == 0 and "OK, stored under fence jobs/nightly:8" in r.stdout, r
+    assert "under fence jobs/nightly:8" in r.stdout  # the mint event of the trace
+    r = kv(shared_cluster, "get", "k:fenced", "--json", "--trace", "--consistency", "ALL")
+    data = json.loads(r.stdout)
+    assert [v["value"] for v in data["siblings"]] == ["v8"]
+    assert data["siblings"][0]["fence"] == "jobs/nightly:8"
 
 
 def test_oversized_value_from_stdin_is_refused_before_anything_is_written(shared_cluster):
