@@ -26,6 +26,13 @@ Invariants, each judged from ids and the history only:
   the refusal had seen;
 * phantom: a read returns only ids of the key's writes that started before it ended and
   were not reported as not applied;
+* fencing (guarded writes, `Op.lock` / `Op.token`): a write *knows* a token of a lock when
+  it was guarded by it or saw (transitively) a write guarded by it. No guarded write that
+  was applied (acknowledged, or read, or in a final copy) saw a higher token of its lock
+  than its own (a lower token never supersedes a higher one); no final copy shows an id
+  guarded by a lower token than one an id it holds knows; every id a final copy holds but
+  hides (`Copy.hidden`) is below a token that an id it holds, or a delete that may have
+  been applied, knows;
 * internal_error: no request fails with an internal error, and no exception escapes an
   API the simulation calls (a bug by definition).
 
@@ -41,6 +48,12 @@ Exemptions (faults that legitimately break a guarantee):
   was lost or corrupted on a replica, between the write's start and the read's end; writes
   in a mode that counts hints towards W (sloppy) are never checked; reads and writes
   whose outcome is unknown are not checked.
+* lost_write, read_your_writes, guard: a guarded write is *fenced out* (and may vanish
+  from reads, or be refused by a purge marker once collected with a tombstone that hid
+  it) from the start of the first write or delete of its key that may have been applied
+  and knew a higher token of its lock; a write superseded by a write that was then fenced
+  out stays superseded, so read-your-writes does not expect it either (both counted in
+  `Report.fenced_exempt`).
 """
 
 from __future__ import annotations
@@ -51,7 +64,7 @@ from dataclasses import dataclass, field
 from .history import FAILED, OK, History, Op
 
 INVARIANTS = ("convergence", "lost_write", "resurrection", "siblings", "read_your_writes",
-              "guard", "phantom", "final_read", "internal_error")
+              "guard", "phantom", "final_read", "fencing", "internal_error")
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class Report:
     ryw_pairs: int = 0       # (write, later read) pairs whose read-your-writes was checked
     ryw_exempt: int = 0      # pairs exempted by a data-destroying fault
     refused_superseded: int = 0  # guard refusals of versions already superseded (legitimate)
+    fenced_exempt: int = 0   # lost writes and read-your-writes pairs of fenced-out writes
 
     @property
     def ok(self) -> bool:
@@ -86,14 +100,58 @@ class _Graph:
     def __init__(self, ops: list[Op]) -> None:
         self.writer: dict[str, Op] = {}
         self.seen_by: dict[str, list[Op]] = defaultdict(list)  # id -> ops that may have seen it
+        self.by_key: dict[str, list[Op]] = defaultdict(list)   # writes and deletes per key
+        self.reads: dict[str, list[Op]] = defaultdict(list)    # successful reads per key
         for op in ops:
+            if op.kind == "get" and op.result == OK:
+                self.reads[op.key].append(op)
             if op.kind == "get" or not op.id:
                 continue
             self.writer[op.id] = op
+            self.by_key[op.key].append(op)
             if op.result != FAILED:
                 for x in op.seen:
                     self.seen_by[x].append(op)
         self._closure: dict[str, frozenset[str]] = {}
+        self._fenced_at: dict[str, int | None] = {}
+
+    def knows(self, seen: tuple[str, ...], lock: str, op: Op | None = None) -> int:
+        """The highest token of `lock` that a write which saw `seen` (and was `op`) knew."""
+        tokens = [self.writer[x].token for x in self.closure_of(seen)
+                  if x in self.writer and self.writer[x].lock == lock]
+        if op is not None and op.lock == lock:
+            tokens.append(op.token)
+        return max(tokens, default=0)
+
+    def fenced_out_by(self, w: Op, time: int) -> bool:
+        """Whether by `time` w, or a write or delete that saw it and may have been
+        applied, was fenced out (a successor fenced out leaves nothing of w to show: w
+        stays superseded by it, and it is hidden)."""
+        for u in (w, *self.by_key.get(w.key, ())):
+            if u.result == FAILED or u.start > time:
+                continue
+            if u is not w and w.id not in self.closure_of(u.seen):
+                continue
+            fenced = self.fenced_at(u.id)
+            if fenced is not None and fenced <= time:
+                return True
+        return False
+
+    def fenced_at(self, x: str) -> int | None:
+        """When guarded write x was first fenced out: the start of the first write or
+        delete of its key that may have been applied and knew a higher token of its lock
+        (None: never)."""
+        if x in self._fenced_at:
+            return self._fenced_at[x]
+        w = self.writer.get(x)
+        at = None
+        if w is not None and w.token:
+            for u in self.by_key.get(w.key, ()):
+                if u.result != FAILED and u is not w and (at is None or u.start < at) \
+                        and self.knows(u.seen, w.lock, u) > w.token:
+                    at = u.start
+        self._fenced_at[x] = at
+        return at
 
     def closure_of(self, seen: tuple[str, ...]) -> frozenset[str]:
         out: set[str] = set()
@@ -199,6 +257,9 @@ def _check_key(history: History, key: str, ops: list[Op], graph: _Graph,
             continue
         if graph.seen_by.get(w.id):
             continue  # superseded by a write or delete that may have been applied
+        if graph.fenced_at(w.id) is not None:
+            report.fenced_exempt += 1
+            continue  # fenced out by a write that knew a higher token of its lock
         if _wiped(history, w):
             report.lost_exempt.append(w.index)
             continue
@@ -218,6 +279,41 @@ def _check_key(history: History, key: str, ops: list[Op], graph: _Graph,
                f"{w.id} superseded them", [w.index], back)
 
     _check_ryw(history, key, writes, reads, graph, report)
+    _check_fencing(key, writes, copies, graph, report)
+
+
+def _check_fencing(key: str, writes: list[Op], copies: dict, graph: _Graph,
+                   report: Report) -> None:
+    applied = {x for copy in copies.values() for x in (*copy.ids, *copy.hidden)}
+    applied |= {x for op in graph.reads.get(key, ()) for x in op.returned}
+    for u in writes:
+        # a write of unknown outcome that nobody read may have been refused: not judged
+        if u.token and (u.result == OK or u.id in applied):
+            known = graph.knows(u.seen, u.lock)
+            if known > u.token:
+                _v(report, "fencing", key, f"{u.kind} {u.id} under {u.lock}:{u.token} "
+                   f"superseded a write that knew {u.lock}:{known} (a lower token won over a "
+                   "higher one)", [u.index], [u.id])
+    for node, copy in sorted(copies.items()):
+        held = (*copy.ids, *copy.hidden)
+        for x in copy.ids:
+            w = graph.writer.get(x)
+            if w is None or not w.token:
+                continue
+            above = [y for y in held if y != x and graph.knows((y,), w.lock) > w.token]
+            if above:
+                _v(report, "fencing", key, f"the final copy on {node} shows {x} "
+                   f"({w.lock}:{w.token}) beside {above}, which knew a higher token of "
+                   f"{w.lock}", [w.index], [x, *above])
+        for x in copy.hidden:
+            w = graph.writer.get(x)
+            cause = w is not None and w.token and (
+                any(graph.knows((y,), w.lock) > w.token for y in held)
+                or any(d.kind == "delete" and d.result != FAILED
+                       and graph.knows(d.seen, w.lock, d) > w.token for d in writes))
+            if not cause:
+                _v(report, "fencing", key, f"the final copy on {node} hides {x}, but nothing "
+                   "it holds and no delete knew a higher token of its lock", (), [x])
 
 
 def _check_siblings(report: Report, key: str, what: str, ids: tuple[str, ...],
@@ -279,6 +375,9 @@ def _check_ryw(history: History, key: str, writes: list[Op], reads: list[Op], gr
                 continue
             if w.id in r.returned or any(w.id in graph.ancestors(y) for y in r.returned):
                 continue
+            if graph.fenced_out_by(w, r.end):
+                report.fenced_exempt += 1
+                continue  # it, or a write that saw it, was fenced out
             if any(d.start <= r.end and w.id in graph.closure_of(d.seen) for d in deletes):
                 continue  # a delete that saw it may have taken effect
             _v(report, "read_your_writes", key, f"read ({r.level}) after acknowledged "
@@ -295,6 +394,11 @@ def _check_guard(history: History, graph: _Graph, report: Report) -> None:
             for x in graph.closure_of(op.seen):
                 if op.start < superseded_at.get(x, op.start + 1):
                     superseded_at[x] = op.start
+    for r in history.refusals:  # a fenced-out version is collected with what hid it
+        for x in r.ids:
+            fenced = graph.fenced_at(x)
+            if fenced is not None and fenced < superseded_at.get(x, fenced + 1):
+                superseded_at[x] = fenced
     alive = {key: {x for copy in copies.values() for x in copy.ids}
              for key, copies in history.final.items()}
     refused: dict[tuple[str, str, str], list[int]] = defaultdict(list)

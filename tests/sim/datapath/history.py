@@ -42,6 +42,8 @@ class Op:
     final: bool = False       # a read of the final check, after healing and repair
     error: str = ""
     hint_holders: tuple[str, ...] = ()  # those of `holders` that held it as a hint only
+    lock: str = ""            # guarded writes: the lock and the token the writer held
+    token: int = 0            # (0: not guarded)
 
     def describe(self) -> str:
         span = f"[{self.start}..{self.end}]"
@@ -56,6 +58,8 @@ class Op:
                     n + ("(hint)" if n in self.hint_holders else "") for n in self.holders)
             if self.hinted:
                 extra += " (hint counted)"
+            if self.token:
+                extra += f" fence={self.lock}:{self.token}"
             body = f"{self.kind} {self.key}={self.id} {self.level}{ctx}{extra}"
         res = self.result if self.result == OK else f"{self.result}: {self.error[:140]}"
         tag = " FINAL" if self.final else ""
@@ -90,10 +94,13 @@ class Refusal:
 @dataclass(frozen=True)
 class Copy:
     """One replica's final copy of a key: an opaque signature of its whole version set
-    (equal signatures = identical version sets) and the live value ids in it."""
+    (equal signatures = identical version sets), the live value ids a read shows, and
+    those it holds but does not show (fenced out)."""
 
     signature: str
     ids: tuple[str, ...]
+    # live ids a read does not show: guarded writes fenced out by a version beside them
+    hidden: tuple[str, ...] = ()
 
 
 @dataclass
@@ -131,5 +138,7 @@ class History:
         for k, copies in sorted(self.final.items()):
             if key is None or k == key:
                 for node, copy in sorted(copies.items()):
-                    lines.append(f"  final {k}@{node}: {list(copy.ids)}  {copy.signature}")
+                    hidden = f" hidden={list(copy.hidden)}" if copy.hidden else ""
+                    lines.append(f"  final {k}@{node}: {list(copy.ids)}{hidden}  "
+                                 f"{copy.signature}")
         return "\n".join(lines)

@@ -36,7 +36,11 @@ def summary(r: Result) -> str:
     return (f"seed {r.scenario.seed}: {verdict}  ops={s['ops']} writes={s['writes']} "
             f"acked={s['acked']} crashes={s.get('crashes', 0)} losses={s['losses']} "
             f"refusals={s['refusals']} purged={s.get('purged', 0)} hints={s.get('hints', 0)} "
-            f"rounds={s.get('repair_rounds', 0)} digest={r.digest}")
+            f"rounds={s.get('repair_rounds', 0)}"
+            + (f" fenced={s.get('fenced_writes', 0)} fenced_refused="
+               f"{s.get('fenced_refused', 0)} fenced_out={s.get('fenced_out_final', 0)}"
+               if r.scenario.fencing else "")
+            + f" digest={r.digest}")
 
 
 def report(r: Result, verbose: bool) -> str:

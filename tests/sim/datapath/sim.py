@@ -3,7 +3,8 @@ handoff, read repair, anti-entropy, tombstone purge) over the in-memory network,
 virtual time, driven by a random workload and random faults that one seed derives.
 
 A run: start the cluster; clients issue reads (some at each level), blind writes,
-read-modify-writes, deletes and re-creates after deletes while faults come and go
+read-modify-writes, deletes and re-creates after deletes (in some seeds many of them
+guarded by fencing tokens that clients hold, some stale) while faults come and go
 (partitions, one-way cuts, flapping links, loss, duplication, delay and reordering,
 crashes, restarts, a disk lost, a record lost or corrupted, per-node clock skew, purges
 with a short grace period racing hinted handoff); then every fault stops, crashed nodes
@@ -50,6 +51,19 @@ WRITE_MODES: dict[str, dict] = {
     "sloppy": {"fields": {"sloppy": True}, "ryw": False},
 }
 ANY_CHANCE = 0.25  # of a sloppy write: at level ANY (W=1, a hint alone may count)
+
+# ---- fencing ------------------------------------------------------------------------------
+# In FENCING_SEEDS of the seeds, a share of the strict and default writes is guarded
+# (`--fence LOCK:TOKEN`) by a token its client holds. A client acquires a lock (the next
+# token of a counter standing in for the lock service) at its first guarded write and
+# again now and then, so the other holders' tokens go stale without their knowing, and
+# again after a refusal, sometimes. Drawn from their own generators: the other seeds'
+# histories are the same as without fencing.
+FENCING_SEEDS = 0.4
+FENCE_SHARES = (0.3, 0.6, 0.9)
+FENCE_LOCKS = ("L", "L", "L", "M")
+REACQUIRE = 0.2           # before a guarded write: take the lock again (a new token)
+REACQUIRE_FENCED = 0.5    # after a refusal
 
 READ_LEVELS = (("ONE", cpb.ONE, 0), ("QUORUM", cpb.QUORUM, 0), ("ALL", cpb.ALL, 0),
                ("R=2", 0, 2))
@@ -115,6 +129,7 @@ class Scenario:
     think_ms: int
     skew_allowance_ms: int = 60_000          # NodeConfig.max_clock_skew_ms
     hint_max_age_ms: int = 3 * 3600 * 1000   # NodeConfig.hint_max_age_ms
+    fencing: float = 0.0                     # share of strict/default writes guarded
 
     @classmethod
     def from_seed(cls, seed: int, long: bool = False) -> Scenario:
@@ -181,6 +196,9 @@ class Scenario:
             sc.hint_max_age_ms = p.randrange(sc.grace_ms // 4, sc.grace_ms - sc.skew_allowance_ms)
             bound = sc.skew_allowance_ms // 2
             sc.skew_ms = tuple(max(-bound, min(bound, s)) for s in sc.skew_ms)
+        f = random.Random(f"datapath-{seed}-fencing")
+        if f.random() < FENCING_SEEDS:
+            sc.fencing = f.choice(FENCE_SHARES)
         return sc
 
     def describe(self) -> str:
@@ -194,7 +212,8 @@ class Scenario:
             f"read_all={self.read_all_chance} handoff={'on' if self.hinted_handoff else 'off'} "
             f"{purge} antientropy={self.antientropy_s:g}s jitter={self.jitter * 1000:g}ms "
             f"skew=[{skew}] modes(strict<{self.modes[0]:.2f},default<{self.modes[1]:.2f}) "
-            f"think<={self.think_ms}ms faults=[{' '.join(f.describe() for f in self.faults)}]"
+            + (f"fencing={self.fencing:g} " if self.fencing else "")
+            + f"think<={self.think_ms}ms faults=[{' '.join(f.describe() for f in self.faults)}]"
         )
 
 
@@ -289,6 +308,11 @@ class Simulation:
         self.stats: dict[str, int] = defaultdict(int)
         self.tasks: set[asyncio.Task] = set()
         self.t0 = self.heal_at = 0  # virtual ms: the workload's start, the heal
+        # fencing: its own generator; the lock service's last token per lock, and the
+        # token each client holds (it may be stale)
+        self.frng = random.Random(f"fencing-{sc.seed}")
+        self.grants: dict[str, int] = defaultdict(int)
+        self.held: dict[tuple[int, str], int] = {}
         # hot and cold keys: cold ones stay deleted long enough for tombstones to be purged
         self.weights = [1 / (i + 1) for i in range(sc.keys)]
         self.c: SimCluster
@@ -509,6 +533,18 @@ class Simulation:
                     later = sc.grace_ms + 3000 if sc.purge else 3000
                     await asyncio.sleep(r.randrange(0, later) / 1000)
 
+    def fence(self, cid: int, mode: str) -> tuple[str, int]:
+        """The (lock, token) to guard a write with; ("", 0): not guarded. Only strict and
+        default writes are guarded (a guarded write is always strict)."""
+        if not self.sc.fencing or mode == "sloppy" or self.frng.random() >= self.sc.fencing:
+            return "", 0
+        lock = self.frng.choice(FENCE_LOCKS)
+        if (cid, lock) not in self.held or self.frng.random() < REACQUIRE:
+            self.grants[lock] += self.frng.randint(1, 3)   # a new grant: a higher token
+            self.held[cid, lock] = self.grants[lock]
+        self.stats["fenced_writes"] += 1
+        return lock, self.held[cid, lock]
+
     def read_level(self) -> tuple[str, int, int]:
         return self.rng.choice(READ_LEVELS)
 
@@ -571,7 +607,10 @@ class Simulation:
         name, lvl, count = level
         wid = self.new_id("d" if delete else "w")
         quorum = cpb.Quorum(level=lvl, count=count)
-        flags = WRITE_MODES[mode]["fields"]
+        flags = dict(WRITE_MODES[mode]["fields"])
+        lock, token = self.fence(cid, mode)
+        if token:
+            flags["fence"] = common_pb2.Fence(lock=lock, token=token)
         if delete:
             request = cpb.ClientRequest(delete=cpb.DeleteRequest(
                 key=key.encode(), context=context, quorum=quorum, **flags), trace=True)
@@ -586,13 +625,17 @@ class Simulation:
         base = dict(index=len(self.ops), client=cid, kind="delete" if delete else "put",
                     key=key, node=node, start=start - self.t0, end=end - self.t0,
                     need=NEED[name], level=name, id=wid, seen=seen, mode=mode,
-                    ryw=WRITE_MODES[mode]["ryw"] and name != "ANY")
+                    ryw=WRITE_MODES[mode]["ryw"] and name != "ANY", lock=lock, token=token)
         if reply is None:
             self.ops.append(Op(**base, result=UNKNOWN, error="coordinator crashed"))
             return False
         if reply.HasField("error"):
             self.ops.append(Op(**base, result=_write_outcome(reply.error),
                                error=reply.error.message))
+            if reply.error.code == common_pb2.FENCED:
+                self.stats["fenced_refused"] += 1
+                if self.frng.random() < REACQUIRE_FENCED:
+                    self.held.pop((cid, lock), None)  # it lost the lock: take it again
             return False
         holders: list[str] = []
         hints: list[str] = []
@@ -666,7 +709,10 @@ class Simulation:
         except CorruptRecordError:
             return Copy(CORRUPTED, ())
         sig = repr(sorted((s.node, s.counter, s.tombstone, s.value) for s in siblings))
-        return Copy(sig, tuple(s.value.decode() for s in siblings if not s.tombstone))
+        shown = {s.dot for s in versions.live(siblings)}
+        return Copy(sig, tuple(s.value.decode() for s in siblings if s.dot in shown),
+                    tuple(s.value.decode() for s in siblings
+                          if not s.tombstone and s.dot not in shown))
 
     def agreed(self) -> bool:
         for key in self.keys:
@@ -706,6 +752,8 @@ def run_seed(seed: int, long: bool = False) -> Result:
             reused[key] += 1
     ops = [o for o in history.ops if not o.final]
     stats = dict(sim.stats)
+    stats["fenced_out_final"] = sum(len(c.hidden) for copies in history.final.values()
+                                    for c in copies.values())
     stats.update(ops=len(ops), writes=sum(1 for o in ops if o.kind != "get"),
                  acked=sum(1 for o in ops if o.kind != "get" and o.result == OK),
                  refusals=len(history.refusals), losses=len(history.losses))

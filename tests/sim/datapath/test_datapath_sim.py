@@ -63,7 +63,8 @@ def _one(args: tuple[int, bool]) -> tuple[int, dict | None, str, list[str], floa
     causes = [cause or "unexplained" for _, cause in r.explained]
     text = report(r, verbose=False) if causes else ""
     stats = dict(r.stats, ryw_pairs=r.report.ryw_pairs, lost_exempt=len(r.report.lost_exempt),
-                 refused_superseded=r.report.refused_superseded)
+                 refused_superseded=r.report.refused_superseded,
+                 fenced_exempt=r.report.fenced_exempt)
     return seed, stats, text, causes, time.process_time() - started
 
 
@@ -121,6 +122,9 @@ def _summary(label: str) -> str:
         f"{t['ryw_pairs']} read-your-writes pairs checked; {t['lost_exempt']} lost writes "
         f"exempt (every holder lost its data); {t['refused_superseded']} guard refusals of "
         "superseded versions (legitimate)",
+        f"[{label}] fencing: {t['fenced_writes']} guarded writes, {t['fenced_refused']} "
+        f"refused (FENCED), {t['fenced_out_final']} versions fenced out in the final copies, "
+        f"{t['fenced_exempt']} lost-write / read-your-writes checks exempt as fenced out",
     ]
     for cause, text in KNOWN_BUGS.items():
         n = t[f"seeds:{cause}"]
@@ -214,7 +218,8 @@ def test_scenarios_cover_every_fault_kind() -> None:
         kinds["purge"] += sc.purge
         kinds["skew"] += any(sc.skew_ms)
         kinds["no_handoff"] += not sc.hinted_handoff
+        kinds["fencing"] += bool(sc.fencing)
     print("\nfault kinds in the CI seed range:", dict(sorted(kinds.items())))
     for kind in ("partition", "asym", "flap", "crash", "disk_loss", "record_loss", "corrupt",
-                 "loss", "dup", "delay", "purge", "skew", "no_handoff"):
+                 "loss", "dup", "delay", "purge", "skew", "no_handoff", "fencing"):
         assert kinds[kind] >= SEEDS // 40, (kind, kinds[kind])
