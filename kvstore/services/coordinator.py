@@ -717,7 +717,9 @@ class Coordinator:
                 self._keep(asyncio.ensure_future(self._hint_locally(owner, key, siblings)))
             else:
                 def later(done: asyncio.Task, owner: str = owner) -> None:
-                    if not done.cancelled() and not done.result().ok:
+                    # a replica that refused a guarded write gets no hint of it
+                    if not done.cancelled() and not done.result().ok \
+                            and not isinstance(done.result().error, Fenced):
                         self._keep(asyncio.ensure_future(
                             self._hint_locally(owner, key, siblings)))
 

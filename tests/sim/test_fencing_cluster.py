@@ -104,6 +104,8 @@ def test_replicas_that_refuse_a_replicated_write_make_the_client_learn_it():
         assert "durable on" in reply.error.message and "not rolled back" in reply.error.message
         await c.settle()
         assert stored_values(c, second, KEY) == set()          # refused: not merged
+        assert not any(c.hints[n].count_by_target().get(second) for n in c.ids), \
+            "a replica that refused the write was sent a hint of it"
         assert stored_values(c, third, KEY) == {b"stale"}      # accepted where unknown
         # nothing of this key is newer, so the write shows: the guarantee is per key
         assert values(await c.get(first, KEY, "ONE")) == [b"stale"]
