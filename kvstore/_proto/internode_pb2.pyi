@@ -1,5 +1,6 @@
 from kvstore._proto import common_pb2 as _common_pb2
 from kvstore._proto import client_pb2 as _client_pb2
+from kvstore._proto import meta_pb2 as _meta_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -60,7 +61,7 @@ class AntiEntropyStep(_message.Message):
     def __init__(self, session: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class PeerMessage(_message.Message):
-    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy")
+    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy", "meta")
     READ_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +70,7 @@ class PeerMessage(_message.Message):
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
     EXTENSION_FIELD_NUMBER: _ClassVar[int]
     ANTIENTROPY_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
     read: ReplicaRead
     write: ReplicaWrite
     forward: Forward
@@ -77,23 +79,26 @@ class PeerMessage(_message.Message):
     gossip: bytes
     extension: bytes
     antientropy: AntiEntropyStep
-    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ...) -> None: ...
+    meta: _meta_pb2.MetaRequest
+    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaRequest, _Mapping]] = ...) -> None: ...
 
 class PeerResult(_message.Message):
-    __slots__ = ("state", "reply", "hello", "raw", "error", "found")
+    __slots__ = ("state", "reply", "hello", "raw", "error", "meta", "found")
     STATE_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     state: _common_pb2.VersionSet
     reply: _client_pb2.ClientReply
     hello: Hello
     raw: bytes
     error: _common_pb2.Error
+    meta: _meta_pb2.MetaReply
     found: bool
-    def __init__(self, state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., reply: _Optional[_Union[_client_pb2.ClientReply, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raw: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., reply: _Optional[_Union[_client_pb2.ClientReply, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raw: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaReply, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
 
 class PeerBatch(_message.Message):
     __slots__ = ("source", "messages")

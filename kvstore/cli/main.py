@@ -368,10 +368,11 @@ def _register_groups() -> None:
     cli.add_command(node)
     cli.add_command(cluster)
     cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)
-    from kvstore.cli.raft_cmds import meta, raft  # raft metadata group: kv meta, kv raft
+    from kvstore.cli.coord_cmds import lease, lock, meta  # issue 11: coordination
+    from kvstore.cli.raft_cmds import raft  # raft metadata group membership: kv raft
 
-    cli.add_command(meta)
-    cli.add_command(raft)
+    for group in (meta, lease, lock, raft):
+        cli.add_command(group)
 
 
 _register_groups()

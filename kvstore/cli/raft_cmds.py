@@ -1,9 +1,8 @@
-"""`kv meta get|put|cas`, `kv raft status` and `kv raft add|promote|remove`: the
-linearizable metadata namespace on the Raft group, and its membership. Any node answers
-(followers and non-voters forward to the leader).
+"""`kv raft status` and `kv raft add|promote|remove`: the Raft group's membership. Any node
+answers (followers and non-voters forward to the leader). The metadata namespace, leases
+and locks are in coord_cmds.py.
 
-Exit codes: 0 ok, 1 failed (including a compare-and-set whose comparison failed, and a
-membership change the group refused), 2 bad usage, 3 key not found.
+Exit codes: 0 ok, 1 failed (a membership change the group refused), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -32,7 +31,9 @@ def _timeout(ctx: click.Context) -> float:
 
 
 def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
-    """Send one metadata request to the first endpoint that answers; return the reply."""
+    """Send one admin request (status, conf) to the first endpoint that answers; return the
+    reply. A membership change has no session: an endpoint that broke after delivery is
+    not tried again (the change may have been applied)."""
     errors = []
     for ep in endpoints:
         with grpc.insecure_channel(ep) as channel:
@@ -43,6 +44,14 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
                 reply = stub.Exchange(batch, timeout=timeout)
             except grpc.RpcError as exc:
                 errors.append(f"{ep}: {exc.code().name}")
+                details = (exc.details() or "").lower()
+                if req.get("op") == "conf" and not (
+                        exc.code() == grpc.StatusCode.UNAVAILABLE
+                        and ("connect" in details or "refused" in details)):
+                    click.echo(f"Error: {ep} did not answer ({exc.code().name}); the "
+                               "membership change may or may not have been applied - check "
+                               "`kv raft status`", err=True)
+                    raise SystemExit(5) from None
                 continue
         (res,) = reply.results
         kind = res.WhichOneof("body")
@@ -59,62 +68,6 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
 def _fail(msg: str, code: int = EXIT_FAILED) -> None:
     click.echo(f"Error: {msg}", err=True)
     raise SystemExit(code)
-
-
-@click.group()
-def meta() -> None:
-    """Linearizable metadata key-value namespace (on the Raft group)."""
-
-
-@meta.command("get")
-@click.argument("key")
-@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-@click.pass_context
-def meta_get(ctx: click.Context, key: str, as_json: bool) -> None:
-    """Read KEY (a ReadIndex read: linearizable, without writing to the log)."""
-    r = meta_request(_endpoints(ctx), {"op": "get", "key": key}, _timeout(ctx))
-    if as_json:
-        click.echo(json.dumps(r))
-    if not r.get("ok"):
-        _fail(r.get("error", "failed"))
-    if not r.get("found"):
-        if not as_json:
-            click.echo(f"Error: {key!r} not found", err=True)
-        raise SystemExit(EXIT_NOT_FOUND)
-    if not as_json:
-        click.echo(r["value"])
-
-
-@meta.command("put")
-@click.argument("key")
-@click.argument("value")
-@click.pass_context
-def meta_put(ctx: click.Context, key: str, value: str) -> None:
-    """Set KEY to VALUE (committed by a majority of the Raft group)."""
-    r = meta_request(_endpoints(ctx), {"op": "put", "key": key, "value": value}, _timeout(ctx))
-    if not r.get("ok"):
-        _fail(r.get("error", "failed"))
-    click.echo("OK")
-
-
-@meta.command("cas")
-@click.argument("key")
-@click.argument("expected")
-@click.argument("new")
-@click.option("--absent", is_flag=True,
-              help="Expect KEY to be absent (EXPECTED is then ignored; pass '-').")
-@click.pass_context
-def meta_cas(ctx: click.Context, key: str, expected: str, new: str, absent: bool) -> None:
-    """Set KEY to NEW only if its value is EXPECTED; exit 1 if the comparison fails."""
-    req = {"op": "cas", "key": key, "expected": None if absent else expected, "value": new}
-    r = meta_request(_endpoints(ctx), req, _timeout(ctx))
-    if r.get("ok"):
-        click.echo("OK")
-        return
-    if r.get("error") == "compare failed":
-        _fail(f"compare failed: {key!r} is {r.get('previous')!r}, not "
-              f"{None if absent else expected!r}")
-    _fail(r.get("error", "failed"))
 
 
 @click.group()

@@ -193,7 +193,9 @@ class Node:
             if kind == "antientropy":
                 return pb.PeerResult(raw=await self.antientropy.on_message(source,
                                                                           message.antientropy))
-            if kind in ("raft", "gossip", "extension"):
+            if kind == "meta" and self.raft is not None:
+                return pb.PeerResult(meta=await self.raft.handle_meta(message.meta))
+            if kind in ("raft", "gossip", "extension", "meta"):
                 handler = self.raw_handlers.get(kind)
                 if handler is None:
                     return pb.PeerResult(error=common_pb2.Error(

@@ -20,11 +20,13 @@ from kvstore._proto import (
     admin_pb2,
     admin_pb2_grpc,
     client_pb2_grpc,
+    meta_pb2_grpc,
 )
 from kvstore._proto import (
     client_pb2 as cpb,
 )
 from kvstore.node.config import NodeConfig
+from kvstore.node.meta_service import MetaServicer
 from kvstore.node.node import Node
 from kvstore.services.antientropy import summary_pb
 from kvstore.storage import AsyncStore, open_engine
@@ -122,6 +124,7 @@ class NodeServer:
         self.health = health_aio.HealthServicer()
         client_pb2_grpc.add_KVServicer_to_server(KVServicer(self.node), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.node), self.server)
+        meta_pb2_grpc.add_MetaServicer_to_server(MetaServicer(self.node), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._health_task: asyncio.Task | None = None
 

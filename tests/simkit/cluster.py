@@ -293,7 +293,13 @@ class SimCluster:
 
     async def meta(self, via: str, request: dict) -> dict:
         """A metadata request (get, put, cas, status, ...) served through node `via`."""
-        return await self.nodes[via].raft.handle(request)
+        if request.get("op") in ("status", "conf"):
+            return await self.nodes[via].raft.handle(request)
+        if not hasattr(self, "_dict_meta"):
+            from metahelp import DictMeta
+
+            self._dict_meta = DictMeta()
+        return await self._dict_meta(self.nodes[via].raft.handle_meta, request)
 
     def replicas(self, key: bytes) -> list[str]:
         return self.nodes[self.ids[0]].membership.ring.preference_list(key,

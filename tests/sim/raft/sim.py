@@ -17,7 +17,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from kvstore.core.meta import MetaStateMachine, encode_cas, encode_put
+from kvstore._proto import meta_pb2 as mpb
+from kvstore.core.meta import MetaStateMachine, command, encode_cas, encode_put
 from kvstore.core.raft import (
     ConfChange,
     ConfChangeError,
@@ -84,6 +85,8 @@ class Scenario:
     clients: int
     keys: int
     drift: tuple[int, ...]
+    retries: int = 0  # times a client re-sends a write (same session seq) before giving up
+    dup_cmd: float = 0.0  # chance a write is proposed twice (a forward re-sent mid-call)
 
     @classmethod
     def from_seed(cls, seed: int, long: bool = False, wipe: bool = False) -> Scenario:
@@ -133,6 +136,8 @@ class Scenario:
             clients=r.randint(2, 3),
             keys=r.randint(1, 3),
             drift=tuple(r.choice((0, 0, 1, -1)) for _ in range(n + 1)),
+            retries=r.choice((0, 2, 4)),
+            dup_cmd=r.choice((0.0, 0.1, 0.3)),
         )
 
     def describe(self) -> str:
@@ -141,7 +146,8 @@ class Scenario:
             f"loss={self.loss} dup={self.dup} delay<={self.max_delay}ms "
             f"long_delay_p={self.long_delay_p} snap_every={self.snap_every} "
             f"keep={self.keep_entries} clients={self.clients} keys={self.keys} "
-            f"drift={self.drift} heal_at={self.heal_at}ms "
+            f"drift={self.drift} retries={self.retries} dup_cmd={self.dup_cmd} "
+            f"heal_at={self.heal_at}ms "
             f"faults=[{' '.join(f.describe() for f in self.faults)}]"
         )
 
@@ -154,6 +160,9 @@ class Client:
     seq: int = 0
     cmd: bytes = b""
     rid: str = ""
+    client_id: int = 0  # its session, once registered
+    registering: bool = False
+    attempts: int = 0
 
 
 @dataclass
@@ -171,9 +180,13 @@ class Result:
     snapshots_sent: int
     notes: list[str] = field(default_factory=list)
     refusals: int = 0  # starts a wiped voter refused
+    retries: int = 0  # writes re-sent with the same session seq
+    duplicates_answered: int = 0  # applications answered from the session table
 
 
 class SimNode:
+    sm_factory = MetaStateMachine  # tests swap in a broken one to show the checker fails
+
     def __init__(self, node_id: str, seed: int, drift: int) -> None:
         self.id = node_id
         self.files = MemFiles()
@@ -183,9 +196,9 @@ class SimNode:
         self.gen = 0
         self.raft: RaftNode
         self.log: RaftLog
-        self.sm = MetaStateMachine()
+        self.sm = self.sm_factory()
         self.pending: Ready | None = None
-        self.ops: dict[str, Op] = {}
+        self.ops: dict[int, tuple[int, object]] = {}  # index -> (term, Op or Client)
         self.reads: dict[bytes, Op] = {}
         self.read_waits: list = []
         self.leader_term_checked = -1
@@ -214,7 +227,7 @@ class SimNode:
                                  snapshot=rec.snapshot, entries=rec.entries,
                                  joining=rec.joining)
         self.joining_on_disk = plan.joining
-        self.sm = MetaStateMachine()
+        self.sm = self.sm_factory()
         if rec.snapshot.index:
             self.sm.restore(rec.snapshot.data, rec.snapshot.index)
         self.up = True
@@ -256,6 +269,9 @@ class Simulation:
         self.rejoin_done = True
         self.refusals = 0
         self.elect_after_heal = -2
+        self.retries = 0
+        self.duplicates_answered = 0
+        self.first_applied: dict[tuple[int, int], int] = {}  # (client, seq) -> index
         self.messages = self.crashes = self.snapshots_sent = self.events = 0
         self.notes: list[str] = []
         self.ops_end = sc.heal_at + 200
@@ -326,7 +342,19 @@ class Simulation:
             self.client_step(self.clients[a])
         elif kind == OP_TIMEOUT:
             client, op = a, b
-            if client.op is op:
+            if op == "register":
+                if not client.client_id:
+                    client.registering = False
+                    self.at(self.now, CLIENT, client.id)
+            elif client.op is op:
+                if op.kind != "get" and client.attempts < self.sc.retries:
+                    # Retry with the same session seq: applied at most once, and the answer
+                    # is the first application's result.
+                    client.attempts += 1
+                    self.retries += 1
+                    self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, client, op)
+                    self.at(self.now, CLIENT, client.id)
+                    return
                 client.op = None  # indeterminate: ret stays at +inf
                 self.schedule_client(client)
         elif kind == ADMIN:
@@ -373,9 +401,7 @@ class Simulation:
             self.checker.on_apply(node.id, e)
             if e.type is EntryType.NORMAL:
                 res = node.sm.apply(e.index, e.data)
-                if res is not None and res.request_id in node.ops:
-                    op = node.ops.pop(res.request_id)
-                    self.resolve(op, res.ok if op.kind == "cas" else None)
+                self.on_result(node, e, res)
             else:
                 node.sm.skip(e.index)
         node.read_waits.extend(rd.read_states)
@@ -535,10 +561,74 @@ class Simulation:
         if self.now < self.ops_end:
             self.at(self.now + self.rng.randrange(1, 25), CLIENT, c.id)
 
+    def session(self, c: Client) -> tuple[int, int, int]:
+        # One command outstanding per client: everything before this seq was answered or
+        # given up (a given-up command's result may be forgotten: a late copy of it is then
+        # refused, never applied).
+        return (c.client_id, c.seq, c.seq - 1)
+
+    def register_step(self, c: Client) -> None:
+        if c.registering or self.now >= self.ops_end:
+            return
+        target = self.nodes.get(c.hint) if c.hint else None
+        if target is None or not target.up:
+            target = self.nodes[self.rng.choice(sorted(self.nodes))]
+        if not target.up:
+            self.at(self.now + 10, CLIENT, c.id)
+            return
+        try:
+            index = target.raft.propose(command(register=mpb.RegisterClient())
+                                        .SerializeToString())
+        except NotLeaderError as exc:
+            c.hint = exc.leader
+            self.at(self.now + 5, CLIENT, c.id)
+            return
+        except ProposalDroppedError:
+            self.at(self.now + 10, CLIENT, c.id)
+            return
+        target.ops[index] = (target.raft.term, c)
+        c.registering = True
+        self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, c, "register")
+        self.drive(target)
+
+    def on_result(self, node: SimNode, e, res) -> None:
+        """A committed command was applied on `node`: check exactly-once, answer a waiter."""
+        if res is not None and e.data:
+            cmd = mpb.MetaCommand.FromString(e.data)
+            key = (cmd.session.client_id, cmd.session.seq)
+            if cmd.session.client_id and res.code != mpb.META_SESSION_EXPIRED:
+                first = self.first_applied.setdefault(key, e.index)
+                if res.duplicate:
+                    self.duplicates_answered += 1
+                    if first >= e.index:
+                        self.fail(f"{node.id}: command {key} answered as a duplicate at "
+                                  f"{e.index} but first applied at {first}")
+                elif first != e.index:
+                    self.fail(f"{node.id}: command {key} applied twice: at {first} and "
+                              f"{e.index}")
+        w = node.ops.pop(e.index, None)
+        if w is None or res is None or e.term != w[0]:
+            return  # not ours, or our entry was replaced by another term's (never applied)
+        who = w[1]
+        if isinstance(who, Client):
+            if not who.client_id:
+                who.client_id = res.client_id
+                who.registering = False
+                self.schedule_client(who)
+            return
+        op = who
+        if res.code == mpb.META_SESSION_EXPIRED:
+            return  # outcome unknown: stays indeterminate (the client times out)
+        self.resolve(op, res.code == mpb.META_OK if op.kind == "cas" else None)
+
     def client_step(self, c: Client) -> None:
+        if not c.client_id:
+            self.register_step(c)
+            return
         if c.op is None:
             if self.now >= self.ops_end:
                 return
+            c.attempts = 0
             r = self.rng
             key = f"k{r.randrange(self.sc.keys)}"
             c.seq += 1
@@ -550,13 +640,13 @@ class Simulation:
             elif roll < 0.6:
                 val = f"v{c.id}.{c.seq}"
                 op = Op(c.id, key, "put", (val,), self.now)
-                c.cmd = encode_put(key, val, c.rid)
+                c.cmd = encode_put(key, val, self.session(c))
             else:
                 seen = [o.arg[0] for o in self.history[-8:] if o.kind == "put" and o.key == key]
                 exp = r.choice([*seen, None])
                 new = f"v{c.id}.{c.seq}"
                 op = Op(c.id, key, "cas", (exp, new), self.now)
-                c.cmd = encode_cas(key, exp, new, c.rid)
+                c.cmd = encode_cas(key, exp, new, self.session(c))
             c.op = op
             self.history.append(op)
             self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, c, op)
@@ -573,8 +663,11 @@ class Simulation:
                 target.raft.read_index(ctx)
                 target.reads[ctx] = op
             else:
-                target.raft.propose(c.cmd)
-                target.ops[c.rid] = op
+                index = target.raft.propose(c.cmd)
+                target.ops[index] = (target.raft.term, op)
+                if self.rng.random() < self.sc.dup_cmd:  # the same command a second time
+                    index = target.raft.propose(c.cmd)
+                    target.ops[index] = (target.raft.term, op)
             c.hint = target.id
         except NotLeaderError as exc:
             c.hint = exc.leader
@@ -726,6 +819,8 @@ class Simulation:
             snapshots_sent=self.snapshots_sent,
             notes=self.notes,
             refusals=self.refusals,
+            retries=self.retries,
+            duplicates_answered=self.duplicates_answered,
         )
 
 

@@ -1,0 +1,351 @@
+"""The metadata client (issue 11): linearizable keys, leases and locks on the Raft group,
+async (`AsyncMetaClient`) and blocking (`MetaClient`).
+
+Every command carries this client's session (a client id registered once, then a sequence
+number per command), so a command is retried - after a deadline, a broken connection, a
+refused node or a leader change, on the same or the next endpoint - with the same identity
+and the group applies it at most once; a retry that reaches it after it was applied gets the
+first result back. Retries stop at the overall deadline: a command that may have been
+delivered but was never answered raises `OutcomeUnknown` (the CLI exits 5), never a
+definite failure. `Unavailable` (exit 1) means it was certainly not applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from kvstore._proto import meta_pb2 as mpb
+from kvstore._proto import meta_pb2_grpc
+from kvstore.client.core import OPTIONS, parse_endpoints
+from kvstore.core.errors import InvalidArgument, KVError, Unavailable
+
+__all__ = [
+    "AsyncMetaClient", "CompareFailed", "LeaseNotFound", "LockLost", "MetaClient", "MetaKey",
+    "MetaWrite", "NotHolder", "OutcomeUnknown",
+]
+
+
+class OutcomeUnknown(KVError):
+    """The command may or may not have been applied (no answer before the deadline, or its
+    session result was forgotten). Check the state before acting on it."""
+
+
+class CompareFailed(KVError):
+    """A compare-and-set found another value; nothing changed."""
+
+    def __init__(self, message: str, current: MetaKey | None, revision: int) -> None:
+        super().__init__(message)
+        self.current = current
+        self.revision = revision
+
+
+class LeaseNotFound(KVError):
+    """The lease is unknown: expired, revoked or never granted."""
+
+
+class NotHolder(KVError):
+    """A lock release or wait by a lease that neither holds nor waits for the lock."""
+
+
+class LockLost(KVError):
+    """The lease under a held lock ended (a keepalive found it gone)."""
+
+
+@dataclass(frozen=True)
+class MetaKey:
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+    lease: int
+    version: int
+
+    @classmethod
+    def from_pb(cls, kv: mpb.KeyValue) -> MetaKey:
+        return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease, kv.version)
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "value": self.value, "create_revision": self.create_revision,
+                "mod_revision": self.mod_revision, "lease": self.lease or None,
+                "version": self.version}
+
+
+@dataclass(frozen=True)
+class MetaWrite:
+    """A write's outcome: the revision it took effect at, the previous key (None: absent),
+    and whether the answer came from the session table (an earlier attempt applied it)."""
+
+    revision: int
+    previous: MetaKey | None
+    duplicate: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _prev(res: mpb.MetaResult) -> MetaKey | None:
+    return MetaKey.from_pb(res.prev) if res.had_prev else None
+
+
+def lease_json(info: mpb.LeaseInfo) -> dict:
+    return {"id": info.id, "ttl": info.ttl_ms / 1000,
+            "remaining": None if info.remaining_ms < 0 else info.remaining_ms / 1000,
+            "keys": list(info.keys), "locks": list(info.locks)}
+
+
+class AsyncMetaClient:
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self._channels: dict[str, tuple[grpc.aio.Channel, meta_pb2_grpc.MetaStub]] = {}
+        self._next = 0
+        self.client_id = 0
+        self._seq = 0
+        self._open: set[int] = set()
+        self._register_lock = asyncio.Lock()
+
+    def _stub(self, ep: str) -> meta_pb2_grpc.MetaStub:
+        if ep not in self._channels:
+            ch = grpc.aio.insecure_channel(ep, options=OPTIONS)
+            self._channels[ep] = (ch, meta_pb2_grpc.MetaStub(ch))
+        return self._channels[ep][1]
+
+    async def close(self) -> None:
+        for ch, _ in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> AsyncMetaClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # ---- the call loop ----------------------------------------------------------------------
+
+    async def call(self, req: mpb.MetaRequest, timeout: float | None = None) -> mpb.MetaReply:
+        """Send `req` until a definite answer or the deadline, rotating over the endpoints.
+        Every attempt is safe to repeat (commands carry the session). Raises OutcomeUnknown
+        if an attempt may have been delivered and none was answered definitely, Unavailable
+        if none was delivered (or every member said so)."""
+        loop = asyncio.get_running_loop()
+        timeout = self.timeout if timeout is None else timeout
+        deadline = loop.time() + timeout
+        maybe = False
+        errors: list[str] = []
+        is_cmd = req.WhichOneof("body") == "command"
+        while True:
+            ep = self.endpoints[self._next % len(self.endpoints)]
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                reply = await self._stub(ep).Call(req, timeout=left)
+            except grpc.aio.AioRpcError as exc:
+                details = (exc.details() or "").lower()
+                refused = exc.code() == grpc.StatusCode.UNAVAILABLE and (
+                    "connect" in details or "refused" in details)
+                maybe = maybe or not refused
+                errors.append(f"{ep}: {exc.code().name}")
+                self._next += 1
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+                continue
+            code = reply.result.code
+            if code in (mpb.META_UNAVAILABLE, mpb.META_UNKNOWN):
+                maybe = maybe or code == mpb.META_UNKNOWN
+                errors.append(f"{ep}: {reply.result.error}")
+                self._next += 1
+                await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+                continue
+            return reply
+        last = "; ".join(errors[-3:]) or "no attempt"
+        if maybe and is_cmd:
+            raise OutcomeUnknown(f"no definite answer within {timeout:g}s; the command may or "
+                                 f"may not have been applied ({last})")
+        raise Unavailable(f"the raft group did not answer within {timeout:g}s ({last}); is the "
+                          "cluster up, and started with --raft-voters?")
+
+    async def _session(self) -> int:
+        async with self._register_lock:
+            if not self.client_id:
+                reply = await self.call(mpb.MetaRequest(command=mpb.MetaCommand(
+                    register=mpb.RegisterClient())))
+                self._check(reply.result)
+                self.client_id = reply.result.client_id
+        return self.client_id
+
+    async def command(self, timeout: float | None = None, **op) -> mpb.MetaResult:
+        """Apply one command exactly once (or raise OutcomeUnknown); returns its result."""
+        cid = await self._session()
+        self._seq += 1
+        seq = self._seq
+        self._open.add(seq)
+        acked = min(self._open) - 1
+        cmd = mpb.MetaCommand(session=mpb.Session(client_id=cid, seq=seq, acked=acked), **op)
+        try:
+            reply = await self.call(mpb.MetaRequest(command=cmd), timeout)
+        except Unavailable:
+            self._open.discard(seq)  # certainly not applied: nothing to remember
+            raise
+        except OutcomeUnknown:
+            raise  # stays open: the group keeps its result until we acknowledge it
+        self._open.discard(seq)
+        res = reply.result
+        if res.code == mpb.META_SESSION_EXPIRED:
+            raise OutcomeUnknown(res.error)
+        return res
+
+    @staticmethod
+    def _check(res: mpb.MetaResult) -> None:
+        if res.code == mpb.META_OK:
+            return
+        if res.code == mpb.META_BAD_REQUEST:
+            raise InvalidArgument(res.error)
+        if res.code == mpb.META_NO_LEASE:
+            raise LeaseNotFound(res.error)
+        if res.code == mpb.META_NOT_HOLDER:
+            raise NotHolder(res.error)
+        raise KVError(res.error or f"metadata request failed ({mpb.MetaCode.Name(res.code)})")
+
+    # ---- keys -------------------------------------------------------------------------------
+
+    async def get(self, key: str, *, serializable: bool = False) -> tuple[MetaKey | None, int]:
+        """(the key or None, the revision read at). Linearizable (ReadIndex on the leader)
+        unless `serializable` (any member's applied state, possibly stale)."""
+        reply = await self.call(mpb.MetaRequest(read=mpb.MetaRead(
+            key=key, serializable=serializable)))
+        self._check(reply.result)
+        kv = reply.kvs[0] if reply.kvs else None
+        return (MetaKey.from_pb(kv) if kv is not None else None), reply.result.revision
+
+    async def range(self, prefix: str, *, serializable: bool = False
+                    ) -> tuple[list[MetaKey], int]:
+        reply = await self.call(mpb.MetaRequest(read=mpb.MetaRead(
+            key=prefix, prefix=True, serializable=serializable)))
+        self._check(reply.result)
+        return [MetaKey.from_pb(kv) for kv in reply.kvs], reply.result.revision
+
+    async def put(self, key: str, value: str, *, lease: int = 0) -> MetaWrite:
+        res = await self.command(put=mpb.MetaPut(key=key, value=value, lease=lease))
+        self._check(res)
+        return MetaWrite(res.revision, _prev(res), res.duplicate)
+
+    async def delete(self, key: str) -> MetaWrite:
+        res = await self.command(delete=mpb.MetaDelete(key=key))
+        self._check(res)
+        return MetaWrite(res.revision, _prev(res), res.duplicate)
+
+    async def cas(self, key: str, expected: str | None, new: str | None, *, lease: int = 0
+                  ) -> MetaWrite:
+        """Set `key` to `new` (None deletes) if its value is `expected` (None: absent);
+        raise CompareFailed (with the current key) otherwise."""
+        res = await self.command(cas=mpb.MetaCas(
+            key=key, expect_absent=expected is None, expected=expected or "",
+            delete=new is None, value=new or "", lease=lease))
+        if res.code == mpb.META_COMPARE_FAILED:
+            cur = _prev(res)
+            raise CompareFailed(f"compare failed: {key!r} is "
+                                f"{cur.value if cur else None!r}, not {expected!r}", cur,
+                                res.revision)
+        self._check(res)
+        return MetaWrite(res.revision, _prev(res), res.duplicate)
+
+    # ---- leases -----------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: float) -> mpb.LeaseInfo:
+        res = await self.command(lease_grant=mpb.LeaseGrant(ttl_ms=round(ttl * 1000)))
+        self._check(res)
+        return res.lease
+
+    async def lease_keepalive(self, lease: int) -> mpb.LeaseInfo:
+        res = await self.command(lease_keepalive=mpb.LeaseKeepAlive(lease=lease))
+        self._check(res)
+        return res.lease
+
+    async def lease_revoke(self, lease: int) -> mpb.LeaseInfo:
+        res = await self.command(lease_revoke=mpb.LeaseRevoke(lease=lease))
+        self._check(res)
+        return res.lease
+
+    async def lease_list(self) -> list[mpb.LeaseInfo]:
+        reply = await self.call(mpb.MetaRequest(lease_query=mpb.LeaseQuery()))
+        self._check(reply.result)
+        return list(reply.leases)
+
+    async def lease_ttl(self, lease: int) -> mpb.LeaseInfo:
+        reply = await self.call(mpb.MetaRequest(lease_query=mpb.LeaseQuery(lease=lease)))
+        self._check(reply.result)
+        return reply.leases[0]
+
+    # ---- locks ------------------------------------------------------------------------------
+
+    async def lock(self, name: str, lease: int, *, wait: float | None = None) -> int:
+        """Acquire lock `name` under `lease` (FIFO behind earlier waiters) and return the
+        fencing token (the revision of the grant). `wait`: give up after this many seconds
+        (raise TimeoutError; the lease stays queued until released or ended)."""
+        res = await self.command(lock_acquire=mpb.LockAcquire(name=name, lease=lease))
+        if res.code == mpb.META_OK:
+            return res.token
+        if res.code != mpb.META_QUEUED:
+            self._check(res)
+        loop = asyncio.get_running_loop()
+        until = None if wait is None else loop.time() + wait
+        while True:
+            step = self.timeout if until is None else min(self.timeout, until - loop.time())
+            if step <= 0:
+                raise TimeoutError(f"lock {name!r} not granted within {wait:g}s")
+            reply = await self.call(mpb.MetaRequest(lock_wait=mpb.LockWait(
+                name=name, lease=lease, wait_ms=int(step * 1000))), timeout=step + self.timeout)
+            if reply.result.code == mpb.META_OK:
+                return reply.result.token
+            if reply.result.code != mpb.META_QUEUED:
+                self._check(reply.result)
+
+    async def unlock(self, name: str, lease: int, token: int = 0) -> None:
+        """Release `name` if `lease` holds it with `token` (0: any); a release of an older
+        grant never frees a newer holder (NotHolder)."""
+        res = await self.command(lock_release=mpb.LockRelease(name=name, lease=lease,
+                                                              token=token))
+        self._check(res)
+
+
+class MetaClient:
+    """A blocking metadata client for scripts (owns a private event loop)."""
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = self._loop.run_until_complete(self._make(endpoints, timeout))
+
+    @staticmethod
+    async def _make(endpoints, timeout) -> AsyncMetaClient:
+        return AsyncMetaClient(endpoints, timeout=timeout)
+
+    @property
+    def async_client(self) -> AsyncMetaClient:
+        return self._async
+
+    def run(self, coro):
+        return self._loop.run_until_complete(coro)
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._async, name)
+        if not asyncio.iscoroutinefunction(fn):
+            return fn
+
+        def call(*args, **kwargs):
+            return self._loop.run_until_complete(fn(*args, **kwargs))
+
+        call.__doc__ = fn.__doc__
+        return call
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._async.close())
+        self._loop.close()
+
+    def __enter__(self) -> MetaClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
