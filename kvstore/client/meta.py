@@ -125,7 +125,8 @@ class AsyncMetaClient:
 
     # ---- the call loop ----------------------------------------------------------------------
 
-    async def call(self, req: mpb.MetaRequest, timeout: float | None = None) -> mpb.MetaReply:
+    async def call(self, req: mpb.MetaRequest, timeout: float | None = None,
+                   attempt: float | None = None) -> mpb.MetaReply:
         """Send `req` until a definite answer or the deadline, rotating over the endpoints.
         Every attempt is safe to repeat (commands carry the session). Raises OutcomeUnknown
         if an attempt may have been delivered and none was answered definitely, Unavailable
@@ -142,7 +143,10 @@ class AsyncMetaClient:
             if left <= 0:
                 break
             try:
-                reply = await self._stub(ep).Call(req, timeout=left)
+                # An attempt gets a part of the time: a paused node must not eat all of it
+                # (a repeat is safe: commands carry the session).
+                reply = await self._stub(ep).Call(req, timeout=min(left, attempt or max(
+                    0.5, timeout / 3)))
             except grpc.aio.AioRpcError as exc:
                 details = (exc.details() or "").lower()
                 refused = exc.code() == grpc.StatusCode.UNAVAILABLE and (
@@ -297,7 +301,8 @@ class AsyncMetaClient:
             if step <= 0:
                 raise TimeoutError(f"lock {name!r} not granted within {wait:g}s")
             reply = await self.call(mpb.MetaRequest(lock_wait=mpb.LockWait(
-                name=name, lease=lease, wait_ms=int(step * 1000))), timeout=step + self.timeout)
+                name=name, lease=lease, wait_ms=int(step * 1000))), timeout=step + self.timeout,
+                attempt=step + max(0.5, self.timeout / 3))
             if reply.result.code == mpb.META_OK:
                 return reply.result.token
             if reply.result.code != mpb.META_QUEUED:
