@@ -19,6 +19,7 @@ class MetaCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     META_UNAVAILABLE: _ClassVar[MetaCode]
     META_UNKNOWN: _ClassVar[MetaCode]
     META_QUEUED: _ClassVar[MetaCode]
+    META_COMPACTED: _ClassVar[MetaCode]
 META_OK: MetaCode
 META_COMPARE_FAILED: MetaCode
 META_NOT_FOUND: MetaCode
@@ -29,6 +30,7 @@ META_NOT_HOLDER: MetaCode
 META_UNAVAILABLE: MetaCode
 META_UNKNOWN: MetaCode
 META_QUEUED: MetaCode
+META_COMPACTED: MetaCode
 
 class Session(_message.Message):
     __slots__ = ("client_id", "seq", "acked")
@@ -256,30 +258,66 @@ class LockWait(_message.Message):
     wait_ms: int
     def __init__(self, name: _Optional[str] = ..., lease: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
+class MetaWatch(_message.Message):
+    __slots__ = ("key", "prefix", "start_revision", "wait_ms", "limit")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    prefix: bool
+    start_revision: int
+    wait_ms: int
+    limit: int
+    def __init__(self, key: _Optional[str] = ..., prefix: _Optional[bool] = ..., start_revision: _Optional[int] = ..., wait_ms: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class MetaEvent(_message.Message):
+    __slots__ = ("type", "revision", "kv")
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PUT: _ClassVar[MetaEvent.Type]
+        DELETE: _ClassVar[MetaEvent.Type]
+    PUT: MetaEvent.Type
+    DELETE: MetaEvent.Type
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    KV_FIELD_NUMBER: _ClassVar[int]
+    type: MetaEvent.Type
+    revision: int
+    kv: KeyValue
+    def __init__(self, type: _Optional[_Union[MetaEvent.Type, str]] = ..., revision: _Optional[int] = ..., kv: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
+
 class MetaRequest(_message.Message):
-    __slots__ = ("command", "read", "lease_query", "lock_wait", "hops")
+    __slots__ = ("command", "read", "lease_query", "lock_wait", "watch", "hops")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
     LEASE_QUERY_FIELD_NUMBER: _ClassVar[int]
     LOCK_WAIT_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     command: MetaCommand
     read: MetaRead
     lease_query: LeaseQuery
     lock_wait: LockWait
+    watch: MetaWatch
     hops: int
-    def __init__(self, command: _Optional[_Union[MetaCommand, _Mapping]] = ..., read: _Optional[_Union[MetaRead, _Mapping]] = ..., lease_query: _Optional[_Union[LeaseQuery, _Mapping]] = ..., lock_wait: _Optional[_Union[LockWait, _Mapping]] = ..., hops: _Optional[int] = ...) -> None: ...
+    def __init__(self, command: _Optional[_Union[MetaCommand, _Mapping]] = ..., read: _Optional[_Union[MetaRead, _Mapping]] = ..., lease_query: _Optional[_Union[LeaseQuery, _Mapping]] = ..., lock_wait: _Optional[_Union[LockWait, _Mapping]] = ..., watch: _Optional[_Union[MetaWatch, _Mapping]] = ..., hops: _Optional[int] = ...) -> None: ...
 
 class MetaReply(_message.Message):
-    __slots__ = ("result", "kvs", "leases", "lock", "leader")
+    __slots__ = ("result", "kvs", "leases", "lock", "leader", "events", "compact_revision")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     KVS_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
     LOCK_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
     result: MetaResult
     kvs: _containers.RepeatedCompositeFieldContainer[KeyValue]
     leases: _containers.RepeatedCompositeFieldContainer[LeaseInfo]
     lock: LockInfo
     leader: str
-    def __init__(self, result: _Optional[_Union[MetaResult, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[LeaseInfo, _Mapping]]] = ..., lock: _Optional[_Union[LockInfo, _Mapping]] = ..., leader: _Optional[str] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[MetaEvent]
+    compact_revision: int
+    def __init__(self, result: _Optional[_Union[MetaResult, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[LeaseInfo, _Mapping]]] = ..., lock: _Optional[_Union[LockInfo, _Mapping]] = ..., leader: _Optional[str] = ..., events: _Optional[_Iterable[_Union[MetaEvent, _Mapping]]] = ..., compact_revision: _Optional[int] = ...) -> None: ...

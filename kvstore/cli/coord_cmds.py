@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from kvstore._proto import meta_pb2 as mpb
 from kvstore.cli.output import console, print_json
 from kvstore.client.meta import (
     AsyncMetaClient,
@@ -130,15 +131,15 @@ def _write_out(as_json: bool, w, **extra) -> None:
 @meta.command("put")
 @click.argument("key")
 @click.argument("value")
-@click.option("--lease", type=LEASE_ID, default=0, help="Attach KEY to this lease: it is "
+@click.option("--lease", type=LEASE_ID, default=None, help="Attach KEY to this lease: it is "
               "deleted when the lease ends.")
 @json_option
 @click.pass_context
-def meta_put(ctx: click.Context, key: str, value: str, lease: int, as_json: bool) -> None:
+def meta_put(ctx: click.Context, key: str, value: str, lease: int | None, as_json: bool) -> None:
     """Set KEY to VALUE (committed by a majority of the Raft group)."""
 
     async def go(c: AsyncMetaClient) -> None:
-        _write_out(as_json, await c.put(key, value, lease=lease))
+        _write_out(as_json, await c.put(key, value, lease=lease or 0))
 
     _run(ctx, as_json, go)
 
@@ -162,7 +163,7 @@ def meta_delete(ctx: click.Context, key: str, as_json: bool) -> None:
 @click.argument("new")
 @click.option("--absent", is_flag=True,
               help="Expect KEY to be absent (EXPECTED is then ignored; pass '-').")
-@click.option("--lease", type=LEASE_ID, default=0, help="Attach KEY to this lease.")
+@click.option("--lease", type=LEASE_ID, default=None, help="Attach KEY to this lease.")
 @json_option
 @click.pass_context
 def meta_cas(ctx: click.Context, key: str, expected: str, new: str, absent: bool, lease: int,
@@ -174,7 +175,39 @@ def meta_cas(ctx: click.Context, key: str, expected: str, new: str, absent: bool
     """
 
     async def go(c: AsyncMetaClient) -> None:
-        _write_out(as_json, await c.cas(key, None if absent else expected, new, lease=lease))
+        _write_out(as_json, await c.cas(key, None if absent else expected, new,
+                                        lease=lease or 0))
+
+    _run(ctx, as_json, go)
+
+
+@meta.command("watch")
+@click.argument("key")
+@click.option("--prefix", is_flag=True, help="Every key starting with KEY.")
+@click.option("--rev", "start", type=click.IntRange(min=1), default=None,
+              help="Start from this revision (default: changes after now). Exit 1 if it is "
+                   "older than the history kept.")
+@json_option
+@click.pass_context
+def meta_watch(ctx: click.Context, key: str, prefix: bool, start: int | None,
+               as_json: bool) -> None:
+    """Print each change to KEY (or under it), in revision order, until Ctrl-C.
+
+    Resumes after a disconnect or a leader change from the last revision seen: no change
+    is missed or printed twice. --json: one JSON object per line.
+    """
+
+    async def go(c: AsyncMetaClient) -> None:
+        async for ev in c.watch(key, prefix=prefix, start_revision=start or 0):
+            kind = "DELETE" if ev.type == mpb.MetaEvent.DELETE else "PUT"
+            if as_json:
+                click.echo(json_line({"type": kind, "revision": ev.revision,
+                                      "kv": MetaKey.from_pb(ev.kv).to_json()}))
+            elif kind == "PUT":
+                click.echo(f"{ev.revision} PUT {ev.kv.key} = {ev.kv.value}")
+            else:
+                click.echo(f"{ev.revision} DELETE {ev.kv.key}")
+            sys.stdout.flush()
 
     _run(ctx, as_json, go)
 
@@ -390,3 +423,87 @@ def lock(ctx: click.Context, name: str, command: tuple[str, ...], ttl: float,
 
     _run(ctx, as_json, go)
     sys.exit(rc["code"])
+
+
+# ---- kv elect -------------------------------------------------------------------------------
+
+@click.command("elect")
+@click.argument("name")
+@click.option("--value", default=None, help="Campaign with this value (what observers see).")
+@click.option("--observe", is_flag=True, help="Print each new leader, in order, until Ctrl-C.")
+@click.option("--ttl", type=click.FloatRange(min=0.5, max=3600), default=10.0,
+              show_default=True, help="TTL of the campaign's lease (kept alive meanwhile).")
+@json_option
+@click.pass_context
+def elect(ctx: click.Context, name: str, value: str | None, observe: bool, ttl: float,
+          as_json: bool) -> None:
+    """Campaign in election NAME (--value), or watch its leaders (--observe).
+
+    \b
+    kv elect service/scheduler --value me   prints when it leads; resigns on Ctrl-C
+    kv elect service/scheduler --observe    prints each new leader as it changes
+
+    A candidacy lives as long as its lease: if it is not kept alive the candidate can no
+    longer win, and a leader whose lease ends is replaced by the next candidate in line.
+    Observers see leaders in revision order, never an earlier one after a later one.
+    """
+    if (value is None) == (not observe):
+        click.echo("Error: give --value VALUE (campaign) or --observe", err=True)
+        sys.exit(EXIT_USAGE)
+    if not name or any(c.isspace() for c in name):
+        click.echo(f"Error: election name {name!r} must be non-empty without spaces", err=True)
+        sys.exit(EXIT_USAGE)
+
+    def show(leader) -> None:
+        if as_json:
+            click.echo(json_line({"ok": True, **leader.to_json()}))
+        else:
+            click.echo(f"leader {leader.value} (lease {leader.lease}, revision "
+                       f"{leader.revision})")
+        sys.stdout.flush()
+
+    async def go(c: AsyncMetaClient) -> None:
+        if observe:
+            async for leader in c.observe(name):
+                show(leader)
+            return
+        lease_id = (await c.lease_grant(ttl)).id
+        lost = asyncio.Event()
+
+        async def keepalive() -> None:
+            while True:
+                await asyncio.sleep(ttl / 3)
+                try:
+                    await c.lease_keepalive(lease_id)
+                except LeaseNotFound:
+                    lost.set()
+                    return
+                except KVError:
+                    continue
+
+        ka = asyncio.ensure_future(keepalive())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            camp = asyncio.ensure_future(c.campaign(name, value, lease_id))
+            waits = [camp, asyncio.ensure_future(stop.wait()),
+                     asyncio.ensure_future(lost.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if camp.done():
+                show(camp.result())
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            camp.cancel()
+            if lost.is_set():
+                raise KVError(f"the lease of the campaign in {name!r} ended; no longer a "
+                              "candidate")
+        finally:
+            ka.cancel()
+            with contextlib.suppress(KVError, TimeoutError):
+                await asyncio.wait_for(c.lease_revoke(lease_id), 2.0)  # resigns
+
+    _run(ctx, as_json, go)

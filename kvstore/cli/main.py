@@ -368,10 +368,10 @@ def _register_groups() -> None:
     cli.add_command(node)
     cli.add_command(cluster)
     cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)
-    from kvstore.cli.coord_cmds import lease, lock, meta  # issue 11: coordination
+    from kvstore.cli.coord_cmds import elect, lease, lock, meta  # issue 11: coordination
     from kvstore.cli.raft_cmds import raft  # raft metadata group membership: kv raft
 
-    for group in (meta, lease, lock, raft):
+    for group in (meta, lease, lock, elect, raft):
         cli.add_command(group)
 
 

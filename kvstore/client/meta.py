@@ -55,6 +55,41 @@ class LockLost(KVError):
     """The lease under a held lock ended (a keepalive found it gone)."""
 
 
+class Compacted(KVError):
+    """A watch's start revision is older than the history the group keeps."""
+
+
+class CampaignLost(KVError):
+    """A campaign's lease ended (its candidacy is gone) before it won."""
+
+
+@dataclass(frozen=True)
+class ElectionLeader:
+    """A leader of an election: its value, its lease (its session), and the revision of its
+    candidacy (it only grows from one leader to the next) and of its latest proclamation."""
+
+    name: str
+    value: str
+    lease: int
+    revision: int
+    mod_revision: int
+
+    def to_json(self) -> dict:
+        return {"election": self.name, "value": self.value, "lease": self.lease,
+                "revision": self.revision, "mod_revision": self.mod_revision}
+
+
+def _election_prefix(name: str) -> str:
+    return f"election/{name}/"
+
+
+def _leader_of(name: str, keys: dict[str, MetaKey]) -> ElectionLeader | None:
+    if not keys:
+        return None
+    k = min(keys.values(), key=lambda k: k.create_revision)
+    return ElectionLeader(name, k.value, k.lease, k.create_revision, k.mod_revision)
+
+
 @dataclass(frozen=True)
 class MetaKey:
     key: str
@@ -307,6 +342,90 @@ class AsyncMetaClient:
                 return reply.result.token
             if reply.result.code != mpb.META_QUEUED:
                 self._check(reply.result)
+
+    # ---- watch ------------------------------------------------------------------------------
+
+    async def watch(self, key: str, *, prefix: bool = False, start_revision: int = 0,
+                    wait: float = 2.0):
+        """Yield every change (MetaEvent) to `key` (or under it) from `start_revision` on,
+        in revision order, for ever. Each answer says up to which revision it is complete,
+        so the next request resumes just after it - across disconnects and leader changes,
+        without gaps or repeats. Raises Compacted if the start is older than the history
+        kept (read the state, then watch from its revision + 1)."""
+        nxt = start_revision
+        if not nxt:
+            _, rev = await (self.range(key) if prefix else self.get(key))
+            nxt = rev + 1
+        while True:
+            try:
+                reply = await self.call(mpb.MetaRequest(watch=mpb.MetaWatch(
+                    key=key, prefix=prefix, start_revision=nxt, wait_ms=int(wait * 1000))),
+                    timeout=wait + self.timeout, attempt=wait + max(0.5, self.timeout / 3))
+            except OutcomeUnknown:  # pragma: no cover - a watch is not a command
+                continue
+            if reply.result.code == mpb.META_COMPACTED:
+                raise Compacted(reply.result.error)
+            self._check(reply.result)
+            for ev in reply.events:
+                yield ev
+            nxt = max(nxt, reply.result.revision + 1)
+
+    # ---- elections (on keys, leases and watch) -------------------------------------------
+
+    async def campaign(self, name: str, value: str, lease: int):
+        """Stand in election `name` under `lease`; returns the ElectionLeader (this
+        candidacy) once it leads. The candidacy is a key attached to the lease, so it ends
+        with the lease: an expired campaign can never win. Candidates win in the order they
+        stood (the revision of their key)."""
+        key = f"{_election_prefix(name)}{lease:016x}"
+        try:
+            await self.cas(key, None, value, lease=lease)
+        except CompareFailed:
+            pass  # this lease stands already (a retried campaign)
+        async for leader in self.observe(name):
+            if leader.lease == lease:
+                return leader
+            keys, _ = await self.range(_election_prefix(name))
+            if not any(k.key == key for k in keys):
+                raise CampaignLost(f"the candidacy of lease {lease} in election {name!r} "
+                                   "ended (its lease expired or was revoked)")
+        raise CampaignLost(f"election {name!r}: observation ended")  # pragma: no cover
+
+    async def proclaim(self, name: str, lease: int, value: str) -> None:
+        """Change the leader's value (only while `lease` still stands in the election)."""
+        key = f"{_election_prefix(name)}{lease:016x}"
+        cur, _ = await self.get(key)
+        if cur is None:
+            raise CampaignLost(f"lease {lease} does not stand in election {name!r}")
+        await self.cas(key, cur.value, value, lease=lease)
+
+    async def resign(self, name: str, lease: int) -> None:
+        await self.delete(f"{_election_prefix(name)}{lease:016x}")
+
+    async def leader(self, name: str) -> ElectionLeader | None:
+        keys, _ = await self.range(_election_prefix(name))
+        return _leader_of(name, {k.key: k for k in keys})
+
+    async def observe(self, name: str, wait: float = 2.0):
+        """Yield each leader of election `name` as it changes (and the current one first),
+        in revision order: never one earlier than one already named, never one whose lease
+        had ended at the revision it is named at."""
+        prefix = _election_prefix(name)
+        keys_list, rev = await self.range(prefix)
+        keys = {k.key: k for k in keys_list}
+        last = _leader_of(name, keys)
+        if last is not None:
+            yield last
+        async for ev in self.watch(prefix, prefix=True, start_revision=rev + 1, wait=wait):
+            if ev.type == mpb.MetaEvent.DELETE:
+                keys.pop(ev.kv.key, None)
+            else:
+                keys[ev.kv.key] = MetaKey.from_pb(ev.kv)
+            cur = _leader_of(name, keys)
+            if cur is not None and (last is None or (cur.revision, cur.mod_revision) !=
+                                    (last.revision, last.mod_revision)):
+                last = cur
+                yield cur
 
     async def unlock(self, name: str, lease: int, token: int = 0) -> None:
         """Release `name` if `lease` holds it with `token` (0: any); a release of an older

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -48,6 +48,7 @@ MAX_LEASES = 10_000
 MIN_TTL_MS = 100
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
 MAX_WAITERS = 1000
+MAX_EVENTS = 10_000  # watch history kept in memory (not in snapshots)
 
 OK = mpb.META_OK
 
@@ -159,6 +160,11 @@ class MetaStateMachine:
         self.sessions: OrderedDict[int, _Session] = OrderedDict()
         self.applied = 0
         self.applied_ops = 0  # commands whose effect was applied (not duplicates)
+        # Watch history: every key change at revisions >= events_from, in revision order.
+        # Kept in memory only: after a restart or a snapshot install it starts afresh, and a
+        # watch from an older revision is told so (META_COMPACTED).
+        self.events: deque[mpb.MetaEvent] = deque()
+        self.events_from = 1
 
     @property
     def data(self) -> dict[str, str]:
@@ -297,18 +303,44 @@ class MetaStateMachine:
         if prev is not None and prev.lease:
             self.leases[prev.lease].keys.discard(key)
         if value is None:
+            if prev is not None:
+                self._event(mpb.MetaEvent.DELETE, index, key, prev)
             self.kv.pop(key, None)
             return r
-        self.kv[key] = _Key(value, prev.create if prev else index, index,
-                            (prev.version if prev else 0) + 1, lease)
+        k = self.kv[key] = _Key(value, prev.create if prev else index, index,
+                                (prev.version if prev else 0) + 1, lease)
         if lease:
             self.leases[lease].keys.add(key)
+        self._event(mpb.MetaEvent.PUT, index, key, k)
         return r
+
+    def _event(self, kind: int, index: int, key: str, k: _Key) -> None:
+        self.events.append(mpb.MetaEvent(type=kind, revision=index, kv=self._kv_pb(key, k)))
+        while len(self.events) > MAX_EVENTS:
+            self.events_from = self.events.popleft().revision + 1
+
+    def watch(self, key: str, prefix: bool, start: int, limit: int = 1000
+              ) -> tuple[list[mpb.MetaEvent], int] | None:
+        """Events on `key` (or under it) at revisions >= `start`, at most `limit`, and the
+        revision up to which the answer is complete; None if `start` is older than the
+        kept history."""
+        start = max(start, 1)
+        if start < self.events_from:
+            return None
+        out: list[mpb.MetaEvent] = []
+        for ev in self.events:  # small (bounded); in revision order
+            if ev.revision < start:
+                continue
+            if ev.kv.key == key or (prefix and ev.kv.key.startswith(key)):
+                if len(out) >= limit and ev.revision != out[-1].revision:
+                    return out, out[-1].revision
+                out.append(ev)
+        return out, self.applied
 
     def _end_lease(self, index: int, lease_id: int) -> None:
         lease = self.leases.pop(lease_id)
         for key in sorted(lease.keys):
-            self.kv.pop(key, None)
+            self._event(mpb.MetaEvent.DELETE, index, key, self.kv.pop(key))
         for name in sorted(lease.locks):
             lock = self.locks.get(name)
             if lock is None:
@@ -422,6 +454,8 @@ class MetaStateMachine:
             for cid, acked, floor, res in obj.get("sessions", []))
         self.applied_ops = obj.get("ops", 0)
         self.applied = index
+        self.events = deque()
+        self.events_from = index + 1
 
 
 class LeaseClock:

@@ -575,6 +575,8 @@ class RaftDriver:
                 raise ValueError("a read needs a key (or --prefix)")
             elif kind == "lock_wait" and not (req.lock_wait.name and req.lock_wait.lease):
                 raise ValueError("lock wait needs a lock name and a lease")
+            elif kind == "watch" and not req.watch.key and not req.watch.prefix:
+                raise ValueError("a watch needs a key (or --prefix)")
         except ValueError as exc:
             return _meta_reply(mpb.META_BAD_REQUEST, str(exc))
         core = self.core
@@ -608,6 +610,26 @@ class RaftDriver:
                     return _meta_reply(mpb.META_NO_LEASE, f"lease {i} not found (expired, "
                                        "revoked or never granted)", self.sm.applied)
                 reply.leases.append(self.sm.lease_info(i, self.leases.remaining(i, now)))
+        elif kind == "watch":
+            w = req.watch
+            loop = asyncio.get_running_loop()
+            until = loop.time() + min(max(w.wait_ms, 0) / 1000, self.request_timeout)
+            while True:
+                found = self.sm.watch(w.key, w.prefix, w.start_revision, w.limit or 1000)
+                reply.compact_revision = self.sm.events_from
+                if found is None:
+                    return _meta_reply(mpb.META_COMPACTED, f"revision {w.start_revision} is "
+                                       f"older than the history kept here (from revision "
+                                       f"{self.sm.events_from}); read the current state and "
+                                       "watch from its revision + 1", self.sm.applied)
+                events, upto = found
+                left = until - loop.time()
+                if events or left <= 0 or core.role is not Role.LEADER:
+                    reply.events.extend(events)
+                    reply.result.revision = upto
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._applied_event.wait(), left)
         elif kind == "lock_wait":
             w = req.lock_wait
             loop = asyncio.get_running_loop()
