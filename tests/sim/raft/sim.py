@@ -42,6 +42,8 @@ from kvstore.storage.raftlog import LOG_FILE, RaftLog
 from .checkers import InvariantChecker, SimFailure
 from .disk import MemFiles
 from .linearizability import Op, check_history
+from .locks import INIT as LOCK_INIT
+from .locks import LOCK_KEY, LOCK_KINDS, LockWorkload, lock_step
 
 ELECTION_TICK = 10
 HEARTBEAT_TICK = 2
@@ -87,6 +89,7 @@ class Scenario:
     drift: tuple[int, ...]
     retries: int = 0  # times a client re-sends a write (same session seq) before giving up
     dup_cmd: float = 0.0  # chance a write is proposed twice (a forward re-sent mid-call)
+    lock_clients: int = 0  # clients holding leases and locks (tests/sim/raft/locks.py)
 
     @classmethod
     def from_seed(cls, seed: int, long: bool = False, wipe: bool = False) -> Scenario:
@@ -138,6 +141,7 @@ class Scenario:
             drift=tuple(r.choice((0, 0, 1, -1)) for _ in range(n + 1)),
             retries=r.choice((0, 2, 4)),
             dup_cmd=r.choice((0.0, 0.1, 0.3)),
+            lock_clients=r.choice((0, 0, 2, 3)),
         )
 
     def describe(self) -> str:
@@ -147,6 +151,7 @@ class Scenario:
             f"long_delay_p={self.long_delay_p} snap_every={self.snap_every} "
             f"keep={self.keep_entries} clients={self.clients} keys={self.keys} "
             f"drift={self.drift} retries={self.retries} dup_cmd={self.dup_cmd} "
+            f"lock_clients={self.lock_clients} "
             f"heal_at={self.heal_at}ms "
             f"faults=[{' '.join(f.describe() for f in self.faults)}]"
         )
@@ -161,6 +166,7 @@ class Client:
     cmd: bytes = b""
     rid: str = ""
     client_id: int = 0  # its session, once registered
+    lock: bool = False  # a lock client (locks.py)
     registering: bool = False
     attempts: int = 0
 
@@ -261,6 +267,8 @@ class Simulation:
         self.checker = InvariantChecker()
         self.history: list[Op] = []
         self.clients = [Client(i) for i in range(sc.clients)]
+        self.clients += [Client(sc.clients + i, lock=True) for i in range(sc.lock_clients)]
+        self.locks = LockWorkload(self) if sc.lock_clients else None
         self.blocked: set[tuple[str, str]] = set()
         self.active: dict[int, set[tuple[str, str]]] = {}
         self.victim = ""
@@ -318,6 +326,9 @@ class Simulation:
             if node.up and node.gen == b:
                 node.raft.tick()
                 self.drive(node)
+                if self.locks is not None and node.pending is None:
+                    self.locks.tick(node)
+                    self.drive(node)
                 self.at(self.now + node.tick_ms, TICK, a, b)
         elif kind == DELIVER:
             node = self.nodes[a]
@@ -347,7 +358,7 @@ class Simulation:
                     client.registering = False
                     self.at(self.now, CLIENT, client.id)
             elif client.op is op:
-                if op.kind != "get" and client.attempts < self.sc.retries:
+                if op.kind not in ("get", "wait") and client.attempts < self.sc.retries:
                     # Retry with the same session seq: applied at most once, and the answer
                     # is the first application's result.
                     client.attempts += 1
@@ -356,6 +367,8 @@ class Simulation:
                     self.at(self.now, CLIENT, client.id)
                     return
                 client.op = None  # indeterminate: ret stays at +inf
+                if self.locks is not None and op.kind in LOCK_KINDS:
+                    self.locks.gave_up(op)
                 self.schedule_client(client)
         elif kind == ADMIN:
             if a == "rejoin":
@@ -400,12 +413,17 @@ class Simulation:
         for e in rd.committed:
             self.checker.on_apply(node.id, e)
             if e.type is EntryType.NORMAL:
+                before = set(node.sm.leases) if self.locks is not None else set()
                 res = node.sm.apply(e.index, e.data)
+                if self.locks is not None:
+                    self.locks.on_apply(node, e, res, before)
                 self.on_result(node, e, res)
             else:
                 node.sm.skip(e.index)
         node.read_waits.extend(rd.read_states)
         node.raft.advance(rd)
+        if self.locks is not None:
+            self.locks.after_apply(node)
         if node.joining_on_disk and not node.raft.joining:
             node.log.set_joining(False)  # promoted: before any vote and any compaction
             node.joining_on_disk = False
@@ -414,7 +432,10 @@ class Simulation:
             for rs in node.read_waits:
                 if node.sm.applied >= rs.index:
                     op = node.reads.pop(rs.context, None)
-                    if op is not None:
+                    if op is not None and op.kind == "wait":
+                        if self.clients[op.client].op is op and not op.known:
+                            self.resolve(op, self.locks.wait_result(node.sm, op))
+                    elif op is not None:
                         self.resolve(op, node.sm.get(op.key))
                 else:
                     still.append(rs)
@@ -552,6 +573,8 @@ class Simulation:
             return
         self.notes.extend(f"{node.id}: {n}" for n in notes)
         self.checker.on_restart(node.id, node.raft)
+        if self.locks is not None:
+            self.locks.on_restart(node)
         self.at(self.now + self.rng.randrange(node.tick_ms), TICK, node.id, node.gen)
         self.drive(node)
 
@@ -619,12 +642,30 @@ class Simulation:
         op = who
         if res.code == mpb.META_SESSION_EXPIRED:
             return  # outcome unknown: stays indeterminate (the client times out)
+        if op.kind in LOCK_KINDS:
+            if self.clients[op.client].op is op and not op.known:
+                self.resolve(op, self.locks.result(op, res))
+            return
         self.resolve(op, res.code == mpb.META_OK if op.kind == "cas" else None)
 
     def client_step(self, c: Client) -> None:
         if not c.client_id:
             self.register_step(c)
             return
+        if c.op is None and c.lock:
+            if self.now >= self.ops_end:
+                return
+            c.seq += 1
+            nxt = self.locks.next_op(c)
+            if nxt is None:
+                self.at(self.now + 10, CLIENT, c.id)
+                return
+            c.attempts = 0
+            c.rid = f"c{c.id}-{c.seq}"
+            c.op, c.cmd = nxt
+            self.history.append(c.op)
+            self.locks.sent(c, c.op)
+            self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, c, c.op)
         if c.op is None:
             if self.now >= self.ops_end:
                 return
@@ -658,7 +699,7 @@ class Simulation:
             self.at(self.now + 10, CLIENT, c.id)
             return
         try:
-            if op.kind == "get":
+            if op.kind in ("get", "wait"):
                 ctx = c.rid.encode()
                 target.raft.read_index(ctx)
                 target.reads[ctx] = op
@@ -800,7 +841,9 @@ class Simulation:
         return "; ".join(parts)
 
     def finish(self) -> Result:
-        ok, key = check_history(self.history)
+        ok, key = check_history(self.history, {LOCK_KEY: (lock_step, LOCK_INIT)})
+        if ok and self.locks is not None and (why := self.locks.check()):
+            raise SimFailure(why)
         if not ok:
             ops = [o.describe() for o in self.history if o.key == key]
             raise SimFailure(f"history for key {key} is not linearizable:\n  " + "\n  ".join(ops))
