@@ -58,6 +58,10 @@ def _check(key: str, value: str | None) -> None:
         raise ValueError(f"meta key must be a non-empty string of at most {MAX_KEY} chars")
     if value is not None and (not isinstance(value, str) or len(value) > MAX_VALUE):
         raise ValueError(f"meta value must be a string of at most {MAX_VALUE} chars")
+    if "\x00" in key or (value is not None and "\x00" in value):
+        # Kept out so that no log record holds a run of zero bytes (docs/raft.md, the
+        # torn-record rule relies on it).
+        raise ValueError("meta keys and values cannot contain NUL characters")
 
 
 def command(session: tuple[int, int, int] | None = None, **op) -> mpb.MetaCommand:

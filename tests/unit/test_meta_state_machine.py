@@ -173,3 +173,12 @@ def test_commands_without_a_session_are_refused() -> None:
     d = Driver()
     res = d.apply(meta.encode_put("k", "v"))
     assert res.code == mpb.META_BAD_REQUEST and "session" in res.error
+
+
+def test_nul_characters_are_refused_so_no_record_holds_a_run_of_zeros() -> None:
+    d = Driver()
+    cid = d.register()
+    with pytest.raises(ValueError, match="NUL"):
+        meta.encode_put("k", "\x00" * 600, (cid, 1, 0))
+    raw = command((cid, 1, 0), put=mpb.MetaPut(key="k", value="\x00" * 600))
+    assert d.apply(raw).code == mpb.META_BAD_REQUEST and d.sm.get("k") is None
