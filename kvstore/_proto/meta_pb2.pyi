@@ -305,7 +305,7 @@ class MetaRequest(_message.Message):
     def __init__(self, command: _Optional[_Union[MetaCommand, _Mapping]] = ..., read: _Optional[_Union[MetaRead, _Mapping]] = ..., lease_query: _Optional[_Union[LeaseQuery, _Mapping]] = ..., lock_wait: _Optional[_Union[LockWait, _Mapping]] = ..., watch: _Optional[_Union[MetaWatch, _Mapping]] = ..., hops: _Optional[int] = ...) -> None: ...
 
 class MetaReply(_message.Message):
-    __slots__ = ("result", "kvs", "leases", "lock", "leader", "events", "compact_revision")
+    __slots__ = ("result", "kvs", "leases", "lock", "leader", "events", "compact_revision", "leader_address")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     KVS_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +313,7 @@ class MetaReply(_message.Message):
     LEADER_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     result: MetaResult
     kvs: _containers.RepeatedCompositeFieldContainer[KeyValue]
     leases: _containers.RepeatedCompositeFieldContainer[LeaseInfo]
@@ -320,4 +321,5 @@ class MetaReply(_message.Message):
     leader: str
     events: _containers.RepeatedCompositeFieldContainer[MetaEvent]
     compact_revision: int
-    def __init__(self, result: _Optional[_Union[MetaResult, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[LeaseInfo, _Mapping]]] = ..., lock: _Optional[_Union[LockInfo, _Mapping]] = ..., leader: _Optional[str] = ..., events: _Optional[_Iterable[_Union[MetaEvent, _Mapping]]] = ..., compact_revision: _Optional[int] = ...) -> None: ...
+    leader_address: str
+    def __init__(self, result: _Optional[_Union[MetaResult, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[LeaseInfo, _Mapping]]] = ..., lock: _Optional[_Union[LockInfo, _Mapping]] = ..., leader: _Optional[str] = ..., events: _Optional[_Iterable[_Union[MetaEvent, _Mapping]]] = ..., compact_revision: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...

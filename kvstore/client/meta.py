@@ -192,6 +192,9 @@ class AsyncMetaClient:
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
                 continue
             code = reply.result.code
+            lead = reply.leader_address
+            if lead and lead != ep and lead in self.endpoints:
+                self._next = self.endpoints.index(lead)  # next time, straight to the leader
             if code in (mpb.META_UNAVAILABLE, mpb.META_UNKNOWN):
                 maybe = maybe or code == mpb.META_UNKNOWN
                 errors.append(f"{ep}: {reply.result.error}")

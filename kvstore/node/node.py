@@ -140,6 +140,10 @@ class Node:
         )
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
         if self.raft is not None:
+            self.raft.address_of = lambda peer: (
+                config.address if peer == config.node_id
+                else self.membership.members.get(peer, ""))
+        if self.raft is not None:
             self.register("raft", self.raft.on_message)
 
     def register(self, kind: str, handler: RawHandler) -> None:

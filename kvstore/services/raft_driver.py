@@ -171,6 +171,9 @@ class RaftDriver:
         self._expiring: dict[tuple[int, int], float] = {}
         self._next_checkpoint = 0.0
         self._applied_event = asyncio.Event()
+        # peer id -> address (set by the Node from membership): replies name where the
+        # leader listens, so clients can skip the forwarding hop.
+        self.address_of = None
         self._reads: dict[bytes, tuple[str, asyncio.Future]] = {}
         self._read_waits: list = []
         self._ids = itertools.count(1)
@@ -585,7 +588,10 @@ class RaftDriver:
                                  kvs=self.sm.read(req.read.key, req.read.prefix))
         if core is not None and core.role is Role.LEADER:
             try:
-                return await self._serve_meta(kind, req)
+                reply = await self._serve_meta(kind, req)
+                if self.address_of is not None:
+                    reply.leader_address = self.address_of(self.node_id) or ""
+                return reply
             except (NotLeaderError, ProposalDroppedError):
                 pass
             except MetaError as exc:
