@@ -323,3 +323,15 @@ class MetaReply(_message.Message):
     compact_revision: int
     leader_address: str
     def __init__(self, result: _Optional[_Union[MetaResult, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[LeaseInfo, _Mapping]]] = ..., lock: _Optional[_Union[LockInfo, _Mapping]] = ..., leader: _Optional[str] = ..., events: _Optional[_Iterable[_Union[MetaEvent, _Mapping]]] = ..., compact_revision: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
+
+class MetaBatch(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[MetaRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[MetaRequest, _Mapping]]] = ...) -> None: ...
+
+class MetaBatchReply(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[MetaReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[MetaReply, _Mapping]]] = ...) -> None: ...

@@ -39,12 +39,23 @@ class MetaStub:
                 request_serializer=kvstore_dot___proto_dot_meta__pb2.MetaRequest.SerializeToString,
                 response_deserializer=kvstore_dot___proto_dot_meta__pb2.MetaReply.FromString,
                 _registered_method=True)
+        self.CallBatch = channel.unary_unary(
+                '/kvstore.Meta/CallBatch',
+                request_serializer=kvstore_dot___proto_dot_meta__pb2.MetaBatch.SerializeToString,
+                response_deserializer=kvstore_dot___proto_dot_meta__pb2.MetaBatchReply.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Call(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CallBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_MetaServicer_to_server(servicer, server):
                     servicer.Call,
                     request_deserializer=kvstore_dot___proto_dot_meta__pb2.MetaRequest.FromString,
                     response_serializer=kvstore_dot___proto_dot_meta__pb2.MetaReply.SerializeToString,
+            ),
+            'CallBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallBatch,
+                    request_deserializer=kvstore_dot___proto_dot_meta__pb2.MetaBatch.FromString,
+                    response_serializer=kvstore_dot___proto_dot_meta__pb2.MetaBatchReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class Meta:
             '/kvstore.Meta/Call',
             kvstore_dot___proto_dot_meta__pb2.MetaRequest.SerializeToString,
             kvstore_dot___proto_dot_meta__pb2.MetaReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.Meta/CallBatch',
+            kvstore_dot___proto_dot_meta__pb2.MetaBatch.SerializeToString,
+            kvstore_dot___proto_dot_meta__pb2.MetaBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -140,6 +140,39 @@ class AsyncMetaClient:
         self._seq = 0
         self._open: set[int] = set()
         self._register_lock = asyncio.Lock()
+        # Coalescing (as the data-path client does): concurrent short requests to one node
+        # ride in one CallBatch, one batch in flight per node, the next filling meanwhile.
+        self._pending: dict[str, list[tuple[mpb.MetaRequest, asyncio.Future]]] = {}
+        self._pumps: dict[str, asyncio.Task] = {}
+
+    async def _send(self, ep: str, req: mpb.MetaRequest, timeout: float) -> mpb.MetaReply:
+        """One attempt on `ep`: coalesced with the other requests pending for it. Long
+        polls (watch, lock wait) go alone: a batch waits for its slowest member."""
+        if req.WhichOneof("body") in ("watch", "lock_wait"):
+            return await self._stub(ep).Call(req, timeout=timeout)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(ep, []).append((req, fut))
+        pump = self._pumps.get(ep)
+        if pump is None or pump.done():
+            self._pumps[ep] = asyncio.ensure_future(self._pump(ep, timeout))
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+    async def _pump(self, ep: str, timeout: float) -> None:
+        pending = self._pending[ep]
+        while pending:
+            batch = pending[:512]
+            del pending[:512]
+            try:
+                reply = await self._stub(ep).CallBatch(
+                    mpb.MetaBatch(requests=[r for r, _ in batch]), timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), rep in zip(batch, reply.replies, strict=True):
+                if not fut.done():
+                    fut.set_result(rep)
 
     def _stub(self, ep: str) -> meta_pb2_grpc.MetaStub:
         if ep not in self._channels:
@@ -148,6 +181,8 @@ class AsyncMetaClient:
         return self._channels[ep][1]
 
     async def close(self) -> None:
+        for task in self._pumps.values():
+            task.cancel()
         for ch, _ in self._channels.values():
             await ch.close()
         self._channels.clear()
@@ -180,14 +215,17 @@ class AsyncMetaClient:
             try:
                 # An attempt gets a part of the time: a paused node must not eat all of it
                 # (a repeat is safe: commands carry the session).
-                reply = await self._stub(ep).Call(req, timeout=min(left, attempt or max(
-                    0.5, timeout / 3)))
-            except grpc.aio.AioRpcError as exc:
-                details = (exc.details() or "").lower()
-                refused = exc.code() == grpc.StatusCode.UNAVAILABLE and (
-                    "connect" in details or "refused" in details)
+                reply = await self._send(ep, req, min(left, attempt or max(0.5, timeout / 3)))
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    refused, name = False, "DEADLINE_EXCEEDED"
+                else:
+                    details = (exc.details() or "").lower()
+                    refused = exc.code() == grpc.StatusCode.UNAVAILABLE and (
+                        "connect" in details or "refused" in details)
+                    name = exc.code().name
                 maybe = maybe or not refused
-                errors.append(f"{ep}: {exc.code().name}")
+                errors.append(f"{ep}: {name}")
                 self._next += 1
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
                 continue

@@ -3,9 +3,15 @@ request to the node's raft driver, which serves it as leader or forwards it."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
+
 from kvstore._proto import meta_pb2 as mpb
 from kvstore._proto import meta_pb2_grpc
 from kvstore.node.node import Node
+
+MAX_BATCH = 1024
 
 
 class MetaServicer(meta_pb2_grpc.MetaServicer):
@@ -20,3 +26,10 @@ class MetaServicer(meta_pb2_grpc.MetaServicer):
                       "with --raft-voters)"))
         request.hops = 0  # hops count forwards between nodes; a client cannot preset them
         return await self.node.raft.handle_meta(request)
+
+    async def CallBatch(self, request: mpb.MetaBatch, context) -> mpb.MetaBatchReply:
+        if len(request.requests) > MAX_BATCH:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"at most {MAX_BATCH} requests in a batch")
+        replies = await asyncio.gather(*(self.Call(r, context) for r in request.requests))
+        return mpb.MetaBatchReply(replies=replies)

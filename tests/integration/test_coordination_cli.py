@@ -144,6 +144,7 @@ def test_lock_waiters_are_served_in_order_and_a_held_lock_blocks(eps) -> None:
             holder.kill()
 
 
+@pytest.mark.timeout(90)
 def test_elect_and_observe(eps) -> None:
     obs = subprocess.Popen([sys.executable, "-m", "kvstore", "--endpoints", eps, "elect",
                             "svc/sched", "--observe", "--json"], stdout=subprocess.PIPE,
@@ -155,8 +156,9 @@ def test_elect_and_observe(eps) -> None:
             camps.append(subprocess.Popen(
                 [sys.executable, "-m", "kvstore", "--endpoints", eps, "elect", "svc/sched",
                  "--value", who, "--ttl", "3"], stdout=subprocess.PIPE, text=True))
-            time.sleep(0.5)
-        assert camps[0].stdout.readline().startswith("leader a")
+            if who == "a":  # a stands first (a process start can take a second)
+                assert camps[0].stdout.readline().startswith("leader a")
+        time.sleep(1.0)  # b stands behind a
         camps[0].send_signal(signal.SIGINT)  # a resigns: b leads
         camps[0].wait(timeout=10)
         assert camps[1].stdout.readline().startswith("leader b")
