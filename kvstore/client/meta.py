@@ -391,8 +391,9 @@ class AsyncMetaClient:
         """Yield every change (MetaEvent) to `key` (or under it) from `start_revision` on,
         in revision order, for ever. Each answer says up to which revision it is complete,
         so the next request resumes just after it - across disconnects and leader changes,
-        without gaps or repeats. Raises Compacted if the start is older than the history
-        kept (read the state, then watch from its revision + 1)."""
+        without gaps or repeats (it keeps asking while no leader answers). Raises Compacted
+        if the start is older than the history kept (read the state, then watch from its
+        revision + 1)."""
         nxt = start_revision
         if not nxt:
             _, rev = await (self.range(key) if prefix else self.get(key))
@@ -402,7 +403,10 @@ class AsyncMetaClient:
                 reply = await self.call(mpb.MetaRequest(watch=mpb.MetaWatch(
                     key=key, prefix=prefix, start_revision=nxt, wait_ms=int(wait * 1000))),
                     timeout=wait + self.timeout, attempt=wait + max(0.5, self.timeout / 3))
-            except OutcomeUnknown:  # pragma: no cover - a watch is not a command
+            except (OutcomeUnknown, Unavailable):
+                # No leader for now (a failover, a partition): keep watching from where the
+                # last answer ended - nothing is missed meanwhile.
+                await asyncio.sleep(0.2)
                 continue
             if reply.result.code == mpb.META_COMPACTED:
                 raise Compacted(reply.result.error)

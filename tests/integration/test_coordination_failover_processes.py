@@ -6,6 +6,8 @@
   documented bound (docs/coordination.md: checkpoint interval + failover).
 * An observer sees every election result in order across a leader kill: candidate a, then
   b once a's lease lapses, with growing revisions.
+* A watch across a leader kill delivers every acknowledged write once, in revision order
+  (it resumes from where each answer ended: no gap, no repeat).
 
 Prints the failover times it measured."""
 
@@ -52,6 +54,37 @@ def test_leases_and_elections_across_leader_kills(tmp_path) -> None:
     eps = cluster.endpoints()
     try:
         with MetaClient(eps, timeout=6.0) as c:
+            # 0. a watcher and a writer through the kills below
+            events: list = []
+            acked: list[int] = []
+            stop = threading.Event()
+
+            def watcher() -> None:
+                with MetaClient(eps, timeout=6.0) as wc:
+                    async def run():
+                        async for ev in wc.async_client.watch("w/", prefix=True,
+                                                              start_revision=1, wait=0.5):
+                            events.append(ev.revision)
+                            if stop.is_set() and acked and ev.revision >= acked[-1]:
+                                return
+                    wc.run(run())
+
+            def writer() -> None:
+                with MetaClient(eps, timeout=6.0) as wr:
+                    i = 0
+                    while not stop.is_set():
+                        try:
+                            acked.append(wr.put(f"w/{i % 5}", str(i)).revision)
+                        except KVError:
+                            pass
+                        i += 1
+                        time.sleep(0.02)
+
+            threads = [threading.Thread(target=watcher, daemon=True),
+                       threading.Thread(target=writer, daemon=True)]
+            for t in threads:
+                t.start()
+
             # 1. kept alive through a leader kill: it survives
             lease = c.lease_grant(TTL).id
             c.put("svc/a", "up", lease=lease)
@@ -73,7 +106,26 @@ def test_leases_and_elections_across_leader_kills(tmp_path) -> None:
             k, _ = c.get("svc/a")
             assert k is not None and k.lease == lease
             cluster.start_node(leader)
-            cluster.wait_healthy(nodes=[leader], timeout=30)
+            healthy = threading.Event()
+
+            def keep() -> None:  # the restart can take longer than the TTL on a busy box
+                with MetaClient(eps, timeout=6.0) as kc:
+                    while not healthy.is_set():
+                        try:
+                            kc.lease_keepalive(lease)
+                        except LeaseNotFound:
+                            return
+                        except KVError:
+                            pass
+                        healthy.wait(TTL / 3)
+
+            keeper = threading.Thread(target=keep, daemon=True)
+            keeper.start()
+            try:
+                cluster.wait_healthy(nodes=[leader], timeout=30)
+            finally:
+                healthy.set()
+                keeper.join(timeout=10)
 
             # 2. left to lapse just before a leader kill: ends within [TTL, TTL + bound]
             sent = time.monotonic()
@@ -94,6 +146,13 @@ def test_leases_and_elections_across_leader_kills(tmp_path) -> None:
             assert gone <= TTL + LATE_BOUND, f"the lease ended {gone - TTL:.2f}s late"
             with pytest.raises(LeaseNotFound):
                 c.lease_ttl(lease)
+            stop.set()
+            threads[1].join(timeout=20)
+            threads[0].join(timeout=30)
+            assert events == sorted(set(events)), "a watch event was repeated or reordered"
+            missing = sorted(set(acked) - set(events))
+            assert not missing, f"acknowledged writes at revisions {missing[:5]} not watched"
+            watched = len(events)
         for n in cluster.nodes:
             if n.id not in cluster.procs:
                 cluster.start_node(n.id)
@@ -135,6 +194,7 @@ def test_leases_and_elections_across_leader_kills(tmp_path) -> None:
         print(f"\nleases: keepalives resumed {resumed:.2f}s after the leader kill; a lapsed "
               f"lease (TTL {TTL}s) ended {gone:.2f}s after its last keepalive "
               f"({gone - TTL:.2f}s late, bound {LATE_BOUND}s); election: the observer saw "
-              f"b {handover:.2f}s after a's lease (TTL {TTL}s) could end, across a leader kill")
+              f"b {handover:.2f}s after a's lease (TTL {TTL}s) could end, across a leader kill; "
+              f"a watch across two leader kills saw {watched} events, none missing or repeated")
     finally:
         cluster.stop()
