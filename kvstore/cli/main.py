@@ -373,6 +373,7 @@ def _register_groups() -> None:
 
     for group in (meta, lease, lock, elect, raft):
         cli.add_command(group)
+    cli.add_command(__import__("kvstore.cli.ring_cmd", fromlist=["ring"]).ring)
 
 
 _register_groups()
