@@ -63,7 +63,8 @@ def meta_sync(endpoints, req: dict, timeout: float = 5.0) -> dict:
                 w = c.put(req["key"], str(req["value"]))
             else:
                 w = c.cas(req["key"], req.get("expected"), req.get("value"))
-            return {"ok": True, "revision": w.revision}
+            return {"ok": True, "revision": w.revision,
+                    "leader": c.async_client.last_leader}
         except CompareFailed as exc:
             return {"ok": False, "error": "compare failed", "current": exc.current}
         except OutcomeUnknown as exc:

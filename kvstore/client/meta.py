@@ -22,6 +22,7 @@ from kvstore._proto import meta_pb2 as mpb
 from kvstore._proto import meta_pb2_grpc
 from kvstore.client.core import OPTIONS, parse_endpoints
 from kvstore.core.errors import InvalidArgument, KVError, Unavailable
+from kvstore.core.meta import MAX_RESULTS
 
 __all__ = [
     "AsyncMetaClient", "CompareFailed", "LeaseNotFound", "LockLost", "MetaClient", "MetaKey",
@@ -136,9 +137,14 @@ class AsyncMetaClient:
         self.timeout = timeout
         self._channels: dict[str, tuple[grpc.aio.Channel, meta_pb2_grpc.MetaStub]] = {}
         self._next = 0
+        self.last_leader = ""  # the member that answered the last request as leader
         self.client_id = 0
         self._seq = 0
         self._open: set[int] = set()
+        # The group keeps MAX_RESULTS unacknowledged results per session: a command is
+        # numbered only within that window of the oldest one still open, so no result is
+        # forgotten while its command may still be retried.
+        self._window = asyncio.Condition()
         self._register_lock = asyncio.Lock()
         # Coalescing (as the data-path client does): concurrent short requests to one node
         # ride in one CallBatch, one batch in flight per node, the next filling meanwhile.
@@ -151,6 +157,8 @@ class AsyncMetaClient:
         if req.WhichOneof("body") in ("watch", "lock_wait"):
             return await self._stub(ep).Call(req, timeout=timeout)
         fut = asyncio.get_running_loop().create_future()
+        # A caller that stopped waiting (its deadline) leaves the outcome unread: read it.
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.setdefault(ep, []).append((req, fut))
         pump = self._pumps.get(ep)
         if pump is None or pump.done():
@@ -230,6 +238,7 @@ class AsyncMetaClient:
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
                 continue
             code = reply.result.code
+            self.last_leader = reply.leader or self.last_leader
             lead = reply.leader_address
             if lead and lead != ep and lead in self.endpoints:
                 self._next = self.endpoints.index(lead)  # next time, straight to the leader
@@ -259,19 +268,22 @@ class AsyncMetaClient:
     async def command(self, timeout: float | None = None, **op) -> mpb.MetaResult:
         """Apply one command exactly once (or raise OutcomeUnknown); returns its result."""
         cid = await self._session()
-        self._seq += 1
-        seq = self._seq
-        self._open.add(seq)
-        acked = min(self._open) - 1
+        async with self._window:
+            await self._window.wait_for(
+                lambda: not self._open or self._seq + 1 - min(self._open) < MAX_RESULTS)
+            self._seq += 1
+            seq = self._seq
+            self._open.add(seq)
+            acked = min(self._open) - 1
         cmd = mpb.MetaCommand(session=mpb.Session(client_id=cid, seq=seq, acked=acked), **op)
         try:
             reply = await self.call(mpb.MetaRequest(command=cmd), timeout)
-        except Unavailable:
-            self._open.discard(seq)  # certainly not applied: nothing to remember
-            raise
-        except OutcomeUnknown:
-            raise  # stays open: the group keeps its result until we acknowledge it
-        self._open.discard(seq)
+        finally:
+            # Answered, or given up (this seq is never sent again): either way the group
+            # may forget its result.
+            async with self._window:
+                self._open.discard(seq)
+                self._window.notify_all()
         res = reply.result
         if res.code == mpb.META_SESSION_EXPIRED:
             raise OutcomeUnknown(res.error)
