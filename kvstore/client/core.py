@@ -310,6 +310,25 @@ class AsyncClient:
         except grpc.aio.AioRpcError as exc:
             raise self._final_error(ep, exc) from None
 
+    async def decommission(self, node_id: str, endpoint: str | None = None,
+                           timeout: float = 24 * 3600.0):
+        """Ask `node_id` (at `endpoint`, else its address as the first endpoint reports
+        it) to stream its ranges out and leave; yields MoveProgress until it finishes."""
+        if endpoint is None:
+            members = {m.id: m.address for m in (await self.info()).members}
+            if node_id not in members:
+                raise InvalidArgument(f"{node_id} is not a member; members: "
+                                      f"{', '.join(sorted(members))}")
+            endpoint = members[node_id]
+        ep = self._endpoint(endpoint)
+        call = ep.admin.Decommission(admin_pb2.DecommissionRequest(node_id=node_id),
+                                     timeout=timeout)
+        try:
+            async for progress in call:
+                yield progress
+        except grpc.aio.AioRpcError as exc:
+            raise self._final_error(ep, exc) from None
+
     async def ping(self, payload: bytes = b"", endpoint: str | None = None) -> bytes:
         ep = self._endpoint(endpoint)
         try:
