@@ -130,7 +130,17 @@ def info_json(node) -> dict[str, Any]:
              "phi": m.phi, "ownership": m.ownership, "hints_pending": m.hints_pending}
             for m in node.members
         ],
+        "move": _move_json(node.move) if node.HasField("move") else None,
     }
+
+
+def _move_json(move) -> dict[str, Any]:
+    """A join or decommission of this node (services/streaming.py's progress)."""
+    return {"kind": move.kind, "state": move.state, "ranges_done": move.ranges_done,
+            "ranges_total": move.ranges_total, "keys": move.keys, "bytes": move.bytes,
+            "seconds": round(move.seconds, 3), "eta_seconds": round(move.eta_seconds, 1),
+            "error": move.error, "leaves_differing": move.leaves_differing,
+            "corrupt_skipped": move.corrupt_skipped}
 
 
 def print_info(data: dict[str, Any]) -> None:
