@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 
 import grpc
@@ -117,9 +116,7 @@ class NodeServer:
         config.validate()
         self.config = config
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
-        # KV_PEER_STREAMS=0: unary Exchange calls instead of per-peer streams (A/B, fallback)
-        self.transport = GrpcTransport(config.node_id, self.server,
-                                       streams=os.environ.get("KV_PEER_STREAMS", "1") != "0")
+        self.transport = GrpcTransport(config.node_id, self.server)
         self.store = AsyncStore(open_engine(config.data_dir, config.sync))
         self.node = Node(config, self.transport, self.store)
         self.health = health_aio.HealthServicer()
@@ -162,7 +159,6 @@ class NodeServer:
         await self.health.enter_graceful_shutdown()
         if self.node.raft is not None:
             await self.node.raft.stop()  # before the server stops: no raft work mid-shutdown
-        await self.transport.end_inbound(grace)
         await self.server.stop(grace)
         await self.node.stop()
         await self.store.close()
