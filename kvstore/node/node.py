@@ -194,12 +194,10 @@ class Node:
         kind = message.WhichOneof("body")
         try:
             if kind == "read":
-                rec = await self.replica.read_record(message.read.key)
-                state = versions.to_pb(rec.siblings)
-                purged, purged_at = self.replica.live_marker(rec)
-                if purged:  # anti-entropy spreads purges; coordinators ignore it
-                    versions.marker_to_pb(state, purged, purged_at)
-                return pb.PeerResult(state=state, found=bool(rec.siblings))
+                # the stored bytes as they are (a live purge marker included: anti-entropy
+                # spreads purges; coordinators ignore it)
+                state = await self.replica.read_state(message.read.key)
+                return pb.PeerResult(state=state, found=bool(state.versions))
             if kind == "write":
                 write = message.write
                 incoming = versions.from_pb(write.state)
