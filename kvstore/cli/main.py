@@ -308,7 +308,7 @@ def _print_write(result, verb: str, trace: bool, as_json: bool,
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
-              help="The node to ask (default: the first endpoint).")
+              help="The node to ask (default: the first of --endpoints that answers).")
 @click.pass_obj
 def info(s: Settings, as_json: bool, endpoint: str | None) -> None:
     """What a node knows: its id, the members, replication factor, keys stored."""
@@ -325,7 +325,8 @@ def info(s: Settings, as_json: bool, endpoint: str | None) -> None:
               help='Print {"members": [{"id", "address", "status", "up", "phi", "ownership", '
                    '"hints_pending"}]}.')
 @click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
-              help="The node whose view to show (default: the first endpoint).")
+              help="The node whose view to show (default: the first of --endpoints that "
+                   "answers).")
 @click.pass_obj
 def status(s: Settings, as_json: bool, endpoint: str | None) -> None:
     """Every member as one node sees it: address, status, up/down, phi, ownership, hints."""
@@ -338,21 +339,30 @@ def status(s: Settings, as_json: bool, endpoint: str | None) -> None:
 
 @cli.command()
 @click.option("--node", "nodes", multiple=True, metavar="HOST:PORT",
-              help="Repair only from these nodes (repeatable). Default: every member.")
+              help="Repair from these nodes only (repeatable). Default: every node of "
+                   "--endpoints.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: ranges_compared, leaves_differing, keys_sent, "
-                   "keys_received, bytes_transferred, seconds.")
+                   "keys_received, bytes_transferred, tombstones_purged, seconds, nodes, "
+                   "peers_only, errors.")
 @click.pass_obj
 def repair(s: Settings, nodes: tuple[str, ...], as_json: bool) -> None:
-    """Run Merkle anti-entropy now: every node compares its data with each peer's and
-    exchanges only the keys that differ."""
+    """Run Merkle anti-entropy now: each node asked compares its data with each peer's and
+    exchanges only the keys that differ.
+
+    The work that involves peers runs on the nodes, which reach each other by the
+    addresses they know; this command only talks to the endpoints it was given (so it
+    works from a host that cannot resolve the nodes' in-cluster names). Members not among
+    them still take part as peers (listed as peers_only).
+    """
     from kvstore.cli.repair_cmd import run_repair
 
     client = s.client()
-    if not nodes:
-        info = client.info()
-        nodes = tuple(m.address for m in info.members)
-    result = client.run(run_repair(client.async_client, list(nodes), show_progress=not as_json))
+    members = [m.id for m in client.info().members]  # fails over; fails if none answers
+    asked = list(nodes) or [ep.address for ep in client.async_client.endpoints]
+    result = client.run(run_repair(client.async_client, asked, show_progress=not as_json))
+    repaired = {n["node"] for n in result["nodes"]}
+    result["peers_only"] = [m for m in members if m not in repaired]
     if as_json:
         output.print_json(result)
     else:

@@ -172,5 +172,8 @@ def print_repair(result: dict[str, Any]) -> None:
     console.print(f"{result['ranges_compared']} ranges compared, {result['leaves_differing']} "
                   f"leaves differing, {result['keys_sent']} keys sent, {result['keys_received']} "
                   f"received, {result['bytes_transferred']} bytes, {result['seconds']:.2f} s")
+    if result.get("peers_only"):
+        console.print(f"took part as peers only (not among the endpoints asked): "
+                      f"{', '.join(result['peers_only'])}")
     for err in result["errors"]:
         console.print(f"[red]error:[/red] {err}")
