@@ -16,6 +16,19 @@ from kvstore.core import versions
 console = Console(highlight=False, soft_wrap=True)
 
 
+def table(*columns: str, title: str | None = None) -> Table:
+    """The one table style of the CLI (rich's default box, left-aligned title)."""
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col)
+    return t
+
+
+def up_down(up: bool) -> str:
+    """The one wording for a member's or node's liveness: up / DOWN."""
+    return "[green]up[/green]" if up else "[red]DOWN[/red]"
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -141,7 +154,7 @@ def print_info(data: dict[str, Any]) -> None:
     for col in ("member", "address", "status", "up", "ownership"):
         table.add_column(col)
     for m in data["members"]:
-        table.add_row(m["id"], m["address"], m["status"], "yes" if m["up"] else "NO",
+        table.add_row(m["id"], m["address"], m["status"], up_down(m["up"]),
                       f"{m['ownership'] * 100:.1f}%")
     console.print(table)
 
@@ -154,7 +167,7 @@ def print_status(data: dict[str, Any]) -> None:
         table.add_column(col)
     for m in data["members"]:
         table.add_row(m["id"], m["address"], m["status"],
-                      "[green]up[/green]" if m["up"] else "[red]DOWN[/red]", f"{m['phi']:.2f}",
+                      up_down(m["up"]), f"{m['phi']:.2f}",
                       f"{m['ownership'] * 100:.1f}%", str(m["hints_pending"]))
     console.print(table)
 
