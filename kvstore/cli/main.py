@@ -150,16 +150,59 @@ def json_and_trace(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(fn)
 
 
+def key_hex_option(fn):
+    return click.option("--key-hex", is_flag=True,
+                        help="KEY is given hex-encoded (for binary, non-UTF-8 keys).")(fn)
+
+
+def _key(key: str, key_hex: bool) -> bytes:
+    """KEY as bytes: UTF-8 text, or hex with --key-hex; a clear error otherwise."""
+    if key_hex:
+        try:
+            return bytes.fromhex(key)
+        except ValueError:
+            raise InvalidArgument(f"--key-hex: {key!r} is not hex (e.g. 6b6579 for 'key')"
+                                  ) from None
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = key.encode("utf-8", "surrogateescape")
+        raise InvalidArgument("KEY is not valid UTF-8; pass binary keys hex-encoded with "
+                              f"--key-hex: {raw.hex()}") from None
+
+
 @cli.command()
 @click.argument("key")
 @consistency_options("r")
 @json_and_trace
+@key_hex_option
+@click.option("--raw", is_flag=True,
+              help="Write the value's exact bytes to stdout (no newline, no decoding); "
+                   "exit 1 if the key has siblings.")
+@click.option("-o", "--output", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the value's exact bytes to this file (as --raw).")
 @click.pass_obj
 def get(s: Settings, key: str, consistency: str | None, count_r: int | None, trace: bool,
-        as_json: bool) -> None:
+        as_json: bool, key_hex: bool, raw: bool, out_file: Path | None) -> None:
     """Read KEY. Concurrent versions (siblings) are all shown, with their clocks."""
-    result = s.client().get(key, consistency=consistency, r=count_r, trace=trace)
-    if as_json:
+    if (raw or out_file) and as_json:
+        raise click.UsageError("--raw/-o write the value's bytes; --json prints JSON: "
+                               "choose one")
+    result = s.client().get(_key(key, key_hex), consistency=consistency, r=count_r,
+                            trace=trace)
+    if (raw or out_file) and result.found:
+        if len(result.siblings) > 1:
+            raise KVError(f"the key has {len(result.siblings)} siblings (concurrent writes); "
+                          "--raw/-o need one value: see them with --json, or resolve them "
+                          "with `kv put`")
+        value = result.siblings[0].value
+        if out_file is not None:
+            out_file.write_bytes(value)
+        else:
+            stdout = click.get_binary_stream("stdout")
+            stdout.write(value)
+            stdout.flush()
+    elif as_json:
         output.print_json(output.get_json(result))
     else:
         output.print_get(result)
@@ -172,6 +215,7 @@ def get(s: Settings, key: str, consistency: str | None, count_r: int | None, tra
 @cli.command()
 @click.argument("key")
 @click.argument("value")
+@key_hex_option
 @consistency_options("w")
 @click.option("--blind", is_flag=True,
               help="Write without reading the current context first (the new value becomes a "
@@ -182,10 +226,11 @@ def get(s: Settings, key: str, consistency: str | None, count_r: int | None, tra
 @fence_option
 @json_and_trace
 @click.pass_obj
-def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int | None,
-        blind: bool, context_text: str | None, strict: bool, sloppy: bool, fence: str | None,
-        trace: bool, as_json: bool) -> None:
-    """Write VALUE to KEY, replacing the versions it has now (VALUE - reads stdin).
+def put(s: Settings, key: str, value: str, key_hex: bool, consistency: str | None,
+        count_w: int | None, blind: bool, context_text: str | None, strict: bool,
+        sloppy: bool, fence: str | None, trace: bool, as_json: bool) -> None:
+    """Write VALUE to KEY, replacing the versions it has now. VALUE - reads the value from
+    stdin, byte for byte (binary files round-trip: `kv get KEY -o FILE`).
 
     By default the current causal context is read first, at the write's level capped at
     QUORUM (at ONE when that cannot answer; --trace and --json say what was read), so the
@@ -193,15 +238,20 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
     read did not see stay as siblings; the reply's "concurrent" counts them.
     """
     _check_fence(fence)
-    data = click.get_binary_stream("stdin").read() if value == "-" else value.encode()
-    context, context_read = _context(s, key, consistency, count_w, blind, context_text)
-    result = s.client().put(key, data, context=context, consistency=consistency, w=count_w,
+    key_bytes = _key(key, key_hex)
+    if value == "-":
+        data = click.get_binary_stream("stdin").read()
+    else:
+        data = value.encode("utf-8", "surrogateescape")  # bytes as given on the command line
+    context, context_read = _context(s, key_bytes, consistency, count_w, blind, context_text)
+    result = s.client().put(key_bytes, data, context=context, consistency=consistency, w=count_w,
                             trace=trace, strict=strict, sloppy=sloppy, fence=fence)
     _print_write(result, "stored", trace, as_json, context_read)
 
 
 @cli.command()
 @click.argument("key")
+@key_hex_option
 @consistency_options("w")
 @click.option("--blind", is_flag=True, help="Delete without reading the current context first.")
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
@@ -210,14 +260,15 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
 @fence_option
 @json_and_trace
 @click.pass_obj
-def delete(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
-           context_text: str | None, strict: bool, sloppy: bool, fence: str | None,
-           trace: bool, as_json: bool) -> None:
+def delete(s: Settings, key: str, key_hex: bool, consistency: str | None,
+           count_w: int | None, blind: bool, context_text: str | None, strict: bool,
+           sloppy: bool, fence: str | None, trace: bool, as_json: bool) -> None:
     """Delete KEY (writes a tombstone that supersedes the versions it saw; the context is
     read first as for `kv put`)."""
     _check_fence(fence)
-    context, context_read = _context(s, key, consistency, count_w, blind, context_text)
-    result = s.client().delete(key, context=context, consistency=consistency, w=count_w,
+    key_bytes = _key(key, key_hex)
+    context, context_read = _context(s, key_bytes, consistency, count_w, blind, context_text)
+    result = s.client().delete(key_bytes, context=context, consistency=consistency, w=count_w,
                                trace=trace, strict=strict, sloppy=sloppy, fence=fence)
     _print_write(result, "deleted", trace, as_json, context_read)
 
@@ -249,7 +300,7 @@ def _pre_read_levels(consistency: str | None, count_w: int | None) -> list[tuple
     return [*first, ("ONE", {"consistency": "ONE"})]
 
 
-def _context(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
+def _context(s: Settings, key: bytes, consistency: str | None, count_w: int | None, blind: bool,
              context_text: str | None) -> tuple[bytes, dict | None]:
     """The causal context to write with, and what was read to get it (None: nothing read).
 
@@ -283,8 +334,11 @@ def _context(s: Settings, key: str, consistency: str | None, count_w: int | None
         return b"", {"consistency": None, "replicas": [], "siblings": 0, "failed": failed,
                      "blind": True}
     tried = "; ".join(f"{f['consistency']}: {f['error']}" for f in failed)
-    raise type(last)(f"could not read the current context first ({tried}); retry, or use "
-                     "--blind to write without it") from None
+    raise type(last)(f"could not read the current context first ({tried}); nothing was "
+                     "written. What helps: bring the key's replicas back up (`kv status` "
+                     "shows which are down) and retry; or write without the read: --blind "
+                     "(the value becomes a sibling of what is stored), or --context from an "
+                     "earlier `kv get --json`") from None
 
 
 def _print_write(result, verb: str, trace: bool, as_json: bool,
