@@ -441,6 +441,22 @@ def _register_groups() -> None:
 _register_groups()
 
 
+def _show_envvars(command: click.Command) -> None:
+    """Every option that reads an environment variable says which in its --help."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+            missing = [n for n in names if n not in (param.help or "")]
+            if missing:
+                param.help = ((param.help or "").rstrip() + " "
+                              + " ".join(f"[env {n}]" for n in missing)).strip()
+    for sub in getattr(command, "commands", {}).values():
+        _show_envvars(sub)
+
+
+_show_envvars(cli)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI with short error messages instead of tracebacks."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
