@@ -436,6 +436,7 @@ def _register_groups() -> None:
 
     cli.add_command(meta)
     cli.add_command(raft)
+    cli.add_command(__import__("kvstore.cli.ring_cmd", fromlist=["ring"]).ring)
 
 
 _register_groups()
