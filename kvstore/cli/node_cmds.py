@@ -185,21 +185,55 @@ def _run(coro) -> None:
 
 
 @node.command()
-@click.option("--endpoint", default="127.0.0.1:7001", show_default=True,
-              help="The node to ask.")
-@click.option("--timeout", type=float, default=2.0, show_default=True)
-def health(endpoint: str, timeout: float) -> None:
-    """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1."""
+@click.option("--node", "--endpoint", "endpoint", default=None, metavar="HOST:PORT",
+              help="The node to ask (--endpoint is the old name). Default: the endpoints of "
+                   "--endpoints / KV_ENDPOINTS in turn, until one answers.")
+@click.option("--timeout", type=float, default=2.0, show_default=True,
+              help="Seconds to wait for each node's answer.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"node": HOST:PORT, "status": SERVING|NOT_SERVING|..., '
+                   '"unreachable": [...]}.')
+@click.pass_context
+def health(ctx: click.Context, endpoint: str | None, timeout: float, as_json: bool) -> None:
+    """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1.
+
+    Without --node, asks the endpoints in order and reports the first that answers
+    (an unreachable one is skipped, as `kv get` fails over).
+    """
+    import json
+
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(endpoint) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
-        except grpc.RpcError as exc:
-            click.echo(f"{endpoint}: unreachable ({exc.code().name})", err=True)
-            sys.exit(1)
-    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-    click.echo(f"{endpoint}: {name}")
-    sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)
+    from kvstore.cli.main import default_endpoints
+    from kvstore.client import parse_endpoints
+
+    if endpoint is not None:
+        candidates = parse_endpoints(endpoint)[:1]
+    else:
+        candidates = parse_endpoints(getattr(ctx.obj, "endpoints", None) or default_endpoints())
+    unreachable: list[str] = []
+    for address in candidates:
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=""),
+                                    timeout=timeout).status
+            except grpc.RpcError as exc:
+                unreachable.append(f"{address} ({exc.code().name})")
+                continue
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        if as_json:
+            click.echo(json.dumps({"node": address, "status": name,
+                                   "unreachable": unreachable}))
+        else:
+            for u in unreachable:
+                click.echo(f"{u.split(' ')[0]}: unreachable", err=True)
+            click.echo(f"{address}: {name}")
+        sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)
+    if as_json:
+        click.echo(json.dumps({"node": None, "status": "UNREACHABLE",
+                               "unreachable": unreachable}))
+    else:
+        click.echo(f"Error: no node answered: {', '.join(unreachable)}", err=True)
+    sys.exit(1)
