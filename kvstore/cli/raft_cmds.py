@@ -21,9 +21,10 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
 
 def _endpoints(ctx: click.Context) -> list[str]:
     from kvstore.cli.main import default_endpoints
+    from kvstore.client import parse_endpoints
 
     raw = getattr(ctx.obj, "endpoints", None) or default_endpoints()
-    return [e.strip().split("=", 1)[-1] for e in raw.split(",") if e.strip()]
+    return parse_endpoints([e.strip().split("=", 1)[-1] for e in raw.split(",")])
 
 
 def _timeout(ctx: click.Context) -> float:
@@ -43,7 +44,7 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
                                      messages=[pb.PeerMessage(raft=client_request(req))])
                 reply = stub.Exchange(batch, timeout=timeout)
             except grpc.RpcError as exc:
-                errors.append(f"{ep}: {exc.code().name}")
+                errors.append(f"{ep}: {_describe(exc)}")
                 details = (exc.details() or "").lower()
                 if req.get("op") == "conf" and not (
                         exc.code() == grpc.StatusCode.UNAVAILABLE
@@ -63,6 +64,15 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
         errors.append(f"{ep}: empty answer")
     raise click.ClickException("no node answered the metadata request (" + "; ".join(errors)
                                + "); is the cluster up, and started with --raft-voters?")
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    details = (exc.details() or "").lower() if hasattr(exc, "details") else ""
+    if any(s in details for s in ("errors resolving", "lookup failed", "dns resolution")):
+        return "cannot resolve its host name"
+    if "connection refused" in details or "failed to connect" in details:
+        return "unreachable (connection refused)"
+    return exc.code().name if hasattr(exc, "code") else str(exc)
 
 
 def _fail(msg: str, code: int = EXIT_FAILED) -> None:
@@ -94,11 +104,14 @@ def raft_status(ctx: click.Context, as_json: bool) -> None:
     if r.get("joining"):
         click.echo(f"{r['node']} is joining: it does not vote until it is added as a learner "
                    "and promoted")
-    click.echo(f"{'ID':<12}{'ROLE':<10}{'MATCH':>8}{'LAG':>6}")
+    from kvstore.cli import output
+
+    table = output.table("member", "role", "match index", "lag")
     for m in r["members"]:
         match = "-" if m["match_index"] is None else m["match_index"]
         lag = "-" if m["lag"] is None else m["lag"]
-        click.echo(f"{m['id']:<12}{m['role']:<10}{match!s:>8}{lag!s:>6}")
+        table.add_row(m["id"], m["role"], str(match), str(lag))
+    output.console.print(table)
 
 
 def _conf(ctx: click.Context, change: str, node: str, as_json: bool, done: str) -> None:
