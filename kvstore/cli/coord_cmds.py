@@ -417,6 +417,16 @@ def lock(ctx: click.Context, name: str, command: tuple[str, ...], ttl: float,
                     proc.terminate()
                     await proc.wait()
                 rc["code"] = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+                # Did we hold the lock until the command ended? (It may have been paused
+                # past the TTL: its guarded writes were then refused, and its caller must
+                # know the lock was lost whatever the command's own exit code says.)
+                try:
+                    await c.lease_keepalive(lease_id)
+                except LeaseNotFound:
+                    raise KVError(f"lease {lease_id} of lock {name!r} ended while held (the "
+                                  f"command exited {rc['code']}); the lock was lost") from None
+                except KVError:
+                    pass  # no answer: the lease may still be alive
         finally:
             with contextlib.suppress(KVError, TimeoutError):
                 await asyncio.wait_for(c.lease_revoke(lease_id), 2.0)  # releases the lock
