@@ -35,8 +35,14 @@ def cluster() -> None:
                    "that lost its raft state; then kv raft remove / add --learner / promote.")
 @click.option("--detach", is_flag=True,
               help="Return once the cluster is healthy; stop it later with `kv cluster down`.")
+@click.option("--metrics-base-port", default=9101, show_default=True,
+              type=click.IntRange(0, 65000),
+              help="Node i serves /metrics and the dashboard on this port + i - 1; 0: off.")
+@click.option("--chaos/--no-chaos", default=True, show_default=True,
+              help="Start the nodes with the chaos admin API on (kv chaos).")
 def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor: int,
-       raft_voters: str | None, raft_join: str, detach: bool) -> None:
+       raft_voters: str | None, raft_join: str, detach: bool, metrics_base_port: int = 9101,
+       chaos: bool = True) -> None:
     """Start NODES node processes and wait until all are healthy.
 
     In the foreground (default) Ctrl-C stops the cluster cleanly; data is kept.
@@ -70,7 +76,9 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
                                  "into an existing one", param_hint="--raft-join")
     local = LocalCluster(data_dir, nodes=nodes, host=host, base_port=base_port,
                          replication_factor=rf, extra_args=extra,
-                         raft_bootstrap=new and bool(raft_voters))
+                         raft_bootstrap=new and bool(raft_voters), chaos=chaos,
+                         metrics_ports=[metrics_base_port + i for i in range(nodes)]
+                         if metrics_base_port else None)
     local.start({node_id: ["--raft-join"] for node_id in joining})
     try:
         with console.status(f"starting {nodes} nodes...") as status:
@@ -108,11 +116,16 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
 
 def _show(local, rf: int) -> None:
     table = Table(title=f"kvstore cluster: {len(local.nodes)} nodes, N={rf}")
-    for col in ("node", "listens on", "data", "log", "pid"):
+    for col in ("node", "listens on", "metrics", "data", "log", "pid"):
         table.add_column(col)
     for n in local.nodes:
-        table.add_row(n.id, n.address, n.data_dir, n.log, str(n.pid))
+        metrics = f":{n.metrics_port}" if n.metrics_port else "-"
+        table.add_row(n.id, n.address, metrics, n.data_dir, n.log, str(n.pid))
     console.print(table)
+    if local.nodes[0].metrics_port:
+        first = local.nodes[0]
+        console.print(f"Dashboard: http://{first.address.rpartition(':')[0]}:"
+                      f"{first.metrics_port}/   (kv dashboard)")
     console.print(f"Try: kv put user:1 alice --consistency QUORUM   "
                   f"(endpoints: {','.join(local.endpoints())})")
 

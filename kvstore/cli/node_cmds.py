@@ -95,6 +95,13 @@ def node() -> None:
               type=click.FloatRange(0, 1),
               help="Share of reads that ask all N replicas (so background read repair "
                    "reaches them all); the rest ask only R.")
+@click.option("--metrics-port", envvar="KV_METRICS_PORT", default=0, show_default=True,
+              type=click.IntRange(0, 65535),
+              help="Serve Prometheus /metrics and the live dashboard over HTTP on this port "
+                   "(same host as --listen); 0: off. [env KV_METRICS_PORT]")
+@click.option("--chaos", is_flag=True, envvar="KV_CHAOS",
+              help="Accept the chaos admin API (kv chaos partition/delay/drop/heal); refused "
+                   "otherwise. For test clusters only. [env KV_CHAOS]")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",
@@ -119,7 +126,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
           raft_join: bool = False, restored: bool = False,
-          max_clock_skew: float = 60.0) -> None:
+          max_clock_skew: float = 60.0, metrics_port: int = 0, chaos: bool = False) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -145,6 +152,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
         raft_bootstrap=raft_bootstrap, raft_join=raft_join,
         raft_snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")),
+        metrics_port=metrics_port, chaos=chaos,
     )
     try:
         config.validate()

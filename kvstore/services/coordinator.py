@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -213,6 +214,8 @@ class Coordinator:
         self.replica = replica
         self.config = config
         self.background: set[asyncio.Task] = set()
+        # acks by kind (replica / hint, counted or not) and read repairs, for /metrics
+        self.metrics: Counter[str] = Counter()
 
     # -- entry point -----------------------------------------------------------------
     async def execute(
@@ -340,6 +343,8 @@ class Coordinator:
                     ok.append(answer)
                     if owner is not None:
                         covered.add(owner)
+                    self.metrics[f"ack_{'hint' if answer.hint_for else 'replica'}"
+                                 f"_{'counted' if owner is not None else 'extra'}"] += 1
                 else:
                     failed.append(answer)
                     if spares is not None:
@@ -486,6 +491,7 @@ class Coordinator:
         else:
             message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=versions.to_pb(merged)))
             answer = await self._call(node, message, timeout)
+        self.metrics["read_repair_ok" if answer.ok else "read_repair_failed"] += 1
         if not answer.ok:
             log.info("read repair of %r on %s failed: %s", key, node, answer.describe())
         return answer.ok
