@@ -86,11 +86,15 @@ def node() -> None:
               help="Mean seconds between background anti-entropy sessions (one peer each); "
                    "0 turns them off (`kv repair` still runs them). "
                    "[env KV_ANTIENTROPY_INTERVAL]")
-@click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=1.0, show_default=True,
-              type=click.FloatRange(0.01, 60), help="Seconds between gossip rounds.")
-@click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=8.0, show_default=True,
+@click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=0.15, show_default=True,
+              type=click.FloatRange(0.01, 60),
+              help="Seconds between gossip rounds (heartbeats). With the default phi "
+                   "threshold a killed peer is marked down in about 2 s "
+                   "(docs/observability.md).")
+@click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=5.0, show_default=True,
               type=click.FloatRange(min=0.1),
-              help="Failure detector: a peer is down when its phi exceeds this.")
+              help="Failure detector: a peer is down when its phi exceeds this (down after "
+                   "about threshold x 2.3 mean heartbeat intervals of silence).")
 @click.option("--read-all-chance", envvar="KV_READ_ALL_CHANCE", default=0.1, show_default=True,
               type=click.FloatRange(0, 1),
               help="Share of reads that ask all N replicas (so background read repair "

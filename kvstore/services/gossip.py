@@ -109,6 +109,7 @@ class GossipMembership:
         self.ring = Ring()
         self._rebuild()
         self._task: asyncio.Task | None = None
+        self._inflight: dict[str, asyncio.Task] = {}  # exchanges outliving their round
         self._save()
 
     # -- persistence ------------------------------------------------------------------
@@ -284,8 +285,23 @@ class GossipMembership:
         # until every seed is resolved, greet the unresolved ones every round
         targets += [self._seed_name(a) for a in sorted(self.unresolved_seeds())
                     if self._seed_name(a) not in targets]
-        await asyncio.gather(*(self._exchange(t) for t in targets))
+        if self.interval >= self.timeout:
+            await asyncio.gather(*(self._exchange(t) for t in targets))
+        else:
+            # Gossip faster than a call's timeout: a peer that does not answer (paused,
+            # partitioned with timeouts) must not stretch our rounds, or our own heartbeat
+            # slows down and healthy peers start suspecting *us*. Exchanges still running
+            # after one interval go on in the background (one at a time per target).
+            tasks = [self._start_exchange(t) for t in targets if t not in self._inflight]
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.interval)
         self._apply([])  # let the detector report transitions even without news
+
+    def _start_exchange(self, target: str) -> asyncio.Task:
+        task = asyncio.ensure_future(self._exchange(target))
+        self._inflight[target] = task
+        task.add_done_callback(lambda _t, target=target: self._inflight.pop(target, None))
+        return task
 
     async def _run(self) -> None:
         while True:
@@ -303,4 +319,8 @@ class GossipMembership:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._inflight.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._save()
