@@ -60,7 +60,7 @@ class AntiEntropyStep(_message.Message):
     def __init__(self, session: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class PeerMessage(_message.Message):
-    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy")
+    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy", "request_id")
     READ_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class PeerMessage(_message.Message):
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
     EXTENSION_FIELD_NUMBER: _ClassVar[int]
     ANTIENTROPY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     read: ReplicaRead
     write: ReplicaWrite
     forward: Forward
@@ -77,7 +78,8 @@ class PeerMessage(_message.Message):
     gossip: bytes
     extension: bytes
     antientropy: AntiEntropyStep
-    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PeerResult(_message.Message):
     __slots__ = ("state", "reply", "hello", "raw", "error", "found")

@@ -381,10 +381,11 @@ def _register_groups() -> None:
     cli.add_command(meta)
     cli.add_command(raft)
     from kvstore.cli.chaos_cmds import chaos  # issue 14: faults, dashboard, cluster status
-    from kvstore.cli.observe_cmds import dashboard
+    from kvstore.cli.observe_cmds import dashboard, logs
 
     cli.add_command(chaos)
     cli.add_command(dashboard)
+    cli.add_command(logs)
 
 
 _register_groups()

@@ -106,6 +106,10 @@ def node() -> None:
 @click.option("--chaos", is_flag=True, envvar="KV_CHAOS",
               help="Accept the chaos admin API (kv chaos partition/delay/drop/heal); refused "
                    "otherwise. For test clusters only. [env KV_CHAOS]")
+@click.option("--log-format", envvar="KV_LOG_FORMAT", default="json", show_default=True,
+              type=click.Choice(["json", "text"]),
+              help="json: one JSON object a line (ts, level, node, logger, msg, request_id); "
+                   "text: plain lines. [env KV_LOG_FORMAT]")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",
@@ -130,7 +134,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
           raft_join: bool = False, restored: bool = False,
-          max_clock_skew: float = 60.0, metrics_port: int = 0, chaos: bool = False) -> None:
+          max_clock_skew: float = 60.0, metrics_port: int = 0, chaos: bool = False,
+          log_format: str = "json") -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -170,7 +175,9 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
     from kvstore.storage import StorageError
 
     try:
-        _run(run_node(config))
+        from kvstore.node import logs
+
+        _run(run_node(config, logs.install(node_id, log_format, log_level.upper())))
     except (RaftStartRefused, StorageError) as exc:  # one line, exit 1
         raise click.ClickException(str(exc)) from None
 

@@ -144,3 +144,80 @@ def dashboard(s, as_json: bool, open_browser: bool) -> None:
         import webbrowser
 
         webbrowser.open(url)
+
+
+def _local_log_lines(request_id: str, node_ids: set[str]) -> dict[str, list[str]]:
+    """The named request's lines from the log files of a local cluster's nodes (for nodes
+    that did not answer the Logs RPC: stopped, killed or paused)."""
+    import json
+    from pathlib import Path
+
+    path = Path("data") / "cluster.json"
+    if not path.exists():
+        return {}
+    out: dict[str, list[str]] = {}
+    for node in json.loads(path.read_text())["nodes"]:
+        if node["id"] not in node_ids:
+            continue
+        try:
+            text = Path(node["log"]).read_text(errors="replace")
+        except OSError:
+            continue
+        out[node["id"]] = [line for line in text.splitlines()
+                           if f'"request_id": "{request_id}"' in line]
+    return out
+
+
+@click.command()
+@click.option("--request", "request_id", required=True, metavar="ID",
+              help="The request id (shown by --trace, or given by the client).")
+@click.option("--limit", type=click.IntRange(1, 20_000), default=1000, show_default=True,
+              help="At most this many lines per node.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"request_id", "nodes": {id: '
+                                                      '[line objects]}, "unreachable"}.')
+@click.pass_obj
+def logs(s, request_id: str, limit: int, as_json: bool) -> None:
+    """Every node's log lines for one request, merged in time order.
+
+    Asks every member over the Observe API (nodes keep the lines of named requests in
+    memory); for members that do not answer, reads the log files of the local cluster
+    (data/cluster.json) when there is one."""
+    import json
+
+    info = s.client().info()
+    found: dict[str, list[str]] = {}
+    unreachable = []
+    for member in info.members:
+        with grpc.insecure_channel(member.address) as channel:
+            try:
+                reply = observe_pb2_grpc.ObserveStub(channel).Logs(
+                    observe_pb2.LogsRequest(request_id=request_id, limit=limit),
+                    timeout=min(s.timeout, 3.0))
+                found[member.id] = list(reply.lines)
+            except grpc.RpcError:
+                unreachable.append(member.id)
+    for node_id, lines in _local_log_lines(request_id, set(unreachable)).items():
+        found[node_id] = lines[-limit:]
+        unreachable.remove(node_id)
+    parsed = []
+    for node_id, lines in found.items():
+        for line in lines:
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                parsed.append({"ts": "", "node": node_id, "msg": line})
+    parsed.sort(key=lambda rec: rec.get("ts", ""))
+    if as_json:
+        output.print_json({"request_id": request_id, "lines": parsed,
+                           "unreachable": sorted(unreachable)})
+    else:
+        for rec in parsed:
+            click.echo(f"{rec.get('ts', '')} {rec.get('node', '?'):>4} "
+                       f"{rec.get('level', ''):<7} {rec.get('msg', '')}")
+        if not parsed:
+            click.echo(f"no log lines for request {request_id} on "
+                       f"{', '.join(sorted(found)) or 'any node'}", err=True)
+        for node_id in sorted(unreachable):
+            click.echo(f"{node_id}: not reachable, its lines are missing", err=True)
+    if not parsed:
+        raise SystemExit(1)

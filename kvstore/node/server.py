@@ -116,7 +116,8 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
 class NodeServer:
     """Builds and runs one node process."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, logs=None) -> None:
+        """`logs`: the RequestLogBuffer (node/logs.py) the Logs RPC answers from."""
         config.validate()
         self.config = config
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
@@ -135,7 +136,7 @@ class NodeServer:
             self.http = HttpServer(self.observer, host, config.metrics_port)
         chaos_pb2_grpc.add_ChaosServicer_to_server(
             ChaosServicer(self.node, self.transport.faults, config.chaos), self.server)
-        observe_pb2_grpc.add_ObserveServicer_to_server(ObserveServicer(self.observer),
+        observe_pb2_grpc.add_ObserveServicer_to_server(ObserveServicer(self.observer, logs),
                                                        self.server)
         client_pb2_grpc.add_KVServicer_to_server(KVServicer(self.node, self.observer),
                                                  self.server)
@@ -188,9 +189,9 @@ class NodeServer:
         log.info("node %s stopped", self.config.node_id)
 
 
-async def run_node(config: NodeConfig) -> None:
+async def run_node(config: NodeConfig, logs=None) -> None:
     """Run until SIGTERM or SIGINT, then stop cleanly."""
-    server = NodeServer(config)
+    server = NodeServer(config, logs)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

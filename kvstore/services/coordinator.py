@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from kvstore.core.ring import token_of
 from kvstore.core.versions import Sibling
 from kvstore.services.replica import Replica
 from kvstore.transport.base import PeerTimeout, PeerUnreachable, Transport, TransportError
+from kvstore.transport.context import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,11 @@ def counts_hints(strict: bool, sloppy: bool, any_level: bool, node_default: bool
     if strict or sloppy:
         return sloppy
     return node_default
+
+
+def _key_of(request: cpb.ClientRequest) -> bytes:
+    op = request.WhichOneof("op")
+    return getattr(request, op).key if op else b""
 
 
 class Trace:
@@ -224,6 +231,15 @@ class Coordinator:
         trace = Trace(request.trace, self.node_id, self.monotonic)
         timeout = (request.timeout_ms or self.config.timeout_ms) / 1000
         op = request.WhichOneof("op")
+        request_id = (request.request_id or REQUEST_ID.get()  # a forwarded request keeps it
+                      or (self._new_request_id() if request.trace else ""))
+        token = None
+        if request_id:  # named requests are logged step by step, on every node they reach
+            token = REQUEST_ID.set(request_id)
+            if trace.pb is not None:
+                trace.pb.request_id = request_id
+            log.info("%s %r: coordinating%s", op, _key_of(request),
+                     " (forwarded)" if forwarded else "")
         try:
             if op == "get":
                 reply = await self._get(request.get, trace, timeout)
@@ -250,7 +266,15 @@ class Coordinator:
         if trace.pb is not None and not reply.trace.coordinator:
             trace.pb.total_ms = round(trace.ms(), 3)
             reply.trace.CopyFrom(trace.pb)
+        if token is not None:
+            outcome = (f"failed: {reply.error.message}" if reply.HasField("error") else "ok")
+            log.info("%s %r: %s after %.2f ms", op, _key_of(request), outcome, trace.ms())
+            REQUEST_ID.reset(token)
         return reply
+
+    def _new_request_id(self) -> str:
+        # not from self.rng: an id must not shift the simulations' random streams
+        return f"{self.node_id}-{uuid.uuid4().hex[:12]}"
 
     # -- validation and placement ----------------------------------------------------
     def _check_key(self, key: bytes) -> None:
