@@ -108,13 +108,16 @@ class FaultFilter:
     def active(self, now: float) -> list[Fault]:
         return [f for f in self.faults.values() if f.expires_at > now]
 
-    def decide(self, peer: str, now: float) -> Verdict:
-        """What to do with a batch to `peer` at `now`."""
+    def decide(self, peer: str, now: float, wall: float = 0.0) -> Verdict:
+        """What to do with a batch to `peer` at `now` (`wall`: for the events of faults
+        that expired meanwhile, which are removed here)."""
         if not self.faults:
             return Verdict()
+        if any(f.expires_at <= now for f in self.faults.values()):
+            self.expire(now, wall)
         verdict = Verdict()
         for fault in self.faults.values():
-            if fault.expires_at <= now or not fault.applies(peer):
+            if not fault.applies(peer):
                 continue
             if fault.kind == "partition":
                 self.counts["partition"] += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 
@@ -119,7 +120,7 @@ class GrpcTransport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.faults.faults:
-            verdict = self.faults.decide(peer, loop.time())
+            verdict = self.faults.decide(peer, loop.time(), time.time())
             if verdict.blocked:
                 raise PeerUnreachable(peer, f"unreachable ({verdict.blocked})")
             if verdict.delay_s:
