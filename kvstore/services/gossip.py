@@ -35,6 +35,10 @@ from kvstore.transport.base import Transport, TransportError
 log = logging.getLogger(__name__)
 
 SEED_PREFIX = "seed@"
+# A round this late (seconds) means the process itself was stalled: see _check_stall. Below
+# the ~1.7 s of silence after which a fast-gossiping peer is suspected, above the event
+# loop lag of a busy node.
+STALL_FORGIVE_AFTER = 1.0
 
 
 def parse_seed(seed: str) -> tuple[str | None, str]:
@@ -110,6 +114,7 @@ class GossipMembership:
         self._rebuild()
         self._task: asyncio.Task | None = None
         self._inflight: dict[str, asyncio.Task] = {}  # exchanges outliving their round
+        self._round_due: float | None = None  # when the next round should start
         self._save()
 
     # -- persistence ------------------------------------------------------------------
@@ -215,6 +220,7 @@ class GossipMembership:
 
     def _apply(self, changes) -> None:
         now = self.monotonic()
+        self._check_stall(now)
         meta = False
         for change in changes:
             state = change.state
@@ -297,6 +303,21 @@ class GossipMembership:
                 await asyncio.wait(tasks, timeout=self.interval)
         self._apply([])  # let the detector report transitions even without news
 
+    def _check_stall(self, now: float) -> None:
+        """When gossiping fast (interval below the call timeout): if this node's next round
+        is overdue by more than STALL_FORGIVE_AFTER seconds, the process was stalled
+        (paused, starved), so forgive the peers that much before judging them."""
+        due = self._round_due
+        if due is None or self.interval >= self.timeout:
+            return
+        lag = now - due
+        if lag > STALL_FORGIVE_AFTER:
+            self.detector.forgive(lag, now)
+            self.metrics["stalls_forgiven"] += 1
+            log.warning("this node stalled for %.1f s (paused or starved): peers' silence "
+                        "meanwhile is not held against them", lag)
+            self._round_due = now
+
     def _start_exchange(self, target: str) -> asyncio.Task:
         task = asyncio.ensure_future(self._exchange(target))
         self._inflight[target] = task
@@ -309,7 +330,10 @@ class GossipMembership:
                 await self.round()
             except Exception:
                 log.exception("gossip round failed")
-            await asyncio.sleep(self.interval * (0.9 + 0.2 * self.rng.random()))
+            pause = self.interval * (0.9 + 0.2 * self.rng.random())
+            self._round_due = self.monotonic() + pause
+            await asyncio.sleep(pause)
+            self._check_stall(self.monotonic())
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
