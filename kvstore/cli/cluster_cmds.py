@@ -74,6 +74,11 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
     if joining and new:
         raise click.BadParameter("this creates a new cluster; --raft-join brings a node back "
                                  "into an existing one", param_hint="--raft-join")
+    taken = [port for port in range(metrics_base_port, metrics_base_port + nodes)
+             if metrics_base_port and not _port_free(host, port)]
+    if taken:
+        raise click.ClickException(f"metrics ports {', '.join(map(str, taken))} are in use; "
+                                   "choose another --metrics-base-port (0: no metrics)")
     local = LocalCluster(data_dir, nodes=nodes, host=host, base_port=base_port,
                          replication_factor=rf, extra_args=extra,
                          raft_bootstrap=new and bool(raft_voters), chaos=chaos,
@@ -112,6 +117,17 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
     console.print("stopping...")
     local.stop()
     console.print("cluster stopped.")
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _show(local, rf: int) -> None:
