@@ -65,6 +65,7 @@ class Observer:
         self._window: dict[tuple[str, str], deque[float]] = defaultdict(
             lambda: deque(maxlen=WINDOW))
         self._counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        self._cache: dict[tuple, tuple] = {}
         self._delivered: deque[tuple[float, int]] = deque(maxlen=256)
         self.hints_cache: dict[str, int] = {}  # refreshed (off the loop) before a scrape
 
@@ -74,15 +75,27 @@ class Observer:
 
     # -- requests ------------------------------------------------------------------
     def record(self, request: cpb.ClientRequest, reply: cpb.ClientReply, seconds: float) -> None:
-        op = request.WhichOneof("op") or "none"
-        level = level_name(request)
-        outcome = outcome_name(reply)
-        self.requests.labels(op, level, outcome).inc()
-        self.latency.labels(op, level).observe(seconds)
-        self._window[(op, level)].append(seconds * 1000)
-        counts = self._counts[(op, level)]
+        """Count and time one request (a few microseconds: the label children, names and
+        windows of each (op, level, outcome) are looked up once and cached)."""
+        op = request.WhichOneof("op")
+        quorum = getattr(request, op).quorum if op else None
+        code = reply.error.code if reply.WhichOneof("result") == "error" else -1
+        key = (op, quorum.level if quorum else 0, quorum.count if quorum else 0, code)
+        cached = self._cache.get(key)
+        if cached is None:
+            op_name, level = op or "none", level_name(request)
+            outcome = outcome_name(reply)
+            cached = self._cache[key] = (
+                self.requests.labels(op_name, level, outcome),
+                self.latency.labels(op_name, level),
+                self._window[(op_name, level)], self._counts[(op_name, level)],
+                outcome != "ok")
+        counter, histogram, window, counts, failed = cached
+        counter.inc()
+        histogram.observe(seconds)
+        window.append(seconds * 1000)
         counts[0] += 1
-        counts[1] += outcome != "ok"
+        counts[1] += failed
 
     async def execute(self, request: cpb.ClientRequest) -> cpb.ClientReply:
         started = time.perf_counter()
