@@ -386,6 +386,7 @@ def _register_groups() -> None:
     cli.add_command(chaos)
     cli.add_command(dashboard)
     cli.add_command(logs)
+    cli.add_command(__import__("kvstore.cli.ring_cmd", fromlist=["ring"]).ring)
 
 
 _register_groups()
