@@ -223,6 +223,16 @@ class NodeCollector:
             for event, value in sorted(source.items()):
                 family.add_metric([event], value)
             yield family
+        store = node.store
+        for metric, attr, help_text in (
+            ("kv_storage_commits", "batches", "Group commits (engine batches) of the store"),
+            ("kv_storage_rows", "steps", "Rows written by those commits (rows / commits: "
+                                         "the mean batch size)"),
+            ("kv_storage_commit_seconds", "apply_seconds",
+             "Seconds spent committing (with fsync; / commits: the mean commit latency)"),
+        ):
+            if hasattr(store, attr):
+                yield CounterMetricFamily(metric, help_text, value=getattr(store, attr))
         if node.raft is not None:
             s = node.raft.status()
             if "term" in s:

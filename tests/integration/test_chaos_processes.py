@@ -103,6 +103,9 @@ def test_every_node_serves_prometheus_metrics(chaos_cluster):
         assert total(samples, "kv_raft_term") >= 1
         assert total(samples, "kv_request_latency_seconds_count") >= 0
         assert ("kv_chaos_faults_active", (("kind", "partition"),)) in samples
+        commits = total(samples, "kv_storage_commits_total")
+        assert total(samples, "kv_storage_rows_total") >= commits >= 1
+        assert total(samples, "kv_storage_commit_seconds_total") > 0
     assert seen_puts == 5
     acks = sum(total(scrape(c, n), "kv_coordinator_total", event="ack_replica_counted")
                for n in ("n1", "n2", "n3"))
