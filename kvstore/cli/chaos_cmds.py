@@ -266,18 +266,46 @@ def _alive(pid: int) -> bool:
 
 
 def data_dir_option(fn):
+    fn = click.option("--compose", "compose_file", type=click.Path(path_type=Path),
+                      default=None, metavar="FILE",
+                      help="Act on the docker compose service NODE of this compose file "
+                           "(docker compose kill / pause / unpause) instead of a local "
+                           "cluster's process.")(fn)
     return click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"),
                         show_default=True,
                         help="The local cluster's directory (its cluster.json).")(fn)
+
+
+def _compose(compose_file: Path, *args: str) -> list[str]:
+    """The docker compose command line for `args` on `compose_file`."""
+    if not compose_file.exists():
+        raise click.BadParameter(f"{compose_file} does not exist", param_hint="--compose")
+    return ["docker", "compose", "-f", str(compose_file), *args]
+
+
+def _run_compose(command: list[str]) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise click.ClickException(f"{' '.join(command)}: {exc}") from None
+    if done.returncode != 0:
+        raise click.ClickException(f"{' '.join(command)} failed: "
+                                   f"{(done.stderr or done.stdout).strip()}")
 
 
 @chaos.command()
 @click.argument("node")
 @data_dir_option
 @json_option
-def kill(node: str, data_dir: Path, as_json: bool) -> None:
+def kill(node: str, data_dir: Path, compose_file: Path | None, as_json: bool) -> None:
     """SIGKILL a node of the local cluster (restart it with `kv cluster up` on the same
-    data directory after `kv cluster down`, or by hand)."""
+    data directory after `kv cluster down`, or by hand), or with --compose its container
+    (docker compose kill; `docker compose start NODE` brings it back)."""
+    if compose_file is not None:
+        _run_compose(_compose(compose_file, "kill", node))
+        output.print_json({"killed": node, "compose": str(compose_file)}) if as_json else \
+            click.echo(f"OK: killed container {node}")
+        return
     pid = _local_pid(data_dir, node)
     os.kill(pid, signal.SIGKILL)
     if as_json:
@@ -292,8 +320,21 @@ def kill(node: str, data_dir: Path, as_json: bool) -> None:
               help="Resume it after this long (a forgotten pause ends by itself).")
 @data_dir_option
 @json_option
-def pause(node: str, seconds: float, data_dir: Path, as_json: bool) -> None:
-    """SIGSTOP a node of the local cluster, and SIGCONT it after --for."""
+def pause(node: str, seconds: float, data_dir: Path, compose_file: Path | None,
+          as_json: bool) -> None:
+    """SIGSTOP a node of the local cluster (or with --compose pause its container), and
+    resume it after --for."""
+    if compose_file is not None:
+        _run_compose(_compose(compose_file, "pause", node))
+        unpause = _compose(compose_file, "unpause", node)
+        subprocess.Popen([sys.executable, "-c",
+                          "import subprocess, sys, time; time.sleep(float(sys.argv[1])); "
+                          "subprocess.run(sys.argv[2:], capture_output=True)", str(seconds),
+                          *unpause], start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        output.print_json({"paused": node, "resume_in_s": seconds}) if as_json else \
+            click.echo(f"OK: paused container {node}; it resumes in {seconds:g} s")
+        return
     pid = _local_pid(data_dir, node)
     os.kill(pid, signal.SIGSTOP)
     # A detached helper resumes it, so this command returns at once.
@@ -312,8 +353,13 @@ def pause(node: str, seconds: float, data_dir: Path, as_json: bool) -> None:
 @click.argument("node")
 @data_dir_option
 @json_option
-def resume(node: str, data_dir: Path, as_json: bool) -> None:
-    """SIGCONT a paused node of the local cluster now."""
+def resume(node: str, data_dir: Path, compose_file: Path | None, as_json: bool) -> None:
+    """SIGCONT a paused node of the local cluster now (--compose: unpause its container)."""
+    if compose_file is not None:
+        _run_compose(_compose(compose_file, "unpause", node))
+        output.print_json({"resumed": node}) if as_json else \
+            click.echo(f"OK: resumed container {node}")
+        return
     pid = _local_pid(data_dir, node)
     os.kill(pid, signal.SIGCONT)
     if as_json:

@@ -218,6 +218,10 @@ def test_bad_chaos_requests_are_refused_clearly(chaos_cluster):
     assert r.returncode == 2
     r = kv(c, "chaos", "delay", "n2", "--ms", "5", "--for", "2d")
     assert r.returncode == 2 and "not a duration" in r.stderr
+    r = kv(c, "chaos", "kill", "n2", "--compose", "no-such-compose.yml")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = kv(c, "chaos", "kill", "n9", "--data-dir", str(c.data_root))
+    assert r.returncode == 2 and "no node 'n9'" in r.stderr
     with grpc.insecure_channel(c.node("n1").address) as channel:
         with pytest.raises(grpc.RpcError) as err:
             chaos_pb2_grpc.ChaosStub(channel).Inject(
