@@ -39,14 +39,15 @@ def cluster() -> None:
                    "(with the same --data-dir).")
 @click.option("--json", "as_json", is_flag=True,
               help="With --detach: print the nodes as one JSON object instead of a table.")
-@click.option("--metrics-base-port", default=9101, show_default=True,
-              type=click.IntRange(0, 65000),
-              help="Node i serves /metrics and the dashboard on this port + i - 1; 0: off.")
+@click.option("--metrics-base-port", default=None, type=click.IntRange(0, 65000),
+              help="Node i serves /metrics and the dashboard on this port + i - 1; 0: off. "
+                   "Default: --base-port + 2100 (9101 for 7001), skipped with a warning "
+                   "when those ports are taken.")
 @click.option("--chaos/--no-chaos", default=True, show_default=True,
               help="Start the nodes with the chaos admin API on (kv chaos).")
 def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor: int,
        raft_voters: str | None, raft_join: str, detach: bool, as_json: bool,
-       metrics_base_port: int = 9101, chaos: bool = True) -> None:
+       metrics_base_port: int | None = None, chaos: bool = True) -> None:
     """Start NODES node processes and wait until all are healthy.
 
     In the foreground (default) Ctrl-C stops the cluster cleanly; data is kept.
@@ -88,11 +89,19 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
     if joining and new:
         raise click.BadParameter("this creates a new cluster; --raft-join brings a node back "
                                  "into an existing one", param_hint="--raft-join")
+    asked = metrics_base_port is not None
+    if metrics_base_port is None:
+        metrics_base_port = base_port + 2100 if base_port + 2100 + nodes <= 65535 else 0
     taken = [port for port in range(metrics_base_port, metrics_base_port + nodes)
              if metrics_base_port and not _port_free(host, port)]
-    if taken:
+    if taken and asked:
         raise click.ClickException(f"metrics ports {', '.join(map(str, taken))} are in use; "
                                    "choose another --metrics-base-port (0: no metrics)")
+    if taken:
+        console.print(f"[yellow]metrics ports {', '.join(map(str, taken))} are in use: the "
+                      "nodes run without /metrics and the dashboard (--metrics-base-port "
+                      "to choose others)[/yellow]")
+        metrics_base_port = 0
     local = LocalCluster(data_dir, nodes=nodes, host=host, base_port=base_port,
                          replication_factor=rf, extra_args=extra,
                          raft_bootstrap=new and bool(raft_voters), chaos=chaos,
