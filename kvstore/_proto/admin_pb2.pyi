@@ -84,6 +84,12 @@ class MoveProgress(_message.Message):
     corrupt_skipped: int
     def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., ranges_done: _Optional[int] = ..., ranges_total: _Optional[int] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., error: _Optional[str] = ..., finished: _Optional[bool] = ..., leaves_differing: _Optional[int] = ..., corrupt_skipped: _Optional[int] = ...) -> None: ...
 
+class RemoveRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
 class DecommissionRequest(_message.Message):
     __slots__ = ("node_id",)
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

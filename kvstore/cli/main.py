@@ -437,8 +437,9 @@ def _register_groups() -> None:
     from kvstore.cli.cluster_cmds import cluster
     from kvstore.cli.node_cmds import node
 
-    node.add_command(__import__("kvstore.cli.membership_cmds",
-                                fromlist=["decommission"]).decommission)
+    membership = __import__("kvstore.cli.membership_cmds", fromlist=["decommission"])
+    node.add_command(membership.decommission)
+    node.add_command(membership.remove)
     cli.add_command(node)
     cli.add_command(cluster)
     cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)

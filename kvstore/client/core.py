@@ -368,6 +368,18 @@ class AsyncClient:
         except grpc.aio.AioRpcError as exc:
             raise self._final_error(ep, exc) from None
 
+    async def remove_node(self, node_id: str, endpoint: str | None = None,
+                          timeout: float = 24 * 3600.0):
+        """Force a dead member out (run by `endpoint`, default the first endpoint): its
+        ranges are copied from the survivors; yields MoveProgress until it finishes."""
+        ep = self._endpoint(endpoint)
+        call = ep.admin.Remove(admin_pb2.RemoveRequest(node_id=node_id), timeout=timeout)
+        try:
+            async for progress in call:
+                yield progress
+        except grpc.aio.AioRpcError as exc:
+            raise self._final_error(ep, exc) from None
+
     async def ping(self, payload: bytes = b"", endpoint: str | None = None) -> bytes:
         ep = self._endpoint(endpoint)
         try:

@@ -126,6 +126,13 @@ class Move:
     def lost(self) -> tuple[str, ...]:
         return tuple(n for n in self.before if n not in self.after)
 
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        """Who must receive the range's data: the nodes that gain it, or, when the ring
+        shrinks below N replicas and nobody gains it, the owners that keep it (the copy
+        that goes away must not be lost)."""
+        return self.gained or self.after
+
 
 def moves(before: Ring, after: Ring, n: int) -> list[Move]:
     """The ranges whose preference lists differ between two rings, coalesced.

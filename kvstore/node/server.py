@@ -103,8 +103,21 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             progress = node.streamer.start_decommission()
         except KVError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        async for message in self._follow(progress):
+            yield message
+
+    async def Remove(self, request: admin_pb2.RemoveRequest, context):
+        """Force a dead member out, re-replicating from the survivors; progress streamed."""
+        try:
+            progress = self.node.streamer.start_remove(request.node_id)
+        except KVError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        async for message in self._follow(progress):
+            yield message
+
+    async def _follow(self, progress):
         while True:
-            message = progress.to_pb(node.node_id, node.streamer.monotonic())
+            message = progress.to_pb(self.node.node_id, self.node.streamer.monotonic())
             yield message
             if message.finished:
                 return

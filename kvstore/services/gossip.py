@@ -94,8 +94,12 @@ class GossipMembership:
             self.seed_addresses.add(seed_address)
             if seed_id:
                 known[seed_id] = seed_address
+        self.seed_ids = {address: node for node, address in known.items()}
+        # Members forced out (kv node remove) -> the generation they had: kept off the ring
+        # until they come back JOINING with a newer one (wiped, streaming afresh).
+        self.removed: dict[str, int] = {}
         saved_generation, saved = self._load()
-        known = {**saved, **known}
+        known = {k: v for k, v in {**saved, **known}.items() if k not in self.removed}
         generation = max(int(wall_clock()), saved_generation + 1, 1)
         self.gossiper = Gossiper(
             node_id, address, generation, tokens=node_tokens(node_id, vnodes),
@@ -157,6 +161,11 @@ class GossipMembership:
                     isinstance(k, str) and k and isinstance(v, str) and is_host_port(v)
                     for k, v in members.items()):
                 raise ValueError("members is not a map of node id to host:port")
+            removed = saved.get("removed", {})
+            if not isinstance(removed, dict) or not all(
+                    isinstance(k, str) and isinstance(v, int) for k, v in removed.items()):
+                raise ValueError("removed is not a map of node id to generation")
+            self.removed = dict(removed)
         except (ValueError, KeyError, TypeError) as exc:
             reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
             raise StateFileError(
@@ -170,7 +179,8 @@ class GossipMembership:
             return
         # Rare (start, stop, a membership change): done inline, one small fsync.
         write_atomic(self.state_path, json.dumps(
-            {"generation": self.gossiper.local.generation, "members": self.members},
+            {"generation": self.gossiper.local.generation, "members": self.members,
+             "removed": self.removed},
             indent=2, sort_keys=True).encode())
 
     # -- the seam ---------------------------------------------------------------------
@@ -180,7 +190,7 @@ class GossipMembership:
         if self._members is None:
             out = dict(self.static)
             for member, state in self.gossiper.endpoints.items():
-                if state.status == Status.LEFT:
+                if state.status == Status.LEFT or self._is_removed(member, state):
                     out.pop(member, None)
                 else:
                     out[member] = state.address
@@ -195,7 +205,9 @@ class GossipMembership:
             heard = self.gossiper.endpoints
             known = {a for m, a in self.members.items() if m in heard}
         # a seed that left the ring (decommissioned) is resolved: it will not come back
-        known |= {s.address for s in self.gossiper.endpoints.values() if s.status == Status.LEFT}
+        known |= {s.address for m, s in self.gossiper.endpoints.items()
+                  if s.status == Status.LEFT or m in self.removed}
+        known |= {a for a, m in self.seed_ids.items() if m in self.removed}
         return self.seed_addresses - known - {self.address}
 
     @property
@@ -222,6 +234,26 @@ class GossipMembership:
         return state.status.name if state else "UNKNOWN"
 
     # -- ring ---------------------------------------------------------------------------
+    def _is_removed(self, member: str, state) -> bool:
+        """Forced out, and not back as a fresh node (JOINING with a newer generation)."""
+        gone = self.removed.get(member)
+        if gone is None:
+            return False
+        if state.status == Status.JOINING and state.generation > gone:
+            del self.removed[member]  # wiped and joining again: welcome, it streams afresh
+            return False
+        return True
+
+    def speak_for(self, member: str, status: Status) -> None:
+        """Set a down member's status on its behalf (kv node remove); LEFT quarantines it."""
+        state = self.gossiper.speak_for(member, status)
+        if status == Status.LEFT:
+            self.removed[member] = state.generation
+            self.static.pop(member, None)
+        self._members = None
+        self._rebuild()
+        self._save()
+
     def set_status(self, status: Status) -> None:
         """Announce this node's lifecycle change (joining done, leaving, left) by gossip."""
         self.gossiper.update(status=status)
@@ -250,9 +282,14 @@ class GossipMembership:
         tokens.update(self.gossiper.ring_tokens())
         joining: dict[str, tuple[int, ...]] = {}
         leaving: set[str] = set()
+        for member in self.removed:
+            tokens.pop(member, None)
         for member, state in self.gossiper.endpoints.items():
-            if state.status == Status.LEFT:
+            if state.status == Status.LEFT or self._is_removed(member, state):
                 tokens.pop(member, None)
+                if state.status == Status.LEFT and member != self.node_id:
+                    # left (decommissioned or removed): back only as a fresh, joining node
+                    self.removed.setdefault(member, state.generation)
             elif state.status == Status.JOINING:
                 tokens.pop(member, None)
                 joining[member] = state.tokens

@@ -23,6 +23,11 @@ A decommission is the mirror image:
 3. it pushes each record of its ranges to the nodes that gain them;
 4. it turns LEFT and is no longer a member. A node that was decommissioned refuses to
    start again with the same data (`move.json`).
+
+A removal (`kv node remove`) is a decommission run by another node on behalf of a member
+that is gone: it sets that member LEAVING (gossip `speak_for`), copies each of its ranges
+from every surviving replica to the nodes that gain it, and sets it LEFT. Peers keep a
+member that left off the ring until it comes back JOINING with a newer generation.
 """
 
 from __future__ import annotations
@@ -380,8 +385,72 @@ class RangeStreamer:
         finally:
             self.progress.ended = self.monotonic()
 
+    # -- forced removal of a dead member ---------------------------------------------------
+    def start_remove(self, member: str) -> Progress:
+        """Re-replicate a dead member's ranges from the survivors, then mark it LEFT."""
+        if self._task is not None and not self._task.done():
+            raise InvalidArgument(f"{self.node_id} is already moving ({self.progress.kind})")
+        if member == self.node_id:
+            raise InvalidArgument(f"{member} cannot remove itself: use kv node decommission")
+        if member not in self.membership.ring.nodes:
+            raise InvalidArgument(f"{member} is not on the ring (members: "
+                                  f"{', '.join(sorted(self.membership.ring.nodes))})")
+        if self.membership.is_up(member):
+            raise InvalidArgument(f"{member} is up: take it out with `kv node decommission "
+                                  f"{member}`, which streams its data out first; remove is for "
+                                  "a node that is gone")
+        self.progress = Progress("remove", started=self.monotonic())
+        self._task = asyncio.get_running_loop().create_task(self._remove(member))
+        return self.progress
+
+    async def _remove(self, member: str) -> None:
+        try:
+            self.membership.speak_for(member, Status.LEAVING)
+            await self._announce()
+            after = self.membership.pending_ring
+            if after is None or member in after.nodes:
+                raise Unavailable(f"the pending ring still holds {member}")
+            plan = [m for m in moves(self.membership.ring, after, self.n) if member in m.lost]
+            self.progress.state = "streaming"
+            self.progress.ranges_total = len(plan)
+            for move in plan:
+                sources = [n for n in move.before if n != member
+                           and (n == self.node_id or self.membership.is_up(n))]
+                if not sources:
+                    raise Unavailable(f"no live replica of range ({move.start}, {move.end}]")
+                for source in sources:  # every surviving copy: the dead one's is gone
+                    await self._relay(source, move)
+                self.progress.ranges_done += 1
+            self.membership.speak_for(member, Status.LEFT)
+            await self.membership.announce()
+            self.progress.state = "done"
+            log.info("%s removed %s: %d ranges, %d keys, %d bytes re-replicated", self.node_id,
+                     member, len(plan), self.progress.keys, self.progress.bytes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.progress.state, self.progress.error = "failed", str(exc)
+            log.exception("removal of %s failed; it is still LEAVING: run it again", member)
+        finally:
+            self.progress.ended = self.monotonic()
+
+    async def _relay(self, source: str, move: Move) -> None:
+        """Copy a range from `source` (possibly this node) to the nodes that gain it."""
+        req = pb.StreamRead(start=move.start, end=move.end, limit=PAGE)
+        while True:
+            if source == self.node_id:
+                page = await self.serve(self.node_id, req)
+            else:
+                page = await self._page(source, req)
+            self.progress.corrupt_skipped += len(page.corrupt)
+            await self._send(page, [n for n in move.receivers if n != source])
+            if page.done or not page.has_resume:
+                return
+            req.has_after, req.after_token, req.after_key = (True, page.resume_token,
+                                                             page.resume_key)
+
     async def _push(self, move: Move) -> None:
-        targets = list(move.gained)
+        targets = list(move.receivers)
         after = None
         while True:
             page = pb.StreamPage()
@@ -401,6 +470,11 @@ class RangeStreamer:
 
     async def _send(self, page: pb.StreamPage, targets: list[str]) -> None:
         async def one(target: str, entry: pb.StreamEntry) -> None:
+            if target == self.node_id:
+                purged, purged_at = versions.marker_from_pb(entry.state)
+                await self.replica.merge(entry.key, versions.from_pb(entry.state),
+                                         marker=purged, marker_at_ms=purged_at)
+                return
             message = pb.PeerMessage(write=pb.ReplicaWrite(key=entry.key, state=entry.state))
             problem = ""
             for _ in range(PAGE_TRIES):

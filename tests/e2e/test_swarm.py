@@ -19,7 +19,9 @@ import pytest
 
 from .conftest import CHECKOUT, ROOT, free_ports, kv_command, run
 
-pytestmark = pytest.mark.e2e
+# The module fixture builds the image (minutes on a loaded machine when not cached) and
+# waits up to READY_TIMEOUT for the stack: more than the default 300 s test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 NODES = ("n1", "n2", "n3")
 READY_TIMEOUT = 240.0

@@ -3,9 +3,11 @@
 Three nodes take writes of new keys at QUORUM from a client that records every
 acknowledgement. While the load runs:
 1. n4 starts with `--join`, streams the ranges it will own, and turns NORMAL;
-2. `kv node decommission n2` streams n2's ranges to their next owners, and n2 leaves.
+2. `kv node decommission n2` streams n2's ranges to their next owners, and n2 leaves;
+3. n3 dies for good (SIGKILL): n5 joins, and `kv node remove n3` copies n3's ranges
+   from the surviving replicas to their next owners (replacing a dead node).
 
-Then every acknowledged write is read at ALL from its final owners (n1, n3, n4), and
+Then every acknowledged write is read at ALL from its final owners (n1, n4, n5), and
 `kv ring` shows the three of them sharing the ring evenly. Background anti-entropy is
 off, so what moved, moved by streaming and pending writes. The measurements are printed:
 keys and bytes streamed, seconds per move, and the p99 of the foreground writes before
@@ -118,19 +120,40 @@ def test_join_then_decommission_under_quorum_load_loses_nothing(tmp_path):
         assert r.returncode == 0, r.stderr + cluster.log_tail("n2")
         leave = json.loads(r.stdout)
         assert leave["state"] == "done" and leave["keys"] > 0
+        cluster.kill("n2")
+
+        # 3. n3 dies for good: n5 joins in its place and n3 is removed (its ranges are
+        #    copied from the survivors)
+        port = free_ports(1)[0]
+        cluster.nodes.append(NodeProcess(id="n5", address=f"127.0.0.1:{port}",
+                                         data_dir=str(tmp_path / "data" / "n5"),
+                                         log=str(tmp_path / "data" / "n5" / "node.log")))
+        cluster.start_node("n5", ["--join", cluster.node("n1").address])
+        assert wait_move(cluster.node("n5").address, "join")["state"] == "done"
+        cluster.kill("n3")
+        t = time.monotonic()
+        deadline = time.monotonic() + 60
+        while True:  # the removal is refused until the failure detector says n3 is down
+            r = kv([cluster.node("n1").address], "node", "remove", "n3", "--json")
+            if r.returncode == 0 or "is up" not in r.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        remove_s = time.monotonic() - t
+        assert r.returncode == 0, r.stderr + cluster.log_tail("n1")
+        removal = json.loads(r.stdout)
+        assert removal["state"] == "done" and removal["keys"] > 0
         during = (before[1], time.monotonic())
         time.sleep(1.5)  # writes in flight finish; gossip spreads LEFT
         load.stop.set()
         load.thread.join(timeout=30)
-        cluster.kill("n2")
 
-        final = [cluster.node(n).address for n in ("n1", "n3", "n4")]
+        final = [cluster.node(n).address for n in ("n1", "n4", "n5")]
         time.sleep(1.0)
         r = kv(final, "ring", "--json")
         assert r.returncode == 0, r.stderr
         ring = json.loads(r.stdout)
         on_ring = sorted(m["id"] for m in ring["members"] if m["status"] == "NORMAL")
-        assert on_ring == ["n1", "n3", "n4"], ring
+        assert on_ring == ["n1", "n4", "n5"], ring
         assert ring["balance"] <= 1.3, ring
 
         async def read_all() -> list[str]:
@@ -150,6 +173,8 @@ def test_join_then_decommission_under_quorum_load_loses_nothing(tmp_path):
         missing = asyncio.run(read_all())
         assert not missing, f"{len(missing)} acknowledged writes missing at ALL: {missing[:10]}"
         stored = json.loads(kv([cluster.node("n4").address], "info", "--json").stdout)
+        print(f"\n[membership] removal of n3 (killed): {removal['keys']} keys, "
+              f"{removal['bytes']} bytes re-replicated in {remove_s:.1f}s")
         print(f"\n[membership] {len(load.acked)} writes acknowledged ({load.errors} errors); "
               f"join of n4: {join['keys']} keys, {join['bytes']} bytes streamed in {join_s:.1f}s "
               f"(n4 stores {stored['keys_stored']} keys after); decommission of n2: "
