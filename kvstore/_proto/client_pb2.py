@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from kvstore._proto import common_pb2 as kvstore_dot___proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkvstore/_proto/client.proto\x12\x07kvstore\x1a\x1bkvstore/_proto/common.proto\"<\n\x06Quorum\x12#\n\x05level\x18\x01 \x01(\x0e\x32\x14.kvstore.Consistency\x12\r\n\x05\x63ount\x18\x02 \x01(\r\":\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x1f\n\x06quorum\x18\x02 \x01(\x0b\x32\x0f.kvstore.Quorum\"\x99\x01\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\x1f\n\x06quorum\x18\x04 \x01(\x0b\x32\x0f.kvstore.Quorum\x12\x0e\n\x06strict\x18\x05 \x01(\x08\x12\x0e\n\x06sloppy\x18\x06 \x01(\x08\x12\x1d\n\x05\x66\x65nce\x18\x07 \x01(\x0b\x32\x0e.kvstore.Fence\"\x8d\x01\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\x12\x1f\n\x06quorum\x18\x03 \x01(\x0b\x32\x0f.kvstore.Quorum\x12\x0e\n\x06strict\x18\x04 \x01(\x08\x12\x0e\n\x06sloppy\x18\x05 \x01(\x08\x12\x1d\n\x05\x66\x65nce\x18\x06 \x01(\x0b\x32\x0e.kvstore.Fence\"\xaa\x01\n\rClientRequest\x12\"\n\x03get\x18\x01 \x01(\x0b\x32\x13.kvstore.GetRequestH\x00\x12\"\n\x03put\x18\x02 \x01(\x0b\x32\x13.kvstore.PutRequestH\x00\x12(\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x16.kvstore.DeleteRequestH\x00\x12\r\n\x05trace\x18\n \x01(\x08\x12\x12\n\ntimeout_ms\x18\x0b \x01(\rB\x04\n\x02op\"\xb2\x01\n\x0cReplicaTrace\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\"\n\x08versions\x18\x05 \x03(\x0b\x32\x10.kvstore.Version\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\r\n\x05local\x18\x07 \x01(\x08\x12\x10\n\x08hint_for\x18\x08 \x01(\t\x12\x0f\n\x07\x63ounted\x18\t \x01(\x08\"*\n\nTraceEvent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x01\x12\r\n\x05\x65vent\x18\x02 \x01(\t\"\xbd\x01\n\x05Trace\x12\x13\n\x0b\x63oordinator\x18\x01 \x01(\t\x12\x17\n\x0fpreference_list\x18\x02 \x03(\t\x12\'\n\x08replicas\x18\x03 \x03(\x0b\x32\x15.kvstore.ReplicaTrace\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.kvstore.TraceEvent\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x10\n\x08required\x18\x06 \x01(\r\x12\x14\n\x0c\x66orwarded_to\x18\x07 \x01(\t\"O\n\tGetResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\"\n\x08siblings\x18\x02 \x03(\x0b\x32\x10.kvstore.Version\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\"R\n\tPutResult\x12 \n\x06stored\x18\x01 \x03(\x0b\x32\x10.kvstore.Version\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\x12\x12\n\nconcurrent\x18\x03 \x01(\r\"\x9d\x01\n\x0b\x43lientReply\x12!\n\x03get\x18\x01 \x01(\x0b\x32\x12.kvstore.GetResultH\x00\x12!\n\x03put\x18\x02 \x01(\x0b\x32\x12.kvstore.PutResultH\x00\x12\x1f\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.kvstore.ErrorH\x00\x12\x1d\n\x05trace\x18\n \x01(\x0b\x32\x0e.kvstore.TraceB\x08\n\x06result\"7\n\x0b\x43lientBatch\x12(\n\x08requests\x18\x01 \x03(\x0b\x32\x16.kvstore.ClientRequest\"9\n\x10\x43lientBatchReply\x12%\n\x07replies\x18\x01 \x03(\x0b\x32\x14.kvstore.ClientReply\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1c\n\tPingReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c*e\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x07\n\x03ONE\x10\x01\x12\x07\n\x03TWO\x10\x02\x12\t\n\x05THREE\x10\x03\x12\n\n\x06QUORUM\x10\x04\x12\x07\n\x03\x41LL\x10\x05\x12\x07\n\x03\x41NY\x10\x06\x32r\n\x02KV\x12:\n\x07\x45xecute\x12\x14.kvstore.ClientBatch\x1a\x19.kvstore.ClientBatchReply\x12\x30\n\x04Ping\x12\x14.kvstore.PingRequest\x1a\x12.kvstore.PingReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkvstore/_proto/client.proto\x12\x07kvstore\x1a\x1bkvstore/_proto/common.proto\"<\n\x06Quorum\x12#\n\x05level\x18\x01 \x01(\x0e\x32\x14.kvstore.Consistency\x12\r\n\x05\x63ount\x18\x02 \x01(\r\":\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x1f\n\x06quorum\x18\x02 \x01(\x0b\x32\x0f.kvstore.Quorum\"\x99\x01\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\x1f\n\x06quorum\x18\x04 \x01(\x0b\x32\x0f.kvstore.Quorum\x12\x0e\n\x06strict\x18\x05 \x01(\x08\x12\x0e\n\x06sloppy\x18\x06 \x01(\x08\x12\x1d\n\x05\x66\x65nce\x18\x07 \x01(\x0b\x32\x0e.kvstore.Fence\"\x8d\x01\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\x12\x1f\n\x06quorum\x18\x03 \x01(\x0b\x32\x0f.kvstore.Quorum\x12\x0e\n\x06strict\x18\x04 \x01(\x08\x12\x0e\n\x06sloppy\x18\x05 \x01(\x08\x12\x1d\n\x05\x66\x65nce\x18\x06 \x01(\x0b\x32\x0e.kvstore.Fence\"\xbe\x01\n\rClientRequest\x12\"\n\x03get\x18\x01 \x01(\x0b\x32\x13.kvstore.GetRequestH\x00\x12\"\n\x03put\x18\x02 \x01(\x0b\x32\x13.kvstore.PutRequestH\x00\x12(\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x16.kvstore.DeleteRequestH\x00\x12\r\n\x05trace\x18\n \x01(\x08\x12\x12\n\ntimeout_ms\x18\x0b \x01(\r\x12\x12\n\nrequest_id\x18\x0c \x01(\tB\x04\n\x02op\"\xb2\x01\n\x0cReplicaTrace\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\"\n\x08versions\x18\x05 \x03(\x0b\x32\x10.kvstore.Version\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\r\n\x05local\x18\x07 \x01(\x08\x12\x10\n\x08hint_for\x18\x08 \x01(\t\x12\x0f\n\x07\x63ounted\x18\t \x01(\x08\"*\n\nTraceEvent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x01\x12\r\n\x05\x65vent\x18\x02 \x01(\t\"\xd1\x01\n\x05Trace\x12\x13\n\x0b\x63oordinator\x18\x01 \x01(\t\x12\x17\n\x0fpreference_list\x18\x02 \x03(\t\x12\'\n\x08replicas\x18\x03 \x03(\x0b\x32\x15.kvstore.ReplicaTrace\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.kvstore.TraceEvent\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x10\n\x08required\x18\x06 \x01(\r\x12\x14\n\x0c\x66orwarded_to\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"O\n\tGetResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\"\n\x08siblings\x18\x02 \x03(\x0b\x32\x10.kvstore.Version\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\"R\n\tPutResult\x12 \n\x06stored\x18\x01 \x03(\x0b\x32\x10.kvstore.Version\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\x12\x12\n\nconcurrent\x18\x03 \x01(\r\"\x9d\x01\n\x0b\x43lientReply\x12!\n\x03get\x18\x01 \x01(\x0b\x32\x12.kvstore.GetResultH\x00\x12!\n\x03put\x18\x02 \x01(\x0b\x32\x12.kvstore.PutResultH\x00\x12\x1f\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.kvstore.ErrorH\x00\x12\x1d\n\x05trace\x18\n \x01(\x0b\x32\x0e.kvstore.TraceB\x08\n\x06result\"7\n\x0b\x43lientBatch\x12(\n\x08requests\x18\x01 \x03(\x0b\x32\x16.kvstore.ClientRequest\"9\n\x10\x43lientBatchReply\x12%\n\x07replies\x18\x01 \x03(\x0b\x32\x14.kvstore.ClientReply\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1c\n\tPingReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c*e\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x07\n\x03ONE\x10\x01\x12\x07\n\x03TWO\x10\x02\x12\t\n\x05THREE\x10\x03\x12\n\n\x06QUORUM\x10\x04\x12\x07\n\x03\x41LL\x10\x05\x12\x07\n\x03\x41NY\x10\x06\x32r\n\x02KV\x12:\n\x07\x45xecute\x12\x14.kvstore.ClientBatch\x1a\x19.kvstore.ClientBatchReply\x12\x30\n\x04Ping\x12\x14.kvstore.PingRequest\x1a\x12.kvstore.PingReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore._proto.client_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=1584
-  _globals['_CONSISTENCY']._serialized_end=1685
+  _globals['_CONSISTENCY']._serialized_start=1624
+  _globals['_CONSISTENCY']._serialized_end=1725
   _globals['_QUORUM']._serialized_start=69
   _globals['_QUORUM']._serialized_end=129
   _globals['_GETREQUEST']._serialized_start=131
@@ -43,27 +43,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEREQUEST']._serialized_start=348
   _globals['_DELETEREQUEST']._serialized_end=489
   _globals['_CLIENTREQUEST']._serialized_start=492
-  _globals['_CLIENTREQUEST']._serialized_end=662
-  _globals['_REPLICATRACE']._serialized_start=665
-  _globals['_REPLICATRACE']._serialized_end=843
-  _globals['_TRACEEVENT']._serialized_start=845
-  _globals['_TRACEEVENT']._serialized_end=887
-  _globals['_TRACE']._serialized_start=890
-  _globals['_TRACE']._serialized_end=1079
-  _globals['_GETRESULT']._serialized_start=1081
-  _globals['_GETRESULT']._serialized_end=1160
-  _globals['_PUTRESULT']._serialized_start=1162
-  _globals['_PUTRESULT']._serialized_end=1244
-  _globals['_CLIENTREPLY']._serialized_start=1247
-  _globals['_CLIENTREPLY']._serialized_end=1404
-  _globals['_CLIENTBATCH']._serialized_start=1406
-  _globals['_CLIENTBATCH']._serialized_end=1461
-  _globals['_CLIENTBATCHREPLY']._serialized_start=1463
-  _globals['_CLIENTBATCHREPLY']._serialized_end=1520
-  _globals['_PINGREQUEST']._serialized_start=1522
-  _globals['_PINGREQUEST']._serialized_end=1552
-  _globals['_PINGREPLY']._serialized_start=1554
-  _globals['_PINGREPLY']._serialized_end=1582
-  _globals['_KV']._serialized_start=1687
-  _globals['_KV']._serialized_end=1801
+  _globals['_CLIENTREQUEST']._serialized_end=682
+  _globals['_REPLICATRACE']._serialized_start=685
+  _globals['_REPLICATRACE']._serialized_end=863
+  _globals['_TRACEEVENT']._serialized_start=865
+  _globals['_TRACEEVENT']._serialized_end=907
+  _globals['_TRACE']._serialized_start=910
+  _globals['_TRACE']._serialized_end=1119
+  _globals['_GETRESULT']._serialized_start=1121
+  _globals['_GETRESULT']._serialized_end=1200
+  _globals['_PUTRESULT']._serialized_start=1202
+  _globals['_PUTRESULT']._serialized_end=1284
+  _globals['_CLIENTREPLY']._serialized_start=1287
+  _globals['_CLIENTREPLY']._serialized_end=1444
+  _globals['_CLIENTBATCH']._serialized_start=1446
+  _globals['_CLIENTBATCH']._serialized_end=1501
+  _globals['_CLIENTBATCHREPLY']._serialized_start=1503
+  _globals['_CLIENTBATCHREPLY']._serialized_end=1560
+  _globals['_PINGREQUEST']._serialized_start=1562
+  _globals['_PINGREQUEST']._serialized_end=1592
+  _globals['_PINGREPLY']._serialized_start=1594
+  _globals['_PINGREPLY']._serialized_end=1622
+  _globals['_KV']._serialized_start=1727
+  _globals['_KV']._serialized_end=1841
 # @@protoc_insertion_point(module_scope)

@@ -76,18 +76,20 @@ class DeleteRequest(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., context: _Optional[bytes] = ..., quorum: _Optional[_Union[Quorum, _Mapping]] = ..., strict: _Optional[bool] = ..., sloppy: _Optional[bool] = ..., fence: _Optional[_Union[_common_pb2.Fence, _Mapping]] = ...) -> None: ...
 
 class ClientRequest(_message.Message):
-    __slots__ = ("get", "put", "delete", "trace", "timeout_ms")
+    __slots__ = ("get", "put", "delete", "trace", "timeout_ms", "request_id")
     GET_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     get: GetRequest
     put: PutRequest
     delete: DeleteRequest
     trace: bool
     timeout_ms: int
-    def __init__(self, get: _Optional[_Union[GetRequest, _Mapping]] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., trace: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, get: _Optional[_Union[GetRequest, _Mapping]] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., trace: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ReplicaTrace(_message.Message):
     __slots__ = ("node", "address", "ok", "latency_ms", "versions", "error", "local", "hint_for", "counted")
@@ -120,7 +122,7 @@ class TraceEvent(_message.Message):
     def __init__(self, at_ms: _Optional[float] = ..., event: _Optional[str] = ...) -> None: ...
 
 class Trace(_message.Message):
-    __slots__ = ("coordinator", "preference_list", "replicas", "events", "total_ms", "required", "forwarded_to")
+    __slots__ = ("coordinator", "preference_list", "replicas", "events", "total_ms", "required", "forwarded_to", "request_id")
     COORDINATOR_FIELD_NUMBER: _ClassVar[int]
     PREFERENCE_LIST_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +130,7 @@ class Trace(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_TO_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     coordinator: str
     preference_list: _containers.RepeatedScalarFieldContainer[str]
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaTrace]
@@ -135,7 +138,8 @@ class Trace(_message.Message):
     total_ms: float
     required: int
     forwarded_to: str
-    def __init__(self, coordinator: _Optional[str] = ..., preference_list: _Optional[_Iterable[str]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaTrace, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[TraceEvent, _Mapping]]] = ..., total_ms: _Optional[float] = ..., required: _Optional[int] = ..., forwarded_to: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, coordinator: _Optional[str] = ..., preference_list: _Optional[_Iterable[str]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaTrace, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[TraceEvent, _Mapping]]] = ..., total_ms: _Optional[float] = ..., required: _Optional[int] = ..., forwarded_to: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetResult(_message.Message):
     __slots__ = ("found", "siblings", "context")

@@ -103,7 +103,7 @@ class StreamPage(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[StreamEntry, _Mapping]]] = ..., done: _Optional[bool] = ..., crc: _Optional[int] = ..., corrupt: _Optional[_Iterable[bytes]] = ..., has_resume: _Optional[bool] = ..., resume_token: _Optional[int] = ..., resume_key: _Optional[bytes] = ...) -> None: ...
 
 class PeerMessage(_message.Message):
-    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy", "meta", "stream")
+    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy", "meta", "stream", "request_id")
     READ_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class PeerMessage(_message.Message):
     ANTIENTROPY_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     read: ReplicaRead
     write: ReplicaWrite
     forward: Forward
@@ -124,7 +125,8 @@ class PeerMessage(_message.Message):
     antientropy: AntiEntropyStep
     meta: _meta_pb2.MetaRequest
     stream: StreamRead
-    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaRequest, _Mapping]] = ..., stream: _Optional[_Union[StreamRead, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaRequest, _Mapping]] = ..., stream: _Optional[_Union[StreamRead, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PeerResult(_message.Message):
     __slots__ = ("state", "reply", "hello", "raw", "error", "meta", "page", "found")

@@ -120,8 +120,10 @@ def fault_table(results: dict[str, Any]) -> Table | None:
     levels = [lv for lv in results["levels"] if lv.get("fault")]
     if not levels:
         return None
-    table = Table(title="fault: one node SIGKILLed at 1/3 of the run, restarted at 2/3",
-                  title_justify="left")
+    kind = levels[0]["fault"].get("kind", "kill")
+    title = ("fault: one node SIGKILLed at 1/3 of the run, restarted at 2/3" if kind == "kill"
+             else f"fault: {kind} on one node's links from 1/3 of the run, healed at 2/3")
+    table = Table(title=title, title_justify="left")
     for col in ("level", "node", "kill at s", "restart at s", "errors after kill",
                 "errors stop after s", "stale reads after kill", "baseline p99 ms",
                 "spike p99 ms", "min ops/s", "recovered after s"):

@@ -55,6 +55,7 @@ RESULTS_SCHEMA = 1
 # granularity), which would quantize latencies and blur the order of an ack and a read.
 now = time.perf_counter
 PROBE_KEYS = 16
+FAULT_KINDS = ("kill", "partition", "delay", "drop")
 RECOVERED_SHARE = 2 / 3  # of the pre-fault throughput, averaged to the end of the run
 PROBE_DELAYS_S = (0.0, 0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
@@ -83,6 +84,9 @@ class BenchConfig:
     sync: str = "full"
     fault: bool = False
     fault_node: str | None = None  # default: the last node
+    # kill: SIGKILL and restart (local clusters); partition | delay | drop: through the
+    # nodes' chaos API (any cluster whose nodes run with --chaos), from 1/3 to 2/3 of a run
+    fault_kind: str = "kill"
     probes: int = 2  # staleness probe workers per level (write, wait, read); 0: none
     interval_s: float = 1.0
     timeout_s: float = 5.0
@@ -105,8 +109,12 @@ class BenchConfig:
             raise ValueError("rate must be positive")
         if self.duration_s <= 0:
             raise ValueError("duration must be positive")
-        if self.fault and not self.local_nodes:
-            raise ValueError("--fault needs a cluster the harness owns: use --local N")
+        if self.fault_kind not in FAULT_KINDS:
+            raise ValueError(f"fault must be one of {', '.join(FAULT_KINDS)}")
+        if self.fault and self.fault_kind == "kill" and not self.local_nodes:
+            raise ValueError("--fault kill needs a cluster the harness owns: use --local N "
+                             "(partition, delay and drop work on any cluster run with "
+                             "--chaos)")
         if not self.local_nodes and not self.endpoints:
             raise ValueError("give endpoints, or --local N to start a local cluster")
 
@@ -426,7 +434,10 @@ class Bench:
             rec.success(op, done - intended, done - origin, service)
 
     async def _fault(self, measure_start: float, duration_s: float) -> dict[str, Any]:
-        """Kill a node a third of the way in, restart it at two thirds; when things happened."""
+        """Kill a node a third of the way in, restart it at two thirds; when things happened.
+        Network faults (partition, delay, drop) go through the nodes' chaos API instead."""
+        if self.config.fault_kind != "kill":
+            return await self._chaos_fault(measure_start, duration_s)
         assert self.cluster is not None
         node = self.config.fault_node or self.cluster.nodes[-1].id
         events: dict[str, Any] = {"node": node}
@@ -446,6 +457,58 @@ class Bench:
         if self.progress:
             self.progress.note(f"fault: {node} restarted, serving again at "
                                f"{events.get('healthy_s', float('nan')):.1f} s")
+        return events
+
+    async def _chaos_fault(self, measure_start: float, duration_s: float) -> dict[str, Any]:
+        """A network fault on one node's links from 1/3 to 2/3 of the run (it also expires
+        by itself shortly after, should the heal be lost). Keys kill_s / restart_s mark its
+        start and end, as for a kill."""
+        import grpc
+
+        from kvstore._proto import chaos_pb2, chaos_pb2_grpc
+
+        kind = self.config.fault_kind
+        info = await self.client.info()
+        members = {m.id: m.address for m in info.members}
+        node = self.config.fault_node or sorted(members)[-1]
+        if node not in members:
+            raise ValueError(f"fault node {node!r} is not a member ({sorted(members)})")
+        others = [m for m in members if m != node]
+        params = {"delay": {"delay_ms": 200.0, "jitter_ms": 50.0},
+                  "drop": {"rate": 0.3}}.get(kind, {})
+        expiry = duration_s / 3 + 5.0
+        plan = {node: chaos_pb2.FaultRequest(kind=kind, peers=others, duration_s=expiry,
+                                             note=f"kv bench --fault {kind}", **params)}
+        plan.update({m: chaos_pb2.FaultRequest(kind=kind, peers=[node], duration_s=expiry,
+                                               note=f"kv bench --fault {kind}", **params)
+                     for m in others})
+        events: dict[str, Any] = {"node": node, "kind": kind, **params}
+
+        async def each(method: str, requests: dict[str, Any]) -> list[str]:
+            errors = []
+            for member, request in requests.items():
+                async with grpc.aio.insecure_channel(members[member]) as channel:
+                    try:
+                        await getattr(chaos_pb2_grpc.ChaosStub(channel), method)(
+                            request, timeout=5)
+                    except grpc.aio.AioRpcError as exc:
+                        errors.append(f"{member}: {exc.code().name}: {exc.details()}")
+            return errors
+
+        await asyncio.sleep(max(0.0, measure_start + duration_s / 3 - now()))
+        events["kill_s"] = now() - measure_start
+        errors = await each("Inject", plan)
+        if errors:
+            events["fault_errors"] = errors
+        if self.progress:
+            self.progress.note(f"fault: {kind} on {node}'s links"
+                               + (f" (refused: {errors[0]})" if errors else ""))
+        await asyncio.sleep(max(0.0, measure_start + 2 * duration_s / 3 - now()))
+        events["restart_s"] = now() - measure_start
+        await each("Heal", {m: chaos_pb2.HealRequest() for m in members})
+        events["healthy_s"] = now() - measure_start
+        if self.progress:
+            self.progress.note(f"fault: healed at {events['restart_s']:.1f} s")
         return events
 
     # -- the whole session -----------------------------------------------------------
@@ -629,7 +692,8 @@ def run(config: BenchConfig, *, progress: Progress | None = None) -> dict[str, A
                                    ports=free_ports(config.local_nodes),
                                    replication_factor=min(config.replication_factor,
                                                           config.local_nodes),
-                                   extra_args=["--sync", config.sync])
+                                   extra_args=["--sync", config.sync],
+                                   chaos=config.fault and config.fault_kind != "kill")
             if progress:
                 progress.note(f"starting a local cluster of {config.local_nodes} nodes "
                               f"(sync={config.sync}) in {root}")

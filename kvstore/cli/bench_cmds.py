@@ -66,9 +66,13 @@ def _levels(ctx, param, value):
               help="Start a private local cluster of N nodes in a temp dir (stopped after).")
 @click.option("--sync", type=click.Choice(["full", "normal", "off"]), default="full",
               show_default=True, help="Durability of the --local nodes.")
-@click.option("--fault", is_flag=True,
-              help="With --local: SIGKILL a node at 1/3 of each run, restart it at 2/3, and "
-                   "report errors, latency spike and recovery per level.")
+@click.option("--fault", "fault_kind", is_flag=False, flag_value="kill", default=None,
+              type=click.Choice(["kill", "partition", "delay", "drop"]),
+              help="A fault from 1/3 to 2/3 of each run, with errors, latency spike and "
+                   "recovery per level: kill (the default; with --local: SIGKILL the last "
+                   "node, restart it), or partition / delay (200±50 ms) / drop (30%) on the "
+                   "last node's links through the chaos API (--local, or nodes run with "
+                   "--chaos, e.g. a compose cluster with KV_CHAOS=1).")
 @click.option("--probes", type=click.IntRange(min=0), default=2, show_default=True,
               help="Staleness probe workers per level: write a key, wait 0-50 ms, read it "
                    "back (PBS curve); their operations are not in the workload figures.")
@@ -85,7 +89,7 @@ def _levels(ctx, param, value):
 def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels: list[str],
           duration: float, warmup: float, concurrency: int, records: int, value_size: int,
           distribution: str, rate: float | None, no_load: bool, no_ceiling: bool,
-          ceiling_duration: float | None, local_nodes: int, sync: str, fault: bool,
+          ceiling_duration: float | None, local_nodes: int, sync: str, fault_kind: str | None,
           probes: int, seed: int, interval: float, out_dir: Path | None, as_json: bool,
           no_live: bool, uvloop: bool) -> None:
     """Measure throughput, latency and staleness per consistency level.
@@ -94,6 +98,7 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
     kv bench --local 3 --workload a --consistency ONE,QUORUM,ALL --duration 30s --out out/
     kv bench --endpoints 127.0.0.1:7001,127.0.0.1:7002 -w b --distribution zipfian
     kv bench --local 3 --fault --duration 30s      # a node dies mid-run
+    kv bench --local 3 --fault partition -c QUORUM # one node cut off from 1/3 to 2/3
     """
     try:  # the engine needs the bench extras; `kv` itself must work without them
         from kvstore.bench import report
@@ -114,7 +119,8 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
         endpoints=endpoints, workload=workload.lower(), levels=levels, duration_s=duration,
         warmup_s=warmup, concurrency=concurrency, records=records, value_size=value_size,
         distribution=distribution, rate=rate, load=not no_load, ceiling=not no_ceiling,
-        ceiling_duration_s=ceiling_duration, local_nodes=local_nodes, sync=sync, fault=fault,
+        ceiling_duration_s=ceiling_duration, local_nodes=local_nodes, sync=sync,
+        fault=fault_kind is not None, fault_kind=fault_kind or "kill",
         probes=probes, seed=seed, interval_s=interval or 1.0,
         timeout_s=getattr(ctx.obj, "timeout", 5.0), uvloop=uvloop)
     try:

@@ -39,8 +39,15 @@ def cluster() -> None:
                    "(with the same --data-dir).")
 @click.option("--json", "as_json", is_flag=True,
               help="With --detach: print the nodes as one JSON object instead of a table.")
+@click.option("--metrics-base-port", default=None, type=click.IntRange(0, 65000),
+              help="Node i serves /metrics and the dashboard on this port + i - 1; 0: off. "
+                   "Default: --base-port + 2100 (9101 for 7001), skipped with a warning "
+                   "when those ports are taken.")
+@click.option("--chaos/--no-chaos", default=True, show_default=True,
+              help="Start the nodes with the chaos admin API on (kv chaos).")
 def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor: int,
-       raft_voters: str | None, raft_join: str, detach: bool, as_json: bool) -> None:
+       raft_voters: str | None, raft_join: str, detach: bool, as_json: bool,
+       metrics_base_port: int | None = None, chaos: bool = True) -> None:
     """Start NODES node processes and wait until all are healthy.
 
     In the foreground (default) Ctrl-C stops the cluster cleanly; data is kept.
@@ -82,9 +89,24 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
     if joining and new:
         raise click.BadParameter("this creates a new cluster; --raft-join brings a node back "
                                  "into an existing one", param_hint="--raft-join")
+    asked = metrics_base_port is not None
+    if metrics_base_port is None:
+        metrics_base_port = base_port + 2100 if base_port + 2100 + nodes <= 65535 else 0
+    taken = [port for port in range(metrics_base_port, metrics_base_port + nodes)
+             if metrics_base_port and not _port_free(host, port)]
+    if taken and asked:
+        raise click.ClickException(f"metrics ports {', '.join(map(str, taken))} are in use; "
+                                   "choose another --metrics-base-port (0: no metrics)")
+    if taken:
+        console.print(f"[yellow]metrics ports {', '.join(map(str, taken))} are in use: the "
+                      "nodes run without /metrics and the dashboard (--metrics-base-port "
+                      "to choose others)[/yellow]")
+        metrics_base_port = 0
     local = LocalCluster(data_dir, nodes=nodes, host=host, base_port=base_port,
                          replication_factor=rf, extra_args=extra,
-                         raft_bootstrap=new and bool(raft_voters))
+                         raft_bootstrap=new and bool(raft_voters), chaos=chaos,
+                         metrics_ports=[metrics_base_port + i for i in range(nodes)]
+                         if metrics_base_port else None)
     down_cmd = _down_command(data_dir)
     # From here on, Ctrl-C (SIGINT) or SIGTERM (`kv cluster down` from another terminal
     # signals the recorded supervisor) stops every node this command started and removes
@@ -117,7 +139,8 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
         sys.exit(130)
     if as_json:
         click.echo(json.dumps({"nodes": [{"id": n.id, "address": n.address, "pid": n.pid,
-                                          "data_dir": n.data_dir, "log": n.log}
+                                          "data_dir": n.data_dir, "log": n.log,
+                                          "metrics_port": n.metrics_port}
                                          for n in local.nodes],
                                "endpoints": local.endpoints(), "stop": down_cmd}))
         return
@@ -152,14 +175,30 @@ def _down_command(data_dir: Path) -> str:
     return "kv cluster down" + _data_dir_arg(data_dir)
 
 
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _show(local, rf: int) -> None:
     from kvstore.cli import output
 
-    table = output.table("node", "listens on", "data", "log", "pid",
+    table = output.table("node", "listens on", "metrics", "data", "log", "pid",
                          title=f"kvstore cluster: {len(local.nodes)} nodes, N={rf}")
     for n in local.nodes:
-        table.add_row(n.id, n.address, n.data_dir, n.log, str(n.pid))
+        metrics = f":{n.metrics_port}" if n.metrics_port else "-"
+        table.add_row(n.id, n.address, metrics, n.data_dir, n.log, str(n.pid))
     console.print(table)
+    if local.nodes[0].metrics_port:
+        first = local.nodes[0]
+        console.print(f"Dashboard: http://{first.address.rpartition(':')[0]}:"
+                      f"{first.metrics_port}/   (kv dashboard)")
     endpoints = ",".join(local.endpoints())
     if local.data_root == Path("data"):
         console.print("Try: kv put user:1 alice --consistency QUORUM")

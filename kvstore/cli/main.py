@@ -376,14 +376,22 @@ def info(s: Settings, as_json: bool, endpoint: str | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
-              help='Print {"members": [{"id", "address", "status", "up", "phi", "ownership", '
-                   '"hints_pending"}]}.')
+              help='Print {"node", "members": [{"id", "up", "up_by", "down_by", "phi", '
+                   '"hints_pending", "hint_eta_s", "repair_age_s", "clock_offset_ms", ...}], '
+                   '"raft"} (with --node: that node\'s view only, as before).')
 @click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
               help="The node whose view to show (default: the first of --endpoints that "
                    "answers).")
 @click.pass_obj
 def status(s: Settings, as_json: bool, endpoint: str | None) -> None:
-    """Every member as one node sees it: address, status, up/down, phi, ownership, hints."""
+    """The cluster as its members see it: up/down and phi, hint backlog and ETA, repair
+    debt, Raft leader and follower lag, clock offsets."""
+    if endpoint is None:
+        from kvstore.cli.observe_cmds import cluster_status, print_cluster_status
+
+        data = cluster_status(s, None)
+        output.print_json(data) if as_json else print_cluster_status(data)
+        return
     data = output.info_json(s.client().info(endpoint))
     if as_json:
         output.print_json({"node": data["node_id"], "members": data["members"]})
@@ -440,6 +448,12 @@ def _register_groups() -> None:
 
     for group in (meta, lease, lock, elect, raft):
         cli.add_command(group)
+    from kvstore.cli.chaos_cmds import chaos  # issue 14: faults, dashboard, cluster status
+    from kvstore.cli.observe_cmds import dashboard, logs
+
+    cli.add_command(chaos)
+    cli.add_command(dashboard)
+    cli.add_command(logs)
     cli.add_command(__import__("kvstore.cli.ring_cmd", fromlist=["ring"]).ring)
 
 

@@ -86,15 +86,30 @@ def node() -> None:
               help="Mean seconds between background anti-entropy sessions (one peer each); "
                    "0 turns them off (`kv repair` still runs them). "
                    "[env KV_ANTIENTROPY_INTERVAL]")
-@click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=1.0, show_default=True,
-              type=click.FloatRange(0.01, 60), help="Seconds between gossip rounds.")
-@click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=8.0, show_default=True,
+@click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=0.15, show_default=True,
+              type=click.FloatRange(0.01, 60),
+              help="Seconds between gossip rounds (heartbeats). With the default phi "
+                   "threshold a killed peer is marked down in about 2 s "
+                   "(docs/observability.md).")
+@click.option("--phi-threshold", envvar="KV_PHI_THRESHOLD", default=5.0, show_default=True,
               type=click.FloatRange(min=0.1),
-              help="Failure detector: a peer is down when its phi exceeds this.")
+              help="Failure detector: a peer is down when its phi exceeds this (down after "
+                   "about threshold x 2.3 mean heartbeat intervals of silence).")
 @click.option("--read-all-chance", envvar="KV_READ_ALL_CHANCE", default=0.1, show_default=True,
               type=click.FloatRange(0, 1),
               help="Share of reads that ask all N replicas (so background read repair "
                    "reaches them all); the rest ask only R.")
+@click.option("--metrics-port", envvar="KV_METRICS_PORT", default=0, show_default=True,
+              type=click.IntRange(0, 65535),
+              help="Serve Prometheus /metrics and the live dashboard over HTTP on this port "
+                   "(same host as --listen); 0: off. [env KV_METRICS_PORT]")
+@click.option("--chaos", is_flag=True, envvar="KV_CHAOS",
+              help="Accept the chaos admin API (kv chaos partition/delay/drop/heal); refused "
+                   "otherwise. For test clusters only. [env KV_CHAOS]")
+@click.option("--log-format", envvar="KV_LOG_FORMAT", default="json", show_default=True,
+              type=click.Choice(["json", "text"]),
+              help="json: one JSON object a line (ts, level, node, logger, msg, request_id); "
+                   "text: plain lines. [env KV_LOG_FORMAT]")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",
@@ -129,7 +144,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
           raft_join: bool = False, restored: bool = False,
           max_clock_skew: float = 60.0, join: str = "",
-          ring_delay: float | None = None) -> None:
+          ring_delay: float | None = None, metrics_port: int = 0, chaos: bool = False,
+          log_format: str = "json") -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -156,6 +172,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
         raft_bootstrap=raft_bootstrap, raft_join=raft_join,
         raft_snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")),
+        metrics_port=metrics_port, chaos=chaos,
     )
     try:
         config.validate()
@@ -170,7 +187,9 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
     from kvstore.storage import StorageError
 
     try:
-        _run(run_node(config))
+        from kvstore.node import logs
+
+        _run(run_node(config, logs.install(node_id, log_format, log_level.upper())))
     except (RaftStartRefused, MoveRefused, StorageError) as exc:  # one line, exit 1
         raise click.ClickException(str(exc)) from None
 

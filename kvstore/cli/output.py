@@ -103,6 +103,8 @@ def print_trace(trace: dict[str, Any] | None) -> None:
         head += f" → forwarded to {trace['forwarded_to']}"
     head += (f", preference list {', '.join(trace['preference_list'])}, "
              f"needed {trace['required']}, {trace['total_ms']:.2f} ms")
+    if trace.get("request_id"):
+        head += f", request {trace['request_id']} (kv logs --request {trace['request_id']})"
     table = Table(title=head, title_justify="left")
     for col in ("replica", "ok", "counted", "latency ms", "versions (dot clock value)",
                 "error"):

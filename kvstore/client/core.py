@@ -128,6 +128,7 @@ def trace_to_dict(trace: cpb.Trace) -> dict[str, Any]:
     """The documented trace schema (docs/trace.md): names here are a public contract."""
     return {
         "coordinator": trace.coordinator,
+        "request_id": trace.request_id or None,
         "forwarded_to": trace.forwarded_to or None,
         "preference_list": list(trace.preference_list),
         "required": trace.required,
@@ -249,10 +250,13 @@ class AsyncClient:
     # -- high level ------------------------------------------------------------------
     async def get(self, key: bytes | str, *, consistency: str | None = None,
                   r: int | None = None, trace: bool = False,
-                  timeout: float | None = None) -> GetResult:
+                  timeout: float | None = None, request_id: str = "") -> GetResult:
+        """`request_id` names the request in every node's logs (`kv logs --request`);
+        with `trace` and none given, the coordinator makes one (in the trace)."""
         key = as_bytes(key)
         request = cpb.ClientRequest(get=cpb.GetRequest(key=key, quorum=make_quorum(consistency, r)),
-                                    trace=trace, timeout_ms=self._timeout_ms(timeout))
+                                    trace=trace, timeout_ms=self._timeout_ms(timeout),
+                                    request_id=request_id)
         reply = await self.execute(request)
         result = reply.get
         return GetResult(key, result.found, [Version.from_pb(v) for v in result.siblings],
@@ -262,7 +266,8 @@ class AsyncClient:
                   consistency: str | None = None, w: int | None = None, trace: bool = False,
                   timeout: float | None = None, strict: bool = False,
                   sloppy: bool = False,
-                  fence: str | tuple[str, int] | None = None) -> PutResult:
+                  fence: str | tuple[str, int] | None = None,
+                  request_id: str = "") -> PutResult:
         """Write `value`, superseding what `context` (from a get or a put) saw.
 
         `strict` / `sloppy` choose whether hints on fallback nodes count towards W (neither:
@@ -277,20 +282,21 @@ class AsyncClient:
             put=cpb.PutRequest(key=key, value=as_bytes(value), context=context,
                                quorum=make_quorum(consistency, w), strict=strict,
                                sloppy=sloppy, fence=fence_pb),
-            trace=trace, timeout_ms=self._timeout_ms(timeout))
+            trace=trace, timeout_ms=self._timeout_ms(timeout), request_id=request_id)
         return self._put_result(key, await self.execute(request), trace, fence_pb)
 
     async def delete(self, key: bytes | str, *, context: bytes = b"",
                      consistency: str | None = None, w: int | None = None,
                      trace: bool = False, timeout: float | None = None,
                      strict: bool = False, sloppy: bool = False,
-                     fence: str | tuple[str, int] | None = None) -> PutResult:
+                     fence: str | tuple[str, int] | None = None,
+                     request_id: str = "") -> PutResult:
         key = as_bytes(key)
         fence_pb = make_fence(fence)
         request = cpb.ClientRequest(
             delete=cpb.DeleteRequest(key=key, context=context, quorum=make_quorum(consistency, w),
                                      strict=strict, sloppy=sloppy, fence=fence_pb),
-            trace=trace, timeout_ms=self._timeout_ms(timeout))
+            trace=trace, timeout_ms=self._timeout_ms(timeout), request_id=request_id)
         return self._put_result(key, await self.execute(request), trace, fence_pb)
 
     @staticmethod

@@ -136,6 +136,17 @@ class PhiAccrualDetector:
                 out.append((node_id, up))
         return out
 
+    def forgive(self, seconds: float, now: float) -> None:
+        """This process itself was stalled for `seconds` (SIGSTOPped, starved of CPU): the
+        silence it could not observe is not evidence against its peers (Lifeguard's "local
+        health"). Every peer's last arrival moves forward by that much (never past `now`),
+        so a node that resumes does not declare everyone down before it has read their
+        news; a peer really dead is detected that much later."""
+        if seconds <= 0:
+            return
+        for cur in self._peers.values():
+            cur.last = min(now, cur.last + seconds)
+
     def down_after(self, node_id: str) -> float | None:
         """Seconds of silence after the last arrival at which the peer will be declared
         down (threshold * ln 10 * mean), or None if unknown."""

@@ -39,6 +39,8 @@ class NodeConfig:
     raft_join: bool = False           # no raft state: join as a non-voting member, wait to be added
     raft_snapshot_every: int = 1000
     phi_threshold: float = 8.0
+    metrics_port: int = 0             # HTTP port for /metrics and the dashboard; 0: none
+    chaos: bool = False               # accept the chaos admin API (kv chaos) (--chaos)
     join: bool = False                # a new node: stream the ranges it will own first (--join)
     ring_delay: float | None = None   # wait after announcing a move; None: 2 gossip + 1 timeout
     verify_moves: bool = True         # a Merkle comparison with the sources after a join

@@ -27,13 +27,15 @@ class NodeProcess:
     data_dir: str
     log: str
     pid: int = 0
+    metrics_port: int = 0   # HTTP /metrics and dashboard (0: none)
 
 
 class LocalCluster:
     def __init__(self, data_root: Path, *, nodes: int = 3, host: str = "127.0.0.1",
                  base_port: int = 7001, replication_factor: int = 3,
                  extra_args: list[str] | None = None, ports: list[int] | None = None,
-                 raft_bootstrap: bool = False) -> None:
+                 raft_bootstrap: bool = False, metrics_ports: list[int] | None = None,
+                 chaos: bool = False) -> None:
         """`raft_bootstrap`: the cluster is being created now; each node gets
         --raft-bootstrap on its first start here (a restart never does: a voter that lost
         its raft state must refuse, see docs/raft.md)."""
@@ -45,6 +47,9 @@ class LocalCluster:
                         log=str(self.data_root / f"n{i + 1}" / "node.log"))
             for i, port in enumerate(ports)
         ]
+        for node, metrics_port in zip(self.nodes, metrics_ports or [], strict=False):
+            node.metrics_port = metrics_port
+        self.chaos = chaos
         self.replication_factor = replication_factor
         self.extra_args = extra_args or []
         self.bootstrap_pending = {n.id for n in self.nodes} if raft_bootstrap else set()
@@ -63,6 +68,10 @@ class LocalCluster:
 
     def command(self, node: NodeProcess, extra: list[str] | None = None) -> list[str]:
         bootstrap = ["--raft-bootstrap"] if node.id in self.bootstrap_pending else []
+        if node.metrics_port:
+            bootstrap += ["--metrics-port", str(node.metrics_port)]
+        if self.chaos:
+            bootstrap.append("--chaos")
         return [
             sys.executable, "-m", "kvstore", "node", "start", "--id", node.id,
             "--listen", node.address, "--seeds", self.seeds(), "--data-dir", node.data_dir,

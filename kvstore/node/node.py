@@ -34,6 +34,7 @@ from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
 from kvstore.storage.raftlog import Files, MemoryFiles, OsFiles
 from kvstore.transport.base import Lane, Transport
+from kvstore.transport.context import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,11 @@ class Node:
 
     async def handle_peer(self, source: str, message: pb.PeerMessage) -> pb.PeerResult:
         kind = message.WhichOneof("body")
+        if message.request_id:  # a named client request: log this step under its id
+            REQUEST_ID.set(message.request_id)  # (each inbound message has its own context)
+            body = getattr(message, kind) if kind else None
+            log.info("%s from %s%s", kind, source,
+                     f" key {body.key!r}" if kind in ("read", "write") else "")
         try:
             if kind == "read":
                 # the stored bytes as they are (a live purge marker included: anti-entropy

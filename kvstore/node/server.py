@@ -19,8 +19,10 @@ from kvstore import __version__
 from kvstore._proto import (
     admin_pb2,
     admin_pb2_grpc,
+    chaos_pb2_grpc,
     client_pb2_grpc,
     meta_pb2_grpc,
+    observe_pb2_grpc,
 )
 from kvstore._proto import (
     client_pb2 as cpb,
@@ -29,6 +31,7 @@ from kvstore.core.errors import KVError
 from kvstore.node.config import NodeConfig
 from kvstore.node.meta_service import MetaServicer
 from kvstore.node.node import Node
+from kvstore.node.observe import ChaosServicer, Observer, ObserveServicer
 from kvstore.services.antientropy import summary_pb
 from kvstore.storage import AsyncStore, open_engine
 from kvstore.transport.grpc_transport import CHANNEL_OPTIONS, GrpcTransport
@@ -37,11 +40,12 @@ log = logging.getLogger(__name__)
 
 
 class KVServicer(client_pb2_grpc.KVServicer):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, observer: Observer) -> None:
         self.node = node
+        self.observer = observer
 
     async def Execute(self, request: cpb.ClientBatch, context) -> cpb.ClientBatchReply:
-        execute = self.node.coordinator.execute
+        execute = self.observer.execute  # the coordinator, timed and counted for /metrics
         if len(request.requests) == 1:
             return cpb.ClientBatchReply(replies=[await execute(request.requests[0])])
         replies = await asyncio.gather(*(execute(r) for r in request.requests))
@@ -149,7 +153,8 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
 class NodeServer:
     """Builds and runs one node process."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, logs=None) -> None:
+        """`logs`: the RequestLogBuffer (node/logs.py) the Logs RPC answers from."""
         config.validate()
         self.config = config
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
@@ -157,7 +162,21 @@ class NodeServer:
         self.store = AsyncStore(open_engine(config.data_dir, config.sync))
         self.node = Node(config, self.transport, self.store)
         self.health = health_aio.HealthServicer()
-        client_pb2_grpc.add_KVServicer_to_server(KVServicer(self.node), self.server)
+        host = config.listen.rpartition(":")[0]
+        self.observer = Observer(self.node, self.transport.faults,
+                                 f"http://{host}:{config.metrics_port}/"
+                                 if config.metrics_port else "")
+        self.http = None
+        if config.metrics_port:
+            from kvstore.node.http import HttpServer
+
+            self.http = HttpServer(self.observer, host, config.metrics_port)
+        chaos_pb2_grpc.add_ChaosServicer_to_server(
+            ChaosServicer(self.node, self.transport.faults, config.chaos), self.server)
+        observe_pb2_grpc.add_ObserveServicer_to_server(ObserveServicer(self.observer, logs),
+                                                       self.server)
+        client_pb2_grpc.add_KVServicer_to_server(KVServicer(self.node, self.observer),
+                                                 self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.node), self.server)
         meta_pb2_grpc.add_MetaServicer_to_server(MetaServicer(self.node), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -173,6 +192,8 @@ class NodeServer:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         await self.node.start()
+        if self.http is not None:
+            await self.http.start()
         self._health_task = asyncio.get_running_loop().create_task(self._track_health())
         log.info("node %s listening on %s (data: %s)", self.config.node_id, self.config.listen,
                  self.config.data_dir or "in memory")
@@ -195,6 +216,8 @@ class NodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            await self.http.stop()
         if self.node.raft is not None:
             await self.node.raft.stop()  # before the server stops: no raft work mid-shutdown
         await self.server.stop(grace)
@@ -204,9 +227,9 @@ class NodeServer:
         log.info("node %s stopped", self.config.node_id)
 
 
-async def run_node(config: NodeConfig) -> None:
+async def run_node(config: NodeConfig, logs=None) -> None:
     """Run until SIGTERM or SIGINT, then stop cleanly."""
-    server = NodeServer(config)
+    server = NodeServer(config, logs)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -94,6 +94,9 @@ class AntiEntropyService:
         self.timeout = timeout
         self.monotonic = monotonic  # pacing and session expiry; simulations pass virtual time
         self.metrics: Counter[str] = Counter()
+        # peer -> (wall ms, leaves differing, keys moved) of the last session with it: the
+        # repair debt of the ranges this node shares with that peer (kv status, /metrics)
+        self.last_session: dict[str, tuple[int, int, int]] = {}
         self.confirmations = tombstones.Confirmations()
         self._damaged: set[bytes] = set()  # keys whose local record failed its checksum
         self._expired_markers: set[bytes] = set()
@@ -245,6 +248,8 @@ class AntiEntropyService:
         await self._replace_damaged(peer)
         self.confirmations.record_all(outcome.matched, (self.node_id, peer))
         self.metrics["sessions"] += 1
+        self.last_session[peer] = (self.clock_ms(), stats.leaves_differing,
+                                   len(outcome.push) + len(outcome.fetch))
         self.metrics["keys_pushed"] += len(outcome.push)
         self.metrics["keys_fetched"] += len(outcome.fetch)
         log.info("anti-entropy with %s: %d leaves differed, pushed %d, fetched %d keys "

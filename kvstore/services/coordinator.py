@@ -14,6 +14,8 @@ import asyncio
 import logging
 import random
 import time
+import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,6 +37,7 @@ from kvstore.core.ring import token_of
 from kvstore.core.versions import Sibling
 from kvstore.services.replica import Replica
 from kvstore.transport.base import PeerTimeout, PeerUnreachable, Transport, TransportError
+from kvstore.transport.context import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,11 @@ def counts_hints(strict: bool, sloppy: bool, any_level: bool, node_default: bool
     return node_default
 
 
+def _key_of(request: cpb.ClientRequest) -> bytes:
+    op = request.WhichOneof("op")
+    return getattr(request, op).key if op else b""
+
+
 class Trace:
     """Collects what happened during one request (cheap no-op when disabled)."""
 
@@ -213,6 +221,8 @@ class Coordinator:
         self.replica = replica
         self.config = config
         self.background: set[asyncio.Task] = set()
+        # acks by kind (replica / hint, counted or not) and read repairs, for /metrics
+        self.metrics: Counter[str] = Counter()
 
     # -- entry point -----------------------------------------------------------------
     async def execute(
@@ -221,6 +231,15 @@ class Coordinator:
         trace = Trace(request.trace, self.node_id, self.monotonic)
         timeout = (request.timeout_ms or self.config.timeout_ms) / 1000
         op = request.WhichOneof("op")
+        request_id = (request.request_id or REQUEST_ID.get()  # a forwarded request keeps it
+                      or (self._new_request_id() if request.trace else ""))
+        token = None
+        if request_id:  # named requests are logged step by step, on every node they reach
+            token = REQUEST_ID.set(request_id)
+            if trace.pb is not None:
+                trace.pb.request_id = request_id
+            log.info("%s %r: coordinating%s", op, _key_of(request),
+                     " (forwarded)" if forwarded else "")
         try:
             if op == "get":
                 reply = await self._get(request.get, trace, timeout)
@@ -247,7 +266,15 @@ class Coordinator:
         if trace.pb is not None and not reply.trace.coordinator:
             trace.pb.total_ms = round(trace.ms(), 3)
             reply.trace.CopyFrom(trace.pb)
+        if token is not None:
+            outcome = (f"failed: {reply.error.message}" if reply.HasField("error") else "ok")
+            log.info("%s %r: %s after %.2f ms", op, _key_of(request), outcome, trace.ms())
+            REQUEST_ID.reset(token)
         return reply
+
+    def _new_request_id(self) -> str:
+        # not from self.rng: an id must not shift the simulations' random streams
+        return f"{self.node_id}-{uuid.uuid4().hex[:12]}"
 
     # -- validation and placement ----------------------------------------------------
     def _check_key(self, key: bytes) -> None:
@@ -399,6 +426,8 @@ class Coordinator:
                     ok.append(answer)
                     if owner is not None:
                         covered.add(owner)
+                    self.metrics[f"ack_{'hint' if answer.hint_for else 'replica'}"
+                                 f"_{'counted' if owner is not None else 'extra'}"] += 1
                 else:
                     failed.append(answer)
                     if spares is not None:
@@ -545,6 +574,7 @@ class Coordinator:
         else:
             message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=versions.to_pb(merged)))
             answer = await self._call(node, message, timeout)
+        self.metrics["read_repair_ok" if answer.ok else "read_repair_failed"] += 1
         if not answer.ok:
             log.info("read repair of %r on %s failed: %s", key, node, answer.describe())
         return answer.ok

@@ -35,6 +35,10 @@ from kvstore.transport.base import Transport, TransportError
 log = logging.getLogger(__name__)
 
 SEED_PREFIX = "seed@"
+# A round this late (seconds) means the process itself was stalled: see _check_stall. Below
+# the ~1.7 s of silence after which a fast-gossiping peer is suspected, above the event
+# loop lag of a busy node.
+STALL_FORGIVE_AFTER = 1.0
 
 
 def parse_seed(seed: str) -> tuple[str | None, str]:
@@ -126,6 +130,8 @@ class GossipMembership:
         self.on_ring_change: list[Callable[[], None]] = []
         self._rebuild()
         self._task: asyncio.Task | None = None
+        self._inflight: dict[str, asyncio.Task] = {}  # exchanges outliving their round
+        self._round_due: float | None = None  # when the next round should start
         self._save()
 
     # -- persistence ------------------------------------------------------------------
@@ -308,6 +314,7 @@ class GossipMembership:
 
     def _apply(self, changes) -> None:
         now = self.monotonic()
+        self._check_stall(now)
         meta = False
         for change in changes:
             state = change.state
@@ -386,8 +393,38 @@ class GossipMembership:
         # until every seed is resolved, greet the unresolved ones every round
         targets += [self._seed_name(a) for a in sorted(self.unresolved_seeds())
                     if self._seed_name(a) not in targets]
-        await asyncio.gather(*(self._exchange(t) for t in targets))
+        if self.interval >= self.timeout:
+            await asyncio.gather(*(self._exchange(t) for t in targets))
+        else:
+            # Gossip faster than a call's timeout: a peer that does not answer (paused,
+            # partitioned with timeouts) must not stretch our rounds, or our own heartbeat
+            # slows down and healthy peers start suspecting *us*. Exchanges still running
+            # after one interval go on in the background (one at a time per target).
+            tasks = [self._start_exchange(t) for t in targets if t not in self._inflight]
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.interval)
         self._apply([])  # let the detector report transitions even without news
+
+    def _check_stall(self, now: float) -> None:
+        """When gossiping fast (interval below the call timeout): if this node's next round
+        is overdue by more than STALL_FORGIVE_AFTER seconds, the process was stalled
+        (paused, starved), so forgive the peers that much before judging them."""
+        due = self._round_due
+        if due is None or self.interval >= self.timeout:
+            return
+        lag = now - due
+        if lag > STALL_FORGIVE_AFTER:
+            self.detector.forgive(lag, now)
+            self.metrics["stalls_forgiven"] += 1
+            log.warning("this node stalled for %.1f s (paused or starved): peers' silence "
+                        "meanwhile is not held against them", lag)
+            self._round_due = now
+
+    def _start_exchange(self, target: str) -> asyncio.Task:
+        task = asyncio.ensure_future(self._exchange(target))
+        self._inflight[target] = task
+        task.add_done_callback(lambda _t, target=target: self._inflight.pop(target, None))
+        return task
 
     async def _run(self) -> None:
         while True:
@@ -395,7 +432,10 @@ class GossipMembership:
                 await self.round()
             except Exception:
                 log.exception("gossip round failed")
-            await asyncio.sleep(self.interval * (0.9 + 0.2 * self.rng.random()))
+            pause = self.interval * (0.9 + 0.2 * self.rng.random())
+            self._round_due = self.monotonic() + pause
+            await asyncio.sleep(pause)
+            self._check_stall(self.monotonic())
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -405,4 +445,8 @@ class GossipMembership:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._inflight.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._save()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -99,6 +100,7 @@ class AsyncStore:
         # Counters for benchmarks and tests: engine.apply calls and the steps they carried.
         self.batches = 0
         self.steps = 0
+        self.apply_seconds = 0.0  # time inside engine.apply (the commit, with its fsync)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._rqueue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -163,7 +165,9 @@ class AsyncStore:
         return await fut
 
     def _apply(self, steps: list[tuple[bytes, Mutation]]) -> list[StepResult]:
+        started = time.perf_counter()
         results = self.engine.apply(steps)
+        self.apply_seconds += time.perf_counter() - started
         self.batches += 1
         self.steps += len(steps)
         if len(results) != len(steps):

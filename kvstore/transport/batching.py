@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from kvstore._proto import internode_pb2 as pb
 from kvstore.transport.base import PeerTimeout, TransportError
+from kvstore.transport.context import REQUEST_ID
 
 # Sends one batch to a peer and returns its reply (raises TransportError subclasses).
 BatchSender = Callable[[str, pb.PeerBatch, float], Awaitable[pb.PeerBatchReply]]
@@ -143,6 +144,9 @@ class Coalescer:
         queue = self.queues.get(peer)
         if queue is None:
             queue = self.queues[peer] = _PeerQueue(peer, self.source, self.sender)
+        request_id = REQUEST_ID.get()
+        if request_id and not message.request_id:
+            message.request_id = request_id  # the receiver logs under the same id
         loop = asyncio.get_running_loop()
         return await queue.submit(message, loop.time() + timeout, timeout)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 
@@ -23,6 +24,7 @@ from kvstore.transport.base import (
     idempotent,
 )
 from kvstore.transport.batching import Coalescer
+from kvstore.transport.faults import FaultFilter
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class GrpcTransport:
         self.channels: dict[str, tuple[str, grpc.aio.Channel, pb_grpc.InternodeStub]] = {}
         self.coalescer = Coalescer(node_id, self._send)
         self.lanes: list[Coalescer] = []
+        self.faults = FaultFilter()  # chaos (kv chaos): consulted before every batch
         pb_grpc.add_InternodeServicer_to_server(_InternodeServicer(self), server)
 
     async def start(self, handler: Handler) -> None:
@@ -114,11 +117,20 @@ class GrpcTransport:
         return stub
 
     async def _send(self, peer: str, batch: pb.PeerBatch, timeout: float) -> pb.PeerBatchReply:
-        stub = self._stub(peer)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if self.faults.faults:
+            verdict = self.faults.decide(peer, loop.time(), time.time())
+            if verdict.blocked:
+                raise PeerUnreachable(peer, f"unreachable ({verdict.blocked})")
+            if verdict.delay_s:
+                await asyncio.sleep(min(verdict.delay_s, timeout))
+                if verdict.delay_s >= timeout:
+                    raise PeerTimeout(peer, f"timed out after {timeout * 1000:.0f} ms "
+                                            "(delayed by chaos)")
+        stub = self._stub(peer)
         try:
-            return await stub.Exchange(batch, timeout=timeout)
+            return await stub.Exchange(batch, timeout=max(0.001, deadline - loop.time()))
         except grpc.aio.AioRpcError as exc:
             if not _not_delivered(exc):
                 if not (exc.code() == grpc.StatusCode.UNAVAILABLE and idempotent(batch)

@@ -1,0 +1,223 @@
+"""`kv dashboard` and the cluster-wide `kv status`: every member's own view, gathered over
+the Observe API (observe.proto), with hint backlog and ETA, repair debt, Raft lag and the
+clock offset of each node against this machine's clock (NTP-style, +- rtt/2)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from kvstore._proto import observe_pb2, observe_pb2_grpc
+from kvstore.cli import output
+
+
+def fetch_state(address: str, timeout: float) -> dict[str, Any]:
+    with grpc.insecure_channel(address) as channel:
+        sent = time.time()
+        try:
+            state = observe_pb2_grpc.ObserveStub(channel).State(observe_pb2.StateRequest(),
+                                                                timeout=timeout)
+        except grpc.RpcError as exc:
+            return {"address": address, "error": f"{exc.code().name}: {exc.details()}"}
+        received = time.time()
+    out = MessageToDict(state, preserving_proto_field_name=True,
+                        always_print_fields_with_no_presence=True)
+    out["clock_offset_ms"] = round((state.wall_time - (sent + received) / 2) * 1000, 1)
+    out["rtt_ms"] = round((received - sent) * 1000, 1)
+    return out
+
+
+def cluster_status(s, endpoint: str | None) -> dict[str, Any]:
+    """The first answering node's member list, then every member's own state."""
+    info = s.client().info(endpoint)
+    members = {m.id: m.address for m in info.members}
+    nodes = {}
+    for member, address in sorted(members.items()):
+        state = fetch_state(address, min(s.timeout, 2.0))
+        state.setdefault("node_id", member)
+        nodes[member] = state
+    live = [n for n in nodes.values() if "error" not in n]
+    rows = []
+    for member, address in sorted(members.items()):
+        views = [m for n in live for m in n["members"]
+                 if m["id"] == member and n["node_id"] != member]
+        hints = sum(int(m["hints_pending"]) for m in views)
+        rate = sum(float(m["hints_delivered_per_s"]) for m in views)
+        ages = [float(m["repair_age_s"]) for m in views if float(m["repair_age_s"]) >= 0]
+        leaves = [int(m["repair_leaves_differing"]) for m in views
+                  if float(m["repair_age_s"]) >= 0]
+        node = nodes[member]
+        down_by = sorted(n["node_id"] for n in live for m in n["members"]
+                         if m["id"] == member and not m["up"])
+        rows.append({
+            "id": member, "address": address,
+            "status": next((m["status"] for m in views), "UNKNOWN"),
+            "up": "error" not in node and not down_by,
+            "phi": round(max((float(m["phi"]) for m in views), default=0.0), 3),
+            "reachable": "error" not in node, "error": node.get("error", ""),
+            "up_by": sorted(n["node_id"] for n in live for m in n["members"]
+                            if m["id"] == member and m["up"] and n["node_id"] != member),
+            "down_by": down_by,
+            "ownership": next((float(m["ownership"]) for m in views), 0.0),
+            "hints_pending": hints,
+            "hints_delivered_per_s": round(rate, 2),
+            "hint_eta_s": (None if not hints or rate <= 0 else round(hints / rate, 1)),
+            "repair_age_s": round(min(ages), 1) if ages else None,
+            "repair_leaves_differing": leaves[ages.index(min(ages))] if ages else None,
+            "keys_stored": int(node.get("keys_stored", 0)) if "error" not in node else None,
+            "clock_offset_ms": node.get("clock_offset_ms"),
+            "metrics_url": node.get("metrics_url", ""),
+        })
+    leader = next((n for n in live if n.get("raft", {}).get("role") == "leader"), None)
+    raft = None
+    if leader is not None:
+        raft = {"leader": leader["node_id"], "term": int(leader["raft"]["term"]),
+                "commit_index": int(leader["raft"]["commit_index"]),
+                "members": [{"id": m["id"], "role": m["role"], "lag": int(m["lag"])}
+                            for m in leader["raft"]["members"]]}
+    return {"node": info.node_id, "replication_factor": info.replication_factor,
+            "members": rows, "raft": raft}
+
+
+def print_cluster_status(data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = output.console
+    console.print(f"cluster as its members see it (asked {data['node']}), "
+                  f"N={data['replication_factor']}")
+    table = Table()
+    for col in ("member", "up", "phi", "owns", "hints", "hint ETA", "repair age, leaves",
+                "keys", "clock"):
+        table.add_column(col)
+    for m in data["members"]:
+        if not m["reachable"]:
+            up = "[red]DOWN[/red]" + (f" (by {','.join(m['down_by'])})" if m["down_by"] else
+                                      " (not answering)")
+        elif m["down_by"]:
+            up = f"[yellow]suspected by {','.join(m['down_by'])}[/yellow]"
+        else:
+            up = "[green]up[/green]"
+        eta = ("-" if not m["hints_pending"] else
+               f"{m['hint_eta_s']:.0f} s" if m["hint_eta_s"] is not None else "waiting")
+        repair = ("never" if m["repair_age_s"] is None
+                  else f"{m['repair_age_s']:.0f} s, {m['repair_leaves_differing']}")
+        offset = "-" if m["clock_offset_ms"] is None else f"{m['clock_offset_ms']:+.1f} ms"
+        table.add_row(m["id"], up, f"{m['phi']:.2f}",
+                      f"{m['ownership'] * 100:.1f}%", str(m["hints_pending"]), eta, repair,
+                      "-" if m["keys_stored"] is None else str(m["keys_stored"]), offset)
+    console.print(table)
+    raft = data["raft"]
+    if raft is None:
+        console.print("raft: no leader visible (electing, or no Raft group)")
+    else:
+        lags = ", ".join(f"{m['id']} {m['role']} lag {m['lag'] if m['lag'] >= 0 else '?'}"
+                         for m in raft["members"])
+        console.print(f"raft: leader {raft['leader']}, term {raft['term']}, commit "
+                      f"{raft['commit_index']}; {lags}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"url", "urls"}.')
+@click.option("--open", "open_browser", is_flag=True, help="Also open it in a browser.")
+@click.pass_obj
+def dashboard(s, as_json: bool, open_browser: bool) -> None:
+    """Print the URL of the live dashboard (served by every node with --metrics-port)."""
+    info = s.client().info()
+    urls = {}
+    for member in info.members:
+        state = fetch_state(member.address, min(s.timeout, 2.0))
+        if state.get("metrics_url"):
+            urls[member.id] = state["metrics_url"]
+    if not urls:
+        raise click.ClickException("no node serves a dashboard: start nodes with "
+                                   "--metrics-port (kv cluster up does, from 9101)")
+    url = urls.get(info.node_id) or next(iter(urls.values()))
+    if as_json:
+        output.print_json({"url": url, "urls": urls})
+    else:
+        click.echo(url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
+def _local_log_lines(request_id: str, node_ids: set[str]) -> dict[str, list[str]]:
+    """The named request's lines from the log files of a local cluster's nodes (for nodes
+    that did not answer the Logs RPC: stopped, killed or paused)."""
+    import json
+    from pathlib import Path
+
+    path = Path("data") / "cluster.json"
+    if not path.exists():
+        return {}
+    out: dict[str, list[str]] = {}
+    for node in json.loads(path.read_text())["nodes"]:
+        if node["id"] not in node_ids:
+            continue
+        try:
+            text = Path(node["log"]).read_text(errors="replace")
+        except OSError:
+            continue
+        out[node["id"]] = [line for line in text.splitlines()
+                           if f'"request_id": "{request_id}"' in line]
+    return out
+
+
+@click.command()
+@click.option("--request", "request_id", required=True, metavar="ID",
+              help="The request id (shown by --trace, or given by the client).")
+@click.option("--limit", type=click.IntRange(1, 20_000), default=1000, show_default=True,
+              help="At most this many lines per node.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"request_id", "nodes": {id: '
+                                                      '[line objects]}, "unreachable"}.')
+@click.pass_obj
+def logs(s, request_id: str, limit: int, as_json: bool) -> None:
+    """Every node's log lines for one request, merged in time order.
+
+    Asks every member over the Observe API (nodes keep the lines of named requests in
+    memory); for members that do not answer, reads the log files of the local cluster
+    (data/cluster.json) when there is one."""
+    import json
+
+    info = s.client().info()
+    found: dict[str, list[str]] = {}
+    unreachable = []
+    for member in info.members:
+        with grpc.insecure_channel(member.address) as channel:
+            try:
+                reply = observe_pb2_grpc.ObserveStub(channel).Logs(
+                    observe_pb2.LogsRequest(request_id=request_id, limit=limit),
+                    timeout=min(s.timeout, 3.0))
+                found[member.id] = list(reply.lines)
+            except grpc.RpcError:
+                unreachable.append(member.id)
+    for node_id, lines in _local_log_lines(request_id, set(unreachable)).items():
+        found[node_id] = lines[-limit:]
+        unreachable.remove(node_id)
+    parsed = []
+    for node_id, lines in found.items():
+        for line in lines:
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                parsed.append({"ts": "", "node": node_id, "msg": line})
+    parsed.sort(key=lambda rec: rec.get("ts", ""))
+    if as_json:
+        output.print_json({"request_id": request_id, "lines": parsed,
+                           "unreachable": sorted(unreachable)})
+    else:
+        for rec in parsed:
+            click.echo(f"{rec.get('ts', '')} {rec.get('node', '?'):>4} "
+                       f"{rec.get('level', ''):<7} {rec.get('msg', '')}")
+        if not parsed:
+            click.echo(f"no log lines for request {request_id} on "
+                       f"{', '.join(sorted(found)) or 'any node'}", err=True)
+        for node_id in sorted(unreachable):
+            click.echo(f"{node_id}: not reachable, its lines are missing", err=True)
+    if not parsed:
+        raise SystemExit(1)

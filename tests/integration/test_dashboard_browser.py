@@ -1,0 +1,131 @@
+"""The live dashboard in a real browser: headless Chromium (Debian's `chromium` package),
+driven over the DevTools protocol. The page loads from a node, shows every member, and
+reacts to a node being killed without a reload. Screenshots are kept as test artifacts
+(KV_TEST_ARTIFACTS, default: the test's tmp directory)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_ports, start_cluster
+
+pytestmark = pytest.mark.integration
+
+BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
+                if shutil.which(b)), None)
+
+
+class Page:
+    """The smallest DevTools client: one page, commands by id over a websocket."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.next_id = 0
+
+    async def send(self, method: str, **params):
+        self.next_id += 1
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive_json(), 30)
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    async def eval(self, expression: str):
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    async def wait_for(self, what: str, expression: str, timeout: float):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = await self.eval(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the dashboard did not show {what} within {timeout:.0f} s"
+                                     f"; page text: {await self.eval('document.body.innerText')}")
+            await asyncio.sleep(0.2)
+
+    async def screenshot(self, path: Path) -> None:
+        data = await self.send("Page.captureScreenshot", format="png")
+        path.write_bytes(base64.b64decode(data["data"]))
+
+
+def states_js() -> str:
+    return ("JSON.stringify(Object.fromEntries([...document.querySelectorAll('#members tr"
+            "[data-node]')].map(r => [r.dataset.node, r.dataset.state])))")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium binary (Debian package `chromium`; "
+                                            ".ci/run installs it)")
+def test_dashboard_shows_the_nodes_and_reacts_to_a_kill(tmp_path):
+    import aiohttp
+
+    artifacts = Path(os.environ.get("KV_TEST_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    cluster = start_cluster(tmp_path / "c", metrics_ports=free_ports(3),
+                            extra_args=["--raft-voters", "n1,n2,n3"], raft_bootstrap=True)
+    debug_port = free_ports(1)[0]
+    browser = subprocess.Popen(
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--window-size=1300,900", f"--remote-debugging-port={debug_port}",
+         f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{cluster.node('n1').metrics_port}/"
+
+    async def drive() -> None:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{debug_port}/json/list") as resp:
+                        targets = [t for t in await resp.json() if t["type"] == "page"]
+                    if targets:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, "chromium did not open its debug port"
+                await asyncio.sleep(0.2)
+            async with http.ws_connect(targets[0]["webSocketDebuggerUrl"],
+                                       max_msg_size=64 * 1024 * 1024) as ws:
+                page = Page(ws)
+                await page.send("Page.enable")
+                await page.send("Page.navigate", url=url)
+                await page.wait_for("3 of 3 nodes answering",
+                                    "document.body.dataset.answering === '3'", 20)
+                states = json.loads(await page.wait_for(
+                    "three members up", f"(s => Object.keys(JSON.parse(s)).length === 3 && s)"
+                                        f"({states_js()})", 10))
+                assert states == {"n1": "up", "n2": "up", "n3": "up"}, states
+                assert "leader" in await page.eval("document.getElementById('raft').innerText")
+                ring = await page.eval("document.querySelectorAll('#ring path').length")
+                assert ring == 3
+                await page.screenshot(artifacts / "dashboard-healthy.png")
+                cluster.kill("n3", signal.SIGKILL)
+                killed = time.monotonic()
+                await page.wait_for("n3 down", f"JSON.parse({states_js()}).n3 === 'down'", 15)
+                print(f"\ndashboard showed n3 down {time.monotonic() - killed:.1f} s after the "
+                      "kill")
+                assert json.loads(await page.eval(states_js()))["n1"] == "up"
+                assert await page.eval("document.body.dataset.answering") == "2"
+                await page.screenshot(artifacts / "dashboard-n3-killed.png")
+
+    try:
+        asyncio.run(drive())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(browser.pid, signal.SIGKILL)
+        browser.wait(timeout=10)
+        cluster.stop()
+    assert (artifacts / "dashboard-n3-killed.png").stat().st_size > 10_000
