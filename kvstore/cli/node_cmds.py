@@ -112,6 +112,15 @@ def node() -> None:
                    "be added (kv raft add ID --learner, then kv raft promote ID); it never "
                    "votes before its promotion. The supported way back for a voter that lost "
                    "its raft state. [env KV_RAFT_JOIN]")
+@click.option("--join", "join", default="", metavar="HOST:PORT[,...]", envvar="KV_JOIN",
+              help="Join a running cluster through these nodes (added to --seeds): start "
+                   "JOINING, stream the ranges this node will own from their replicas, then "
+                   "serve them (docs/membership.md). A node that already joined ignores it; "
+                   "one that crashed while joining resumes. [env KV_JOIN]")
+@click.option("--ring-delay", type=float, default=None, envvar="KV_RING_DELAY",
+              help="Seconds to wait after announcing a join or decommission before streaming, "
+                   "so writes that started before every node knew have finished (default: "
+                   "2 gossip intervals + the request timeout). [env KV_RING_DELAY]")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, sloppy_quorum: bool,
@@ -119,7 +128,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
           raft_join: bool = False, restored: bool = False,
-          max_clock_skew: float = 60.0) -> None:
+          max_clock_skew: float = 60.0, join: str = "",
+          ring_delay: float | None = None) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -133,7 +143,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         handler.setLevel(log_level.upper())
     config = NodeConfig(
         node_id=node_id, listen=listen, advertise=advertise,
-        seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir, restored=restored,
+        seeds=[s for s in (seeds + "," + join).split(",") if s.strip()], data_dir=data_dir,
+        restored=restored, join=bool(join.strip()), ring_delay=ring_delay,
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, sloppy_quorum=sloppy_quorum,
@@ -155,11 +166,12 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
     except ValueError as exc:
         raise InvalidConfig(str(exc)) from None
     from kvstore.services.raft_start import RaftStartRefused
+    from kvstore.services.streaming import MoveRefused
     from kvstore.storage import StorageError
 
     try:
         _run(run_node(config))
-    except (RaftStartRefused, StorageError) as exc:  # one line, exit 1
+    except (RaftStartRefused, MoveRefused, StorageError) as exc:  # one line, exit 1
         raise click.ClickException(str(exc)) from None
 
 
@@ -173,21 +185,55 @@ def _run(coro) -> None:
 
 
 @node.command()
-@click.option("--endpoint", default="127.0.0.1:7001", show_default=True,
-              help="The node to ask.")
-@click.option("--timeout", type=float, default=2.0, show_default=True)
-def health(endpoint: str, timeout: float) -> None:
-    """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1."""
+@click.option("--node", "--endpoint", "endpoint", default=None, metavar="HOST:PORT",
+              help="The node to ask (--endpoint is the old name). Default: the endpoints of "
+                   "--endpoints / KV_ENDPOINTS in turn, until one answers.")
+@click.option("--timeout", type=float, default=2.0, show_default=True,
+              help="Seconds to wait for each node's answer.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"node": HOST:PORT, "status": SERVING|NOT_SERVING|..., '
+                   '"unreachable": [...]}.')
+@click.pass_context
+def health(ctx: click.Context, endpoint: str | None, timeout: float, as_json: bool) -> None:
+    """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1.
+
+    Without --node, asks the endpoints in order and reports the first that answers
+    (an unreachable one is skipped, as `kv get` fails over).
+    """
+    import json
+
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(endpoint) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
-        except grpc.RpcError as exc:
-            click.echo(f"{endpoint}: unreachable ({exc.code().name})", err=True)
-            sys.exit(1)
-    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-    click.echo(f"{endpoint}: {name}")
-    sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)
+    from kvstore.cli.main import default_endpoints
+    from kvstore.client import parse_endpoints
+
+    if endpoint is not None:
+        candidates = parse_endpoints(endpoint)[:1]
+    else:
+        candidates = parse_endpoints(getattr(ctx.obj, "endpoints", None) or default_endpoints())
+    unreachable: list[str] = []
+    for address in candidates:
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=""),
+                                    timeout=timeout).status
+            except grpc.RpcError as exc:
+                unreachable.append(f"{address} ({exc.code().name})")
+                continue
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        if as_json:
+            click.echo(json.dumps({"node": address, "status": name,
+                                   "unreachable": unreachable}))
+        else:
+            for u in unreachable:
+                click.echo(f"{u.split(' ')[0]}: unreachable", err=True)
+            click.echo(f"{address}: {name}")
+        sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)
+    if as_json:
+        click.echo(json.dumps({"node": None, "status": "UNREACHABLE",
+                               "unreachable": unreachable}))
+    else:
+        click.echo(f"Error: no node answered: {', '.join(unreachable)}", err=True)
+    sys.exit(1)

@@ -22,9 +22,10 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
 
 def _endpoints(ctx: click.Context) -> list[str]:
     from kvstore.cli.main import default_endpoints
+    from kvstore.client import parse_endpoints
 
     raw = getattr(ctx.obj, "endpoints", None) or default_endpoints()
-    return [e.strip().split("=", 1)[-1] for e in raw.split(",") if e.strip()]
+    return parse_endpoints([e.strip().split("=", 1)[-1] for e in raw.split(",")])
 
 
 def _timeout(ctx: click.Context) -> float:
@@ -42,7 +43,7 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
                                      messages=[pb.PeerMessage(raft=client_request(req))])
                 reply = stub.Exchange(batch, timeout=timeout)
             except grpc.RpcError as exc:
-                errors.append(f"{ep}: {exc.code().name}")
+                errors.append(f"{ep}: {_describe(exc)}")
                 continue
         (res,) = reply.results
         kind = res.WhichOneof("body")
@@ -54,6 +55,15 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
         errors.append(f"{ep}: empty answer")
     raise click.ClickException("no node answered the metadata request (" + "; ".join(errors)
                                + "); is the cluster up, and started with --raft-voters?")
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    details = (exc.details() or "").lower() if hasattr(exc, "details") else ""
+    if any(s in details for s in ("errors resolving", "lookup failed", "dns resolution")):
+        return "cannot resolve its host name"
+    if "connection refused" in details or "failed to connect" in details:
+        return "unreachable (connection refused)"
+    return exc.code().name if hasattr(exc, "code") else str(exc)
 
 
 def _fail(msg: str, code: int = EXIT_FAILED) -> None:
@@ -88,10 +98,16 @@ def meta_get(ctx: click.Context, key: str, as_json: bool) -> None:
 @meta.command("put")
 @click.argument("key")
 @click.argument("value")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
-def meta_put(ctx: click.Context, key: str, value: str) -> None:
+def meta_put(ctx: click.Context, key: str, value: str, as_json: bool) -> None:
     """Set KEY to VALUE (committed by a majority of the Raft group)."""
     r = meta_request(_endpoints(ctx), {"op": "put", "key": key, "value": value}, _timeout(ctx))
+    if as_json:
+        click.echo(json.dumps(r))
+        if not r.get("ok"):
+            raise SystemExit(EXIT_FAILED)
+        return
     if not r.get("ok"):
         _fail(r.get("error", "failed"))
     click.echo("OK")
@@ -103,11 +119,18 @@ def meta_put(ctx: click.Context, key: str, value: str) -> None:
 @click.argument("new")
 @click.option("--absent", is_flag=True,
               help="Expect KEY to be absent (EXPECTED is then ignored; pass '-').")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
-def meta_cas(ctx: click.Context, key: str, expected: str, new: str, absent: bool) -> None:
+def meta_cas(ctx: click.Context, key: str, expected: str, new: str, absent: bool,
+             as_json: bool) -> None:
     """Set KEY to NEW only if its value is EXPECTED; exit 1 if the comparison fails."""
     req = {"op": "cas", "key": key, "expected": None if absent else expected, "value": new}
     r = meta_request(_endpoints(ctx), req, _timeout(ctx))
+    if as_json:
+        click.echo(json.dumps(r))
+        if not r.get("ok"):
+            raise SystemExit(EXIT_FAILED)
+        return
     if r.get("ok"):
         click.echo("OK")
         return
@@ -141,11 +164,14 @@ def raft_status(ctx: click.Context, as_json: bool) -> None:
     if r.get("joining"):
         click.echo(f"{r['node']} is joining: it does not vote until it is added as a learner "
                    "and promoted")
-    click.echo(f"{'ID':<12}{'ROLE':<10}{'MATCH':>8}{'LAG':>6}")
+    from kvstore.cli import output
+
+    table = output.table("member", "role", "match index", "lag")
     for m in r["members"]:
         match = "-" if m["match_index"] is None else m["match_index"]
         lag = "-" if m["lag"] is None else m["lag"]
-        click.echo(f"{m['id']:<12}{m['role']:<10}{match!s:>8}{lag!s:>6}")
+        table.add_row(m["id"], m["role"], str(match), str(lag))
+    output.console.print(table)
 
 
 def _conf(ctx: click.Context, change: str, node: str, as_json: bool, done: str) -> None:

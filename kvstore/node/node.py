@@ -19,6 +19,7 @@ from kvstore._proto import common_pb2
 from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.core.errors import KVError
+from kvstore.core.gossip import Status
 from kvstore.node.config import NodeConfig
 from kvstore.services.antientropy import AntiEntropyService
 from kvstore.services.coordinator import Coordinator, CoordinatorConfig
@@ -26,6 +27,8 @@ from kvstore.services.gossip import GossipMembership
 from kvstore.services.handoff import HandoffService, inline
 from kvstore.services.raft_driver import RaftDriver
 from kvstore.services.replica import Replica
+from kvstore.services.streaming import FILE_NAME as MOVE_FILE
+from kvstore.services.streaming import RangeStreamer
 from kvstore.storage.epochs import FILE_NAME as EPOCHS_FILE
 from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
@@ -94,11 +97,15 @@ class Node:
             # state and decide (a lost raft directory beside an old data directory refuses).
             self.raft.prepare(prior_life(config.data_dir),
                               str(config.data_dir or "its in-memory data"))
+        self.streamer_state = config.data_dir / MOVE_FILE if config.data_dir else None
+        self.joining = self._joining(config)
         self.membership = GossipMembership(
             config.node_id, config.address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
             vnodes=config.vnodes, state_path=state_path, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, timeout=min(1.0, config.timeout_ms / 1000),
+            status=Status.JOINING if self.joining else Status.NORMAL,
+            ring_delay=config.ring_delay_s,
         )
         if epochs is None:
             epochs = EpochAllocator(
@@ -138,9 +145,26 @@ class Node:
             rate_bytes_per_s=config.repair_rate_bytes, timeout=max(5.0, config.timeout_ms / 1000),
             monotonic=monotonic,
         )
+        self.streamer = RangeStreamer(
+            config.node_id, store, transport, self.membership, self.replica, self.antientropy,
+            replication_factor=config.replication_factor, ring_delay=config.ring_delay_s,
+            rate_bytes_per_s=config.repair_rate_bytes,
+            timeout=max(5.0, config.timeout_ms / 1000), state_path=self.streamer_state,
+            monotonic=monotonic, verify=config.verify_moves)
+        self.streamer.load()  # refuses a decommissioned node; picks up a join's progress
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
         if self.raft is not None:
             self.register("raft", self.raft.on_message)
+
+    def _joining(self, config: NodeConfig) -> bool:
+        """Start JOINING (and stream) with --join, unless this node finished joining or was
+        a member before (a data directory with an earlier life and no join record)."""
+        if not config.join:
+            return False
+        saved = RangeStreamer.peek(self.streamer_state)
+        if saved:
+            return saved.get("kind") == "join" and saved.get("state") != "done"
+        return not prior_life(config.data_dir)
 
     def register(self, kind: str, handler: RawHandler) -> None:
         """Let a service own the `raft`, `gossip` or `extension` messages."""
@@ -153,10 +177,13 @@ class Node:
         self.membership.start()
         self.handoff.start()
         self.antientropy.start()
+        if self.joining:
+            self.streamer.start_join()
 
     async def stop(self) -> None:
         if self.raft is not None:
             await self.raft.stop()
+        await self.streamer.stop()
         await self.antientropy.stop()
         await self.handoff.stop()
         await self.membership.stop()
@@ -188,6 +215,8 @@ class Node:
             if kind == "forward":
                 reply = await self.coordinator.execute(message.forward.request, forwarded=True)
                 return pb.PeerResult(reply=reply)
+            if kind == "stream":
+                return pb.PeerResult(page=await self.streamer.serve(source, message.stream))
             if kind == "antientropy":
                 return pb.PeerResult(raw=await self.antientropy.on_message(source,
                                                                           message.antientropy))

@@ -24,6 +24,7 @@ from kvstore._proto import (
 from kvstore._proto import (
     client_pb2 as cpb,
 )
+from kvstore.core.errors import KVError
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
 from kvstore.services.antientropy import summary_pb
@@ -87,6 +88,25 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                                service.metrics["tombstones_purged"] - purged_before, total))
 
 
+    async def Decommission(self, request: admin_pb2.DecommissionRequest, context):
+        """Leave the ring: stream this node's ranges out, then LEFT; progress twice a second."""
+        node = self.node
+        if request.node_id and request.node_id != node.node_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"this is {node.node_id}, not {request.node_id}: ask "
+                                f"{request.node_id} itself")
+        try:
+            progress = node.streamer.start_decommission()
+        except KVError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        while True:
+            message = progress.to_pb(node.node_id, node.streamer.monotonic())
+            yield message
+            if message.finished:
+                return
+            await asyncio.sleep(0.5)
+
+
 async def node_info(node: Node) -> admin_pb2.NodeInfo:
     config = node.config
     membership = node.membership
@@ -106,6 +126,8 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
         members=members, version=__version__, keys_stored=await node.store.count(),
         data_dir=str(config.data_dir or ""), max_key_bytes=config.max_key_bytes,
         max_value_bytes=config.max_value_bytes,
+        move=(node.streamer.progress.to_pb(node.node_id, node.streamer.monotonic())
+              if node.streamer.progress else None),
     )
 
 

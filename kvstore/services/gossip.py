@@ -65,6 +65,8 @@ class GossipMembership:
         phi_threshold: float = 8.0,
         timeout: float = 1.0,
         ready_after: float = 5.0,
+        status: Status = Status.NORMAL,
+        ring_delay: float = 0.0,
     ) -> None:
         self.node_id = node_id
         self.address = address
@@ -93,7 +95,7 @@ class GossipMembership:
         generation = max(int(wall_clock()), saved_generation + 1, 1)
         self.gossiper = Gossiper(
             node_id, address, generation, tokens=node_tokens(node_id, vnodes),
-            status=Status.NORMAL,
+            status=status,
             seeds=[self._seed_name(a) for a in self.seed_addresses if a != address],
         )
         self.detector = PhiAccrualDetector(phi_threshold, initial_interval=interval,
@@ -107,6 +109,17 @@ class GossipMembership:
         self._members: dict[str, str] | None = None
         self._ring_key: tuple = ()
         self.ring = Ring()
+        # The ring after the moves under way (members JOINING added, LEAVING removed), or
+        # None when nothing moves: writes also go to its owners (pending ranges).
+        self.pending_ring: Ring | None = None
+        # The ring before the last change, for `ring_delay` after it: writes keep reaching
+        # W of its owners too, so a node that has not yet heard of the change still reads
+        # what was written by one that has.
+        self.ring_delay = ring_delay
+        self.previous_ring: Ring | None = None
+        self._previous_until = 0.0
+        self._was_ready = False  # a ring change before this node served keeps no previous
+        self.on_ring_change: list[Callable[[], None]] = []
         self._rebuild()
         self._task: asyncio.Task | None = None
         self._save()
@@ -175,11 +188,15 @@ class GossipMembership:
         if self.monotonic() - self.started < self.ready_after:
             heard = self.gossiper.endpoints
             known = {a for m, a in self.members.items() if m in heard}
-        return self.seed_addresses - known
+        # a seed that left the ring (decommissioned) is resolved: it will not come back
+        known |= {s.address for s in self.gossiper.endpoints.values() if s.status == Status.LEFT}
+        return self.seed_addresses - known - {self.address}
 
     @property
     def ready(self) -> bool:
-        return not self.unresolved_seeds()
+        ready = not self.unresolved_seeds()
+        self._was_ready = self._was_ready or ready
+        return ready
 
     def is_up(self, node: str) -> bool:
         if node == self.node_id:
@@ -199,18 +216,58 @@ class GossipMembership:
         return state.status.name if state else "UNKNOWN"
 
     # -- ring ---------------------------------------------------------------------------
+    def set_status(self, status: Status) -> None:
+        """Announce this node's lifecycle change (joining done, leaving, left) by gossip."""
+        self.gossiper.update(status=status)
+        self._members = None
+        self._rebuild()
+
+    def write_rings(self) -> list[Ring]:
+        """Besides `ring`: the rings whose owners must also reach W for a write now (the
+        pending ring of a move under way; the previous ring for `ring_delay` after a
+        change)."""
+        out = [self.pending_ring] if self.pending_ring is not None else []
+        if self.previous_ring is not None:
+            if self.monotonic() < self._previous_until:
+                out.append(self.previous_ring)
+            else:
+                self.previous_ring = None
+        return out
+
+    def moving(self) -> dict[str, str]:
+        """Members joining or leaving the ring: id -> status name."""
+        return {m: s.status.name for m, s in self.gossiper.endpoints.items()
+                if s.status in (Status.JOINING, Status.LEAVING)}
+
     def _rebuild(self) -> None:
         tokens = {m: node_tokens(m, self.vnodes) for m in self.static}
         tokens.update(self.gossiper.ring_tokens())
+        joining: dict[str, tuple[int, ...]] = {}
+        leaving: set[str] = set()
         for member, state in self.gossiper.endpoints.items():
             if state.status == Status.LEFT:
                 tokens.pop(member, None)
-        key = tuple(sorted((m, len(t), t[:1]) for m, t in tokens.items()))
+            elif state.status == Status.JOINING:
+                tokens.pop(member, None)
+                joining[member] = state.tokens
+            elif state.status == Status.LEAVING:
+                leaving.add(member)
+        key = (tuple(sorted((m, len(t), t[:1]) for m, t in tokens.items())),
+               tuple(sorted(joining)), tuple(sorted(leaving)))
         if key != self._ring_key:
             self._ring_key = key
-            self.ring = Ring.build(tokens)
-            log.info("ring now has %d members: %s", len(tokens), sorted(tokens))
+            ring = Ring.build(tokens)
+            if self.ring.tokens and ring.tokens != self.ring.tokens and self._was_ready:
+                self.previous_ring = self.ring
+                self._previous_until = self.monotonic() + self.ring_delay
+            self.ring = ring
+            future = {m: t for m, t in {**tokens, **joining}.items() if m not in leaving}
+            self.pending_ring = Ring.build(future) if joining or leaving else None
+            log.info("ring now has %d members: %s%s", len(tokens), sorted(tokens),
+                     f"; moving: {self.moving()}" if self.pending_ring else "")
             self._save()
+            for callback in self.on_ring_change:
+                callback()
 
     def _apply(self, changes) -> None:
         now = self.monotonic()
@@ -246,7 +303,7 @@ class GossipMembership:
         self._apply(received.changes)
         return received.reply or b""
 
-    async def _exchange(self, target: str) -> None:
+    async def _exchange(self, target: str) -> bool:
         if target.startswith(SEED_PREFIX):
             address = target[len(SEED_PREFIX):]
             known = [m for m, a in self.members.items() if a == address]
@@ -259,21 +316,29 @@ class GossipMembership:
             result = await self.transport.call(target, message, self.timeout)
         except TransportError:
             self.metrics["unreachable"] += 1
-            return
+            return False
         if result.HasField("error") or not result.raw:
-            return
+            return False
         try:
             received = self.gossiper.receive(result.raw, self.wall_clock())
         except GossipError as exc:
             self.metrics["rejected"] += 1
             log.warning("rejected a gossip reply from %s: %s", target, exc)
-            return
+            return False
         self._apply(received.changes)
         self.metrics["rounds"] += 1
         if received.reply:
             with contextlib.suppress(TransportError):
                 await self.transport.call(target, pb.PeerMessage(gossip=received.reply),
                                           self.timeout)
+        return True
+
+    async def announce(self) -> set[str]:
+        """Exchange state with every known member now (not only this round's targets), so
+        a status change reaches each of them directly; returns the members reached."""
+        peers = sorted(m for m in self.members if m != self.node_id)
+        results = await asyncio.gather(*(self._exchange(p) for p in peers))
+        return {peer for peer, ok in zip(peers, results, strict=True) if ok}
 
     async def round(self) -> None:
         """One gossip round: beat, then exchange with this round's targets."""

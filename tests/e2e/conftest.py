@@ -3,20 +3,25 @@
 The session fixture `compose_cluster`:
   1. skips, with the reason, where no docker engine or compose answers, or where the base
      image cannot be made (debootstrap cannot run);
-  2. makes the Debian base image (scripts/docker_base_image.sh, cached in the engine) and
-     the kvstore image with no network inside the build (scripts/docker_build.sh offline);
-  3. runs `compose -p kvstore-e2e up -d` on free 127.0.0.1 host ports and waits (bounded)
-     for every node's healthcheck to say healthy;
-  4. always runs `down -v --remove-orphans` and asserts that no container, network or
-     volume of the project is left.
+  2. makes the Debian base image (scripts/docker_base_image.sh, cached in the engine: it is
+     the one image the run keeps);
+  3. runs the README's docker command, `make docker-up` (scripts/docker_cluster.sh: picks
+     the compose front-end, builds the image offline when no registry answers, creates
+     the Raft group, waits until every node is healthy) on free 127.0.0.1 host ports,
+     under a compose project and image tag unique to this checkout (a hash of its path),
+     so runs from different checkouts never share containers, volumes or images;
+  4. always runs `make docker-down V=1`, removes the image it built and the dangling
+     images the build left, and asserts that no container, network, volume or image of
+     the project is left.
 Measured durations are printed at the end of the run (terminal summary).
 
 Environment: KV_E2E_BASE_IMAGE uses an existing base image (e.g. python:3.11-slim)
-instead of the debootstrap one; KV_E2E_IMAGE names the built image (kvstore:e2e).
+instead of the debootstrap one; KV_E2E_IMAGE names the built image (kvstore:e2e-HASH).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +35,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = "kvstore-e2e"
+CHECKOUT = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+PROJECT = f"kvstore-e2e-{CHECKOUT}"  # unique per checkout: parallel checkouts never collide
 SERVICES = ("n1", "n2", "n3")
 HEALTHY_TIMEOUT = 180.0  # seconds; the nodes report healthy in ~10 s on an idle machine
 TIMINGS: dict[str, float] = {}
@@ -146,10 +152,14 @@ class ComposeCluster:
 
     def leftovers(self) -> dict[str, list[str]]:
         label = f"label=com.docker.compose.project={PROJECT}"
+        image = self.env["KV_IMAGE"]
         found = {
             "containers": run(["docker", "ps", "-aq", "--filter", label]).stdout.split(),
             "networks": run(["docker", "network", "ls", "-q", "--filter", label]).stdout.split(),
             "volumes": run(["docker", "volume", "ls", "-q", "--filter", label]).stdout.split(),
+            "images": run(["docker", "images", "-q", image]).stdout.split()
+            + run(["docker", "images", "-q", "--filter", "dangling=true",
+                   "--filter", "label=kvstore.build"]).stdout.split(),
         }
         return {kind: items for kind, items in found.items() if items}
 
@@ -191,12 +201,14 @@ def compose_cluster() -> Iterator[ComposeCluster]:
         pytest.skip(f"no docker engine answers (docker info: {info.stderr.strip()[:200]})")
 
     base = os.environ.get("KV_E2E_BASE_IMAGE", "kvstore-base:bookworm")
-    image = os.environ.get("KV_E2E_IMAGE", "kvstore:e2e")
-    env = {**os.environ, "KV_BASE_IMAGE": base, "KV_IMAGE": image}
+    image = os.environ.get("KV_E2E_IMAGE", f"kvstore:e2e-{CHECKOUT}")
+    env = {**os.environ, "KV_IMAGE": image, "COMPOSE_PROJECT_NAME": PROJECT,
+           "KV_COMPOSE": " ".join(compose)}
     t = time.monotonic()
     if "KV_E2E_BASE_IMAGE" in os.environ:
         if run(["docker", "image", "inspect", base], check=False).returncode != 0:
             pytest.skip(f"KV_E2E_BASE_IMAGE={base} is not in the engine")
+        env["KV_BASE_IMAGE"] = base  # in the engine: docker_cluster.sh builds on it
     else:
         made = run([str(ROOT / "scripts/docker_base_image.sh"), base], timeout=900, env=env,
                    check=False)
@@ -205,21 +217,21 @@ def compose_cluster() -> Iterator[ComposeCluster]:
                         + made.stderr.strip()[-300:])
         assert made.returncode == 0, f"docker_base_image.sh failed:\n{made.stderr}"
     TIMINGS["base image (made or cached)"] = time.monotonic() - t
-    t = time.monotonic()
-    run([str(ROOT / "scripts/docker_build.sh"), "offline"], timeout=900, env=env)
-    TIMINGS["kvstore image build (offline)"] = time.monotonic() - t
 
     ports = dict(zip(("n1", "n2", "n3", "n4", "n5"), free_ports(5), strict=True))
-    env.update({"KV_BIND": "127.0.0.1", "KV_WHEELS": "build/docker-wheels"})
+    env["KV_BIND"] = "127.0.0.1"
     env.update({f"KV_{s.upper()}_PORT": str(p) for s, p in ports.items()})
     cluster = ComposeCluster(compose, env, ports)
     cluster.compose("--profile", "five", "down", "-v", "--remove-orphans",
                     check=False)  # whatever a crashed earlier run left
     try:
         t = time.monotonic()
-        cluster.compose("up", "-d", "--no-build", timeout=300)
-        TIMINGS["compose up -d"] = time.monotonic() - t
-        TIMINGS["up -> all healthy"] = TIMINGS["compose up -d"] + cluster.wait_healthy()
+        # The README's docker command: build (offline here: no registry answers), create
+        # the Raft group, start n1..n3 and wait until they are healthy.
+        up = run(["make", "--no-print-directory", "docker-up"], timeout=1500, env=env)
+        TIMINGS["make docker-up (build, up, healthy)"] = time.monotonic() - t
+        assert "kv --endpoints 127.0.0.1:" in up.stdout, up.stdout
+        cluster.wait_healthy()
         networks = json.loads(run(["docker", "inspect", "--format",
                                    "{{json .NetworkSettings.Networks}}",
                                    cluster.container("n1")]).stdout)
@@ -227,12 +239,15 @@ def compose_cluster() -> Iterator[ComposeCluster]:
         yield cluster
     finally:
         t = time.monotonic()
-        cluster.compose("--profile", "five", "down", "-v", "--remove-orphans", "-t", "15",
-                        timeout=300, check=False)
-        TIMINGS["compose down -v"] = time.monotonic() - t
+        run(["make", "--no-print-directory", "docker-down", "V=1"], timeout=300, env=env,
+            check=False)
+        run(["docker", "image", "rm", "--force", image], check=False)
+        run(["docker", "image", "prune", "--force", "--filter", "label=kvstore.build"],
+            check=False)
+        TIMINGS["make docker-down V=1, images removed"] = time.monotonic() - t
         TIMINGS["whole e2e session"] = time.monotonic() - session_start
         left = cluster.leftovers()
-        assert not left, f"compose down left these behind: {left}"
+        assert not left, f"the e2e run left these behind: {left}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -189,12 +189,13 @@ class SimCluster:
         for node in self.nodes.values():
             await node.stop()
 
-    async def join(self, node_id: str, seeds: list[str]) -> Node:
-        """Start a node that knows only `seeds` (plain addresses): it joins by gossip."""
+    async def join(self, node_id: str, seeds: list[str], **overrides) -> Node:
+        """Start a node that knows only `seeds` (plain addresses): it joins by gossip
+        (with join=True among `overrides`, by streaming its ranges first)."""
         self.engines[node_id] = MemoryEngine()
         self.hints[node_id] = HintStore(None)
         self.ids.append(node_id)
-        self.nodes[node_id] = self._make(node_id, seeds)
+        self.nodes[node_id] = self._make(node_id, seeds, **overrides)
         await self._start_node(node_id, self.nodes[node_id])
         return self.nodes[node_id]  # readiness: the caller waits for it
 
