@@ -70,6 +70,25 @@ def test_replica_shares_count_each_range_once_per_replica(ids, n):
         assert primary[node] - 1e-12 <= shares[node] <= 1.0 + 1e-12
 
 
+@settings(max_examples=60, deadline=None)
+@given(node_ids, st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=40),
+       st.integers(1, 5))
+def test_remembered_preference_lists_are_the_walk_and_cannot_be_changed_by_callers(
+        ids, tokens, n):
+    ring = Ring.of_nodes(ids, vnodes=8)
+    for token in tokens + tokens:  # the second pass answers from what the first remembered
+        walked = []
+        for node in ring.walk(token):
+            walked.append(node)
+            if len(walked) == n:
+                break
+        got = ring.preference_list_for_token(token, n)
+        assert got == walked
+        got.append("mutated by a caller")
+    assert len(ring._preference) <= len(ring.tokens) * 5
+    assert ring == Ring.of_nodes(ids, vnodes=8)  # the memo is not part of the value
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(st.integers(2, 6), st.integers(1, 3), st.booleans(), keys)
 def test_moves_say_exactly_which_keys_change_owners(size, n, join, key_list):
