@@ -372,6 +372,9 @@ def _register_groups() -> None:
 
     cli.add_command(meta)
     cli.add_command(raft)
+    from kvstore.cli.certs_cmd import certs_group  # security: kv certs, kv user
+
+    cli.add_command(certs_group, "certs")
 
 
 _register_groups()
