@@ -112,6 +112,24 @@ def node() -> None:
                    "be added (kv raft add ID --learner, then kv raft promote ID); it never "
                    "votes before its promotion. The supported way back for a voter that lost "
                    "its raft state. [env KV_RAFT_JOIN]")
+@click.option("--peer-listen", envvar="KV_PEER_LISTEN", default="",
+              help="A second host:port for internode traffic only, so a firewall can keep "
+                   "peers private (default: peers share --listen). [env KV_PEER_LISTEN]")
+@click.option("--peer-advertise", envvar="KV_PEER_ADVERTISE", default="",
+              help="host:port peers use to reach --peer-listen (default: --peer-listen). "
+                   "[env KV_PEER_ADVERTISE]")
+@click.option("--tls", "tls_dir", envvar="KV_TLS", type=click.Path(path_type=Path),
+              default=None,
+              help="Certificate directory (kv certs): mutual TLS between nodes, the peer's "
+                   "id taken from its certificate; TLS for clients. SIGHUP reloads the "
+                   "files. Without it the node is insecure. [env KV_TLS]")
+@click.option("--auth", is_flag=True, envvar="KV_AUTH",
+              help="Clients must authenticate (token from --user/--password, or a client "
+                   "certificate) and roles are enforced; needs --tls and --raft-voters. "
+                   "[env KV_AUTH]")
+@click.option("--token-ttl", envvar="KV_TOKEN_TTL", default=900.0, show_default=True,
+              type=click.FloatRange(1, 7 * 24 * 3600),
+              help="Seconds a login token stays valid. [env KV_TOKEN_TTL]")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, sloppy_quorum: bool,
@@ -119,7 +137,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
           raft_join: bool = False, restored: bool = False,
-          max_clock_skew: float = 60.0) -> None:
+          max_clock_skew: float = 60.0, peer_listen: str = "", peer_advertise: str = "",
+          tls_dir: Path | None = None, auth: bool = False, token_ttl: float = 900.0) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -145,6 +164,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
         raft_bootstrap=raft_bootstrap, raft_join=raft_join,
         raft_snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")),
+        peer_listen=peer_listen, peer_advertise=peer_advertise, tls_dir=tls_dir, auth=auth,
+        token_ttl=token_ttl,
     )
     try:
         config.validate()
@@ -156,10 +177,11 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         raise InvalidConfig(str(exc)) from None
     from kvstore.services.raft_start import RaftStartRefused
     from kvstore.storage import StorageError
+    from kvstore.transport.tls import TlsError
 
     try:
         _run(run_node(config))
-    except (RaftStartRefused, StorageError) as exc:  # one line, exit 1
+    except (RaftStartRefused, StorageError, TlsError) as exc:  # one line, exit 1
         raise click.ClickException(str(exc)) from None
 
 

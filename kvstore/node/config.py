@@ -39,10 +39,22 @@ class NodeConfig:
     raft_join: bool = False           # no raft state: join as a non-voting member, wait to be added
     raft_snapshot_every: int = 1000
     phi_threshold: float = 8.0
+    peer_listen: str = ""             # a separate internode listener; "" = the same as listen
+    peer_advertise: str = ""          # the address peers use for it (default: peer_listen)
+    tls_dir: Path | None = None       # certificate directory: mutual TLS between nodes
+    auth: bool = False                # clients must authenticate (needs tls_dir and raft)
+    token_ttl: float = 900.0          # seconds a login token is valid
 
     @property
     def address(self) -> str:
         return self.advertise or self.listen
+
+    @property
+    def peer_address(self) -> str:
+        """Where peers reach this node (gossiped): the peer listener when there is one."""
+        if self.peer_listen and self.peer_listen != self.listen:
+            return self.peer_advertise or self.peer_listen
+        return self.address
 
     def validate(self) -> None:
         """Raise ValueError naming what is wrong and what is allowed."""
@@ -52,6 +64,18 @@ class NodeConfig:
         for name, value in (("listen", self.listen), ("advertise", self.address)):
             if not is_host_port(value):
                 raise ValueError(f"--{name} {value!r} must be host:port")
+        if self.peer_listen and not is_host_port(self.peer_listen):
+            raise ValueError(f"--peer-listen {self.peer_listen!r} must be host:port")
+        if self.peer_advertise and not is_host_port(self.peer_advertise):
+            raise ValueError(f"--peer-advertise {self.peer_advertise!r} must be host:port")
+        if self.auth and self.tls_dir is None:
+            raise ValueError("--auth needs --tls (passwords and tokens must not cross the "
+                             "network in clear)")
+        if self.auth and not (self.raft_voters or self.raft_join):
+            raise ValueError("--auth needs the Raft metadata group (--raft-voters): users "
+                             "are kept there")
+        if not 1 <= self.token_ttl <= 7 * 24 * 3600:
+            raise ValueError("--token-ttl must be 1 second .. 7 days")
         if not 1 <= self.replication_factor <= 15:
             raise ValueError(f"replication factor {self.replication_factor} must be 1..15")
         if not 1 <= self.vnodes <= 4096:

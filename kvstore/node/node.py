@@ -95,7 +95,7 @@ class Node:
             self.raft.prepare(prior_life(config.data_dir),
                               str(config.data_dir or "its in-memory data"))
         self.membership = GossipMembership(
-            config.node_id, config.address, config.seeds, transport,
+            config.node_id, config.peer_address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
             vnodes=config.vnodes, state_path=state_path, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, timeout=min(1.0, config.timeout_ms / 1000),

@@ -1,7 +1,9 @@
 """A node as a real process: gRPC servers around a Node, durable storage, clean shutdown.
 
-One port serves the client API (KV), the internode API, the admin API and the standard
-grpc.health.v1 service. Health says SERVING once the node knows its cluster's membership.
+One port serves the client API (KV), the internode API, the admin API, the security API
+and the standard grpc.health.v1 service, unless a separate peer listener is configured
+(--peer-listen; see docs/security.md). Health says SERVING once the node knows its
+cluster's membership.
 """
 
 from __future__ import annotations
@@ -20,24 +22,35 @@ from kvstore._proto import (
     admin_pb2,
     admin_pb2_grpc,
     client_pb2_grpc,
+    security_pb2_grpc,
 )
 from kvstore._proto import (
     client_pb2 as cpb,
 )
+from kvstore._proto import security_pb2 as spb
+from kvstore.core.auth import AuthError
 from kvstore.node.config import NodeConfig
 from kvstore.node.node import Node
+from kvstore.node.security import ADMIN, READONLY, Guard, needed_for_batch
 from kvstore.services.antientropy import summary_pb
+from kvstore.services.auth import AuthService, MetaUnavailable, MetaUsers
+from kvstore.services.raft_driver import MetaError
 from kvstore.storage import AsyncStore, open_engine
 from kvstore.transport.grpc_transport import CHANNEL_OPTIONS, GrpcTransport
+from kvstore.transport.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
 
 class KVServicer(client_pb2_grpc.KVServicer):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, guard: Guard | None = None) -> None:
         self.node = node
+        self.guard = guard or Guard(node.node_id, None, None)
 
     async def Execute(self, request: cpb.ClientBatch, context) -> cpb.ClientBatchReply:
+        if self.guard.auth is not None:
+            need = needed_for_batch(request)
+            await self.guard.client(context, need, "read" if need == READONLY else "write")
         execute = self.node.coordinator.execute
         if len(request.requests) == 1:
             return cpb.ClientBatchReply(replies=[await execute(request.requests[0])])
@@ -45,18 +58,22 @@ class KVServicer(client_pb2_grpc.KVServicer):
         return cpb.ClientBatchReply(replies=replies)
 
     async def Ping(self, request: cpb.PingRequest, context) -> cpb.PingReply:
+        await self.guard.client(context, READONLY, "ping")
         return cpb.PingReply(payload=request.payload)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, guard: Guard | None = None) -> None:
         self.node = node
+        self.guard = guard or Guard(node.node_id, None, None)
 
     async def Info(self, request: admin_pb2.InfoRequest, context) -> admin_pb2.NodeInfo:
+        await self.guard.client(context, READONLY, "read node status")
         return await node_info(self.node)
 
     async def Repair(self, request: admin_pb2.RepairRequest, context):
         """Anti-entropy with every peer now, streaming progress after each peer."""
+        await self.guard.client(context, ADMIN, "run repair")
         service = self.node.antientropy
         known = set(service.peers())
         unknown = [p for p in request.peers if p not in known]
@@ -109,35 +126,116 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
     )
 
 
+class SecurityServicer(security_pb2_grpc.SecurityServicer):
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+
+    async def Login(self, request: spb.LoginRequest, context) -> spb.LoginReply:
+        auth = self.server.auth
+        if auth is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this node runs without --auth: no login needed")
+        try:
+            return await auth.login(request.user, request.password)
+        except AuthError as exc:
+            self.server.guard.stats["refused_unauthenticated"] += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except MetaUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"cannot check credentials now (metadata group: {exc}); retry")
+
+    async def Stats(self, request, context) -> spb.SecurityStats:
+        await self.server.guard.client(context, READONLY, "read security counters")
+        srv = self.server
+        auth_stats = srv.auth.stats if srv.auth else {"logins": 0, "logins_failed": 0}
+        return spb.SecurityStats(tls=srv.tls is not None, auth=srv.auth is not None,
+                                 certificate_reloads=srv.tls.generation if srv.tls else 0,
+                                 peer_address=srv.config.peer_address,
+                                 **srv.guard.stats, **auth_stats)
+
+
+async def _meta_call(raft, req: dict) -> dict:
+    try:
+        return await raft.handle(req)
+    except (MetaError, ValueError) as exc:
+        return {"ok": False, "error": str(exc)}
+
+
 class NodeServer:
-    """Builds and runs one node process."""
+    """Builds and runs one node process.
+
+    One listener serves everything, unless `peer_listen` names a second one: then peers
+    talk there (mutual TLS with --tls) and clients on `listen` (TLS, tokens with --auth).
+    """
 
     def __init__(self, config: NodeConfig) -> None:
         config.validate()
         self.config = config
+        self.tls = TlsFiles(config.tls_dir, config.node_id) if config.tls_dir else None
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
-        self.transport = GrpcTransport(config.node_id, self.server)
+        self.separate = bool(config.peer_listen) and config.peer_listen != config.listen
+        self.peer_server = (grpc.aio.server(options=CHANNEL_OPTIONS) if self.separate
+                            else self.server)
+        self.transport = GrpcTransport(config.node_id, self.peer_server, tls=self.tls)
+        if self.separate:
+            self.transport.add_client_port_servicer(self.server)
         self.store = AsyncStore(open_engine(config.data_dir, config.sync))
         self.node = Node(config, self.transport, self.store)
+        self.auth = None
+        if config.auth:
+            raft = self.node.raft
+            self.auth = AuthService(config.node_id,
+                                    MetaUsers(lambda req: _meta_call(raft, req)),
+                                    token_ttl=config.token_ttl)
+        self.guard = Guard(config.node_id, self.tls, self.auth)
+        self.transport.admit = self.guard.admit
         self.health = health_aio.HealthServicer()
-        client_pb2_grpc.add_KVServicer_to_server(KVServicer(self.node), self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.node), self.server)
+        client_pb2_grpc.add_KVServicer_to_server(KVServicer(self.node, self.guard), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.node, self.guard),
+                                                   self.server)
+        security_pb2_grpc.add_SecurityServicer_to_server(SecurityServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._health_task: asyncio.Task | None = None
 
-    async def start(self) -> None:
+    def _listen(self, server: grpc.aio.Server, address: str, peers: bool) -> None:
         try:
-            port = self.server.add_insecure_port(self.config.listen)
+            if self.tls is None:
+                port = server.add_insecure_port(address)
+            else:  # peers (and everyone on a shared port) must show a certificate
+                creds = self.tls.server_credentials(require_client_auth=peers)
+                port = server.add_secure_port(address, creds)
         except RuntimeError as exc:
-            raise OSError(f"cannot listen on {self.config.listen}: {exc}") from None
+            raise OSError(f"cannot listen on {address}: {exc}") from None
         if port == 0:
-            raise OSError(f"cannot listen on {self.config.listen} (address in use?)")
+            raise OSError(f"cannot listen on {address} (address in use?)")
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read the certificate files (new connections use them)."""
+        if self.tls is not None and self.tls.reload():
+            log.info("node %s: certificates reloaded (generation %d)", self.config.node_id,
+                     self.tls.generation)
+
+    async def start(self) -> None:
+        self._listen(self.server, self.config.listen, peers=not self.separate)
+        if self.separate:
+            self._listen(self.peer_server, self.config.peer_listen, peers=True)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.separate:
+            await self.peer_server.start()
         await self.node.start()
         self._health_task = asyncio.get_running_loop().create_task(self._track_health())
-        log.info("node %s listening on %s (data: %s)", self.config.node_id, self.config.listen,
+        log.info("node %s listening on %s%s (data: %s)", self.config.node_id,
+                 self.config.listen,
+                 f", peers on {self.config.peer_listen}" if self.separate else "",
                  self.config.data_dir or "in memory")
+        if self.tls is None:
+            log.warning("node %s is INSECURE: no --tls, so any process that reaches its port "
+                        "can act as a peer or a client (see docs/security.md)",
+                        self.config.node_id)
+        else:
+            log.info("node %s: mutual TLS between nodes (%s), client authentication %s",
+                     self.config.node_id, self.tls.directory, "on" if self.auth else "off")
 
     async def _track_health(self) -> None:
         serving = None
@@ -160,6 +258,8 @@ class NodeServer:
         if self.node.raft is not None:
             await self.node.raft.stop()  # before the server stops: no raft work mid-shutdown
         await self.server.stop(grace)
+        if self.separate:
+            await self.peer_server.stop(grace)
         await self.node.stop()
         await self.store.close()
         self.node.handoff.hints.close()
@@ -174,6 +274,7 @@ async def run_node(config: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     try:
         await stop.wait()
     finally:

@@ -1,0 +1,153 @@
+"""Client authentication on a node: users in the Raft metadata group, tokens, roles.
+
+Everything this feature keeps in the metadata group goes through `MetaUsers` (two key
+shapes, `auth/users/NAME` and `auth/token-key`, read and written with the group's generic
+get/put/cas requests), so moving it to another metadata API is one class to port.
+
+Lookups are cached for `cache_ttl` seconds (default 5): a revoked token or a changed role
+takes effect on every node within that time. Logins always read the user afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from kvstore._proto import security_pb2 as spb
+from kvstore.core import auth
+from kvstore.core.auth import AuthError, UserRecord
+
+log = logging.getLogger(__name__)
+
+USER_PREFIX = "auth/users/"
+TOKEN_KEY = "auth/token-key"
+
+# A metadata request (the dict protocol of RaftDriver.handle / `kv meta`) -> its reply.
+MetaRequest = Callable[[dict], Awaitable[dict]]
+
+
+class MetaUnavailable(Exception):
+    """The metadata group did not answer; the caller should retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: str
+    via: str  # "token", "certificate", "node"
+
+
+class MetaUsers:
+    """Users and the token key in the metadata group (the only place that knows the keys)."""
+
+    def __init__(self, request: MetaRequest) -> None:
+        self.request = request
+
+    async def _call(self, req: dict) -> dict:
+        reply = await self.request(req)
+        if not reply.get("ok") and reply.get("error") not in (None, "", "compare failed"):
+            raise MetaUnavailable(reply["error"])
+        return reply
+
+    async def get(self, name: str) -> UserRecord | None:
+        reply = await self._call({"op": "get", "key": USER_PREFIX + name})
+        value = reply.get("value")
+        return None if value is None else UserRecord.from_json(name, value)
+
+    async def put(self, name: str, role: str | None, password: str | None,
+                  expected: UserRecord | None, delete: bool = False) -> UserRecord | None:
+        """Create, change (role, password, generation+1) or delete a user, compare-and-set
+        on the record read before; returns the new record (None when deleted)."""
+        if role is not None and role not in auth.ROLES:
+            raise AuthError(f"role {role!r} must be one of {', '.join(auth.ROLES)}")
+        new: UserRecord | None = None
+        if not delete:
+            if expected is None and (role is None or password is None):
+                raise AuthError("a new user needs a role and a password")
+            salt, hashed = (expected.salt, expected.hash) if expected else ("", "")
+            if password is not None:
+                raw = os.urandom(16)
+                salt, hashed = raw.hex(), auth.hash_password(password, raw)
+            new = UserRecord(name, role or expected.role, salt, hashed,
+                             (expected.generation if expected else 0) + 1)
+        reply = await self._call({"op": "cas", "key": USER_PREFIX + name,
+                                  "expected": expected.to_json() if expected else None,
+                                  "value": new.to_json() if new else None})
+        if not reply.get("ok"):
+            raise AuthError(f"user {name!r} changed meanwhile; retry")
+        return new
+
+    async def token_key(self) -> bytes:
+        reply = await self._call({"op": "get", "key": TOKEN_KEY})
+        if reply.get("value"):
+            return bytes.fromhex(reply["value"])
+        fresh = os.urandom(32).hex()
+        reply = await self._call({"op": "cas", "key": TOKEN_KEY, "expected": None,
+                                  "value": fresh})
+        if reply.get("ok"):
+            return bytes.fromhex(fresh)
+        return bytes.fromhex(reply["previous"])  # another node created it first
+
+
+class AuthService:
+    def __init__(self, node_id: str, users: MetaUsers, token_ttl: float = 900.0,
+                 cache_ttl: float = 5.0, clock_ms: Callable[[], int] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.node_id = node_id
+        self.users = users
+        self.token_ttl = token_ttl
+        self.cache_ttl = cache_ttl
+        self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self.monotonic = monotonic
+        self._key: bytes | None = None
+        self._cache: dict[str, tuple[float, UserRecord | None]] = {}
+        self.stats = {"logins": 0, "logins_failed": 0}
+
+    async def _token_key(self) -> bytes:
+        if self._key is None:
+            self._key = await self.users.token_key()
+        return self._key
+
+    async def _user(self, name: str, fresh: bool = False) -> UserRecord | None:
+        now = self.monotonic()
+        cached = self._cache.get(name)
+        if cached is not None and not fresh and now - cached[0] < self.cache_ttl:
+            return cached[1]
+        record = await self.users.get(name)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[name] = (now, record)
+        return record
+
+    async def login(self, user: str, password: str) -> spb.LoginReply:
+        record = await self._user(user, fresh=True)
+        ok = record is not None and await asyncio.to_thread(auth.check_password, record,
+                                                            password)
+        if not ok:
+            self.stats["logins_failed"] += 1
+            raise AuthError("unknown user or wrong password")
+        self.stats["logins"] += 1
+        expires = self.clock_ms() + int(self.token_ttl * 1000)
+        claims = spb.TokenClaims(user=user, role=record.role, expires_at_ms=expires,
+                                 generation=record.generation, issuer=self.node_id)
+        return spb.LoginReply(token=auth.make_token(await self._token_key(), claims),
+                              expires_at_ms=expires, role=record.role)
+
+    async def from_token(self, token: str) -> Principal:
+        claims = auth.read_token(await self._token_key(), token, self.clock_ms())
+        record = await self._user(claims.user)
+        if record is None or record.generation != claims.generation:
+            raise AuthError("token revoked (the user was changed, revoked or deleted); log in "
+                            "again")
+        return Principal(claims.user, record.role, "token")
+
+    async def from_certificate(self, name: str) -> Principal:
+        record = await self._user(name)
+        if record is None:
+            raise AuthError(f"client certificate {name!r} names no user; add it with "
+                            f"`kv user add {name} --role ...`")
+        return Principal(name, record.role, "certificate")
