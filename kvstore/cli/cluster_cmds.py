@@ -85,6 +85,8 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
         local.stop()
         raise click.ClickException(str(exc)) from None
     _show(local, rf)
+    console.print("[yellow]insecure[/yellow]: no TLS and no authentication (local "
+                  "development; see docs/security.md for a secure cluster)")
     if detach:
         console.print("Detached. Stop it with: [bold]kv cluster down[/bold]")
         return

@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 the request failed, 2 bad usage or invalid argument, 3 key n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -359,7 +360,15 @@ def repair(s: Settings, nodes: tuple[str, ...], as_json: bool) -> None:
     client = s.client()
     if not nodes:
         info = client.info()
-        nodes = tuple(m.address for m in info.members)
+        # Gossip carries peer addresses; with separate peer listeners (docs/security.md)
+        # a node's client address is what it reports itself, so ask the endpoints.
+        by_id = {m.id: m.address for m in info.members}
+        if any(m.id == info.node_id and m.address != info.address for m in info.members):
+            for ep in list(client.async_client.endpoints):
+                with contextlib.suppress(KVError):
+                    mine = client.info(ep.address)
+                    by_id[mine.node_id] = mine.address
+        nodes = tuple(by_id.values())
     result = client.run(run_repair(client.async_client, list(nodes), show_progress=not as_json))
     if as_json:
         output.print_json(result)

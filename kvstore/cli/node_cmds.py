@@ -198,12 +198,16 @@ def _run(coro) -> None:
 @click.option("--endpoint", default="127.0.0.1:7001", show_default=True,
               help="The node to ask.")
 @click.option("--timeout", type=float, default=2.0, show_default=True)
-def health(endpoint: str, timeout: float) -> None:
+@click.option("--tls", "tls_dir", envvar="KV_TLS", type=click.Path(path_type=Path),
+              default=None, help="The node runs with --tls: trust DIR/ca.crt. [env KV_TLS]")
+def health(endpoint: str, timeout: float, tls_dir: Path | None) -> None:
     """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(endpoint) as channel:
+    from kvstore.node.local_cluster import health_channel
+
+    with health_channel(endpoint, tls_dir) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status

@@ -27,16 +27,20 @@ class NodeProcess:
     data_dir: str
     log: str
     pid: int = 0
+    peer_address: str = ""  # a separate peer listener (--peer-listen), if any
 
 
 class LocalCluster:
     def __init__(self, data_root: Path, *, nodes: int = 3, host: str = "127.0.0.1",
                  base_port: int = 7001, replication_factor: int = 3,
                  extra_args: list[str] | None = None, ports: list[int] | None = None,
-                 raft_bootstrap: bool = False) -> None:
+                 raft_bootstrap: bool = False, tls_dir: Path | None = None,
+                 peer_ports: list[int] | None = None) -> None:
         """`raft_bootstrap`: the cluster is being created now; each node gets
         --raft-bootstrap on its first start here (a restart never does: a voter that lost
-        its raft state must refuse, see docs/raft.md)."""
+        its raft state must refuse, see docs/raft.md). `tls_dir`: nodes run with --tls
+        (certificates n1.. made beforehand); `peer_ports`: separate peer listeners."""
+        self.tls_dir = Path(tls_dir) if tls_dir else None
         self.data_root = Path(data_root)
         ports = ports or [base_port + i for i in range(nodes)]
         self.nodes = [
@@ -45,6 +49,8 @@ class LocalCluster:
                         log=str(self.data_root / f"n{i + 1}" / "node.log"))
             for i, port in enumerate(ports)
         ]
+        for node, peer_port in zip(self.nodes, peer_ports or [], strict=False):
+            node.peer_address = f"{host}:{peer_port}"
         self.replication_factor = replication_factor
         self.extra_args = extra_args or []
         self.bootstrap_pending = {n.id for n in self.nodes} if raft_bootstrap else set()
@@ -55,18 +61,21 @@ class LocalCluster:
         return self.data_root / "cluster.json"
 
     def seeds(self) -> str:
-        return ",".join(f"{n.id}={n.address}" for n in self.nodes)
+        return ",".join(f"{n.id}={n.peer_address or n.address}" for n in self.nodes)
 
     def endpoints(self) -> list[str]:
         return [n.address for n in self.nodes]
 
     def command(self, node: NodeProcess, extra: list[str] | None = None) -> list[str]:
         bootstrap = ["--raft-bootstrap"] if node.id in self.bootstrap_pending else []
+        security = ["--peer-listen", node.peer_address] if node.peer_address else []
+        if self.tls_dir is not None:
+            security += ["--tls", str(self.tls_dir)]
         return [
             sys.executable, "-m", "kvstore", "node", "start", "--id", node.id,
             "--listen", node.address, "--seeds", self.seeds(), "--data-dir", node.data_dir,
             "--replication-factor", str(self.replication_factor), *self.extra_args,
-            *bootstrap, *(extra or []),
+            *security, *bootstrap, *(extra or []),
         ]
 
     def start_node(self, node_id: str, extra_args: list[str] | None = None) -> None:
@@ -109,7 +118,7 @@ class LocalCluster:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"node {node_id} exited with code {proc.returncode}; "
                                        f"see {self.node(node_id).log}:\n{self.log_tail(node_id)}")
-                if is_serving(self.node(node_id).address):
+                if is_serving(self.node(node_id).address, tls_dir=self.tls_dir):
                     waiting.discard(node_id)
                     if progress:
                         progress(node_id)
@@ -147,9 +156,17 @@ class LocalCluster:
         self.file.unlink(missing_ok=True)
 
 
-def is_serving(address: str, timeout: float = 0.5) -> bool:
+def health_channel(address: str, tls_dir: Path | None = None) -> grpc.Channel:
+    """A channel for health checks: TLS trusting tls_dir/ca.crt when given."""
+    if tls_dir is None:
+        return grpc.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials((Path(tls_dir) / "ca.crt").read_bytes())
+    return grpc.secure_channel(address, creds)
+
+
+def is_serving(address: str, timeout: float = 0.5, tls_dir: Path | None = None) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with health_channel(address, tls_dir) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout)
     except grpc.RpcError:
