@@ -78,7 +78,10 @@ def check_password(record: UserRecord, password: str) -> bool:
         salt = bytes.fromhex(record.salt)
     except ValueError:
         return False
-    return hmac.compare_digest(hash_password(password, salt), record.hash)
+    # Bytes, not str: compare_digest refuses non-ASCII strings (a damaged record must
+    # fail the check, not raise; found by fuzzing, tests/fuzz/regressions/user_record).
+    return hmac.compare_digest(hash_password(password, salt).encode(),
+                               record.hash.encode("utf-8", "replace"))
 
 
 def _b64(data: bytes) -> str:
