@@ -346,8 +346,8 @@ class AsyncClient:
     async def metadata(self, ep: _Endpoint | None = None) -> tuple[tuple[str, str], ...]:
         """Call metadata: the bearer token (logging in first when there is none or it is
         about to expire); empty without a user."""
-        if self.credentials.user is None:
-            return ()
+        if self.credentials.user is None or self.credentials.cert:
+            return ()  # a certificate, when given, is the credential
         loop = asyncio.get_running_loop()
         if self._token is None or self._token[1] - loop.time() < 5.0:
             if self._login_lock is None:

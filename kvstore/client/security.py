@@ -3,8 +3,10 @@
 `Credentials(tls_dir=..., user=..., password=...)`: channels verify the node's certificate
 against `tls_dir/ca.crt`; the client logs in once (Security.Login) and sends the token as
 `authorization: Bearer ...` on every call, logging in again when it expires.
-`cert=NAME` presents `tls_dir/NAME.crt` instead (or as well): the node maps it to the user
-NAME (or, for a node certificate, to an admin).
+`cert=NAME` presents `tls_dir/NAME.crt` instead, and then no login is made (the
+certificate is the credential): the node maps it to the user NAME (or, for a node
+certificate, to an admin). Nodes see client certificates only where they ask for them: a
+peer port, or a single port shared by peers and clients (docs/security.md).
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def login_metadata(credentials: Credentials, channel: grpc.Channel,
                    timeout: float) -> tuple[tuple[str, str], ...]:
     """Blocking: log in over `channel` and return the call metadata (empty without a user).
     Raises grpc.RpcError as the call does."""
-    if credentials.user is None:
-        return ()
+    if credentials.user is None or credentials.cert:
+        return ()  # a certificate, when given, is the credential
     from kvstore._proto import security_pb2 as spb
     from kvstore._proto import security_pb2_grpc
 

@@ -30,7 +30,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = "kvstore-e2e"
+PROJECT = os.environ.get("KV_E2E_PROJECT", "kvstore-e2e")
+# The compose files of each profile the whole e2e suite runs against (KV_E2E_PROFILES picks).
+PROFILES = {"default": ["docker-compose.yml"],
+            "secure": ["docker-compose.yml", "docker-compose.secure.yml"]}
+SECURE_NODES = ("n1", "n2", "n3", "n4", "n5")
 SERVICES = ("n1", "n2", "n3")
 HEALTHY_TIMEOUT = 180.0  # seconds; the nodes report healthy in ~10 s on an idle machine
 TIMINGS: dict[str, float] = {}
@@ -85,10 +89,14 @@ def kv_command() -> list[str]:
 class ComposeCluster:
     """The running compose project, driven through the docker CLI and the kv CLI."""
 
-    def __init__(self, compose: list[str], env: dict[str, str], ports: dict[str, int]) -> None:
-        self.base = [*compose, "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml")]
+    def __init__(self, compose: list[str], env: dict[str, str], ports: dict[str, int],
+                 profile: str = "default") -> None:
+        files = [arg for f in PROFILES[profile] for arg in ("-f", str(ROOT / f))]
+        self.base = [*compose, "-p", PROJECT, *files]
         self.env = env
         self.ports = ports
+        self.profile = profile
+        self.kv_env: dict[str, str] | None = None  # the host kv's credentials (secure)
         self._ids: dict[str, str] = {}
         self.network = ""
 
@@ -161,7 +169,7 @@ class ComposeCluster:
            timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """The kv CLI on the host, through the published ports of the `via` nodes."""
         return run([*kv_command(), "--endpoints", self.endpoints(*via), *args],
-                   timeout=timeout, check=False)
+                   timeout=timeout, check=False, env=self.kv_env)
 
     def kv_in(self, service: str, *args: str, timeout: float = 60,
               via_compose: bool = False) -> subprocess.CompletedProcess[str]:
@@ -180,8 +188,52 @@ def values(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return sorted(s["value"] for s in json.loads(proc.stdout)["siblings"])
 
 
-@pytest.fixture(scope="session")
-def compose_cluster() -> Iterator[ComposeCluster]:
+def make_secure_material(directory: Path) -> None:
+    """The certificates and the admin password the secure profile mounts at /certs,
+    readable by the image's user (uid 10001) and nobody else where we may chown."""
+    from kvstore.transport import certs
+
+    certs.init_ca(directory)
+    for node in SECURE_NODES:
+        certs.issue(directory, certs.KIND_NODE, node)
+    (directory / "root.pw").write_text("e2e-admin-password\n")
+    (directory / "ca.key").unlink()  # not needed by the nodes: keep it off them
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        try:
+            os.chown(path, 10001, 10001)
+        except PermissionError:  # not root: a throwaway directory, world-readable then
+            path.chmod(0o644)
+
+
+def bootstrap_admin(cluster: ComposeCluster, certs_dir: Path) -> None:
+    """The first admin (`root`), made with n1's node certificate on its peer port; then the
+    host's kv logs in as root."""
+    deadline = time.monotonic() + 60
+    while True:  # the raft group elects its first leader
+        res = run(["docker", "exec", cluster.container("n1"), "kv", "--endpoints",
+                   "127.0.0.1:7101", "--cert", "n1", "user", "add", "root", "--role", "admin",
+                   "--password-file", "/certs/root.pw"], check=False)
+        if res.returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"cannot add the admin user: {res.stderr}"
+        time.sleep(1)
+    cluster.kv_env = {**os.environ, "KV_TLS": str(certs_dir), "KV_USER": "root",
+                      "KV_PASSWORD_FILE": str(certs_dir / "root.pw")}
+
+
+def _profiles() -> list[str]:
+    names = [p.strip() for p in os.environ.get("KV_E2E_PROFILES", "default,secure").split(",")
+             if p.strip()]
+    unknown = set(names) - set(PROFILES)
+    assert not unknown, f"KV_E2E_PROFILES: unknown {unknown}; choose from {sorted(PROFILES)}"
+    return names
+
+
+@pytest.fixture(scope="session", params=_profiles())
+def compose_cluster(request, tmp_path_factory) -> Iterator[ComposeCluster]:
+    """The cluster of one compose profile: every e2e test runs against each profile."""
+    profile = request.param
     session_start = time.monotonic()
     compose = compose_command()
     if compose is None:
@@ -212,14 +264,22 @@ def compose_cluster() -> Iterator[ComposeCluster]:
     ports = dict(zip(("n1", "n2", "n3", "n4", "n5"), free_ports(5), strict=True))
     env.update({"KV_BIND": "127.0.0.1", "KV_WHEELS": "build/docker-wheels"})
     env.update({f"KV_{s.upper()}_PORT": str(p) for s, p in ports.items()})
-    cluster = ComposeCluster(compose, env, ports)
+    if profile == "secure":
+        certs_dir = tmp_path_factory.mktemp("secure-certs")
+        make_secure_material(certs_dir)
+        env.update({"KV_CERTS": str(certs_dir), "KV_RAFT_BOOTSTRAP": "1"})
+    cluster = ComposeCluster(compose, env, ports, profile)
     cluster.compose("--profile", "five", "down", "-v", "--remove-orphans",
                     check=False)  # whatever a crashed earlier run left
+    label = "" if profile == "default" else f" ({profile})"
     try:
         t = time.monotonic()
         cluster.compose("up", "-d", "--no-build", timeout=300)
-        TIMINGS["compose up -d"] = time.monotonic() - t
-        TIMINGS["up -> all healthy"] = TIMINGS["compose up -d"] + cluster.wait_healthy()
+        TIMINGS["compose up -d" + label] = time.monotonic() - t
+        TIMINGS["up -> all healthy" + label] = (TIMINGS["compose up -d" + label]
+                                                + cluster.wait_healthy())
+        if profile == "secure":
+            bootstrap_admin(cluster, certs_dir)
         networks = json.loads(run(["docker", "inspect", "--format",
                                    "{{json .NetworkSettings.Networks}}",
                                    cluster.container("n1")]).stdout)
@@ -229,8 +289,8 @@ def compose_cluster() -> Iterator[ComposeCluster]:
         t = time.monotonic()
         cluster.compose("--profile", "five", "down", "-v", "--remove-orphans", "-t", "15",
                         timeout=300, check=False)
-        TIMINGS["compose down -v"] = time.monotonic() - t
-        TIMINGS["whole e2e session"] = time.monotonic() - session_start
+        TIMINGS["compose down -v" + label] = time.monotonic() - t
+        TIMINGS["whole e2e session" + label] = time.monotonic() - session_start
         left = cluster.leftovers()
         assert not left, f"compose down left these behind: {left}"
 
