@@ -200,14 +200,16 @@ def _run(coro) -> None:
 @click.option("--timeout", type=float, default=2.0, show_default=True)
 @click.option("--tls", "tls_dir", envvar="KV_TLS", type=click.Path(path_type=Path),
               default=None, help="The node runs with --tls: trust DIR/ca.crt. [env KV_TLS]")
-def health(endpoint: str, timeout: float, tls_dir: Path | None) -> None:
+@click.option("--cert", default=None, metavar="NAME",
+              help="Present DIR/NAME.crt (a --tls port without --peer-listen asks for one).")
+def health(endpoint: str, timeout: float, tls_dir: Path | None, cert: str | None) -> None:
     """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from kvstore.node.local_cluster import health_channel
 
-    with health_channel(endpoint, tls_dir) as channel:
+    with health_channel(endpoint, tls_dir, cert) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status

@@ -118,7 +118,8 @@ class LocalCluster:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"node {node_id} exited with code {proc.returncode}; "
                                        f"see {self.node(node_id).log}:\n{self.log_tail(node_id)}")
-                if is_serving(self.node(node_id).address, tls_dir=self.tls_dir):
+                if is_serving(self.node(node_id).address, tls_dir=self.tls_dir,
+                              cert=node_id if self.tls_dir else None):
                     waiting.discard(node_id)
                     if progress:
                         progress(node_id)
@@ -156,17 +157,25 @@ class LocalCluster:
         self.file.unlink(missing_ok=True)
 
 
-def health_channel(address: str, tls_dir: Path | None = None) -> grpc.Channel:
-    """A channel for health checks: TLS trusting tls_dir/ca.crt when given."""
+def health_channel(address: str, tls_dir: Path | None = None,
+                   cert: str | None = None) -> grpc.Channel:
+    """A channel for health checks: TLS trusting tls_dir/ca.crt when given, presenting
+    tls_dir/CERT.crt when named (a port shared with peers asks every caller for one)."""
     if tls_dir is None:
         return grpc.insecure_channel(address)
-    creds = grpc.ssl_channel_credentials((Path(tls_dir) / "ca.crt").read_bytes())
+    root = (Path(tls_dir) / "ca.crt").read_bytes()
+    if cert:
+        creds = grpc.ssl_channel_credentials(root, (Path(tls_dir) / f"{cert}.key").read_bytes(),
+                                             (Path(tls_dir) / f"{cert}.crt").read_bytes())
+    else:
+        creds = grpc.ssl_channel_credentials(root)
     return grpc.secure_channel(address, creds)
 
 
-def is_serving(address: str, timeout: float = 0.5, tls_dir: Path | None = None) -> bool:
+def is_serving(address: str, timeout: float = 0.5, tls_dir: Path | None = None,
+               cert: str | None = None) -> bool:
     try:
-        with health_channel(address, tls_dir) as channel:
+        with health_channel(address, tls_dir, cert) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout)
     except grpc.RpcError:

@@ -272,3 +272,36 @@ def test_certificate_rotation_on_sighup(secure):
     assert res.returncode == 0, res.stderr
     res = as_user(c, root, "bob", "status", "--json")
     assert all(m["up"] for m in json.loads(res.stdout)["members"])
+
+
+def test_one_shared_tls_port_needs_certificates_from_everyone(tmp_path):
+    """Without --peer-listen, --tls makes the one port ask every caller for a certificate
+    (peers must show one): nodes still form the cluster; a client with a client
+    certificate works; one without cannot even connect."""
+    good = tmp_path / "certs"
+    certs.init_ca(good)
+    for name in ("n1", "n2", "n3"):
+        certs.issue(good, certs.KIND_NODE, name)
+    certs.issue(good, certs.KIND_CLIENT, "carol")
+    c = LocalCluster(tmp_path / "data", ports=free_ports(3), tls_dir=good,
+                     raft_bootstrap=True, extra_args=["--raft-voters", "n1,n2,n3"])
+    c.start()
+    try:
+        c.wait_healthy(timeout=45)
+        res = kv(c, "--tls", str(good), "--cert", "carol", "put", "shared", "yes",
+                 "--consistency", "ALL")
+        assert res.returncode == 0, res.stderr
+        res = kv(c, "--tls", str(good), "--cert", "carol", "status", "--json")
+        assert all(m["up"] for m in json.loads(res.stdout)["members"]), res.stdout
+        res = kv(c, "--tls", str(good), "get", "shared")
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        res = kv(c, "get", "shared")  # plaintext to a TLS port
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        # Metadata requests with a client certificate are admin calls: allowed (no --auth).
+        deadline = time.monotonic() + 30
+        while (res := kv(c, "--tls", str(good), "--cert", "carol", "meta", "put", "m",
+                         "1")).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert res.returncode == 0, res.stderr
+    finally:
+        c.stop()
