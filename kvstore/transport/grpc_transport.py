@@ -134,9 +134,12 @@ class GrpcTransport:
         if self.tls is None:
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         else:
-            channel = grpc.aio.secure_channel(
-                address, self.tls.channel_credentials(),
-                options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer)])
+            # Verify that the server's certificate names the peer we mean to reach. A
+            # seed known only by its address ("seed@host:port") is checked against the
+            # host instead (node certificates carry their addresses too).
+            override = [] if "@" in peer else [("grpc.ssl_target_name_override", peer)]
+            channel = grpc.aio.secure_channel(address, self.tls.channel_credentials(),
+                                              options=[*CHANNEL_OPTIONS, *override])
         stub = pb_grpc.InternodeStub(channel)
         self.channels[peer] = (key, channel, stub)
         return stub
