@@ -88,6 +88,18 @@ class Ring:
             shares[self.owners[0]] = 1.0
         return shares
 
+    def replica_shares(self, n: int) -> dict[str, float]:
+        """The share of the token space each node holds a replica of, with `n` replicas per
+        key (the shares sum to min(n, nodes)): what a node stores, not only what it leads."""
+        shares = dict.fromkeys(self.nodes, 0.0)
+        if len(self.tokens) == 1:
+            return {self.owners[0]: 1.0}
+        for i, token in enumerate(self.tokens):
+            prev = self.tokens[i - 1] if i else self.tokens[-1] - TOKEN_SPACE
+            for node in self.preference_list_for_token(token, n):
+                shares[node] += (token - prev) / TOKEN_SPACE
+        return shares
+
     def ranges(self) -> list[tuple[int, int, str]]:
         """Every (start exclusive, end inclusive, owner) range; the first wraps around."""
         out = []

@@ -153,7 +153,8 @@ def test_info_json(shared_cluster):
 
 @pytest.mark.parametrize("command", [[], ["get"], ["put"], ["delete"], ["info"], ["node"],
                                      ["node", "start"], ["node", "health"], ["cluster"],
-                                     ["cluster", "up"], ["cluster", "down"], ["cluster", "status"]])
+                                     ["cluster", "up"], ["cluster", "down"], ["cluster", "status"],
+                                     ["ring"]])
 def test_every_command_has_help(command):
     r = subprocess.run([sys.executable, "-m", "kvstore", *command, "--help"],
                        capture_output=True, text=True, timeout=30)
@@ -291,3 +292,16 @@ def test_put_at_all_with_stopped_nodes_reads_its_context_at_a_level_that_can_ans
         assert all(h["node"] == last.id and h["counted"] for h in hints), data["trace"]
     finally:
         cluster.stop()
+
+
+def test_ring_json_agrees_with_the_nodes_and_shows_replicated_shares(shared_cluster):
+    r = kv(shared_cluster, "ring", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["ranges"] == 3 * data["vnodes"] and data["pending"] == []
+    assert all(m["agrees"] and m["status"] == "NORMAL" for m in data["members"])
+    # three nodes, three replicas per key: every node stores every range
+    assert all(abs(m["replicated"] - 1.0) < 1e-6 for m in data["members"])
+    assert 1.0 <= data["balance"] <= 1.15
+    r = kv(shared_cluster, "ring")
+    assert r.returncode == 0 and "stores a replica of" in r.stdout and "n2" in r.stdout

@@ -57,3 +57,14 @@ def test_adding_a_node_moves_about_one_in_n_plus_one_keys(n):
     fraction = moved / len(sample)
     expected = 1 / (n + 1)
     assert 0.75 * expected <= fraction <= 1.25 * expected, (fraction, expected)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(node_ids, st.integers(1, 5))
+def test_replica_shares_count_each_range_once_per_replica(ids, n):
+    ring = Ring.of_nodes(ids, vnodes=16)
+    shares = ring.replica_shares(n)
+    assert abs(sum(shares.values()) - min(n, len(ids))) < 1e-9
+    primary = ring.ownership()
+    for node in ids:  # a node stores at least what it leads, and never more than everything
+        assert primary[node] - 1e-12 <= shares[node] <= 1.0 + 1e-12

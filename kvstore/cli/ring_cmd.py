@@ -1,0 +1,85 @@
+"""`kv ring`: how the token space is divided, as one node sees it.
+
+Tokens are derived from node ids (core/ring.py), so the command rebuilds the ring that node
+uses from its member list and vnode count, and shows for each member: its status, vnodes,
+the share it leads (primary ownership, which the node also reports: a mismatch means the
+two disagree on the ring and is flagged) and the share it stores a replica of with N
+replicas per key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from kvstore.cli import output
+from kvstore.core.gossip import RING_STATUSES, Status
+from kvstore.core.ring import Ring, node_tokens
+
+ON_RING = {s.name for s in RING_STATUSES}
+
+
+def ring_json(info: dict[str, Any]) -> dict[str, Any]:
+    vnodes, n = info["vnodes"], info["replication_factor"]
+    on_ring = [m["id"] for m in info["members"] if m["status"] in ON_RING]
+    ring = Ring.build({m: node_tokens(m, vnodes) for m in on_ring})
+    primary, replicated = ring.ownership(), ring.replica_shares(n)
+    members = []
+    for m in info["members"]:
+        mine = m["id"] in ring.nodes
+        members.append({
+            "id": m["id"], "address": m["address"], "status": m["status"], "up": m["up"],
+            "vnodes": vnodes if mine else 0,
+            "ownership": round(primary.get(m["id"], 0.0), 6),
+            "replicated": round(replicated.get(m["id"], 0.0), 6),
+            "reported_ownership": m["ownership"],
+            "agrees": abs(primary.get(m["id"], 0.0) - m["ownership"]) < 1e-4,
+        })
+    shares = [primary[m] for m in ring.nodes] or [0.0]
+    return {
+        "node": info["node_id"], "replication_factor": n, "vnodes": vnodes,
+        "ranges": len(ring.tokens),
+        "balance": round(max(shares) / min(shares), 4) if min(shares) > 0 else None,
+        "members": members,
+        "pending": [m["id"] for m in info["members"]
+                    if m["status"] in (Status.JOINING.name, Status.LEAVING.name)],
+    }
+
+
+def print_ring(data: dict[str, Any]) -> None:
+    output.console.print(
+        f"ring as seen by {data['node']}: {data['ranges']} ranges, N={data['replication_factor']}, "
+        f"{data['vnodes']} vnodes per node, balance (largest/smallest share) "
+        f"{data['balance'] if data['balance'] is not None else 'n/a'}")
+    table = Table()
+    for col in ("member", "status", "up", "vnodes", "leads", "stores a replica of"):
+        table.add_column(col)
+    for m in data["members"]:
+        leads = f"{m['ownership'] * 100:.1f}%"
+        if not m["agrees"]:
+            leads += f" [red](node reports {m['reported_ownership'] * 100:.1f}%)[/red]"
+        table.add_row(m["id"], m["status"],
+                      "[green]up[/green]" if m["up"] else "[red]DOWN[/red]", str(m["vnodes"]),
+                      leads, f"{m['replicated'] * 100:.1f}%")
+    output.console.print(table)
+    if data["pending"]:
+        output.console.print("changing: " + ", ".join(data["pending"]))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"node", "replication_factor", "vnodes", "ranges", "balance", '
+                   '"members": [{"id", "status", "up", "vnodes", "ownership", "replicated", '
+                   '...}], "pending"}.')
+@click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
+              help="The node whose view to show (default: the first endpoint that answers).")
+@click.pass_obj
+def ring(s, as_json: bool, endpoint: str | None) -> None:
+    """Tokens per node, the share each leads and stores, and members joining or leaving."""
+    data = ring_json(output.info_json(s.client().info(endpoint)))
+    if as_json:
+        output.print_json(data)
+    else:
+        print_ring(data)

@@ -1,0 +1,130 @@
+"""The Docker Swarm stack (deploy/swarm/stack.yml) comes up on the local engine and serves.
+
+Needs a docker engine that can enter swarm mode. The test initialises a single-node swarm
+when the engine is in none (and leaves it again afterwards), deploys the stack under a
+name of its own on free host ports, writes and reads at QUORUM and ALL from the host, and
+removes the stack, its network and its volumes. Skips, saying why, where docker or swarm
+mode is unavailable. The image is the one the compose e2e tests build (offline, cached).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import ROOT, free_ports, kv_command, run
+
+pytestmark = pytest.mark.e2e
+STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
+NODES = ("n1", "n2", "n3")
+READY_TIMEOUT = 240.0
+
+
+def _docker_ok() -> str | None:
+    """None if a docker engine answers, else why not."""
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{json .Swarm}}"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"no docker CLI or engine ({exc})"
+    if info.returncode != 0:
+        return f"no docker engine answers: {info.stderr.strip()[:200]}"
+    return None
+
+
+def _swarm_state() -> str:
+    out = run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"]).stdout
+    return out.strip()
+
+
+def _image() -> str:
+    """The kvstore image, built offline like the compose e2e tests (cached layers)."""
+    base = os.environ.get("KV_E2E_BASE_IMAGE", "kvstore-base:bookworm")
+    image = os.environ.get("KV_E2E_IMAGE", "kvstore:e2e")
+    env = {**os.environ, "KV_BASE_IMAGE": base, "KV_IMAGE": image}
+    if "KV_E2E_BASE_IMAGE" not in os.environ:
+        made = run([str(ROOT / "scripts/docker_base_image.sh"), base], timeout=900, env=env,
+                   check=False)
+        if made.returncode in (4, 5):
+            pytest.skip("cannot make the base image, debootstrap cannot run: "
+                        + made.stderr.strip()[-300:])
+        assert made.returncode == 0, f"docker_base_image.sh failed:\n{made.stderr}"
+    run([str(ROOT / "scripts/docker_build.sh"), "offline"], timeout=900, env=env)
+    return image
+
+
+def _kv(endpoints: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*kv_command(), "--endpoints", endpoints, *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def swarm_stack() -> Iterator[str]:
+    why = _docker_ok()
+    if why:
+        pytest.skip(why)
+    image = _image()
+    initialised = False
+    if _swarm_state() == "inactive":
+        init = run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=False)
+        if init.returncode != 0:
+            pytest.skip("the engine cannot enter swarm mode: " + init.stderr.strip()[:300])
+        initialised = True
+    stack = f"kvswarm{os.getpid()}"
+    ports = dict(zip(NODES, free_ports(len(NODES)), strict=True))
+    env = {**os.environ, "KV_IMAGE": image,
+           **{f"KV_{n.upper()}_PORT": str(p) for n, p in ports.items()}}
+    try:
+        run(["docker", "stack", "deploy", "-c", str(STACK_FILE), stack], env=env, timeout=180)
+        yield ",".join(f"127.0.0.1:{p}" for p in ports.values())
+    finally:
+        run(["docker", "stack", "rm", stack], check=False, timeout=120)
+        deadline = time.monotonic() + 120
+        label = f"label=com.docker.stack.namespace={stack}"
+        while time.monotonic() < deadline and run(
+                ["docker", "ps", "-aq", "--filter", label], check=False).stdout.strip():
+            time.sleep(1)
+        while time.monotonic() < deadline and run(
+                ["docker", "network", "ls", "-q", "--filter", label], check=False).stdout.strip():
+            time.sleep(1)
+        volumes = run(["docker", "volume", "ls", "-q", "--filter", label],
+                      check=False).stdout.split()
+        if volumes:
+            run(["docker", "volume", "rm", *volumes], check=False)
+        if initialised:
+            run(["docker", "swarm", "leave", "--force"], check=False, timeout=120)
+        left = {what: run(["docker", what, "ls", "-q", "--filter", label] if what != "ps"
+                          else ["docker", "ps", "-aq", "--filter", label],
+                          check=False).stdout.split()
+                for what in ("ps", "network", "volume")}
+        assert not any(left.values()), f"the stack left these behind: {left}"
+
+
+def _eventually(endpoints: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Retry a command until it succeeds (the nodes start and find each other), bounded."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        last = _kv(endpoints, *args)
+        if last.returncode == 0 or time.monotonic() > deadline:
+            return last
+        time.sleep(2)
+
+
+def test_the_swarm_stack_serves_quorum_and_all_from_the_host(swarm_stack):
+    endpoints = swarm_stack
+    put = _eventually(endpoints, "put", "swarm:k", "v1", "--consistency", "QUORUM", "--blind")
+    assert put.returncode == 0, f"no QUORUM write within {READY_TIMEOUT}s: {put.stderr}"
+    # every node up: a write at ALL is acknowledged by all three, and read back at ALL
+    put = _eventually(endpoints, "put", "swarm:k", "v2", "--consistency", "ALL")
+    assert put.returncode == 0, f"no ALL write within {READY_TIMEOUT}s: {put.stderr}"
+    got = _kv(endpoints, "get", "swarm:k", "--consistency", "ALL", "--json")
+    assert got.returncode == 0, got.stderr
+    assert [s["value"] for s in json.loads(got.stdout)["siblings"]] == ["v2"]
+    ring = _kv(endpoints, "ring", "--json")
+    assert ring.returncode == 0, ring.stderr
+    assert sorted(m["id"] for m in json.loads(ring.stdout)["members"]) == list(NODES)
