@@ -360,23 +360,30 @@ class AsyncClient:
     async def login(self, ep: _Endpoint | None = None) -> spb.LoginReply:
         """Log in as the credentials' user; keeps the token for later calls."""
         creds = self.credentials
-        errors_seen = []
-        for endpoint in ([ep] if ep else []) + [e for e in self.endpoints if e is not ep]:
-            try:
-                reply = await endpoint.security.Login(
-                    spb.LoginRequest(user=creds.user or "", password=creds.password or ""),
-                    timeout=self.timeout)
-            except grpc.aio.AioRpcError as exc:
-                err = self._rpc_error(endpoint, exc)
-                if isinstance(err, (_Refused, Unavailable)):
-                    errors_seen.append(str(err))
-                    continue
-                raise err from None
-            now_ms = time.time() * 1000
-            ttl = max(0.0, (reply.expires_at_ms - now_ms) / 1000)
-            self._token = (reply.token, asyncio.get_running_loop().time() + ttl)
-            return reply
-        raise ConnectionFailed("could not log in at any node (" + "; ".join(errors_seen) + ")")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        order = ([ep] if ep else []) + [e for e in self.endpoints if e is not ep]
+        while True:  # nodes that cannot check credentials now (Unavailable): try again
+            errors_seen = []
+            for endpoint in order:
+                try:
+                    reply = await endpoint.security.Login(
+                        spb.LoginRequest(user=creds.user or "", password=creds.password or ""),
+                        timeout=max(0.1, deadline - loop.time()))
+                except grpc.aio.AioRpcError as exc:
+                    err = self._rpc_error(endpoint, exc)
+                    if isinstance(err, (_Refused, Unavailable)):
+                        errors_seen.append(f"{endpoint.address}: {exc.details()}")
+                        continue
+                    raise err from None
+                now_ms = time.time() * 1000
+                ttl = max(0.0, (reply.expires_at_ms - now_ms) / 1000)
+                self._token = (reply.token, loop.time() + ttl)
+                return reply
+            if loop.time() + 0.25 >= deadline:
+                raise ConnectionFailed("could not log in at any node ("
+                                       + "; ".join(errors_seen) + ")")
+            await asyncio.sleep(0.25)
 
     def _endpoint(self, address: str | None) -> _Endpoint:
         if address is None:

@@ -155,6 +155,14 @@ class SecurityServicer(security_pb2_grpc.SecurityServicer):
 
 
 async def _meta_call(raft, req: dict) -> dict:
+    """A metadata request for the auth service. Reads come from this node's own copy of
+    the metadata state machine when it holds the key (behind the leader by at most the
+    replication lag; the auth cache is 5 s anyway), so clients can still log in and be
+    checked while the Raft group elects or has lost its quorum; else from the leader."""
+    if req.get("op") == "get" and raft.core is not None:
+        value = raft.sm.get(req["key"])
+        if value is not None:
+            return {"ok": True, "value": value, "found": True}
     try:
         return await raft.handle(req)
     except (MetaError, ValueError) as exc:

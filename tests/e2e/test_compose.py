@@ -228,3 +228,27 @@ def test_five_node_profile_gossip_sloppy_quorum_and_handoff(
 
     took = wait_for("hints delivered to n5", handed_off)
     print(f"n5 alone holds them: check {len(attempts)} after it was healthy ({took:.1f}s)")
+
+
+def test_secure_profile_refuses_what_it_must(compose_cluster: ComposeCluster) -> None:
+    """Secure profile only: a client without credentials is refused (Unauthenticated), one
+    without TLS cannot talk at all, and the peer port is not published."""
+    c = compose_cluster
+    if c.profile != "secure":
+        pytest.skip("the default profile is insecure by design")
+    no_creds = {k: v for k, v in c.kv_env.items() if k not in ("KV_USER", "KV_PASSWORD_FILE")}
+    res = run_kv(c, no_creds, "put", "sec:k", "v")
+    assert res.returncode == 1 and "Unauthenticated" in res.stderr, res.stderr
+    plain = {k: v for k, v in no_creds.items() if k != "KV_TLS"}
+    res = run_kv(c, plain, "get", "sec:k")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    ports = c.compose("port", "n1", "7101", check=False)
+    assert not ports.stdout.strip() or ports.returncode != 0, ports.stdout
+    ok(c.kv("put", "sec:k", "v", "--consistency", "ALL"))  # root (admin) may
+
+
+def run_kv(c: ComposeCluster, env: dict[str, str], *args: str):
+    from .conftest import kv_command, run
+
+    return run([*kv_command(), "--endpoints", c.endpoints(), *args], check=False, env=env,
+               timeout=60)

@@ -274,6 +274,25 @@ def test_certificate_rotation_on_sighup(secure):
     assert all(m["up"] for m in json.loads(res.stdout)["members"])
 
 
+def test_clients_authenticate_while_the_raft_group_has_no_quorum(secure):
+    """Credentials are checked against the node's own copy of the users: with two of the
+    three voters killed, a client still logs in at the survivor and reads at ONE."""
+    c, root = secure
+    assert as_user(c, root, "alice", "put", "noquorum", "v", "--consistency", "ALL"
+                   ).returncode == 0
+    time.sleep(0.5)  # alice's and bob's records are applied everywhere by now
+    for node in ("n2", "n3"):
+        c.kill(node)
+    try:
+        res = kv(c, "--tls", str(root / "certs"), "--user", "bob", "--password-file",
+                 str(root / "bob.pw"), "get", "noquorum", "--consistency", "ONE")
+        assert res.returncode == 0 and "v" in res.stdout, res.stderr
+    finally:
+        for node in ("n2", "n3"):
+            c.start_node(node)
+        c.wait_healthy(timeout=45)
+
+
 def test_one_shared_tls_port_needs_certificates_from_everyone(tmp_path):
     """Without --peer-listen, --tls makes the one port ask every caller for a certificate
     (peers must show one): nodes still form the cluster; a client with a client
