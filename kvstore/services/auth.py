@@ -5,7 +5,10 @@ shapes, `auth/users/NAME` and `auth/token-key`, read and written with the group'
 get/put/cas requests), so moving it to another metadata API is one class to port.
 
 Lookups are cached for `cache_ttl` seconds (default 5): a revoked token or a changed role
-takes effect on every node within that time. Logins always read the user afresh.
+takes effect on every node within that time. Logins always read the user afresh. When the
+metadata group cannot be reached (a node cut off from it), the last record read is used for
+up to `max_stale` seconds (default 600): such a node keeps serving the users it knew, and
+learns of revocations once it reaches the group again.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ class MetaUsers:
 
 class AuthService:
     def __init__(self, node_id: str, users: MetaUsers, token_ttl: float = 900.0,
-                 cache_ttl: float = 5.0, clock_ms: Callable[[], int] | None = None,
+                 cache_ttl: float = 5.0, max_stale: float = 600.0,
+                 clock_ms: Callable[[], int] | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.node_id = node_id
         self.users = users
@@ -104,7 +108,10 @@ class AuthService:
         self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self.monotonic = monotonic
         self._key: bytes | None = None
-        self._cache: dict[str, tuple[float, UserRecord | None]] = {}
+        # name -> (checked at, read at, record): checked at most every cache_ttl; when the
+        # group cannot be reached, what was read is used for up to max_stale seconds.
+        self._cache: dict[str, tuple[float, float, UserRecord | None]] = {}
+        self.max_stale = max_stale
         self.stats = {"logins": 0, "logins_failed": 0}
 
     async def _token_key(self) -> bytes:
@@ -116,11 +123,21 @@ class AuthService:
         now = self.monotonic()
         cached = self._cache.get(name)
         if cached is not None and not fresh and now - cached[0] < self.cache_ttl:
-            return cached[1]
-        record = await self.users.get(name)
+            return cached[2]
+        try:
+            record = await self.users.get(name)
+        except MetaUnavailable:
+            # The metadata group cannot be reached (this node is cut off, or not a member
+            # and no leader answers): go on with what we knew, for at most max_stale.
+            if cached is None or now - cached[1] > self.max_stale:
+                raise
+            log.warning("user %r: metadata group unreachable, using what was read %.0f s "
+                        "ago", name, now - cached[1])
+            self._cache[name] = (now, cached[1], cached[2])  # retry in cache_ttl
+            return cached[2]
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[name] = (now, record)
+        self._cache[name] = (now, now, record)
         return record
 
     async def login(self, user: str, password: str) -> spb.LoginReply:

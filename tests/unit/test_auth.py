@@ -11,7 +11,7 @@ from kvstore._proto import security_pb2 as spb
 from kvstore.core import auth
 from kvstore.core.auth import AuthError
 from kvstore.core.meta import MetaStateMachine, encode_cas, encode_put
-from kvstore.services.auth import AuthService, MetaUsers
+from kvstore.services.auth import AuthService, MetaUnavailable, MetaUsers
 
 KEY = b"k" * 32
 
@@ -111,6 +111,23 @@ def test_login_verify_revoke_and_expiry():
         with pytest.raises(AuthError, match="changed meanwhile"):
             await users.put("alice", "readonly", None, old)
         assert svc.stats == {"logins": 2, "logins_failed": 2}
+        # Cut off from the group: what was read is used for up to max_stale, no longer.
+        working = meta.request
+
+        async def unreachable(req):
+            return {"ok": False, "error": "no raft leader known"}
+
+        mono[0] += 5.1
+        token = (await svc.login("alice", "pw")).token
+        assert (await other.from_token(token)).role == "admin"  # read while reachable
+        meta_users = other.users
+        meta_users.request = unreachable
+        mono[0] += 5.1
+        assert (await other.from_token(token)).role == "admin"  # stale, but known
+        mono[0] += 601
+        with pytest.raises(MetaUnavailable):
+            await other.from_token(token)
+        meta_users.request = working
         # The token key is made once, by whichever node asks first.
         assert await users.token_key() == await MetaUsers(meta.request).token_key()
 
