@@ -201,7 +201,9 @@ class NodeServer:
             raft = self.node.raft
             self.auth = AuthService(config.node_id,
                                     MetaUsers(lambda req: _meta_call(raft, req)),
-                                    token_ttl=config.token_ttl)
+                                    token_ttl=config.token_ttl,
+                                    state_path=(config.data_dir / "auth-cache.json"
+                                                if config.data_dir else None))
         self.guard = Guard(config.node_id, self.tls, self.auth)
         self.transport.admit = self.guard.admit
         self.health = health_aio.HealthServicer()

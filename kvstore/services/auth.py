@@ -8,17 +8,21 @@ Lookups are cached for `cache_ttl` seconds (default 5): a revoked token or a cha
 takes effect on every node within that time. Logins always read the user afresh. When the
 metadata group cannot be reached (a node cut off from it), the last record read is used for
 up to `max_stale` seconds (default 600): such a node keeps serving the users it knew, and
-learns of revocations once it reaches the group again.
+learns of revocations once it reaches the group again. With `state_path` (the node's data
+directory) what was read is kept on disk as well, so a node restarted while cut off knows
+the same (for the same max_stale, by wall clock).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kvstore._proto import security_pb2 as spb
 from kvstore.core import auth
@@ -100,7 +104,8 @@ class AuthService:
     def __init__(self, node_id: str, users: MetaUsers, token_ttl: float = 900.0,
                  cache_ttl: float = 5.0, max_stale: float = 600.0,
                  clock_ms: Callable[[], int] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 state_path: Path | str | None = None) -> None:
         self.node_id = node_id
         self.users = users
         self.token_ttl = token_ttl
@@ -113,11 +118,71 @@ class AuthService:
         self._cache: dict[str, tuple[float, float, UserRecord | None]] = {}
         self.max_stale = max_stale
         self.stats = {"logins": 0, "logins_failed": 0}
+        # What was read, kept on disk too (`state_path`), so that a node restarted while cut
+        # off from the metadata group still knows the users for max_stale after reading
+        # them: name -> (read at, wall clock ms; record JSON or None), and the token key.
+        self.state_path = Path(state_path) if state_path else None
+        self._known: dict[str, tuple[int, str | None]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if self.state_path is None or not self.state_path.exists():
+            return
+        try:
+            obj = json.loads(self.state_path.read_text())
+            key = obj.get("token_key")
+            self._key = bytes.fromhex(key) if key else None
+            self._known = {str(n): (int(v[0]), v[1]) for n, v in obj["users"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring %s (%s): users are read from the metadata group",
+                        self.state_path, exc)
+            self._key, self._known = None, {}
+
+    async def _save(self) -> None:
+        if self.state_path is None:
+            return
+        data = json.dumps({"token_key": self._key.hex() if self._key else None,
+                           "users": {n: list(v) for n, v in self._known.items()}},
+                          sort_keys=True).encode()
+        path = self.state_path
+
+        def write() -> None:
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
 
     async def _token_key(self) -> bytes:
         if self._key is None:
             self._key = await self.users.token_key()
+            await self._save()
         return self._key
+
+    def _remembered(self, name: str) -> UserRecord | bool | None:
+        """A record kept on disk and read less than max_stale ago; False if there is none."""
+        known = self._known.get(name) if self.state_path is not None else None
+        if known is None or self.clock_ms() - known[0] > self.max_stale * 1000:
+            return False
+        return None if known[1] is None else UserRecord.from_json(name, known[1])
+
+    async def _remember(self, name: str, record: UserRecord | None) -> None:
+        if self.state_path is None:
+            return
+        text = record.to_json() if record else None
+        known = self._known.get(name)
+        now_ms = self.clock_ms()
+        if known is not None and known[1] == text and now_ms - known[0] < 60_000:
+            return  # written less than a minute ago, unchanged
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[name] = (now_ms, text)
+        await self._save()
 
     async def _user(self, name: str, fresh: bool = False) -> UserRecord | None:
         now = self.monotonic()
@@ -130,7 +195,12 @@ class AuthService:
             # The metadata group cannot be reached (this node is cut off, or not a member
             # and no leader answers): go on with what we knew, for at most max_stale.
             if cached is None or now - cached[1] > self.max_stale:
-                raise
+                remembered = self._remembered(name)
+                if remembered is False:
+                    raise
+                log.warning("user %r: metadata group unreachable, using the record kept "
+                            "on disk", name)
+                return remembered
             log.warning("user %r: metadata group unreachable, using what was read %.0f s "
                         "ago", name, now - cached[1])
             self._cache[name] = (now, cached[1], cached[2])  # retry in cache_ttl
@@ -138,6 +208,7 @@ class AuthService:
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[name] = (now, now, record)
+        await self._remember(name, record)
         return record
 
     async def login(self, user: str, password: str) -> spb.LoginReply:

@@ -132,3 +132,32 @@ def test_login_verify_revoke_and_expiry():
         assert await users.token_key() == await MetaUsers(meta.request).token_key()
 
     asyncio.run(run())
+
+
+def test_a_restarted_node_cut_off_from_the_group_knows_what_it_read(tmp_path):
+    meta = Meta()
+    now = [1_000_000]
+    path = tmp_path / "auth-cache.json"
+
+    async def unreachable(req):
+        return {"ok": False, "error": "no raft leader known"}
+
+    async def run():
+        users = MetaUsers(meta.request)
+        await users.put("bob", "readonly", "pw", None)
+        first = AuthService("n5", users, clock_ms=lambda: now[0], state_path=path)
+        token = (await first.login("bob", "pw")).token
+        assert path.stat().st_mode & 0o077 == 0  # it holds the token key
+        # "Restarted" while the group cannot be reached: the disk copy answers.
+        again = AuthService("n5", MetaUsers(unreachable), clock_ms=lambda: now[0],
+                            state_path=path)
+        assert (await again.from_token(token)).name == "bob"
+        now[0] += 601_000  # ... for max_stale (600 s) after it was read, no longer
+        again = AuthService("n5", MetaUsers(unreachable), clock_ms=lambda: now[0],
+                            state_path=path)
+        with pytest.raises(MetaUnavailable):
+            await again.from_token(token)
+        path.write_text("{not json")  # a damaged file is ignored, not fatal
+        AuthService("n5", MetaUsers(unreachable), state_path=path)
+
+    asyncio.run(run())
