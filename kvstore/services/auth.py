@@ -200,6 +200,8 @@ class AuthService:
                     raise
                 log.warning("user %r: metadata group unreachable, using the record kept "
                             "on disk", name)
+                age = (self.clock_ms() - self._known[name][0]) / 1000
+                self._cache[name] = (now, now - age, remembered)  # retry in cache_ttl
                 return remembered
             log.warning("user %r: metadata group unreachable, using what was read %.0f s "
                         "ago", name, now - cached[1])
