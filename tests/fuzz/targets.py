@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import random
 from collections.abc import Callable
 
@@ -27,8 +26,6 @@ from kvstore.core.raft import messages as raftmsg
 from kvstore.storage import CorruptRecordError
 from kvstore.storage.hints import HintStore, hint_crc
 from kvstore.storage.raftlog import CorruptRaftLogError, MemoryFiles, RaftLog
-
-logging.disable(logging.CRITICAL)  # refusals are logged; millions of lines help no one
 
 TARGETS: dict[str, Callable[[bytes], None]] = {}
 SEEDS: dict[str, list[bytes]] = {}
