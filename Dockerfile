@@ -7,6 +7,8 @@ ARG BASE_IMAGE=python:3.11-slim
 
 # ---- build: a venv with kvstore and its pinned dependencies --------------------------
 FROM ${BASE_IMAGE} AS build
+# Lets scripts/docker_cluster.sh and the e2e tests remove the dangling images builds leave.
+LABEL kvstore.build=1
 # A directory in the build context holding pre-downloaded wheels. When it holds any, pip
 # installs from it alone (--no-index); by default it names a directory with no wheels and
 # pip uses PyPI.
@@ -31,6 +33,7 @@ RUN if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wh
 
 # ---- runtime: the venv on a clean base, as a non-root user ----------------------------
 FROM ${BASE_IMAGE}
+LABEL kvstore.build=1
 RUN groupadd --system --gid 10001 kv \
  && useradd --system --uid 10001 --gid kv --home-dir /data --no-create-home \
             --shell /usr/sbin/nologin kv \

@@ -29,7 +29,7 @@ class Member(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., status: _Optional[str] = ..., up: _Optional[bool] = ..., phi: _Optional[float] = ..., ownership: _Optional[float] = ..., hints_pending: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "replication_factor", "vnodes", "members", "version", "keys_stored", "data_dir", "max_key_bytes", "max_value_bytes")
+    __slots__ = ("node_id", "address", "replication_factor", "vnodes", "members", "version", "keys_stored", "data_dir", "max_key_bytes", "max_value_bytes", "move")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class NodeInfo(_message.Message):
     DATA_DIR_FIELD_NUMBER: _ClassVar[int]
     MAX_KEY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MOVE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     replication_factor: int
@@ -50,7 +51,50 @@ class NodeInfo(_message.Message):
     data_dir: str
     max_key_bytes: int
     max_value_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., replication_factor: _Optional[int] = ..., vnodes: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., version: _Optional[str] = ..., keys_stored: _Optional[int] = ..., data_dir: _Optional[str] = ..., max_key_bytes: _Optional[int] = ..., max_value_bytes: _Optional[int] = ...) -> None: ...
+    move: MoveProgress
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., replication_factor: _Optional[int] = ..., vnodes: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., version: _Optional[str] = ..., keys_stored: _Optional[int] = ..., data_dir: _Optional[str] = ..., max_key_bytes: _Optional[int] = ..., max_value_bytes: _Optional[int] = ..., move: _Optional[_Union[MoveProgress, _Mapping]] = ...) -> None: ...
+
+class MoveProgress(_message.Message):
+    __slots__ = ("node", "kind", "state", "ranges_done", "ranges_total", "keys", "bytes", "seconds", "eta_seconds", "error", "finished", "leaves_differing", "corrupt_skipped")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RANGES_DONE_FIELD_NUMBER: _ClassVar[int]
+    RANGES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_DIFFERING_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    kind: str
+    state: str
+    ranges_done: int
+    ranges_total: int
+    keys: int
+    bytes: int
+    seconds: float
+    eta_seconds: float
+    error: str
+    finished: bool
+    leaves_differing: int
+    corrupt_skipped: int
+    def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., ranges_done: _Optional[int] = ..., ranges_total: _Optional[int] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., error: _Optional[str] = ..., finished: _Optional[bool] = ..., leaves_differing: _Optional[int] = ..., corrupt_skipped: _Optional[int] = ...) -> None: ...
+
+class RemoveRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class DecommissionRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class RepairSummary(_message.Message):
     __slots__ = ("ranges_compared", "leaves_differing", "keys_sent", "keys_received", "bytes_transferred", "seconds", "tombstones_purged", "peers")

@@ -44,6 +44,16 @@ class AdminStub:
                 request_serializer=kvstore_dot___proto_dot_admin__pb2.RepairRequest.SerializeToString,
                 response_deserializer=kvstore_dot___proto_dot_admin__pb2.RepairProgress.FromString,
                 _registered_method=True)
+        self.Decommission = channel.unary_stream(
+                '/kvstore.Admin/Decommission',
+                request_serializer=kvstore_dot___proto_dot_admin__pb2.DecommissionRequest.SerializeToString,
+                response_deserializer=kvstore_dot___proto_dot_admin__pb2.MoveProgress.FromString,
+                _registered_method=True)
+        self.Remove = channel.unary_stream(
+                '/kvstore.Admin/Remove',
+                request_serializer=kvstore_dot___proto_dot_admin__pb2.RemoveRequest.SerializeToString,
+                response_deserializer=kvstore_dot___proto_dot_admin__pb2.MoveProgress.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -62,6 +72,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Decommission(self, request, context):
+        """Stream this node's ranges to their next owners, then leave the ring (status LEFT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Remove(self, request, context):
+        """A member that is gone: copy its ranges from the survivors to their next owners, then
+        mark it LEFT on its behalf. Runs on the node asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +99,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Repair,
                     request_deserializer=kvstore_dot___proto_dot_admin__pb2.RepairRequest.FromString,
                     response_serializer=kvstore_dot___proto_dot_admin__pb2.RepairProgress.SerializeToString,
+            ),
+            'Decommission': grpc.unary_stream_rpc_method_handler(
+                    servicer.Decommission,
+                    request_deserializer=kvstore_dot___proto_dot_admin__pb2.DecommissionRequest.FromString,
+                    response_serializer=kvstore_dot___proto_dot_admin__pb2.MoveProgress.SerializeToString,
+            ),
+            'Remove': grpc.unary_stream_rpc_method_handler(
+                    servicer.Remove,
+                    request_deserializer=kvstore_dot___proto_dot_admin__pb2.RemoveRequest.FromString,
+                    response_serializer=kvstore_dot___proto_dot_admin__pb2.MoveProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +165,60 @@ class Admin:
             '/kvstore.Admin/Repair',
             kvstore_dot___proto_dot_admin__pb2.RepairRequest.SerializeToString,
             kvstore_dot___proto_dot_admin__pb2.RepairProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decommission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvstore.Admin/Decommission',
+            kvstore_dot___proto_dot_admin__pb2.DecommissionRequest.SerializeToString,
+            kvstore_dot___proto_dot_admin__pb2.MoveProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Remove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvstore.Admin/Remove',
+            kvstore_dot___proto_dot_admin__pb2.RemoveRequest.SerializeToString,
+            kvstore_dot___proto_dot_admin__pb2.MoveProgress.FromString,
             options,
             channel_credentials,
             insecure,

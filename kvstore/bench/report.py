@@ -45,6 +45,15 @@ def _siblings(lv: dict[str, Any]) -> str:
     return f"{lv['siblings_mean']:.3f} (max {lv['siblings_max']})"
 
 
+def _cpu(entry: dict[str, Any]) -> str:
+    """Node CPU per operation (summed over the nodes) and the client's, in µs."""
+    cpu = entry.get("cpu")
+    if not cpu or cpu.get("node_cpu_us_per_op") is None:
+        return "-"
+    text = f"{cpu['node_cpu_us_per_op']:,.0f} / {cpu['client_cpu_us_per_op']:,.0f}"
+    return text + (" (partial)" if cpu.get("nodes_missing") else "")
+
+
 def results_table(results: dict[str, Any]) -> Table:
     """One row per ceiling and per consistency level."""
     cfg, cluster = results["config"], results["cluster"]
@@ -56,12 +65,12 @@ def results_table(results: dict[str, Any]) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("level", "R+W>N", "ops/s", "% of ceiling", "p50 ms", "p95 ms", "p99 ms",
                 "p99.9 ms", "errors", "stale (workload)", "stale (probes)",
-                "conflicting writes", "siblings per read"):
+                "conflicting writes", "siblings per read", "CPU µs/op nodes / client"):
         table.add_column(col, justify="left" if col in ("level", "errors") else "right")
     for name, c in results.get("ceiling", {}).items():
         table.add_row(f"ceiling: {name}", "", f"{c['ops_per_s']:,.0f}", "100%",
                       _ms(c["p50_ms"]), _ms(c["p95_ms"]), _ms(c["p99_ms"]), _ms(c["p999_ms"]),
-                      _errors(c["errors"]), "", "", "", "", style="dim")
+                      _errors(c["errors"]), "", "", "", "", _cpu(c), style="dim")
     for lv in results["levels"]:
         frac = lv.get("fraction_of_null_ceiling", lv.get("fraction_of_ping_ceiling"))
         stale = [_stale(lv.get(k)) for k in ("staleness", "staleness_probes")]
@@ -69,7 +78,7 @@ def results_table(results: dict[str, Any]) -> Table:
                       f"{results['cluster']['replication_factor']}",
                       f"{lv['ops_per_s']:,.0f}", _pct(frac), _ms(lv["p50_ms"]),
                       _ms(lv["p95_ms"]), _ms(lv["p99_ms"]), _ms(lv["p999_ms"]),
-                      _errors(lv["errors"]), *stale, _conflicts(lv), _siblings(lv))
+                      _errors(lv["errors"]), *stale, _conflicts(lv), _siblings(lv), _cpu(lv))
     return table
 
 

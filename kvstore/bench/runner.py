@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kvstore._proto import client_pb2 as cpb
+from kvstore.bench import cpu as cpu_meter
 from kvstore.bench.keys import key_name, make_keys
 from kvstore.bench.levels import Level, parse_levels
 from kvstore.bench.staleness import StalenessDetector, decode_write_id, encode_value
@@ -147,6 +148,7 @@ class Bench:
         self.payload = b"p" * config.value_size
         self.replication_factor = config.replication_factor
         self.origin = now()  # start of the phase being measured (timeline zero)
+        self.probe_requests = 0  # probe puts and gets sent in the measured window
 
     # -- operations ------------------------------------------------------------------
     def _write_id(self) -> int:
@@ -324,17 +326,26 @@ class Bench:
         if level is not None:
             tasks += [self._probe(i, level, measure_start, end, probes, probe_errors)
                       for i in range(cfg.probes)]
+        meter = self._cpu_meter()
+        self.probe_requests = 0
+        if meter is not None:  # started when the measured window opens
+            loop.call_at(loop.time() + max(0.0, measure_start - now()), meter.start)
         try:
             await asyncio.gather(*tasks)
         finally:
             ticker.cancel()
         elapsed = now() - measure_start
+        cpu = meter.stop() if meter is not None and meter.started else None
         result: dict[str, Any] = {"phase": name, "workload": workload.name}
         if level is not None:
             r, w = level.counts(self.replication_factor)
             result.update(level=level.name, read=level.read, write=level.write, r=r, w=w,
                           r_plus_w_gt_n=r + w > self.replication_factor)
         result.update(rec.to_json(elapsed))
+        if cpu is not None:
+            requests = rec.issued + self.probe_requests
+            result["cpu"] = {**cpu, "requests": requests, "probe_requests": self.probe_requests,
+                             **cpu_meter.per_op(cpu, requests)}
         if rate:
             result["target_rate"] = rate
             # slots due in the measured window that were never sent (backlog given up):
@@ -354,6 +365,12 @@ class Bench:
             self.progress.finish(name, result)
         return result
 
+    def _cpu_meter(self) -> cpu_meter.CpuMeter | None:
+        """A meter of the node processes' CPU (only for a cluster this harness started)."""
+        if self.cluster is None or not cpu_meter.available():
+            return None
+        return cpu_meter.CpuMeter({n.id: n.pid for n in self.cluster.nodes if n.pid})
+
     async def _probe(self, wid: int, level: Level, measure_start: float, end: float,
                      detector: StalenessDetector, errors: Counter[str]) -> None:
         """Write a key, wait a little, read it back at the level: the PBS measurement.
@@ -370,6 +387,8 @@ class Bench:
             delay = PROBE_DELAYS_S[round_ % len(PROBE_DELAYS_S)]
             round_ += 1
             write_id = self._write_id()
+            if now() >= measure_start:
+                self.probe_requests += 2  # its put and its get
             try:
                 put = await self.client.put(key, encode_value(write_id, self.config.value_size),
                                             context=contexts.get(key, b""),

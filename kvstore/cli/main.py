@@ -7,7 +7,6 @@ Exit codes: 0 ok, 1 the request failed, 2 bad usage or invalid argument, 3 key n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
@@ -159,16 +158,59 @@ def json_and_trace(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(fn)
 
 
+def key_hex_option(fn):
+    return click.option("--key-hex", is_flag=True,
+                        help="KEY is given hex-encoded (for binary, non-UTF-8 keys).")(fn)
+
+
+def _key(key: str, key_hex: bool) -> bytes:
+    """KEY as bytes: UTF-8 text, or hex with --key-hex; a clear error otherwise."""
+    if key_hex:
+        try:
+            return bytes.fromhex(key)
+        except ValueError:
+            raise InvalidArgument(f"--key-hex: {key!r} is not hex (e.g. 6b6579 for 'key')"
+                                  ) from None
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = key.encode("utf-8", "surrogateescape")
+        raise InvalidArgument("KEY is not valid UTF-8; pass binary keys hex-encoded with "
+                              f"--key-hex: {raw.hex()}") from None
+
+
 @cli.command()
 @click.argument("key")
 @consistency_options("r")
 @json_and_trace
+@key_hex_option
+@click.option("--raw", is_flag=True,
+              help="Write the value's exact bytes to stdout (no newline, no decoding); "
+                   "exit 1 if the key has siblings.")
+@click.option("-o", "--output", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the value's exact bytes to this file (as --raw).")
 @click.pass_obj
 def get(s: Settings, key: str, consistency: str | None, count_r: int | None, trace: bool,
-        as_json: bool) -> None:
+        as_json: bool, key_hex: bool, raw: bool, out_file: Path | None) -> None:
     """Read KEY. Concurrent versions (siblings) are all shown, with their clocks."""
-    result = s.client().get(key, consistency=consistency, r=count_r, trace=trace)
-    if as_json:
+    if (raw or out_file) and as_json:
+        raise click.UsageError("--raw/-o write the value's bytes; --json prints JSON: "
+                               "choose one")
+    result = s.client().get(_key(key, key_hex), consistency=consistency, r=count_r,
+                            trace=trace)
+    if (raw or out_file) and result.found:
+        if len(result.siblings) > 1:
+            raise KVError(f"the key has {len(result.siblings)} siblings (concurrent writes); "
+                          "--raw/-o need one value: see them with --json, or resolve them "
+                          "with `kv put`")
+        value = result.siblings[0].value
+        if out_file is not None:
+            out_file.write_bytes(value)
+        else:
+            stdout = click.get_binary_stream("stdout")
+            stdout.write(value)
+            stdout.flush()
+    elif as_json:
         output.print_json(output.get_json(result))
     else:
         output.print_get(result)
@@ -181,6 +223,7 @@ def get(s: Settings, key: str, consistency: str | None, count_r: int | None, tra
 @cli.command()
 @click.argument("key")
 @click.argument("value")
+@key_hex_option
 @consistency_options("w")
 @click.option("--blind", is_flag=True,
               help="Write without reading the current context first (the new value becomes a "
@@ -191,10 +234,11 @@ def get(s: Settings, key: str, consistency: str | None, count_r: int | None, tra
 @fence_option
 @json_and_trace
 @click.pass_obj
-def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int | None,
-        blind: bool, context_text: str | None, strict: bool, sloppy: bool, fence: str | None,
-        trace: bool, as_json: bool) -> None:
-    """Write VALUE to KEY, replacing the versions it has now (VALUE - reads stdin).
+def put(s: Settings, key: str, value: str, key_hex: bool, consistency: str | None,
+        count_w: int | None, blind: bool, context_text: str | None, strict: bool,
+        sloppy: bool, fence: str | None, trace: bool, as_json: bool) -> None:
+    """Write VALUE to KEY, replacing the versions it has now. VALUE - reads the value from
+    stdin, byte for byte (binary files round-trip: `kv get KEY -o FILE`).
 
     By default the current causal context is read first, at the write's level capped at
     QUORUM (at ONE when that cannot answer; --trace and --json say what was read), so the
@@ -202,15 +246,20 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
     read did not see stay as siblings; the reply's "concurrent" counts them.
     """
     _check_fence(fence)
-    data = click.get_binary_stream("stdin").read() if value == "-" else value.encode()
-    context, context_read = _context(s, key, consistency, count_w, blind, context_text)
-    result = s.client().put(key, data, context=context, consistency=consistency, w=count_w,
+    key_bytes = _key(key, key_hex)
+    if value == "-":
+        data = click.get_binary_stream("stdin").read()
+    else:
+        data = value.encode("utf-8", "surrogateescape")  # bytes as given on the command line
+    context, context_read = _context(s, key_bytes, consistency, count_w, blind, context_text)
+    result = s.client().put(key_bytes, data, context=context, consistency=consistency, w=count_w,
                             trace=trace, strict=strict, sloppy=sloppy, fence=fence)
     _print_write(result, "stored", trace, as_json, context_read)
 
 
 @cli.command()
 @click.argument("key")
+@key_hex_option
 @consistency_options("w")
 @click.option("--blind", is_flag=True, help="Delete without reading the current context first.")
 @click.option("--context", "context_text", default=None, metavar="CONTEXT",
@@ -219,14 +268,15 @@ def put(s: Settings, key: str, value: str, consistency: str | None, count_w: int
 @fence_option
 @json_and_trace
 @click.pass_obj
-def delete(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
-           context_text: str | None, strict: bool, sloppy: bool, fence: str | None,
-           trace: bool, as_json: bool) -> None:
+def delete(s: Settings, key: str, key_hex: bool, consistency: str | None,
+           count_w: int | None, blind: bool, context_text: str | None, strict: bool,
+           sloppy: bool, fence: str | None, trace: bool, as_json: bool) -> None:
     """Delete KEY (writes a tombstone that supersedes the versions it saw; the context is
     read first as for `kv put`)."""
     _check_fence(fence)
-    context, context_read = _context(s, key, consistency, count_w, blind, context_text)
-    result = s.client().delete(key, context=context, consistency=consistency, w=count_w,
+    key_bytes = _key(key, key_hex)
+    context, context_read = _context(s, key_bytes, consistency, count_w, blind, context_text)
+    result = s.client().delete(key_bytes, context=context, consistency=consistency, w=count_w,
                                trace=trace, strict=strict, sloppy=sloppy, fence=fence)
     _print_write(result, "deleted", trace, as_json, context_read)
 
@@ -258,7 +308,7 @@ def _pre_read_levels(consistency: str | None, count_w: int | None) -> list[tuple
     return [*first, ("ONE", {"consistency": "ONE"})]
 
 
-def _context(s: Settings, key: str, consistency: str | None, count_w: int | None, blind: bool,
+def _context(s: Settings, key: bytes, consistency: str | None, count_w: int | None, blind: bool,
              context_text: str | None) -> tuple[bytes, dict | None]:
     """The causal context to write with, and what was read to get it (None: nothing read).
 
@@ -292,8 +342,11 @@ def _context(s: Settings, key: str, consistency: str | None, count_w: int | None
         return b"", {"consistency": None, "replicas": [], "siblings": 0, "failed": failed,
                      "blind": True}
     tried = "; ".join(f"{f['consistency']}: {f['error']}" for f in failed)
-    raise type(last)(f"could not read the current context first ({tried}); retry, or use "
-                     "--blind to write without it") from None
+    raise type(last)(f"could not read the current context first ({tried}); nothing was "
+                     "written. What helps: bring the key's replicas back up (`kv status` "
+                     "shows which are down) and retry; or write without the read: --blind "
+                     "(the value becomes a sibling of what is stored), or --context from an "
+                     "earlier `kv get --json`") from None
 
 
 def _print_write(result, verb: str, trace: bool, as_json: bool,
@@ -317,7 +370,7 @@ def _print_write(result, verb: str, trace: bool, as_json: bool,
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
-              help="The node to ask (default: the first endpoint).")
+              help="The node to ask (default: the first of --endpoints that answers).")
 @click.pass_obj
 def info(s: Settings, as_json: bool, endpoint: str | None) -> None:
     """What a node knows: its id, the members, replication factor, keys stored."""
@@ -334,7 +387,8 @@ def info(s: Settings, as_json: bool, endpoint: str | None) -> None:
               help='Print {"members": [{"id", "address", "status", "up", "phi", "ownership", '
                    '"hints_pending"}]}.')
 @click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
-              help="The node whose view to show (default: the first endpoint).")
+              help="The node whose view to show (default: the first of --endpoints that "
+                   "answers).")
 @click.pass_obj
 def status(s: Settings, as_json: bool, endpoint: str | None) -> None:
     """Every member as one node sees it: address, status, up/down, phi, ownership, hints."""
@@ -347,29 +401,30 @@ def status(s: Settings, as_json: bool, endpoint: str | None) -> None:
 
 @cli.command()
 @click.option("--node", "nodes", multiple=True, metavar="HOST:PORT",
-              help="Repair only from these nodes (repeatable). Default: every member.")
+              help="Repair from these nodes only (repeatable). Default: every node of "
+                   "--endpoints.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: ranges_compared, leaves_differing, keys_sent, "
-                   "keys_received, bytes_transferred, seconds.")
+                   "keys_received, bytes_transferred, tombstones_purged, seconds, nodes, "
+                   "peers_only, errors.")
 @click.pass_obj
 def repair(s: Settings, nodes: tuple[str, ...], as_json: bool) -> None:
-    """Run Merkle anti-entropy now: every node compares its data with each peer's and
-    exchanges only the keys that differ."""
+    """Run Merkle anti-entropy now: each node asked compares its data with each peer's and
+    exchanges only the keys that differ.
+
+    The work that involves peers runs on the nodes, which reach each other by the
+    addresses they know; this command only talks to the endpoints it was given (so it
+    works from a host that cannot resolve the nodes' in-cluster names). Members not among
+    them still take part as peers (listed as peers_only).
+    """
     from kvstore.cli.repair_cmd import run_repair
 
     client = s.client()
-    if not nodes:
-        info = client.info()
-        # Gossip carries peer addresses; with separate peer listeners (docs/security.md)
-        # a node's client address is what it reports itself, so ask the endpoints.
-        by_id = {m.id: m.address for m in info.members}
-        if any(m.id == info.node_id and m.address != info.address for m in info.members):
-            for ep in list(client.async_client.endpoints):
-                with contextlib.suppress(KVError):
-                    mine = client.info(ep.address)
-                    by_id[mine.node_id] = mine.address
-        nodes = tuple(by_id.values())
-    result = client.run(run_repair(client.async_client, list(nodes), show_progress=not as_json))
+    members = [m.id for m in client.info().members]  # fails over; fails if none answers
+    asked = list(nodes) or [ep.address for ep in client.async_client.endpoints]
+    result = client.run(run_repair(client.async_client, asked, show_progress=not as_json))
+    repaired = {n["node"] for n in result["nodes"]}
+    result["peers_only"] = [m for m in members if m not in repaired]
     if as_json:
         output.print_json(result)
     else:
@@ -382,13 +437,17 @@ def _register_groups() -> None:
     from kvstore.cli.cluster_cmds import cluster
     from kvstore.cli.node_cmds import node
 
+    membership = __import__("kvstore.cli.membership_cmds", fromlist=["decommission"])
+    node.add_command(membership.decommission)
+    node.add_command(membership.remove)
     cli.add_command(node)
     cli.add_command(cluster)
     cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)
-    from kvstore.cli.raft_cmds import meta, raft  # raft metadata group: kv meta, kv raft
+    from kvstore.cli.coord_cmds import elect, lease, lock, meta  # issue 11: coordination
+    from kvstore.cli.raft_cmds import raft  # raft metadata group membership: kv raft
 
-    cli.add_command(meta)
-    cli.add_command(raft)
+    for group in (meta, lease, lock, elect, raft):
+        cli.add_command(group)
     from kvstore.cli.certs_cmd import certs_group  # security: kv certs, kv user
 
     cli.add_command(certs_group, "certs")
@@ -397,6 +456,22 @@ def _register_groups() -> None:
 
 
 _register_groups()
+
+
+def _show_envvars(command: click.Command) -> None:
+    """Every option that reads an environment variable says which in its --help."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+            missing = [n for n in names if n not in (param.help or "")]
+            if missing:
+                param.help = ((param.help or "").rstrip() + " "
+                              + " ".join(f"[env {n}]" for n in missing)).strip()
+    for sub in getattr(command, "commands", {}).values():
+        _show_envvars(sub)
+
+
+_show_envvars(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

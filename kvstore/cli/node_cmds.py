@@ -130,6 +130,15 @@ def node() -> None:
 @click.option("--token-ttl", envvar="KV_TOKEN_TTL", default=900.0, show_default=True,
               type=click.FloatRange(1, 7 * 24 * 3600),
               help="Seconds a login token stays valid. [env KV_TOKEN_TTL]")
+@click.option("--join", "join", default="", metavar="HOST:PORT[,...]", envvar="KV_JOIN",
+              help="Join a running cluster through these nodes (added to --seeds): start "
+                   "JOINING, stream the ranges this node will own from their replicas, then "
+                   "serve them (docs/membership.md). A node that already joined ignores it; "
+                   "one that crashed while joining resumes. [env KV_JOIN]")
+@click.option("--ring-delay", type=float, default=None, envvar="KV_RING_DELAY",
+              help="Seconds to wait after announcing a join or decommission before streaming, "
+                   "so writes that started before every node knew have finished (default: "
+                   "2 gossip intervals + the request timeout). [env KV_RING_DELAY]")
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, sloppy_quorum: bool,
@@ -137,7 +146,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
           raft_join: bool = False, restored: bool = False,
-          max_clock_skew: float = 60.0, peer_listen: str = "", peer_advertise: str = "",
+          max_clock_skew: float = 60.0, join: str = "",
+          ring_delay: float | None = None, peer_listen: str = "", peer_advertise: str = "",
           tls_dir: Path | None = None, auth: bool = False, token_ttl: float = 900.0) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
@@ -152,7 +162,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         handler.setLevel(log_level.upper())
     config = NodeConfig(
         node_id=node_id, listen=listen, advertise=advertise,
-        seeds=[s for s in seeds.split(",") if s.strip()], data_dir=data_dir, restored=restored,
+        seeds=[s for s in (seeds + "," + join).split(",") if s.strip()], data_dir=data_dir,
+        restored=restored, join=bool(join.strip()), ring_delay=ring_delay,
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, sloppy_quorum=sloppy_quorum,
@@ -176,12 +187,13 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
     except ValueError as exc:
         raise InvalidConfig(str(exc)) from None
     from kvstore.services.raft_start import RaftStartRefused
+    from kvstore.services.streaming import MoveRefused
     from kvstore.storage import StorageError
     from kvstore.transport.tls import TlsError
 
     try:
         _run(run_node(config))
-    except (RaftStartRefused, StorageError, TlsError) as exc:  # one line, exit 1
+    except (RaftStartRefused, MoveRefused, StorageError, TlsError) as exc:  # one line, exit 1
         raise click.ClickException(str(exc)) from None
 
 
@@ -195,27 +207,61 @@ def _run(coro) -> None:
 
 
 @node.command()
-@click.option("--endpoint", default="127.0.0.1:7001", show_default=True,
-              help="The node to ask.")
-@click.option("--timeout", type=float, default=2.0, show_default=True)
+@click.option("--node", "--endpoint", "endpoint", default=None, metavar="HOST:PORT",
+              help="The node to ask (--endpoint is the old name). Default: the endpoints of "
+                   "--endpoints / KV_ENDPOINTS in turn, until one answers.")
+@click.option("--timeout", type=float, default=2.0, show_default=True,
+              help="Seconds to wait for each node's answer.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"node": HOST:PORT, "status": SERVING|NOT_SERVING|..., '
+                   '"unreachable": [...]}.')
 @click.option("--tls", "tls_dir", envvar="KV_TLS", type=click.Path(path_type=Path),
               default=None, help="The node runs with --tls: trust DIR/ca.crt. [env KV_TLS]")
 @click.option("--cert", default=None, metavar="NAME",
               help="Present DIR/NAME.crt (a --tls port without --peer-listen asks for one).")
-def health(endpoint: str, timeout: float, tls_dir: Path | None, cert: str | None) -> None:
-    """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1."""
+@click.pass_context
+def health(ctx: click.Context, endpoint: str | None, timeout: float, as_json: bool,
+           tls_dir: Path | None = None, cert: str | None = None) -> None:
+    """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1.
+
+    Without --node, asks the endpoints in order and reports the first that answers
+    (an unreachable one is skipped, as `kv get` fails over).
+    """
+    import json
+
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from kvstore.cli.main import default_endpoints
+    from kvstore.client import parse_endpoints
     from kvstore.node.local_cluster import health_channel
 
-    with health_channel(endpoint, tls_dir, cert) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
-        except grpc.RpcError as exc:
-            click.echo(f"{endpoint}: unreachable ({exc.code().name})", err=True)
-            sys.exit(1)
-    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-    click.echo(f"{endpoint}: {name}")
-    sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)
+    if endpoint is not None:
+        candidates = parse_endpoints(endpoint)[:1]
+    else:
+        candidates = parse_endpoints(getattr(ctx.obj, "endpoints", None) or default_endpoints())
+    unreachable: list[str] = []
+    for address in candidates:
+        with health_channel(address, tls_dir, cert) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=""),
+                                    timeout=timeout).status
+            except grpc.RpcError as exc:
+                unreachable.append(f"{address} ({exc.code().name})")
+                continue
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        if as_json:
+            click.echo(json.dumps({"node": address, "status": name,
+                                   "unreachable": unreachable}))
+        else:
+            for u in unreachable:
+                click.echo(f"{u.split(' ')[0]}: unreachable", err=True)
+            click.echo(f"{address}: {name}")
+        sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)
+    if as_json:
+        click.echo(json.dumps({"node": None, "status": "UNREACHABLE",
+                               "unreachable": unreachable}))
+    else:
+        click.echo(f"Error: no node answered: {', '.join(unreachable)}", err=True)
+    sys.exit(1)

@@ -16,6 +16,19 @@ from kvstore.core import versions
 console = Console(highlight=False, soft_wrap=True)
 
 
+def table(*columns: str, title: str | None = None) -> Table:
+    """The one table style of the CLI (rich's default box, left-aligned title)."""
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col)
+    return t
+
+
+def up_down(up: bool) -> str:
+    """The one wording for a member's or node's liveness: up / DOWN."""
+    return "[green]up[/green]" if up else "[red]DOWN[/red]"
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -130,7 +143,17 @@ def info_json(node) -> dict[str, Any]:
              "phi": m.phi, "ownership": m.ownership, "hints_pending": m.hints_pending}
             for m in node.members
         ],
+        "move": _move_json(node.move) if node.HasField("move") else None,
     }
+
+
+def _move_json(move) -> dict[str, Any]:
+    """A join or decommission of this node (services/streaming.py's progress)."""
+    return {"kind": move.kind, "state": move.state, "ranges_done": move.ranges_done,
+            "ranges_total": move.ranges_total, "keys": move.keys, "bytes": move.bytes,
+            "seconds": round(move.seconds, 3), "eta_seconds": round(move.eta_seconds, 1),
+            "error": move.error, "leaves_differing": move.leaves_differing,
+            "corrupt_skipped": move.corrupt_skipped}
 
 
 def print_info(data: dict[str, Any]) -> None:
@@ -141,7 +164,7 @@ def print_info(data: dict[str, Any]) -> None:
     for col in ("member", "address", "status", "up", "ownership"):
         table.add_column(col)
     for m in data["members"]:
-        table.add_row(m["id"], m["address"], m["status"], "yes" if m["up"] else "NO",
+        table.add_row(m["id"], m["address"], m["status"], up_down(m["up"]),
                       f"{m['ownership'] * 100:.1f}%")
     console.print(table)
 
@@ -154,7 +177,7 @@ def print_status(data: dict[str, Any]) -> None:
         table.add_column(col)
     for m in data["members"]:
         table.add_row(m["id"], m["address"], m["status"],
-                      "[green]up[/green]" if m["up"] else "[red]DOWN[/red]", f"{m['phi']:.2f}",
+                      up_down(m["up"]), f"{m['phi']:.2f}",
                       f"{m['ownership'] * 100:.1f}%", str(m["hints_pending"]))
     console.print(table)
 
@@ -172,5 +195,8 @@ def print_repair(result: dict[str, Any]) -> None:
     console.print(f"{result['ranges_compared']} ranges compared, {result['leaves_differing']} "
                   f"leaves differing, {result['keys_sent']} keys sent, {result['keys_received']} "
                   f"received, {result['bytes_transferred']} bytes, {result['seconds']:.2f} s")
+    if result.get("peers_only"):
+        console.print(f"took part as peers only (not among the endpoints asked): "
+                      f"{', '.join(result['peers_only'])}")
     for err in result["errors"]:
         console.print(f"[red]error:[/red] {err}")

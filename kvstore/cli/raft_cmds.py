@@ -1,9 +1,8 @@
-"""`kv meta get|put|cas`, `kv raft status` and `kv raft add|promote|remove`: the
-linearizable metadata namespace on the Raft group, and its membership. Any node answers
-(followers and non-voters forward to the leader).
+"""`kv raft status` and `kv raft add|promote|remove`: the Raft group's membership. Any node
+answers (followers and non-voters forward to the leader). The metadata namespace, leases
+and locks are in coord_cmds.py.
 
-Exit codes: 0 ok, 1 failed (including a compare-and-set whose comparison failed, and a
-membership change the group refused), 2 bad usage, 3 key not found.
+Exit codes: 0 ok, 1 failed (a membership change the group refused), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -22,9 +21,10 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
 
 def _endpoints(ctx: click.Context) -> list[str]:
     from kvstore.cli.main import default_endpoints
+    from kvstore.client import parse_endpoints
 
     raw = getattr(ctx.obj, "endpoints", None) or default_endpoints()
-    return [e.strip().split("=", 1)[-1] for e in raw.split(",") if e.strip()]
+    return parse_endpoints([e.strip().split("=", 1)[-1] for e in raw.split(",")])
 
 
 def _timeout(ctx: click.Context) -> float:
@@ -32,8 +32,9 @@ def _timeout(ctx: click.Context) -> float:
 
 
 def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
-    """Send one metadata request to the first endpoint that answers; return the reply.
-    Uses the CLI's --tls/--cert/--user credentials when there are any."""
+    """Send one admin request (status, conf) to the first endpoint that answers; return the
+    reply. A membership change has no session: an endpoint that broke after delivery is
+    not tried again (the change may have been applied)."""
     from kvstore.client.security import Credentials, login_metadata
 
     ctx = click.get_current_context(silent=True)
@@ -52,7 +53,15 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
                                   grpc.StatusCode.PERMISSION_DENIED):
                     raise click.ClickException(f"{ep}: {exc.code().name}: {exc.details()}"
                                                ) from None
-                errors.append(f"{ep}: {exc.code().name}")
+                errors.append(f"{ep}: {_describe(exc)}")
+                details = (exc.details() or "").lower()
+                if req.get("op") == "conf" and not (
+                        exc.code() == grpc.StatusCode.UNAVAILABLE
+                        and ("connect" in details or "refused" in details)):
+                    click.echo(f"Error: {ep} did not answer ({exc.code().name}); the "
+                               "membership change may or may not have been applied - check "
+                               "`kv raft status`", err=True)
+                    raise SystemExit(5) from None
                 continue
         (res,) = reply.results
         kind = res.WhichOneof("body")
@@ -66,65 +75,18 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
                                + "); is the cluster up, and started with --raft-voters?")
 
 
+def _describe(exc: grpc.RpcError) -> str:
+    details = (exc.details() or "").lower() if hasattr(exc, "details") else ""
+    if any(s in details for s in ("errors resolving", "lookup failed", "dns resolution")):
+        return "cannot resolve its host name"
+    if "connection refused" in details or "failed to connect" in details:
+        return "unreachable (connection refused)"
+    return exc.code().name if hasattr(exc, "code") else str(exc)
+
+
 def _fail(msg: str, code: int = EXIT_FAILED) -> None:
     click.echo(f"Error: {msg}", err=True)
     raise SystemExit(code)
-
-
-@click.group()
-def meta() -> None:
-    """Linearizable metadata key-value namespace (on the Raft group)."""
-
-
-@meta.command("get")
-@click.argument("key")
-@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-@click.pass_context
-def meta_get(ctx: click.Context, key: str, as_json: bool) -> None:
-    """Read KEY (a ReadIndex read: linearizable, without writing to the log)."""
-    r = meta_request(_endpoints(ctx), {"op": "get", "key": key}, _timeout(ctx))
-    if as_json:
-        click.echo(json.dumps(r))
-    if not r.get("ok"):
-        _fail(r.get("error", "failed"))
-    if not r.get("found"):
-        if not as_json:
-            click.echo(f"Error: {key!r} not found", err=True)
-        raise SystemExit(EXIT_NOT_FOUND)
-    if not as_json:
-        click.echo(r["value"])
-
-
-@meta.command("put")
-@click.argument("key")
-@click.argument("value")
-@click.pass_context
-def meta_put(ctx: click.Context, key: str, value: str) -> None:
-    """Set KEY to VALUE (committed by a majority of the Raft group)."""
-    r = meta_request(_endpoints(ctx), {"op": "put", "key": key, "value": value}, _timeout(ctx))
-    if not r.get("ok"):
-        _fail(r.get("error", "failed"))
-    click.echo("OK")
-
-
-@meta.command("cas")
-@click.argument("key")
-@click.argument("expected")
-@click.argument("new")
-@click.option("--absent", is_flag=True,
-              help="Expect KEY to be absent (EXPECTED is then ignored; pass '-').")
-@click.pass_context
-def meta_cas(ctx: click.Context, key: str, expected: str, new: str, absent: bool) -> None:
-    """Set KEY to NEW only if its value is EXPECTED; exit 1 if the comparison fails."""
-    req = {"op": "cas", "key": key, "expected": None if absent else expected, "value": new}
-    r = meta_request(_endpoints(ctx), req, _timeout(ctx))
-    if r.get("ok"):
-        click.echo("OK")
-        return
-    if r.get("error") == "compare failed":
-        _fail(f"compare failed: {key!r} is {r.get('previous')!r}, not "
-              f"{None if absent else expected!r}")
-    _fail(r.get("error", "failed"))
 
 
 @click.group()
@@ -151,11 +113,14 @@ def raft_status(ctx: click.Context, as_json: bool) -> None:
     if r.get("joining"):
         click.echo(f"{r['node']} is joining: it does not vote until it is added as a learner "
                    "and promoted")
-    click.echo(f"{'ID':<12}{'ROLE':<10}{'MATCH':>8}{'LAG':>6}")
+    from kvstore.cli import output
+
+    table = output.table("member", "role", "match index", "lag")
     for m in r["members"]:
         match = "-" if m["match_index"] is None else m["match_index"]
         lag = "-" if m["lag"] is None else m["lag"]
-        click.echo(f"{m['id']:<12}{m['role']:<10}{match!s:>8}{lag!s:>6}")
+        table.add_row(m["id"], m["role"], str(match), str(lag))
+    output.console.print(table)
 
 
 def _conf(ctx: click.Context, change: str, node: str, as_json: bool, done: str) -> None:

@@ -15,6 +15,7 @@ import click
 from rich.table import Table
 
 from kvstore.cli import output
+from kvstore.client import KVError
 from kvstore.core.gossip import RING_STATUSES, Status
 from kvstore.core.ring import Ring, node_tokens
 
@@ -64,21 +65,39 @@ def print_ring(data: dict[str, Any]) -> None:
                       "[green]up[/green]" if m["up"] else "[red]DOWN[/red]", str(m["vnodes"]),
                       leads, f"{m['replicated'] * 100:.1f}%")
     output.console.print(table)
-    if data["pending"]:
-        output.console.print("changing: " + ", ".join(data["pending"]))
+    for member in data["pending"]:
+        move = data.get("moves", {}).get(member)
+        status = next(m["status"] for m in data["members"] if m["id"] == member)
+        if move:
+            output.console.print(
+                f"{member} {status}: {move['kind']} {move['state']}, ranges "
+                f"{move['ranges_done']}/{move['ranges_total']}, {move['keys']} keys, "
+                f"{move['bytes']} bytes" + (f", ETA {move['eta_seconds']:.0f}s"
+                                            if move["eta_seconds"] else ""))
+        else:
+            output.console.print(f"{member} {status} (its streaming progress is not reachable)")
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"node", "replication_factor", "vnodes", "ranges", "balance", '
                    '"members": [{"id", "status", "up", "vnodes", "ownership", "replicated", '
-                   '...}], "pending"}.')
+                   '...}], "pending": [ids joining or leaving], "moves": {id: progress}}.')
 @click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
               help="The node whose view to show (default: the first endpoint that answers).")
 @click.pass_obj
 def ring(s, as_json: bool, endpoint: str | None) -> None:
     """Tokens per node, the share each leads and stores, and members joining or leaving."""
-    data = ring_json(output.info_json(s.client().info(endpoint)))
+    client = s.client()
+    data = ring_json(output.info_json(client.info(endpoint)))
+    addresses = {m["id"]: m["address"] for m in data["members"]}
+    data["moves"] = {}
+    for member in data["pending"]:  # a joining or leaving node reports its streaming
+        try:
+            move = output.info_json(client.info(addresses[member])).get("move")
+        except KVError:
+            move = None
+        data["moves"][member] = move
     if as_json:
         output.print_json(data)
     else:

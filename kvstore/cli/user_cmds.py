@@ -17,17 +17,43 @@ import click
 from rich.table import Table
 
 from kvstore.cli.output import console, print_json
-from kvstore.cli.raft_cmds import _endpoints, _timeout, meta_request
+from kvstore.cli.raft_cmds import _endpoints, _timeout
 from kvstore.client import read_password_file
 from kvstore.core.auth import ROLES, AuthError
-from kvstore.services.auth import MetaUnavailable, MetaUsers
+from kvstore.services.auth import MetaUnavailable, MetaUsers, from_meta_reply, to_meta_request
+
+
+def meta_call(ctx: click.Context, req: dict) -> dict:
+    """One get/cas of MetaUsers over the Meta gRPC service, with the CLI's credentials, on
+    the first endpoint that answers."""
+    import grpc
+
+    from kvstore._proto import meta_pb2_grpc
+    from kvstore.client.security import Credentials, login_metadata
+
+    creds = getattr(ctx.find_root().obj, "credentials", None) or Credentials()
+    timeout, errors = _timeout(ctx), []
+    for ep in _endpoints(ctx):
+        with creds.channel(ep) as channel:
+            try:
+                metadata = login_metadata(creds, channel, timeout)
+                reply = meta_pb2_grpc.MetaStub(channel).Call(
+                    to_meta_request(req), timeout=timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED):
+                    raise click.ClickException(f"{ep}: {exc.code().name}: {exc.details()}"
+                                               ) from None
+                errors.append(f"{ep}: {exc.code().name}")
+                continue
+        return from_meta_reply(req, reply)
+    raise click.ClickException("no node answered (" + "; ".join(errors) + "); is the cluster "
+                               "up, and started with --raft-voters?")
 
 
 def _users(ctx: click.Context) -> MetaUsers:
-    endpoints, timeout = _endpoints(ctx), _timeout(ctx)
-
     async def request(req: dict) -> dict:
-        return meta_request(endpoints, req, timeout)
+        return meta_call(ctx, req)
 
     return MetaUsers(request)
 

@@ -207,8 +207,13 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
     for item in (i.strip() for i in items):
         if not item:
             continue
+        if "://" in item:
+            bare = item.split("://", 1)[1].rstrip("/") or "127.0.0.1:7001"
+            raise InvalidArgument(f"invalid endpoint {item!r}: give host:port without a "
+                                  f"scheme (e.g. {bare})")
         if not is_host_port(item):
-            raise InvalidArgument(f"endpoint {item!r} is not host:port")
+            raise InvalidArgument(f"invalid endpoint {item!r}: not host:port "
+                                  "(e.g. 127.0.0.1:7001)")
         out.append(item)
     if not out:
         raise InvalidArgument("no endpoints given; pass --endpoints host:port[,host:port...]")
@@ -225,6 +230,13 @@ class _Endpoint:
         self.pending: list[tuple[cpb.ClientRequest, asyncio.Future]] = []
         self.task: asyncio.Task | None = None
         self.down_until = 0.0
+
+
+def _none_answered(failed: list[str]) -> str:
+    text = "could not reach any node (" + "; ".join(failed) + ")."
+    if all("cannot resolve" in f for f in failed):
+        return text + " Give endpoints this machine can resolve (--endpoints or KV_ENDPOINTS)."
+    return text + " Is the cluster running? Start one with `kv cluster up`."
 
 
 class _Refused(Exception):
@@ -315,12 +327,34 @@ class AsyncClient:
         return int((timeout if timeout is not None else self.timeout) * 1000)
 
     async def info(self, endpoint: str | None = None) -> admin_pb2.NodeInfo:
-        ep = self._endpoint(endpoint)
-        try:
-            return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout,
-                metadata=await self.metadata(ep))
-        except grpc.aio.AioRpcError as exc:
-            raise self._final_error(ep, exc) from None
+        """What one node knows. `endpoint`: that node alone; None: the first endpoint that
+        answers, in the order given (failing over as requests do)."""
+        if endpoint is not None:
+            ep = self._endpoint(endpoint)
+            try:
+                return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout,
+                                           metadata=await self.metadata(ep))
+            except grpc.aio.AioRpcError as exc:
+                raise self._final_error(ep, exc) from None
+        loop = asyncio.get_running_loop()
+        failed: list[str] = []
+        for ep in self.endpoints_in_order():
+            try:
+                return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout,
+                                           metadata=await self.metadata(ep))
+            except grpc.aio.AioRpcError as exc:
+                err = self._rpc_error(ep, exc)
+                if not isinstance(err, _Refused | Unavailable | Timeout):
+                    raise err from None
+                ep.down_until = loop.time() + DOWN_FOR
+                failed.append(f"{ep.address}: {err}")
+        raise ConnectionFailed(_none_answered(failed))
+
+    def endpoints_in_order(self) -> list[_Endpoint]:
+        """The endpoints as given, those not recently refused first."""
+        now = asyncio.get_running_loop().time()
+        return ([ep for ep in self.endpoints if ep.down_until <= now]
+                + [ep for ep in self.endpoints if ep.down_until > now])
 
     async def repair(self, endpoint: str | None = None, peers: Sequence[str] = (),
                      timeout: float = 3600.0):
@@ -328,6 +362,37 @@ class AsyncClient:
         ep = self._endpoint(endpoint)
         call = ep.admin.Repair(admin_pb2.RepairRequest(peers=list(peers)), timeout=timeout,
                                metadata=await self.metadata(ep))
+        try:
+            async for progress in call:
+                yield progress
+        except grpc.aio.AioRpcError as exc:
+            raise self._final_error(ep, exc) from None
+
+    async def decommission(self, node_id: str, endpoint: str | None = None,
+                           timeout: float = 24 * 3600.0):
+        """Ask `node_id` (at `endpoint`, else its address as the first endpoint reports
+        it) to stream its ranges out and leave; yields MoveProgress until it finishes."""
+        if endpoint is None:
+            members = {m.id: m.address for m in (await self.info()).members}
+            if node_id not in members:
+                raise InvalidArgument(f"{node_id} is not a member; members: "
+                                      f"{', '.join(sorted(members))}")
+            endpoint = members[node_id]
+        ep = self._endpoint(endpoint)
+        call = ep.admin.Decommission(admin_pb2.DecommissionRequest(node_id=node_id),
+                                     timeout=timeout)
+        try:
+            async for progress in call:
+                yield progress
+        except grpc.aio.AioRpcError as exc:
+            raise self._final_error(ep, exc) from None
+
+    async def remove_node(self, node_id: str, endpoint: str | None = None,
+                          timeout: float = 24 * 3600.0):
+        """Force a dead member out (run by `endpoint`, default the first endpoint): its
+        ranges are copied from the survivors; yields MoveProgress until it finishes."""
+        ep = self._endpoint(endpoint)
+        call = ep.admin.Remove(admin_pb2.RemoveRequest(node_id=node_id), timeout=timeout)
         try:
             async for progress in call:
                 yield progress
@@ -410,8 +475,7 @@ class AsyncClient:
             if reply.HasField("error"):
                 raise errors.from_pb(reply.error)
             return reply
-        raise ConnectionFailed("could not reach any node (" + "; ".join(refused) + "). "
-                               "Is the cluster running? Start one with `kv cluster up`.")
+        raise ConnectionFailed(_none_answered(refused))
 
     def _order(self, now: float) -> list[_Endpoint]:
         start = next(self._next)
@@ -462,7 +526,8 @@ class AsyncClient:
                         and self.credentials.user is not None and "expired" in str(err)):
                     self._token = None  # refused before it ran: log in again and resend
                     continue
-                raise err from None
+                writes = any(r.WhichOneof("op") != "get" for r in requests)
+                raise self._rpc_error(ep, exc, writes=writes) from None
             return list(reply.replies)
         raise AssertionError("unreachable")
 
@@ -475,26 +540,35 @@ class AsyncClient:
         return err
 
     @staticmethod
-    def _rpc_error(ep: _Endpoint, exc: grpc.aio.AioRpcError) -> Exception:
+    def _rpc_error(ep: _Endpoint, exc: grpc.aio.AioRpcError, *,
+                   writes: bool = False) -> Exception:
+        """The client's error for a failed call. `writes`: the call carried a put or a
+        delete, so a call that may have been delivered may also have been applied; a read
+        never changes anything, and a name that never resolved was never delivered."""
         code = exc.code()
         details = (exc.details() or "").lower()
+        if code == grpc.StatusCode.UNAVAILABLE and any(
+                s in details for s in ("dns resolution failed", "errors resolving",
+                                       "lookup failed", "domain name not found",
+                                       "name or service not known")):
+            return _Refused(f"cannot resolve the host name of {ep.address} "
+                            "(a name known only inside a docker network, or a typo?)")
         if code == grpc.StatusCode.UNAVAILABLE and (
-                "failed to connect" in details or "connection refused" in details
-                or "dns resolution failed" in details):
+                "failed to connect" in details or "connection refused" in details):
             return _Refused(f"unreachable ({exc.details()})")  # never delivered: try another
+        applied = "; the write may have been applied" if writes else ""
         if code == grpc.StatusCode.UNAVAILABLE:
             return Unavailable(f"{ep.address}: connection lost during the call "
-                               f"({exc.details()}); the request may have been applied")
+                               f"({exc.details()}){applied}")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidArgument(f"{ep.address}: {exc.details()}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return Timeout(f"{ep.address} did not answer in time; the request may have been "
-                           "applied")
+            return Timeout(f"{ep.address} did not answer in time{applied}")
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return Unauthenticated(f"{ep.address}: {exc.details()}")
         if code == grpc.StatusCode.PERMISSION_DENIED:
             return PermissionDenied(f"{ep.address}: {exc.details()}")
-        if (code == grpc.StatusCode.UNAVAILABLE and "ssl" in details) or "handshake" in details:
+        if code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details or "handshake" in details):
             return _Refused(f"TLS handshake failed ({exc.details()}): check --tls (the "
                             "cluster's ca.crt) and whether this node runs with TLS")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -478,6 +478,20 @@ class Gossiper:
         dead = [p for p in peers if p in down_set]
         return choose_targets(rng, live, dead, self.seeds)
 
+    def speak_for(self, node_id: str, status: Status) -> EndpointState:
+        """Change a down member's status on its behalf (a forced removal: it cannot say it
+        itself). The new status carries a version above everything that member said, so
+        peers take it; a member that is in fact alive would override it by its next status
+        change, so callers check it is down first."""
+        if node_id == self.node_id:
+            raise ValueError("a node speaks for itself with update()")
+        cur = self._states.get(node_id)
+        if cur is None:
+            raise ValueError(f"{node_id} is not a known member")
+        new = cur._replace(status=Status(status), meta_version=cur.max_version + 1)
+        self._states[node_id] = new
+        return new
+
     def forget(self, node_id: str) -> bool:
         """Drop a member (e.g. LEFT long ago) and ignore it until it shows a newer generation."""
         if node_id == self.node_id or node_id not in self._states:

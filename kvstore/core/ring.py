@@ -107,3 +107,51 @@ class Ring:
             prev = self.tokens[i - 1]
             out.append((prev, token, self.owners[i]))
         return out
+
+
+@dataclass(frozen=True)
+class Move:
+    """A token range (start, end] whose replicas change: `before` -> `after`."""
+
+    start: int
+    end: int
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    @property
+    def gained(self) -> tuple[str, ...]:
+        return tuple(n for n in self.after if n not in self.before)
+
+    @property
+    def lost(self) -> tuple[str, ...]:
+        return tuple(n for n in self.before if n not in self.after)
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        """Who must receive the range's data: the nodes that gain it, or, when the ring
+        shrinks below N replicas and nobody gains it, the owners that keep it (the copy
+        that goes away must not be lost)."""
+        return self.gained or self.after
+
+
+def moves(before: Ring, after: Ring, n: int) -> list[Move]:
+    """The ranges whose preference lists differ between two rings, coalesced.
+
+    The ranges are cut at the tokens of both rings, so each piece has one preference list
+    in each; adjacent pieces with the same change are merged (fewer, larger streams).
+    """
+    tokens = sorted(set(before.tokens) | set(after.tokens))
+    if not tokens or not before.tokens or not after.tokens:
+        return []
+    out: list[Move] = []
+    for i, token in enumerate(tokens):
+        prev = tokens[i - 1]  # the first piece wraps around: (last token, first token]
+        old = tuple(before.preference_list_for_token(token, n))
+        new = tuple(after.preference_list_for_token(token, n))
+        if old == new:
+            continue
+        if out and out[-1].end == prev and (out[-1].before, out[-1].after) == (old, new):
+            out[-1] = Move(out[-1].start, token, old, new)
+        else:
+            out.append(Move(prev, token, old, new))
+    return out

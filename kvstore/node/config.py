@@ -44,6 +44,15 @@ class NodeConfig:
     tls_dir: Path | None = None       # certificate directory: mutual TLS between nodes
     auth: bool = False                # clients must authenticate (needs tls_dir and raft)
     token_ttl: float = 900.0          # seconds a login token is valid
+    join: bool = False                # a new node: stream the ranges it will own first (--join)
+    ring_delay: float | None = None   # wait after announcing a move; None: 2 gossip + 1 timeout
+    verify_moves: bool = True         # a Merkle comparison with the sources after a join
+
+    @property
+    def ring_delay_s(self) -> float:
+        if self.ring_delay is not None:
+            return self.ring_delay
+        return 2 * self.gossip_interval + self.timeout_ms / 1000
 
     @property
     def address(self) -> str:
@@ -99,6 +108,8 @@ class NodeConfig:
             raise ValueError("max key bytes must be 1..65535")
         if not 0 <= self.max_value_bytes <= 32 * 1024 * 1024:
             raise ValueError("max value bytes must be 0..33554432 (32 MiB)")
+        if self.ring_delay is not None and not 0 <= self.ring_delay <= 600:
+            raise ValueError("--ring-delay must be 0..600 seconds")
         if self.antientropy_interval < 0:
             raise ValueError("--antientropy-interval must be >= 0 seconds (0: off)")
         if self.hint_max_age_ms <= 0:

@@ -55,6 +55,7 @@ class LocalCluster:
         self.extra_args = extra_args or []
         self.bootstrap_pending = {n.id for n in self.nodes} if raft_bootstrap else set()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.supervisor: int | None = None  # pid of a foreground `kv cluster up`, if any
 
     @property
     def file(self) -> Path:
@@ -105,7 +106,16 @@ class LocalCluster:
         raise KeyError(f"no node {node_id!r} in this cluster")
 
     def save(self) -> None:
-        self.file.write_text(json.dumps({"nodes": [asdict(n) for n in self.nodes]}, indent=2))
+        """Write cluster.json: the nodes (with the command that restarts each, as
+        `kv cluster start` uses it: never --raft-bootstrap) and the foreground supervisor."""
+        nodes = []
+        for n in self.nodes:
+            restart = [a for a in self.command(n) if a != "--raft-bootstrap"]
+            nodes.append({**asdict(n), "restart": restart})
+        data = {"nodes": nodes, "supervisor": self.supervisor}
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.file)
 
     def wait_healthy(self, timeout: float = 30.0, nodes: list[str] | None = None,
                      progress=None) -> None:
@@ -143,6 +153,17 @@ class LocalCluster:
         proc.wait(timeout=15)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop every node started here, and any restarted since by `kv cluster start`
+        (recorded in cluster.json); remove cluster.json."""
+        children = {proc.pid for proc in self.procs.values()}
+        try:
+            recorded = json.loads(self.file.read_text())["nodes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = []
+        others = [int(n.get("pid") or 0) for n in recorded]
+        others = [pid for pid in others if pid and pid not in children and _is_kvstore(pid)]
+        for pid in others:
+            _signal(pid, signal.SIGTERM)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -154,6 +175,8 @@ class LocalCluster:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        for pid in others:
+            _wait_gone(pid, max(0.1, deadline - time.monotonic()))
         self.file.unlink(missing_ok=True)
 
 
@@ -183,10 +206,114 @@ def is_serving(address: str, timeout: float = 0.5, tls_dir: Path | None = None,
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def stop_detached(data_root: Path, timeout: float = 10.0) -> list[str]:
-    """Stop the processes listed in <data_root>/cluster.json; returns the ids stopped."""
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until `pid` is no longer a live kvstore process; SIGKILL it after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while _is_kvstore(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _is_kvstore(pid):
+        _signal(pid, signal.SIGKILL)
+        return False
+    return True
+
+
+def cluster_alive(data_root: Path) -> bool:
+    """Is any process recorded in <data_root>/cluster.json (a node or the foreground
+    supervisor) still running? False for a missing or unreadable file."""
+    try:
+        data = json.loads((Path(data_root) / "cluster.json").read_text())
+        pids = [int(n.get("pid") or 0) for n in data["nodes"]]
+        supervisor = int(data.get("supervisor") or 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return (any(pid and _is_kvstore(pid) for pid in pids)
+            or bool(supervisor and _is_supervisor(supervisor)))
+
+
+def read_cluster(data_root: Path) -> dict:
+    """<data_root>/cluster.json, or FileNotFoundError naming it."""
     path = Path(data_root) / "cluster.json"
-    nodes = json.loads(path.read_text())["nodes"]
+    if not path.exists():
+        raise FileNotFoundError(f"no running cluster recorded in {path}")
+    return json.loads(path.read_text())
+
+
+def _write_cluster(data_root: Path, data: dict) -> None:
+    path = Path(data_root) / "cluster.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def stop_node(data_root: Path, node_id: str, *, kill: bool = False,
+              timeout: float = 10.0) -> int | None:
+    """Stop one node of a local cluster (SIGTERM, or SIGKILL with `kill`); the pid it had,
+    None if it was not running. Its entry stays in cluster.json for `start_node`."""
+    data = read_cluster(data_root)
+    node = _find(data, node_id)
+    pid = int(node.get("pid") or 0)
+    if not pid or not _is_kvstore(pid):
+        return None
+    _signal(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    _wait_gone(pid, timeout)
+    return pid
+
+
+def start_node(data_root: Path, node_id: str) -> int:
+    """Start one stopped node of a local cluster again, with the command it was started
+    with (never --raft-bootstrap); returns its new pid. Refuses a node that is running."""
+    data = read_cluster(data_root)
+    node = _find(data, node_id)
+    pid = int(node.get("pid") or 0)
+    if pid and _is_kvstore(pid):
+        raise RuntimeError(f"{node_id} is running (pid {pid}); stop it first")
+    argv = node.get("restart")
+    if not argv:
+        raise RuntimeError(f"{Path(data_root) / 'cluster.json'} does not say how to start "
+                           f"{node_id} (written by an older kvstore): restart the cluster")
+    with open(node["log"], "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    node["pid"] = proc.pid
+    _write_cluster(data_root, data)
+    return proc.pid
+
+
+def _find(data: dict, node_id: str) -> dict:
+    for node in data["nodes"]:
+        if node["id"] == node_id:
+            return node
+    ids = ", ".join(n["id"] for n in data["nodes"])
+    raise KeyError(f"no node {node_id!r} in this cluster (nodes: {ids})")
+
+
+def stop_detached(data_root: Path, timeout: float = 10.0) -> list[str]:
+    """Stop the cluster recorded in <data_root>/cluster.json; returns the ids stopped.
+
+    A foreground `kv cluster up` supervising it is asked to stop (SIGTERM): it stops its
+    nodes and exits. Node processes still alive afterwards are stopped here."""
+    path = Path(data_root) / "cluster.json"
+    data = json.loads(path.read_text())
+    nodes = data["nodes"]
+    supervisor = int(data.get("supervisor") or 0)
+    running = [n["id"] for n in nodes if int(n.get("pid") or 0)
+               and _is_kvstore(int(n["pid"]))]
+    if supervisor and supervisor != os.getpid() and _is_supervisor(supervisor):
+        _signal(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + timeout + 5
+        while path.exists() and _is_supervisor(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not path.exists():
+            return running
+        data = json.loads(path.read_text())
+        nodes = data["nodes"]
     stopped = []
     for node in nodes:
         pid = int(node.get("pid") or 0)
@@ -201,6 +328,23 @@ def stop_detached(data_root: Path, timeout: float = 10.0) -> list[str]:
             os.kill(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
     return [node_id for node_id, _ in stopped]
+
+
+def _is_supervisor(pid: int) -> bool:
+    """Is `pid` a live foreground `kv cluster up` (guards against a reused pid)?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"\x00cluster\x00up" in cmdline and _is_kvstore_alive(pid)
+
+
+def _is_kvstore_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat.split(") ")[-1].startswith("Z")
 
 
 def _is_kvstore(pid: int) -> bool:

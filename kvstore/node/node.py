@@ -19,6 +19,7 @@ from kvstore._proto import common_pb2
 from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.core.errors import KVError
+from kvstore.core.gossip import Status
 from kvstore.node.config import NodeConfig
 from kvstore.services.antientropy import AntiEntropyService
 from kvstore.services.coordinator import Coordinator, CoordinatorConfig
@@ -26,6 +27,8 @@ from kvstore.services.gossip import GossipMembership
 from kvstore.services.handoff import HandoffService, inline
 from kvstore.services.raft_driver import RaftDriver
 from kvstore.services.replica import Replica
+from kvstore.services.streaming import FILE_NAME as MOVE_FILE
+from kvstore.services.streaming import RangeStreamer
 from kvstore.storage.epochs import FILE_NAME as EPOCHS_FILE
 from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
@@ -94,11 +97,15 @@ class Node:
             # state and decide (a lost raft directory beside an old data directory refuses).
             self.raft.prepare(prior_life(config.data_dir),
                               str(config.data_dir or "its in-memory data"))
+        self.streamer_state = config.data_dir / MOVE_FILE if config.data_dir else None
+        self.joining = self._joining(config)
         self.membership = GossipMembership(
             config.node_id, config.peer_address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
             vnodes=config.vnodes, state_path=state_path, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, timeout=min(1.0, config.timeout_ms / 1000),
+            status=Status.JOINING if self.joining else Status.NORMAL,
+            ring_delay=config.ring_delay_s,
         )
         if epochs is None:
             epochs = EpochAllocator(
@@ -138,9 +145,30 @@ class Node:
             rate_bytes_per_s=config.repair_rate_bytes, timeout=max(5.0, config.timeout_ms / 1000),
             monotonic=monotonic,
         )
+        self.streamer = RangeStreamer(
+            config.node_id, store, transport, self.membership, self.replica, self.antientropy,
+            replication_factor=config.replication_factor, ring_delay=config.ring_delay_s,
+            rate_bytes_per_s=config.repair_rate_bytes,
+            timeout=max(5.0, config.timeout_ms / 1000), state_path=self.streamer_state,
+            monotonic=monotonic, verify=config.verify_moves)
+        self.streamer.load()  # refuses a decommissioned node; picks up a join's progress
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
         if self.raft is not None:
+            self.raft.address_of = lambda peer: (
+                config.address if peer == config.node_id
+                else self.membership.members.get(peer, ""))
+        if self.raft is not None:
             self.register("raft", self.raft.on_message)
+
+    def _joining(self, config: NodeConfig) -> bool:
+        """Start JOINING (and stream) with --join, unless this node finished joining or was
+        a member before (a data directory with an earlier life and no join record)."""
+        if not config.join:
+            return False
+        saved = RangeStreamer.peek(self.streamer_state)
+        if saved:
+            return saved.get("kind") == "join" and saved.get("state") != "done"
+        return not prior_life(config.data_dir)
 
     def register(self, kind: str, handler: RawHandler) -> None:
         """Let a service own the `raft`, `gossip` or `extension` messages."""
@@ -153,10 +181,13 @@ class Node:
         self.membership.start()
         self.handoff.start()
         self.antientropy.start()
+        if self.joining:
+            self.streamer.start_join()
 
     async def stop(self) -> None:
         if self.raft is not None:
             await self.raft.stop()
+        await self.streamer.stop()
         await self.antientropy.stop()
         await self.handoff.stop()
         await self.membership.stop()
@@ -167,12 +198,10 @@ class Node:
         kind = message.WhichOneof("body")
         try:
             if kind == "read":
-                rec = await self.replica.read_record(message.read.key)
-                state = versions.to_pb(rec.siblings)
-                purged, purged_at = self.replica.live_marker(rec)
-                if purged:  # anti-entropy spreads purges; coordinators ignore it
-                    versions.marker_to_pb(state, purged, purged_at)
-                return pb.PeerResult(state=state, found=bool(rec.siblings))
+                # the stored bytes as they are (a live purge marker included: anti-entropy
+                # spreads purges; coordinators ignore it)
+                state = await self.replica.read_state(message.read.key)
+                return pb.PeerResult(state=state, found=bool(state.versions))
             if kind == "write":
                 write = message.write
                 incoming = versions.from_pb(write.state)
@@ -190,10 +219,14 @@ class Node:
             if kind == "forward":
                 reply = await self.coordinator.execute(message.forward.request, forwarded=True)
                 return pb.PeerResult(reply=reply)
+            if kind == "stream":
+                return pb.PeerResult(page=await self.streamer.serve(source, message.stream))
             if kind == "antientropy":
                 return pb.PeerResult(raw=await self.antientropy.on_message(source,
                                                                           message.antientropy))
-            if kind in ("raft", "gossip", "extension"):
+            if kind == "meta" and self.raft is not None:
+                return pb.PeerResult(meta=await self.raft.handle_meta(message.meta))
+            if kind in ("raft", "gossip", "extension", "meta"):
                 handler = self.raw_handlers.get(kind)
                 if handler is None:
                     return pb.PeerResult(error=common_pb2.Error(

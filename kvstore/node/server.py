@@ -22,6 +22,7 @@ from kvstore._proto import (
     admin_pb2,
     admin_pb2_grpc,
     client_pb2_grpc,
+    meta_pb2_grpc,
     security_pb2_grpc,
 )
 from kvstore._proto import (
@@ -29,12 +30,19 @@ from kvstore._proto import (
 )
 from kvstore._proto import security_pb2 as spb
 from kvstore.core.auth import AuthError
+from kvstore.core.errors import KVError
 from kvstore.node.config import NodeConfig
+from kvstore.node.meta_service import MetaServicer
 from kvstore.node.node import Node
 from kvstore.node.security import ADMIN, READONLY, Guard, needed_for_batch
 from kvstore.services.antientropy import summary_pb
-from kvstore.services.auth import AuthService, MetaUnavailable, MetaUsers
-from kvstore.services.raft_driver import MetaError
+from kvstore.services.auth import (
+    AuthService,
+    MetaUnavailable,
+    MetaUsers,
+    from_meta_reply,
+    to_meta_request,
+)
 from kvstore.storage import AsyncStore, open_engine
 from kvstore.transport.grpc_transport import CHANNEL_OPTIONS, GrpcTransport
 from kvstore.transport.tls import TlsFiles
@@ -104,6 +112,38 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                                service.metrics["tombstones_purged"] - purged_before, total))
 
 
+    async def Decommission(self, request: admin_pb2.DecommissionRequest, context):
+        """Leave the ring: stream this node's ranges out, then LEFT; progress twice a second."""
+        node = self.node
+        if request.node_id and request.node_id != node.node_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"this is {node.node_id}, not {request.node_id}: ask "
+                                f"{request.node_id} itself")
+        try:
+            progress = node.streamer.start_decommission()
+        except KVError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        async for message in self._follow(progress):
+            yield message
+
+    async def Remove(self, request: admin_pb2.RemoveRequest, context):
+        """Force a dead member out, re-replicating from the survivors; progress streamed."""
+        try:
+            progress = self.node.streamer.start_remove(request.node_id)
+        except KVError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        async for message in self._follow(progress):
+            yield message
+
+    async def _follow(self, progress):
+        while True:
+            message = progress.to_pb(self.node.node_id, self.node.streamer.monotonic())
+            yield message
+            if message.finished:
+                return
+            await asyncio.sleep(0.5)
+
+
 async def node_info(node: Node) -> admin_pb2.NodeInfo:
     config = node.config
     membership = node.membership
@@ -123,6 +163,8 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
         members=members, version=__version__, keys_stored=await node.store.count(),
         data_dir=str(config.data_dir or ""), max_key_bytes=config.max_key_bytes,
         max_value_bytes=config.max_value_bytes,
+        move=(node.streamer.progress.to_pb(node.node_id, node.streamer.monotonic())
+              if node.streamer.progress else None),
     )
 
 
@@ -158,22 +200,37 @@ AUTH_READ_WAIT = 1.0  # seconds an auth lookup waits for the raft group
 
 
 async def _meta_call(raft, req: dict) -> dict:
-    """A metadata request for the auth service. Reads come from this node's own copy of
-    the metadata state machine when it holds the key (behind the leader by at most the
-    replication lag; the auth cache is 5 s anyway), so clients can still log in and be
-    checked while the Raft group elects or has lost its quorum; else from the leader."""
-    if req.get("op") == "get" and raft.core is not None:
-        value = raft.sm.get(req["key"])
-        if value is not None:
-            return {"ok": True, "value": value, "found": True}
+    """A metadata request for the auth service, on the typed metadata API. Reads are
+    serializable (answered from this node's own copy of the metadata state machine when it
+    is a member: behind the leader by at most the replication lag; the auth cache is 5 s
+    anyway), so clients can still log in while the Raft group elects or lacks a quorum,
+    and give up after AUTH_READ_WAIT (the caller falls back on what it knew)."""
     try:
-        if req.get("op") == "get":  # a read may give up early: the caller has a fallback
-            return await asyncio.wait_for(raft.handle(req), AUTH_READ_WAIT)
-        return await raft.handle(req)
+        if req.get("op") == "get":
+            reply = await asyncio.wait_for(raft.handle_meta(to_meta_request(req)),
+                                           AUTH_READ_WAIT)
+        else:
+            reply = await raft.handle_meta(to_meta_request(req))
     except TimeoutError:
         return {"ok": False, "error": f"no answer from the raft group in {AUTH_READ_WAIT} s"}
-    except (MetaError, ValueError) as exc:
-        return {"ok": False, "error": str(exc)}
+    return from_meta_reply(req, reply)
+
+
+class GuardedMeta(meta_pb2_grpc.MetaServicer):
+    """The Meta service with --auth: admins only for now (the keys include the users'
+    records; per-prefix roles are future work, docs/security.md)."""
+
+    def __init__(self, inner, guard: Guard) -> None:
+        self.inner = inner
+        self.guard = guard
+
+    async def Call(self, request, context):
+        await self.guard.client(context, ADMIN, "use the metadata service")
+        return await self.inner.Call(request, context)
+
+    async def CallBatch(self, request, context):
+        await self.guard.client(context, ADMIN, "use the metadata service")
+        return await self.inner.CallBatch(request, context)
 
 
 class NodeServer:
@@ -211,6 +268,10 @@ class NodeServer:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.node, self.guard),
                                                    self.server)
         security_pb2_grpc.add_SecurityServicer_to_server(SecurityServicer(self), self.server)
+        meta = GuardedMeta(MetaServicer(self.node), self.guard)
+        meta_pb2_grpc.add_MetaServicer_to_server(meta, self.server)
+        if self.separate:  # admins with a node certificate (the first `kv user add`)
+            meta_pb2_grpc.add_MetaServicer_to_server(meta, self.peer_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._health_task: asyncio.Task | None = None
 

@@ -241,3 +241,36 @@ class AuthService:
             raise AuthError(f"client certificate {name!r} names no user; add it with "
                             f"`kv user add {name} --role ...`")
         return Principal(name, record.role, "certificate")
+
+
+# ---- the typed metadata API (proto meta.proto) -----------------------------------------------
+# MetaUsers speaks a small dict protocol (get / cas); these two functions map it onto the
+# Meta service's MetaRequest / MetaReply, so the node (RaftDriver.handle_meta) and the CLI
+# (the Meta gRPC service) share one translation.
+
+def to_meta_request(req: dict):
+    from kvstore._proto import meta_pb2 as mpb
+
+    if req["op"] == "get":
+        return mpb.MetaRequest(read=mpb.MetaRead(key=req["key"], serializable=True))
+    expected, value = req.get("expected"), req.get("value")
+    return mpb.MetaRequest(command=mpb.MetaCommand(cas=mpb.MetaCas(
+        key=req["key"], expect_absent=expected is None, expected=expected or "",
+        delete=value is None, value=value or "")))
+
+
+def from_meta_reply(req: dict, reply) -> dict:
+    from kvstore._proto import meta_pb2 as mpb
+
+    code = reply.result.code
+    if req["op"] == "get":
+        if code not in (mpb.META_OK, mpb.META_NOT_FOUND):
+            return {"ok": False, "error": reply.result.error or mpb.MetaCode.Name(code)}
+        kv = next((k for k in reply.kvs if k.key == req["key"]), None)
+        return {"ok": True, "value": kv.value if kv else None, "found": kv is not None}
+    previous = reply.result.prev.value if reply.result.had_prev else None
+    if code == mpb.META_OK:
+        return {"ok": True, "previous": previous}
+    if code == mpb.META_COMPARE_FAILED:
+        return {"ok": False, "error": "compare failed", "previous": previous}
+    return {"ok": False, "error": reply.result.error or mpb.MetaCode.Name(code)}

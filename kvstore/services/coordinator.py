@@ -273,6 +273,65 @@ class Coordinator:
             trace.pb.preference_list.extend(pref)
         return pref
 
+    def _other_owners(self, key: bytes, pref: list[str], trace: Trace) -> list[list[str]]:
+        """The key's owners in the other rings a write must also satisfy now: after a
+        move under way, and (for a while after a ring change) before it."""
+        rings = getattr(self.membership, "write_rings", None)
+        if rings is None:
+            return []
+        n = self.config.replication_factor
+        out = []
+        for ring in rings():
+            owners = ring.preference_list(key, n)
+            if owners != pref and owners not in out:
+                out.append(owners)
+        if out and trace.pb is not None:
+            trace.event("ring changing: W is also needed among "
+                        + "; ".join(", ".join(o) for o in out))
+        return out
+
+    async def _await_other_owners(self, others_sets: list[list[str]], need: int,
+                                  tasks: dict[str, asyncio.Task], ok: list[_Answer],
+                                  failed: list[_Answer], waiting: list[str], timeout: float,
+                                  trace: Trace) -> tuple[list[_Answer], list[_Answer], list[str]]:
+        """Wait (within the deadline) until `need` owners of each other ring acknowledged.
+
+        During a join or a decommission the write must be durable on W of the owners that
+        reads will use after the move, as well as on W of today's, or a read right after the
+        move could miss it (Cassandra's pending ranges); likewise for the ring before a
+        change, which a node that has not heard of the change still reads from."""
+        def short() -> bool:
+            acked = {self.node_id} | {a.node for a in ok if not a.hint_for}
+            return any(len(acked & set(owners)) < min(need, len(owners))
+                       for owners in others_sets)
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while short():
+            rest = [tasks[label] for label in waiting if not tasks[label].done()]
+            if rest:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(rest, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            still = []
+            for label in waiting:
+                task = tasks[label]
+                if not task.done():
+                    still.append(label)
+                    continue
+                answer: _Answer = task.result()
+                (ok if answer.ok else failed).append(answer)
+                if trace.pb is not None:
+                    trace.replica(answer.node, self._address(answer.node), answer.ok,
+                                  answer.latency_ms, answer.siblings,
+                                  "" if answer.ok else answer.describe(),
+                                  local=False, hint_for=answer.hint_for, counted=answer.ok)
+            if not rest and still == waiting:
+                break
+            waiting = still
+        return ok, failed, waiting
+
     def _address(self, node: str) -> str:
         return self.membership.members.get(node, "")
 
@@ -546,6 +605,7 @@ class Coordinator:
         message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced,
                                                        fence=fence_pb if fence else None))
         others = [node for node in pref if node != self.node_id]
+        other_sets = self._other_owners(key, pref, trace)
         hinting = self.config.hinted_handoff
         fallbacks = (node for node in self.membership.ring.walk(token_of(key))
                      if node not in pref and self.membership.is_up(node))
@@ -582,6 +642,12 @@ class Coordinator:
         for node in others:
             if not self.membership.is_up(node):
                 hint(node)
+        pending = sorted({node for owners in other_sets for node in owners
+                          if node not in pref and node != self.node_id})
+        for node in pending:  # owns the key in a ring a write must also satisfy now
+            tasks[f"{node} (pending)"] = asyncio.create_task(self._call(node, message, timeout))
+        if pending:
+            trace.event(f"ring changing: also sent to {', '.join(pending)}")
 
         def spare(failed: _Answer | None) -> list[asyncio.Task]:
             if failed is not None and isinstance(failed.error, Fenced):
@@ -600,10 +666,13 @@ class Coordinator:
             """The replica an acknowledgement counts for; None: it does not count."""
             if answer.hint_for:
                 return answer.hint_for if sloppy else None
-            return answer.node
+            return answer.node if answer.node in pref else None
 
         ok, failed, waiting = await self._gather(
             tasks, need - 1, timeout, trace, spare if hinting else None, counts_for)
+        if other_sets:
+            ok, failed, waiting = await self._await_other_owners(
+                other_sets, need, tasks, ok, failed, waiting, timeout, trace)
         refused = [a for a in failed if isinstance(a.error, Fenced)]
         if hinting:
             self._hint_stragglers(key, local.siblings,
@@ -618,6 +687,13 @@ class Coordinator:
         if len(owners) < need:
             raise Unavailable(self._write_shortfall(
                 need, verb, sloppy, true_acks, hint_acks, failed, waiting, timeout))
+        for owners in other_sets:
+            if len(set(true_acks) & set(owners)) < min(need, len(owners)):
+                raise Unavailable(
+                    f"W={need} reached among the key's owners, but the ring is changing and "
+                    f"only {', '.join(sorted(set(true_acks) & set(owners))) or 'none'} of its "
+                    f"owners in the other ring ({', '.join(owners)}) acknowledged; the write "
+                    "may have been applied")
         if hint_acks and sloppy:
             trace.event(f"W={need} reached (sloppy quorum): replicas "
                         f"{', '.join(true_acks)} and counted hints on {held}")

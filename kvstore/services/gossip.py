@@ -65,6 +65,8 @@ class GossipMembership:
         phi_threshold: float = 8.0,
         timeout: float = 1.0,
         ready_after: float = 5.0,
+        status: Status = Status.NORMAL,
+        ring_delay: float = 0.0,
     ) -> None:
         self.node_id = node_id
         self.address = address
@@ -88,12 +90,16 @@ class GossipMembership:
             self.seed_addresses.add(seed_address)
             if seed_id:
                 known[seed_id] = seed_address
+        self.seed_ids = {address: node for node, address in known.items()}
+        # Members forced out (kv node remove) -> the generation they had: kept off the ring
+        # until they come back JOINING with a newer one (wiped, streaming afresh).
+        self.removed: dict[str, int] = {}
         saved_generation, saved = self._load()
-        known = {**saved, **known}
+        known = {k: v for k, v in {**saved, **known}.items() if k not in self.removed}
         generation = max(int(wall_clock()), saved_generation + 1, 1)
         self.gossiper = Gossiper(
             node_id, address, generation, tokens=node_tokens(node_id, vnodes),
-            status=Status.NORMAL,
+            status=status,
             seeds=[self._seed_name(a) for a in self.seed_addresses if a != address],
         )
         self.detector = PhiAccrualDetector(phi_threshold, initial_interval=interval,
@@ -107,6 +113,17 @@ class GossipMembership:
         self._members: dict[str, str] | None = None
         self._ring_key: tuple = ()
         self.ring = Ring()
+        # The ring after the moves under way (members JOINING added, LEAVING removed), or
+        # None when nothing moves: writes also go to its owners (pending ranges).
+        self.pending_ring: Ring | None = None
+        # The ring before the last change, for `ring_delay` after it: writes keep reaching
+        # W of its owners too, so a node that has not yet heard of the change still reads
+        # what was written by one that has.
+        self.ring_delay = ring_delay
+        self.previous_ring: Ring | None = None
+        self._previous_until = 0.0
+        self._was_ready = False  # a ring change before this node served keeps no previous
+        self.on_ring_change: list[Callable[[], None]] = []
         self._rebuild()
         self._task: asyncio.Task | None = None
         self._save()
@@ -138,6 +155,11 @@ class GossipMembership:
                     isinstance(k, str) and k and isinstance(v, str) and is_host_port(v)
                     for k, v in members.items()):
                 raise ValueError("members is not a map of node id to host:port")
+            removed = saved.get("removed", {})
+            if not isinstance(removed, dict) or not all(
+                    isinstance(k, str) and isinstance(v, int) for k, v in removed.items()):
+                raise ValueError("removed is not a map of node id to generation")
+            self.removed = dict(removed)
         except (ValueError, KeyError, TypeError) as exc:
             reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
             raise StateFileError(
@@ -151,7 +173,8 @@ class GossipMembership:
             return
         # Rare (start, stop, a membership change): done inline, one small fsync.
         write_atomic(self.state_path, json.dumps(
-            {"generation": self.gossiper.local.generation, "members": self.members},
+            {"generation": self.gossiper.local.generation, "members": self.members,
+             "removed": self.removed},
             indent=2, sort_keys=True).encode())
 
     # -- the seam ---------------------------------------------------------------------
@@ -161,7 +184,7 @@ class GossipMembership:
         if self._members is None:
             out = dict(self.static)
             for member, state in self.gossiper.endpoints.items():
-                if state.status == Status.LEFT:
+                if state.status == Status.LEFT or self._is_removed(member, state):
                     out.pop(member, None)
                 else:
                     out[member] = state.address
@@ -175,11 +198,17 @@ class GossipMembership:
         if self.monotonic() - self.started < self.ready_after:
             heard = self.gossiper.endpoints
             known = {a for m, a in self.members.items() if m in heard}
-        return self.seed_addresses - known
+        # a seed that left the ring (decommissioned) is resolved: it will not come back
+        known |= {s.address for m, s in self.gossiper.endpoints.items()
+                  if s.status == Status.LEFT or m in self.removed}
+        known |= {a for a, m in self.seed_ids.items() if m in self.removed}
+        return self.seed_addresses - known - {self.address}
 
     @property
     def ready(self) -> bool:
-        return not self.unresolved_seeds()
+        ready = not self.unresolved_seeds()
+        self._was_ready = self._was_ready or ready
+        return ready
 
     def is_up(self, node: str) -> bool:
         if node == self.node_id:
@@ -199,18 +228,83 @@ class GossipMembership:
         return state.status.name if state else "UNKNOWN"
 
     # -- ring ---------------------------------------------------------------------------
+    def _is_removed(self, member: str, state) -> bool:
+        """Forced out, and not back as a fresh node (JOINING with a newer generation)."""
+        gone = self.removed.get(member)
+        if gone is None:
+            return False
+        if state.status == Status.JOINING and state.generation > gone:
+            del self.removed[member]  # wiped and joining again: welcome, it streams afresh
+            return False
+        return True
+
+    def speak_for(self, member: str, status: Status) -> None:
+        """Set a down member's status on its behalf (kv node remove); LEFT quarantines it."""
+        state = self.gossiper.speak_for(member, status)
+        if status == Status.LEFT:
+            self.removed[member] = state.generation
+            self.static.pop(member, None)
+        self._members = None
+        self._rebuild()
+        self._save()
+
+    def set_status(self, status: Status) -> None:
+        """Announce this node's lifecycle change (joining done, leaving, left) by gossip."""
+        self.gossiper.update(status=status)
+        self._members = None
+        self._rebuild()
+
+    def write_rings(self) -> list[Ring]:
+        """Besides `ring`: the rings whose owners must also reach W for a write now (the
+        pending ring of a move under way; the previous ring for `ring_delay` after a
+        change)."""
+        out = [self.pending_ring] if self.pending_ring is not None else []
+        if self.previous_ring is not None:
+            if self.monotonic() < self._previous_until:
+                out.append(self.previous_ring)
+            else:
+                self.previous_ring = None
+        return out
+
+    def moving(self) -> dict[str, str]:
+        """Members joining or leaving the ring: id -> status name."""
+        return {m: s.status.name for m, s in self.gossiper.endpoints.items()
+                if s.status in (Status.JOINING, Status.LEAVING)}
+
     def _rebuild(self) -> None:
         tokens = {m: node_tokens(m, self.vnodes) for m in self.static}
         tokens.update(self.gossiper.ring_tokens())
+        joining: dict[str, tuple[int, ...]] = {}
+        leaving: set[str] = set()
+        for member in self.removed:
+            tokens.pop(member, None)
         for member, state in self.gossiper.endpoints.items():
-            if state.status == Status.LEFT:
+            if state.status == Status.LEFT or self._is_removed(member, state):
                 tokens.pop(member, None)
-        key = tuple(sorted((m, len(t), t[:1]) for m, t in tokens.items()))
+                if state.status == Status.LEFT and member != self.node_id:
+                    # left (decommissioned or removed): back only as a fresh, joining node
+                    self.removed.setdefault(member, state.generation)
+            elif state.status == Status.JOINING:
+                tokens.pop(member, None)
+                joining[member] = state.tokens
+            elif state.status == Status.LEAVING:
+                leaving.add(member)
+        key = (tuple(sorted((m, len(t), t[:1]) for m, t in tokens.items())),
+               tuple(sorted(joining)), tuple(sorted(leaving)))
         if key != self._ring_key:
             self._ring_key = key
-            self.ring = Ring.build(tokens)
-            log.info("ring now has %d members: %s", len(tokens), sorted(tokens))
+            ring = Ring.build(tokens)
+            if self.ring.tokens and ring.tokens != self.ring.tokens and self._was_ready:
+                self.previous_ring = self.ring
+                self._previous_until = self.monotonic() + self.ring_delay
+            self.ring = ring
+            future = {m: t for m, t in {**tokens, **joining}.items() if m not in leaving}
+            self.pending_ring = Ring.build(future) if joining or leaving else None
+            log.info("ring now has %d members: %s%s", len(tokens), sorted(tokens),
+                     f"; moving: {self.moving()}" if self.pending_ring else "")
             self._save()
+            for callback in self.on_ring_change:
+                callback()
 
     def _apply(self, changes) -> None:
         now = self.monotonic()
@@ -246,7 +340,7 @@ class GossipMembership:
         self._apply(received.changes)
         return received.reply or b""
 
-    async def _exchange(self, target: str) -> None:
+    async def _exchange(self, target: str) -> bool:
         if target.startswith(SEED_PREFIX):
             address = target[len(SEED_PREFIX):]
             known = [m for m, a in self.members.items() if a == address]
@@ -259,21 +353,29 @@ class GossipMembership:
             result = await self.transport.call(target, message, self.timeout)
         except TransportError:
             self.metrics["unreachable"] += 1
-            return
+            return False
         if result.HasField("error") or not result.raw:
-            return
+            return False
         try:
             received = self.gossiper.receive(result.raw, self.wall_clock())
         except GossipError as exc:
             self.metrics["rejected"] += 1
             log.warning("rejected a gossip reply from %s: %s", target, exc)
-            return
+            return False
         self._apply(received.changes)
         self.metrics["rounds"] += 1
         if received.reply:
             with contextlib.suppress(TransportError):
                 await self.transport.call(target, pb.PeerMessage(gossip=received.reply),
                                           self.timeout)
+        return True
+
+    async def announce(self) -> set[str]:
+        """Exchange state with every known member now (not only this round's targets), so
+        a status change reaches each of them directly; returns the members reached."""
+        peers = sorted(m for m in self.members if m != self.node_id)
+        results = await asyncio.gather(*(self._exchange(p) for p in peers))
+        return {peer for peer, ok in zip(peers, results, strict=True) if ok}
 
     async def round(self) -> None:
         """One gossip round: beat, then exchange with this round's targets."""

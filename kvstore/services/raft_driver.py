@@ -7,9 +7,18 @@ transport's per-peer coalescing batches them, and the core pipelines AppendEntri
 stepped into the core meanwhile (the contract allows it).
 
 `PeerMessage.raft` bytes start with a tag: RAFT (a core message, one way) or CLIENT (a JSON
-metadata request from another node or from `kv meta` / `kv raft`: get, put, cas, status,
-and conf - one membership change - answered in `PeerResult.raw`). Requests reaching a
-follower or a non-voting node are forwarded to the leader.
+admin request from another node or from `kv raft`: status, and conf - one membership
+change - answered in `PeerResult.raw`). Metadata requests are typed (`MetaRequest` in
+proto/kvstore/_proto/meta.proto, `PeerMessage.meta` between nodes, the `Meta` gRPC service
+for clients): see `handle_meta`. Requests reaching a follower or a non-voting node are
+forwarded to the leader. Every metadata command carries a client session, so a forward
+retried after a broken call is applied at most once (the state machine answers a repeat
+from its session table); a request still unanswered at its deadline is reported as an
+unknown outcome (META_UNKNOWN), never as a failure.
+
+Leases: the leader keeps deadlines by its monotonic clock (`core.meta.LeaseClock`),
+proposes LeaseExpire when one passes and a LeaseCheckpoint every `lease_checkpoint`
+seconds (docs/coordination.md states the resulting bound).
 
 How the member starts (recover, bootstrap a new group, join, or refuse) is decided by
 `prepare()` with `raft_start.plan_start`, before the node writes anything else.
@@ -23,11 +32,13 @@ import itertools
 import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 from kvstore._proto import internode_pb2 as pb
-from kvstore.core.meta import MetaStateMachine, encode_cas, encode_put
+from kvstore._proto import meta_pb2 as mpb
+from kvstore.core.meta import LeaseClock, MetaStateMachine, command, validate_command
 from kvstore.core.raft import (
     ConfChange,
     ConfChangeError,
@@ -52,7 +63,7 @@ from kvstore.services.raft_start import (
     way_back,
 )
 from kvstore.storage.raftlog import CorruptRaftLogError, Files, MemoryFiles, OsFiles, RaftLog
-from kvstore.transport.base import Lane, PeerTimeout, Transport, TransportError
+from kvstore.transport.base import Lane, PeerUnreachable, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +119,8 @@ class RaftDriver:
         bootstrap: bool = False,
         join: bool = False,
         learner_max_lag: int = 64,
+        lease_checkpoint: float = 1.0,
+        monotonic=time.monotonic,
     ) -> None:
         """`offload(fn, *args)` runs disk work off the event loop (inline in simulations);
         `rng` draws election timeouts and request nonces (seeded in simulations). The raft
@@ -150,7 +163,17 @@ class RaftDriver:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._sends: set[asyncio.Task] = set()
-        self._writes: dict[str, asyncio.Future] = {}
+        self._writes: dict[int, tuple[int, asyncio.Future]] = {}  # index -> (term, future)
+        self.leases = LeaseClock()
+        self.lease_checkpoint = lease_checkpoint
+        self.monotonic = monotonic
+        self._was_leader = False
+        self._expiring: dict[tuple[int, int], float] = {}
+        self._next_checkpoint = 0.0
+        self._applied_event = asyncio.Event()
+        # peer id -> address (set by the Node from membership): replies name where the
+        # leader listens, so clients can skip the forwarding hop.
+        self.address_of = None
         self._reads: dict[bytes, tuple[str, asyncio.Future]] = {}
         self._read_waits: list = []
         self._ids = itertools.count(1)
@@ -234,7 +257,33 @@ class RaftDriver:
         while True:
             await asyncio.sleep(self.tick_interval)
             self.core.tick()
+            self._lease_tick()
             self._kick.set()
+
+    def _now_ms(self) -> int:
+        return int(self.monotonic() * 1000)
+
+    def _lease_tick(self) -> None:
+        """On the leader: propose the expiry of leases past their deadline, and a checkpoint
+        of the time left every `lease_checkpoint` seconds."""
+        core = self.core
+        if core is None or core.role is not Role.LEADER:
+            return
+        now = self._now_ms()
+        for lease, refreshed in self.leases.expired(now):
+            if self._expiring.get((lease, refreshed), 0) > now:
+                continue  # proposed a moment ago
+            self._expiring[(lease, refreshed)] = now + 1000
+            cmd = command(lease_expire=mpb.LeaseExpire(lease=lease, refreshed=refreshed))
+            with contextlib.suppress(NotLeaderError, ProposalDroppedError):
+                core.propose(cmd.SerializeToString())
+        if self.leases.deadlines and now >= self._next_checkpoint:
+            self._next_checkpoint = now + int(self.lease_checkpoint * 1000)
+            cp = mpb.LeaseCheckpoint(as_of=self.sm.applied, leases=[
+                mpb.LeaseRemaining(lease=i, remaining_ms=r)
+                for i, r in self.leases.checkpoint(now)])
+            with contextlib.suppress(NotLeaderError, ProposalDroppedError):
+                core.propose(command(lease_checkpoint=cp).SerializeToString())
 
     # ---- the ordering contract ---------------------------------------------------------------
 
@@ -252,6 +301,7 @@ class RaftDriver:
                         self._send(m)
                     self._apply(rd)  # 3. apply
                     core.advance(rd)  # 4. advance
+                    self._track_leadership(core)
                     if self._joining_on_disk and not core.joining:
                         # Promoted: clear the durable flag before any vote can leave (votes
                         # go out in a later Ready) and before compaction could drop the
@@ -271,6 +321,16 @@ class RaftDriver:
             except Exception:
                 log.exception("raft driver on %s failed; stopping it", self.node_id)
                 raise
+
+    def _track_leadership(self, core: RaftNode) -> None:
+        leader = core.role is Role.LEADER
+        if leader and not self._was_leader:
+            self.leases.become_leader(self.sm, self._now_ms())
+            self._expiring.clear()
+            self._next_checkpoint = 0.0
+        elif not leader and self._was_leader:
+            self.leases.step_down()
+        self._was_leader = leader
 
     def _check_conf(self, core: RaftNode) -> None:
         voters = sorted(core.conf.voters)
@@ -303,14 +363,21 @@ class RaftDriver:
         if rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data, rd.snapshot.index)
         for e in rd.committed:
+            res = None
             if e.type is EntryType.NORMAL:
                 res = self.sm.apply(e.index, e.data)
-                if res is not None:
-                    fut = self._writes.pop(res.request_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(res)
             else:
                 self.sm.skip(e.index)
+            wait = self._writes.pop(e.index, None)
+            if wait is not None and not wait[1].done():
+                # Another term's entry at our index: ours is in no log (Log Matching), so it
+                # was never applied and never will be.
+                wait[1].set_result(res if e.term == wait[0] else None)
+        if rd.committed or rd.snapshot is not None:
+            if self._was_leader:
+                self.leases.on_applied(self.sm, self._now_ms())
+            self._applied_event.set()
+            self._applied_event = asyncio.Event()
         self._read_waits.extend(rd.read_states)
 
     def _serve_reads(self) -> None:
@@ -319,7 +386,7 @@ class RaftDriver:
             if self.sm.applied >= rs.index:
                 entry = self._reads.pop(rs.context, None)
                 if entry is not None and not entry[1].done():
-                    entry[1].set_result(self.sm.get(entry[0]))
+                    entry[1].set_result(self.sm.applied)
             else:
                 still.append(rs)
         self._read_waits = still
@@ -369,10 +436,12 @@ class RaftDriver:
     # ---- the metadata service ----------------------------------------------------------------
 
     async def handle(self, req: dict) -> dict:
-        """Serve a metadata request here if this node leads, else forward it."""
+        """Serve an admin request (status, conf) here if this node leads, else forward it.
+        Metadata reads and writes go through `handle_meta`."""
         op = req.get("op")
-        if op not in ("get", "put", "cas", "status", "conf"):
-            raise ValueError(f"unknown op {op!r}; use get, put, cas, status or conf")
+        if op not in ("status", "conf"):
+            raise ValueError(f"unknown op {op!r}; use status or conf (metadata requests are "
+                             "typed: the Meta service)")
         if op == "conf":
             if req.get("change") not in CONF_CHANGES:
                 raise ValueError(f"unknown change {req.get('change')!r}; use "
@@ -393,9 +462,7 @@ class RaftDriver:
             if op == "status":
                 return self.status()
             try:
-                if op == "conf":
-                    return await self._conf_change(req)
-                return await self._local(req)
+                return await self._conf_change(req)
             except (NotLeaderError, ProposalDroppedError):
                 pass
         return await self._forward(req)
@@ -445,35 +512,6 @@ class RaftDriver:
                     "leadership changed before the membership change committed; it was not "
                     "applied - check `kv raft status`, then retry"))
 
-    async def _local(self, req: dict) -> dict:
-        core = self.core
-        key = req.get("key")
-        if not isinstance(key, str) or not key:
-            raise ValueError("key must be a non-empty string")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        if req["op"] == "get":
-            ctx = f"{self._nonce}:{next(self._ids)}".encode()
-            core.read_index(ctx)
-            self._reads[ctx] = (key, fut)
-            self._kick.set()
-            value = await self._await(fut, lambda: self._reads.pop(ctx, None))
-            return {"ok": True, "value": value, "found": value is not None,
-                    "leader": self.node_id}
-        # The term makes ids unique across restarts (a restarted node proposes only in a
-        # later term), so a replayed entry can never answer a request of this incarnation.
-        rid = f"{self.node_id}:{self._nonce}:{core.term}:{next(self._ids)}"
-        if req["op"] == "put":
-            cmd = encode_put(key, str(req.get("value", "")), rid)
-        else:
-            cmd = encode_cas(key, req.get("expected"), req.get("value"), rid)
-        core.propose(cmd)
-        self._writes[rid] = fut
-        self._kick.set()
-        res = await self._await(fut, lambda: self._writes.pop(rid, None))
-        return {"ok": res.ok, "previous": res.value, "error": res.error,
-                "leader": self.node_id}
-
     async def _await(self, fut: asyncio.Future, cleanup) -> Any:
         try:
             return await asyncio.wait_for(fut, self.request_timeout)
@@ -502,13 +540,16 @@ class RaftDriver:
                 try:
                     res = await self.forward_transport.call(
                         target, pb.PeerMessage(raft=client_request(fwd)), timeout=wait)
-                except PeerTimeout:
-                    # Delivered or not, we cannot tell: retrying could apply a write twice.
-                    raise MetaError(f"{target} did not answer within {wait:.1f}s; the request "
-                                    "may or may not have been applied - check, then retry"
-                                    ) from None
-                except TransportError:
+                except PeerUnreachable:
                     continue  # not delivered: safe to try again
+                except TransportError as exc:
+                    # Delivered or not, we cannot tell (a deadline, or the connection broke
+                    # during the call): a membership change has no session, so a retry could
+                    # apply it twice.
+                    if req.get("op") == "status":
+                        continue
+                    raise MetaError(f"{exc}; the request may or may not have been applied - "
+                                    "check `kv raft status`, then retry") from None
                 if res.WhichOneof("body") == "raw" and res.raw:
                     return json.loads(res.raw)
             if asyncio.get_running_loop().time() > deadline:
@@ -516,6 +557,204 @@ class RaftDriver:
             await asyncio.sleep(self.tick_interval * 2)
             if self.core is not None and self.core.role is Role.LEADER:
                 return await self.handle(req)
+
+    # ---- the typed metadata service (issue 11) ------------------------------------------------
+
+    async def handle_meta(self, req: mpb.MetaRequest) -> mpb.MetaReply:
+        """Serve a MetaRequest: on the leader, or a serializable read on any member, else
+        forwarded to the leader. Never raises for a bad request: the reply says what failed
+        (META_BAD_REQUEST), whether it was certainly not applied (META_UNAVAILABLE) or may
+        have been (META_UNKNOWN)."""
+        kind = req.WhichOneof("body")
+        try:
+            if kind is None:
+                raise ValueError("empty metadata request")
+            if kind == "command":
+                validate_command(req.command)
+                if req.command.WhichOneof("op") in ("lease_expire", "lease_checkpoint"):
+                    raise ValueError("lease expiry and checkpoints are proposed by the leader "
+                                     "only")
+            elif kind == "read" and not req.read.key and not req.read.prefix:
+                raise ValueError("a read needs a key (or --prefix)")
+            elif kind == "lock_wait" and not (req.lock_wait.name and req.lock_wait.lease):
+                raise ValueError("lock wait needs a lock name and a lease")
+            elif kind == "watch" and not req.watch.key and not req.watch.prefix:
+                raise ValueError("a watch needs a key (or --prefix)")
+        except ValueError as exc:
+            return _meta_reply(mpb.META_BAD_REQUEST, str(exc))
+        core = self.core
+        if kind == "read" and req.read.serializable and core is not None:
+            return mpb.MetaReply(result=mpb.MetaResult(revision=self.sm.applied),
+                                 kvs=self.sm.read(req.read.key, req.read.prefix))
+        if core is not None and core.role is Role.LEADER:
+            try:
+                reply = await self._serve_meta(kind, req)
+                if self.address_of is not None:
+                    reply.leader_address = self.address_of(self.node_id) or ""
+                return reply
+            except (NotLeaderError, ProposalDroppedError):
+                pass
+            except MetaError as exc:
+                return _meta_reply(mpb.META_UNKNOWN if kind == "command" else
+                                   mpb.META_UNAVAILABLE, str(exc))
+        return await self._forward_meta(req)
+
+    async def _serve_meta(self, kind: str, req: mpb.MetaRequest) -> mpb.MetaReply:
+        core = self.core
+        if kind == "command":
+            return await self._propose_meta(req.command)
+        await self._read_barrier()
+        reply = mpb.MetaReply(result=mpb.MetaResult(revision=self.sm.applied),
+                              leader=self.node_id)
+        if kind == "read":
+            reply.kvs.extend(self.sm.read(req.read.key, req.read.prefix))
+        elif kind == "lease_query":
+            now = self._now_ms()
+            ids = [req.lease_query.lease] if req.lease_query.lease else sorted(self.sm.leases)
+            for i in ids:
+                if i not in self.sm.leases:
+                    return _meta_reply(mpb.META_NO_LEASE, f"lease {i} not found (expired, "
+                                       "revoked or never granted)", self.sm.applied)
+                reply.leases.append(self.sm.lease_info(i, self.leases.remaining(i, now)))
+        elif kind == "watch":
+            w = req.watch
+            loop = asyncio.get_running_loop()
+            until = loop.time() + min(max(w.wait_ms, 0) / 1000, self.request_timeout)
+            while True:
+                found = self.sm.watch(w.key, w.prefix, w.start_revision, w.limit or 1000)
+                reply.compact_revision = self.sm.events_from
+                if found is None:
+                    return _meta_reply(mpb.META_COMPACTED, f"revision {w.start_revision} is "
+                                       f"older than the history kept here (from revision "
+                                       f"{self.sm.events_from}); read the current state and "
+                                       "watch from its revision + 1", self.sm.applied)
+                events, upto = found
+                left = until - loop.time()
+                if events or left <= 0 or core.role is not Role.LEADER:
+                    reply.events.extend(events)
+                    reply.result.revision = upto
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._applied_event.wait(), left)
+        elif kind == "lock_wait":
+            w = req.lock_wait
+            loop = asyncio.get_running_loop()
+            until = loop.time() + min(max(w.wait_ms, 0) / 1000, self.request_timeout)
+            while True:
+                info = self.sm.lock_info(w.name)
+                reply.lock.CopyFrom(info)
+                reply.result.revision = self.sm.applied
+                if info.holder == w.lease:
+                    reply.result.token = info.token
+                    break
+                if w.lease not in info.waiters:
+                    code = (mpb.META_NO_LEASE if w.lease not in self.sm.leases
+                            else mpb.META_NOT_HOLDER)
+                    reply.result.code = code
+                    reply.result.error = (f"lease {w.lease} neither holds nor waits for lock "
+                                          f"{w.name!r}" + (" (the lease ended)" if code ==
+                                                           mpb.META_NO_LEASE else ""))
+                    break
+                reply.result.position = list(info.waiters).index(w.lease) + 1
+                left = until - loop.time()
+                if left <= 0 or core.role is not Role.LEADER:
+                    reply.result.code = mpb.META_QUEUED
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._applied_event.wait(), left)
+        return reply
+
+    async def _read_barrier(self) -> None:
+        """Wait until this leader's state machine reflects everything committed before the
+        call (ReadIndex)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        ctx = f"{self._nonce}:{next(self._ids)}".encode()
+        self.core.read_index(ctx)
+        self._reads[ctx] = ("", fut)
+        self._kick.set()
+        await self._await(fut, lambda: self._reads.pop(ctx, None))
+
+    async def _propose_meta(self, cmd: mpb.MetaCommand) -> mpb.MetaReply:
+        """Propose `cmd` and answer with its result. An entry lost to a leader change was
+        never applied: a command with a session is proposed again (a repeat is answered
+        from the session table), one without is reported as not applied."""
+        core = self.core
+        data = cmd.SerializeToString()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        while True:
+            if core.role is not Role.LEADER:
+                raise NotLeaderError(self.node_id, core.lead)
+            index = core.propose(data)
+            fut = loop.create_future()
+            self._writes[index] = (core.term, fut)
+            self._kick.set()
+            try:
+                res = await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
+            except TimeoutError:
+                self._writes.pop(index, None)
+                return _meta_reply(mpb.META_UNKNOWN, f"no answer from the raft group within "
+                                   f"{self.request_timeout}s: the command may or may not be "
+                                   "applied", leader=self.node_id)
+            if res is not None:
+                return mpb.MetaReply(result=res, leader=self.node_id)
+            if not cmd.session.client_id:
+                return _meta_reply(mpb.META_UNAVAILABLE, "leadership changed before the "
+                                   "command committed; it was not applied - retry")
+            if loop.time() >= deadline:
+                return _meta_reply(mpb.META_UNKNOWN, "leadership kept changing; the command "
+                                   "may or may not be applied")
+
+    async def _forward_meta(self, req: mpb.MetaRequest) -> mpb.MetaReply:
+        """Forward to the leader. Every command carries a session (or is a registration,
+        harmless twice), so a call that broke after delivery may be sent again: the state
+        machine applies it at most once. Only the deadline ends the attempts."""
+        if req.hops >= MAX_HOPS:
+            return _meta_reply(mpb.META_UNAVAILABLE,
+                               "no raft leader reachable (forwarded too many times); retry")
+        fwd = mpb.MetaRequest()
+        fwd.CopyFrom(req)
+        fwd.hops = req.hops + 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        delivered = False
+        last = "no raft leader known; the group may be electing"
+        while True:
+            core = self.core
+            targets = []
+            if core is not None and core.lead and core.lead != self.node_id:
+                targets = [core.lead]
+            elif core is None or core.joining or self.node_id not in core.conf.voters:
+                known = set(self.voters) | (core.conf.voters if core is not None else set())
+                targets = sorted(known - {self.node_id})
+            for target in targets:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    res = await self.forward_transport.call(target, pb.PeerMessage(meta=fwd),
+                                                            timeout=left)
+                except PeerUnreachable as exc:
+                    last = str(exc)
+                    continue
+                except TransportError as exc:
+                    delivered, last = True, str(exc)
+                    continue
+                if res.WhichOneof("body") == "meta":
+                    reply = res.meta
+                    if reply.result.code == mpb.META_UNAVAILABLE and loop.time() < deadline:
+                        last = reply.result.error
+                        continue  # that member had no leader either: try again
+                    return reply
+                last = f"{target}: {res.error.message or 'unexpected answer'}"
+            if loop.time() >= deadline:
+                code = (mpb.META_UNKNOWN if delivered and req.WhichOneof("body") == "command"
+                        else mpb.META_UNAVAILABLE)
+                return _meta_reply(code, f"{last} (after {self.request_timeout}s)")
+            await asyncio.sleep(self.tick_interval * 2)
+            if self.core is not None and self.core.role is Role.LEADER:
+                return await self.handle_meta(req)
 
     def status(self) -> dict:
         """This node's view: term, leader, commit/applied, and (on the leader) progress."""
@@ -534,3 +773,8 @@ class RaftDriver:
                 "role": s.role.value, "commit_index": s.commit, "applied_index": s.applied,
                 "last_index": s.last_index, "snapshot_index": self.core.snapshot.index,
                 "members": members, **joining}
+
+
+def _meta_reply(code: int, error: str, revision: int = 0, leader: str = "") -> mpb.MetaReply:
+    return mpb.MetaReply(result=mpb.MetaResult(code=code, error=error, revision=revision),
+                         leader=leader)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 
 from google.protobuf.message import DecodeError
 
+from kvstore._proto import common_pb2
 from kvstore.core import tombstones, versions
 from kvstore.core.errors import Corruption, Fenced, Internal
 from kvstore.core.merkle import version_digest
@@ -95,6 +96,29 @@ class Replica:
             raise Corruption(f"{self.node_id}: {exc}") from exc
         except StorageError as exc:
             raise Internal(f"{self.node_id}: storage failed: {exc}") from exc
+
+    async def read_state(self, key: bytes) -> common_pb2.VersionSet:
+        """A key's versions as a coordinator gets them (with its purge marker while that
+        lives), parsed straight from the stored record: the record is a VersionSet already,
+        so no Python versions are built and encoded again for the reply."""
+        try:
+            record = await self.store.get(key)
+            state = common_pb2.VersionSet()
+            if record:
+                try:
+                    state.ParseFromString(record)
+                except DecodeError as exc:
+                    raise CorruptRecordError(key, f"record does not decode ({exc})") from exc
+        except CorruptRecordError as exc:
+            raise Corruption(f"{self.node_id}: {exc}") from exc
+        except StorageError as exc:
+            raise Internal(f"{self.node_id}: storage failed: {exc}") from exc
+        state.ClearField("actor_epoch")  # this replica's own bookkeeping
+        state.ClearField("actor_counter")
+        if not (state.purged and self.clock_ms() - state.purged_at_ms <= self.marker_ttl_ms):
+            state.ClearField("purged")
+            state.ClearField("purged_at_ms")
+        return state
 
     # -- merges --------------------------------------------------------------------------
     def _marker_live(self, rec: Record, now_ms: int) -> bool:

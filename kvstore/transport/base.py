@@ -36,9 +36,12 @@ class PeerUnreachable(TransportError):
 
 def idempotent(batch: pb.PeerBatch) -> bool:
     """Whether applying the batch twice is harmless: everything but forwarded client
-    requests (a forwarded write would mint a second version). Only such batches may be
-    resent, or (in the simulated network) duplicated."""
-    return not any(m.HasField("forward") for m in batch.messages)
+    requests (a forwarded write would mint a second version) and raft admin requests (a
+    JSON membership change, tag 2, has no session). Forwarded metadata requests (`meta`)
+    carry a client session, so the state machine applies them at most once. Only such
+    batches may be resent, or (in the simulated network) duplicated."""
+    return not any(m.HasField("forward") or (m.HasField("raft") and m.raft[:1] == b"\x02")
+                   for m in batch.messages)
 
 
 class Lane(Protocol):

@@ -3,20 +3,25 @@
 The session fixture `compose_cluster`:
   1. skips, with the reason, where no docker engine or compose answers, or where the base
      image cannot be made (debootstrap cannot run);
-  2. makes the Debian base image (scripts/docker_base_image.sh, cached in the engine) and
-     the kvstore image with no network inside the build (scripts/docker_build.sh offline);
-  3. runs `compose -p kvstore-e2e up -d` on free 127.0.0.1 host ports and waits (bounded)
-     for every node's healthcheck to say healthy;
-  4. always runs `down -v --remove-orphans` and asserts that no container, network or
-     volume of the project is left.
+  2. makes the Debian base image (scripts/docker_base_image.sh, cached in the engine: it is
+     the one image the run keeps);
+  3. runs the README's docker command, `make docker-up` (scripts/docker_cluster.sh: picks
+     the compose front-end, builds the image offline when no registry answers, creates
+     the Raft group, waits until every node is healthy) on free 127.0.0.1 host ports,
+     under a compose project and image tag unique to this checkout (a hash of its path),
+     so runs from different checkouts never share containers, volumes or images;
+  4. always runs `make docker-down V=1`, removes the image it built and the dangling
+     images the build left, and asserts that no container, network, volume or image of
+     the project is left.
 Measured durations are printed at the end of the run (terminal summary).
 
 Environment: KV_E2E_BASE_IMAGE uses an existing base image (e.g. python:3.11-slim)
-instead of the debootstrap one; KV_E2E_IMAGE names the built image (kvstore:e2e).
+instead of the debootstrap one; KV_E2E_IMAGE names the built image (kvstore:e2e-HASH).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,11 +35,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = os.environ.get("KV_E2E_PROJECT", "kvstore-e2e")
-# The compose files of each profile the whole e2e suite runs against (KV_E2E_PROFILES picks).
-PROFILES = {"default": ["docker-compose.yml"],
-            "secure": ["docker-compose.yml", "docker-compose.secure.yml"]}
-SECURE_NODES = ("n1", "n2", "n3", "n4", "n5")
+CHECKOUT = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+PROJECT = f"kvstore-e2e-{CHECKOUT}"  # unique per checkout: parallel checkouts never collide
 SERVICES = ("n1", "n2", "n3")
 HEALTHY_TIMEOUT = 180.0  # seconds; the nodes report healthy in ~10 s on an idle machine
 TIMINGS: dict[str, float] = {}
@@ -89,14 +91,10 @@ def kv_command() -> list[str]:
 class ComposeCluster:
     """The running compose project, driven through the docker CLI and the kv CLI."""
 
-    def __init__(self, compose: list[str], env: dict[str, str], ports: dict[str, int],
-                 profile: str = "default") -> None:
-        files = [arg for f in PROFILES[profile] for arg in ("-f", str(ROOT / f))]
-        self.base = [*compose, "-p", PROJECT, *files]
+    def __init__(self, compose: list[str], env: dict[str, str], ports: dict[str, int]) -> None:
+        self.base = [*compose, "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml")]
         self.env = env
         self.ports = ports
-        self.profile = profile
-        self.kv_env: dict[str, str] | None = None  # the host kv's credentials (secure)
         self._ids: dict[str, str] = {}
         self.network = ""
 
@@ -154,10 +152,14 @@ class ComposeCluster:
 
     def leftovers(self) -> dict[str, list[str]]:
         label = f"label=com.docker.compose.project={PROJECT}"
+        image = self.env["KV_IMAGE"]
         found = {
             "containers": run(["docker", "ps", "-aq", "--filter", label]).stdout.split(),
             "networks": run(["docker", "network", "ls", "-q", "--filter", label]).stdout.split(),
             "volumes": run(["docker", "volume", "ls", "-q", "--filter", label]).stdout.split(),
+            "images": run(["docker", "images", "-q", image]).stdout.split()
+            + run(["docker", "images", "-q", "--filter", "dangling=true",
+                   "--filter", "label=kvstore.build"]).stdout.split(),
         }
         return {kind: items for kind, items in found.items() if items}
 
@@ -169,7 +171,7 @@ class ComposeCluster:
            timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """The kv CLI on the host, through the published ports of the `via` nodes."""
         return run([*kv_command(), "--endpoints", self.endpoints(*via), *args],
-                   timeout=timeout, check=False, env=self.kv_env)
+                   timeout=timeout, check=False)
 
     def kv_in(self, service: str, *args: str, timeout: float = 60,
               via_compose: bool = False) -> subprocess.CompletedProcess[str]:
@@ -188,52 +190,8 @@ def values(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return sorted(s["value"] for s in json.loads(proc.stdout)["siblings"])
 
 
-def make_secure_material(directory: Path) -> None:
-    """The certificates and the admin password the secure profile mounts at /certs,
-    readable by the image's user (uid 10001) and nobody else where we may chown."""
-    from kvstore.transport import certs
-
-    certs.init_ca(directory)
-    for node in SECURE_NODES:
-        certs.issue(directory, certs.KIND_NODE, node)
-    (directory / "root.pw").write_text("e2e-admin-password\n")
-    (directory / "ca.key").unlink()  # not needed by the nodes: keep it off them
-    directory.chmod(0o755)
-    for path in directory.iterdir():
-        try:
-            os.chown(path, 10001, 10001)
-        except PermissionError:  # not root: a throwaway directory, world-readable then
-            path.chmod(0o644)
-
-
-def bootstrap_admin(cluster: ComposeCluster, certs_dir: Path) -> None:
-    """The first admin (`root`), made with n1's node certificate on its peer port; then the
-    host's kv logs in as root."""
-    deadline = time.monotonic() + 60
-    while True:  # the raft group elects its first leader
-        res = run(["docker", "exec", cluster.container("n1"), "kv", "--endpoints",
-                   "127.0.0.1:7101", "--cert", "n1", "user", "add", "root", "--role", "admin",
-                   "--password-file", "/certs/root.pw"], check=False)
-        if res.returncode == 0:
-            break
-        assert time.monotonic() < deadline, f"cannot add the admin user: {res.stderr}"
-        time.sleep(1)
-    cluster.kv_env = {**os.environ, "KV_TLS": str(certs_dir), "KV_USER": "root",
-                      "KV_PASSWORD_FILE": str(certs_dir / "root.pw")}
-
-
-def _profiles() -> list[str]:
-    names = [p.strip() for p in os.environ.get("KV_E2E_PROFILES", "default,secure").split(",")
-             if p.strip()]
-    unknown = set(names) - set(PROFILES)
-    assert not unknown, f"KV_E2E_PROFILES: unknown {unknown}; choose from {sorted(PROFILES)}"
-    return names
-
-
-@pytest.fixture(scope="session", params=_profiles())
-def compose_cluster(request, tmp_path_factory) -> Iterator[ComposeCluster]:
-    """The cluster of one compose profile: every e2e test runs against each profile."""
-    profile = request.param
+@pytest.fixture(scope="session")
+def compose_cluster() -> Iterator[ComposeCluster]:
     session_start = time.monotonic()
     compose = compose_command()
     if compose is None:
@@ -243,12 +201,14 @@ def compose_cluster(request, tmp_path_factory) -> Iterator[ComposeCluster]:
         pytest.skip(f"no docker engine answers (docker info: {info.stderr.strip()[:200]})")
 
     base = os.environ.get("KV_E2E_BASE_IMAGE", "kvstore-base:bookworm")
-    image = os.environ.get("KV_E2E_IMAGE", "kvstore:e2e")
-    env = {**os.environ, "KV_BASE_IMAGE": base, "KV_IMAGE": image}
+    image = os.environ.get("KV_E2E_IMAGE", f"kvstore:e2e-{CHECKOUT}")
+    env = {**os.environ, "KV_IMAGE": image, "COMPOSE_PROJECT_NAME": PROJECT,
+           "KV_COMPOSE": " ".join(compose)}
     t = time.monotonic()
     if "KV_E2E_BASE_IMAGE" in os.environ:
         if run(["docker", "image", "inspect", base], check=False).returncode != 0:
             pytest.skip(f"KV_E2E_BASE_IMAGE={base} is not in the engine")
+        env["KV_BASE_IMAGE"] = base  # in the engine: docker_cluster.sh builds on it
     else:
         made = run([str(ROOT / "scripts/docker_base_image.sh"), base], timeout=900, env=env,
                    check=False)
@@ -257,29 +217,21 @@ def compose_cluster(request, tmp_path_factory) -> Iterator[ComposeCluster]:
                         + made.stderr.strip()[-300:])
         assert made.returncode == 0, f"docker_base_image.sh failed:\n{made.stderr}"
     TIMINGS["base image (made or cached)"] = time.monotonic() - t
-    t = time.monotonic()
-    run([str(ROOT / "scripts/docker_build.sh"), "offline"], timeout=900, env=env)
-    TIMINGS["kvstore image build (offline)"] = time.monotonic() - t
 
     ports = dict(zip(("n1", "n2", "n3", "n4", "n5"), free_ports(5), strict=True))
-    env.update({"KV_BIND": "127.0.0.1", "KV_WHEELS": "build/docker-wheels"})
+    env["KV_BIND"] = "127.0.0.1"
     env.update({f"KV_{s.upper()}_PORT": str(p) for s, p in ports.items()})
-    if profile == "secure":
-        certs_dir = tmp_path_factory.mktemp("secure-certs")
-        make_secure_material(certs_dir)
-        env.update({"KV_CERTS": str(certs_dir), "KV_RAFT_BOOTSTRAP": "1"})
-    cluster = ComposeCluster(compose, env, ports, profile)
+    cluster = ComposeCluster(compose, env, ports)
     cluster.compose("--profile", "five", "down", "-v", "--remove-orphans",
                     check=False)  # whatever a crashed earlier run left
-    label = "" if profile == "default" else f" ({profile})"
     try:
         t = time.monotonic()
-        cluster.compose("up", "-d", "--no-build", timeout=300)
-        TIMINGS["compose up -d" + label] = time.monotonic() - t
-        TIMINGS["up -> all healthy" + label] = (TIMINGS["compose up -d" + label]
-                                                + cluster.wait_healthy())
-        if profile == "secure":
-            bootstrap_admin(cluster, certs_dir)
+        # The README's docker command: build (offline here: no registry answers), create
+        # the Raft group, start n1..n3 and wait until they are healthy.
+        up = run(["make", "--no-print-directory", "docker-up"], timeout=1500, env=env)
+        TIMINGS["make docker-up (build, up, healthy)"] = time.monotonic() - t
+        assert "kv --endpoints 127.0.0.1:" in up.stdout, up.stdout
+        cluster.wait_healthy()
         networks = json.loads(run(["docker", "inspect", "--format",
                                    "{{json .NetworkSettings.Networks}}",
                                    cluster.container("n1")]).stdout)
@@ -287,12 +239,15 @@ def compose_cluster(request, tmp_path_factory) -> Iterator[ComposeCluster]:
         yield cluster
     finally:
         t = time.monotonic()
-        cluster.compose("--profile", "five", "down", "-v", "--remove-orphans", "-t", "15",
-                        timeout=300, check=False)
-        TIMINGS["compose down -v" + label] = time.monotonic() - t
-        TIMINGS["whole e2e session" + label] = time.monotonic() - session_start
+        run(["make", "--no-print-directory", "docker-down", "V=1"], timeout=300, env=env,
+            check=False)
+        run(["docker", "image", "rm", "--force", image], check=False)
+        run(["docker", "image", "prune", "--force", "--filter", "label=kvstore.build"],
+            check=False)
+        TIMINGS["make docker-down V=1, images removed"] = time.monotonic() - t
+        TIMINGS["whole e2e session"] = time.monotonic() - session_start
         left = cluster.leftovers()
-        assert not left, f"compose down left these behind: {left}"
+        assert not left, f"the e2e run left these behind: {left}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import ROOT, free_ports, kv_command, run
+from .conftest import CHECKOUT, ROOT, free_ports, kv_command, run
 
-pytestmark = pytest.mark.e2e
+# The module fixture builds the image (minutes on a loaded machine when not cached) and
+# waits up to READY_TIMEOUT for the stack: more than the default 300 s test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 NODES = ("n1", "n2", "n3")
 READY_TIMEOUT = 240.0
@@ -45,7 +47,8 @@ def _swarm_state() -> str:
 def _image() -> str:
     """The kvstore image, built offline like the compose e2e tests (cached layers)."""
     base = os.environ.get("KV_E2E_BASE_IMAGE", "kvstore-base:bookworm")
-    image = os.environ.get("KV_E2E_IMAGE", "kvstore:e2e")
+    # a tag of its own, unique per checkout, removed afterwards (as the compose tests do)
+    image = os.environ.get("KV_E2E_IMAGE", f"kvstore:e2e-swarm-{CHECKOUT}")
     env = {**os.environ, "KV_BASE_IMAGE": base, "KV_IMAGE": image}
     if "KV_E2E_BASE_IMAGE" not in os.environ:
         made = run([str(ROOT / "scripts/docker_base_image.sh"), base], timeout=900, env=env,
@@ -98,6 +101,10 @@ def swarm_stack() -> Iterator[str]:
             run(["docker", "volume", "rm", *volumes], check=False)
         if initialised:
             run(["docker", "swarm", "leave", "--force"], check=False, timeout=120)
+        if "KV_E2E_IMAGE" not in os.environ:
+            run(["docker", "image", "rm", "--force", image], check=False)
+            run(["docker", "image", "prune", "--force", "--filter", "label=kvstore.build"],
+                check=False)
         left = {what: run(["docker", what, "ls", "-q", "--filter", label] if what != "ps"
                           else ["docker", "ps", "-aq", "--filter", label],
                           check=False).stdout.split()

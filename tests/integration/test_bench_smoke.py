@@ -118,3 +118,20 @@ def test_fault_mode_kills_and_restarts_a_node() -> None:
     assert 0.9 <= fault["kill_s"] < fault["restart_s"] < 3.5
     assert "healthy_s" in fault, fault
     print(f"\n  fault at QUORUM: {json.dumps({k: v for k, v in fault.items()})}")
+
+
+def test_node_cpu_per_operation_is_reported_for_a_cluster_it_knows(shared_cluster) -> None:
+    """With the cluster's processes known, every phase says what an operation cost them."""
+    cfg = _config(shared_cluster, workload="w", levels=["QUORUM", "ONE"], load=False,
+                  ceiling=True, ceiling_duration_s=0.5)
+    results = asyncio.run(run_async(cfg, cluster=shared_cluster))
+    for phase in [*results["ceiling"].values(), *results["levels"]]:
+        cpu = phase["cpu"]
+        assert cpu["nodes_missing"] == [] and set(cpu["per_node_cpu_s"]) == {"n1", "n2", "n3"}
+        assert cpu["requests"] >= phase["issued"] > 0
+        assert cpu["node_cpu_us_per_op"] > 0 and cpu["client_cpu_us_per_op"] > 0
+        print(f"\n  {phase['phase']}: node CPU {cpu['node_cpu_us_per_op']:.0f} µs/op, "
+              f"client {cpu['client_cpu_us_per_op']:.0f} µs/op", end="")
+    # without the processes (endpoints only) there is no figure, rather than a wrong one
+    plain = asyncio.run(run_async(_config(shared_cluster, workload="c", load=False)))
+    assert "cpu" not in plain["levels"][0]

@@ -6,11 +6,12 @@ concurrent stale write that slipped onto one replica before the new holder's wri
 it (the other replicas were down, then that replica was paused while the new holder wrote)
 is superseded everywhere once the replicas have exchanged their versions.
 
-Locks: the Raft lock service (`kv lock`) is being built on another branch. Until it lands,
-grants come from the Raft metadata group through `kv meta cas` on one key, whose value is
-`TOKEN OWNER EXPIRY`: a client acquires when the key is absent or its expiry (wall clock,
-one machine) has passed, by a compare-and-set that raises the token by one. So tokens are
-linearizable and strictly increasing per grant, as the lock service's revisions will be.
+Locks come from `kv lock` (the Raft lock service, docs/coordination.md): the first holder
+runs its work as `kv lock NAME --ttl 2 -- python HOLDER` and gets KV_FENCE; the whole
+process group is paused past the TTL, the lease ends on the leader's clock, and the second
+holder's `kv lock` is granted a higher token (the revision of its grant). The paused
+holder's work is resumed first (before its `kv lock` parent could notice the lost lease and
+stop it): its late write under the old token is what the store must refuse.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from conftest import start_cluster
 pytestmark = pytest.mark.integration
 
 LOCK = "jobs/nightly"
-LOCK_KEY = "locks/jobs/nightly"
 KEY = "report:today"
 TTL_S = 2.0
 
@@ -38,35 +38,20 @@ TTL_S = 2.0
 HOLDER = textwrap.dedent("""
     import os, subprocess, sys, time
     KV = [sys.executable, "-m", "kvstore"]
-    LOCK_KEY, LOCK, KEY, TTL, GO = sys.argv[1:6]
+    KEY, GO = sys.argv[1:3]
 
     def kv(*args):
         return subprocess.run([*KV, *args], capture_output=True, text=True, timeout=60)
 
-    def acquire(owner):
-        while True:
-            cur = kv("meta", "get", LOCK_KEY)
-            if cur.returncode == 0:
-                token, _, expiry = cur.stdout.split()
-                if float(expiry) > time.time():
-                    time.sleep(0.1)
-                    continue
-                expected, absent = cur.stdout.strip(), []
-            else:
-                token, expected, absent = "0", "-", ["--absent"]
-            mine = int(token) + 1
-            value = f"{mine} {owner} {time.time() + float(TTL)}"
-            if kv("meta", "cas", LOCK_KEY, expected, value, *absent).returncode == 0:
-                return mine
-
-    token = acquire("holder-a")
-    print("TOKEN", token, flush=True)
-    first = kv("put", KEY, "a-1", "--fence", f"{LOCK}:{token}")
+    fence = os.environ["KV_FENCE"]  # set by `kv lock`: LOCK:TOKEN
+    print("PID", os.getpid(), flush=True)
+    print("TOKEN", fence.rsplit(":", 1)[1], flush=True)
+    first = kv("put", KEY, "a-1", "--fence", fence)
     print("FIRST", first.returncode, first.stderr.strip(), flush=True)
     print("READY", flush=True)
     while not os.path.exists(GO):
         time.sleep(0.02)
-    late = kv("put", KEY, "a-2", "--fence", f"{LOCK}:{token}")
+    late = kv("put", KEY, "a-2", "--fence", fence)
     print("LATE", late.returncode, late.stderr.strip(), flush=True)
 """)
 
@@ -79,25 +64,15 @@ def kv(endpoints, *args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=120)
 
 
-def acquire(endpoints, owner: str) -> int:
-    """Take the lock once it is free or expired; the grant's token."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        cur = kv(endpoints, "meta", "get", LOCK_KEY)
-        if cur.returncode == 0:
-            token, _, expiry = cur.stdout.split()
-            if float(expiry) > time.time():
-                time.sleep(0.1)
-                continue
-            expected, absent = cur.stdout.strip(), []
-        else:
-            token, expected, absent = "0", "-", ["--absent"]
-        mine = int(token) + 1
-        r = kv(endpoints, "meta", "cas", LOCK_KEY, expected,
-               f"{mine} {owner} {time.time() + TTL_S}", *absent)
-        if r.returncode == 0:
-            return mine
-    raise TimeoutError("could not acquire the lock")
+def acquire(endpoints) -> tuple[subprocess.Popen, int]:
+    """The second holder: `kv lock` holding the lock until stopped; its token."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvstore", "lock", LOCK, "--ttl", "30", "--json", "--wait", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, KV_ENDPOINTS=",".join(endpoints)))
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()
+    return proc, json.loads(line)["token"]
 
 
 def read_line(proc: subprocess.Popen, prefix: str, timeout: float = 60) -> str:
@@ -124,21 +99,23 @@ def test_a_paused_holders_write_is_refused_and_a_stale_write_is_superseded(tmp_p
     cluster = start_cluster(tmp_path, extra_args=NODE_ARGS, raft_bootstrap=True)
     everyone = cluster.endpoints()
     n1, n2, n3 = (cluster.node(n).address for n in ("n1", "n2", "n3"))
-    holder = None
+    holder = second = None
     go = tmp_path / "go"
     try:
         # The first holder acquires and writes under its token.
         holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, LOCK_KEY, LOCK, KEY, str(TTL_S), str(go)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "kvstore", "lock", LOCK, "--ttl", str(TTL_S), "--",
+             sys.executable, "-c", HOLDER, KEY, str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
             env=dict(os.environ, KV_ENDPOINTS=",".join(everyone)))
+        work_pid = int(read_line(holder, "PID"))
         old = int(read_line(holder, "TOKEN"))
         assert read_line(holder, "FIRST").startswith("0"), "the holder's first write failed"
         read_line(holder, "READY")
-        # ... and is paused (a GC pause, a stalled VM) past its TTL.
-        os.kill(holder.pid, signal.SIGSTOP)
-        time.sleep(TTL_S + 0.5)
-        new = acquire(everyone, "holder-b")
+        # ... and is paused (a GC pause, a stalled VM) past its TTL: `kv lock` (which keeps
+        # the lease alive) and the work it runs.
+        os.killpg(holder.pid, signal.SIGSTOP)
+        second, new = acquire(everyone)  # granted once the lease ended on the leader's clock
         assert new > old
 
         # A stale write under the old token slips onto n1 alone: n2 and n3 are down, so
@@ -183,14 +160,16 @@ def test_a_paused_holders_write_is_refused_and_a_stale_write_is_superseded(tmp_p
         # The first holder resumes and writes under the token it still believes it holds:
         # refused by the store, nothing written.
         go.touch()
-        os.kill(holder.pid, signal.SIGCONT)
+        os.kill(work_pid, signal.SIGCONT)  # the work first: its `kv lock` is still paused
         late = read_line(holder, "LATE")
         code, _, error = late.partition(" ")
         assert code == "4", late
         assert f"lock '{LOCK}' token {old} is below the highest token seen for it ({new})" \
             in error, error
         assert "nothing was written" in error, error
-        holder.wait(timeout=30)
+        os.killpg(holder.pid, signal.SIGCONT)
+        assert holder.wait(timeout=30) == 1  # `kv lock` found its lease gone
+        assert "ended while held" in holder.stderr.read()
         for endpoint in everyone:
             r = kv([endpoint], "get", KEY, "--consistency", "ALL")
             assert r.stdout.strip() == "b-1", (endpoint, r)
@@ -203,9 +182,12 @@ def test_a_paused_holders_write_is_refused_and_a_stale_write_is_superseded(tmp_p
             assert [v["value"] for v in versions] == ["b-2"], (node, versions)
     finally:
         if holder is not None and holder.poll() is None:
-            os.kill(holder.pid, signal.SIGCONT)
-            holder.kill()
+            os.killpg(holder.pid, signal.SIGCONT)
+            os.killpg(holder.pid, signal.SIGKILL)
             holder.wait()
+        if second is not None and second.poll() is None:
+            second.send_signal(signal.SIGINT)
+            second.wait(timeout=10)
         for proc in cluster.procs.values():  # never leave a node stopped
             try:
                 os.kill(proc.pid, signal.SIGCONT)

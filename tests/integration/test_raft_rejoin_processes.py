@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import start_cluster
+from metahelp import meta_sync
 
 from kvstore.cli.main import cli
 from kvstore.cli.raft_cmds import meta_request
@@ -65,7 +66,7 @@ def test_a_wiped_voter_refuses_then_rejoins_through_a_membership_change(
         endpoints = cluster.endpoints()
         written = {}
         for i in range(120):
-            r = meta_request(endpoints, {"op": "put", "key": f"cfg/{i}", "value": f"v{i}"},
+            r = meta_sync(endpoints, {"op": "put", "key": f"cfg/{i}", "value": f"v{i}"},
                              timeout=5.0)
             assert r.get("ok"), r
             written[f"cfg/{i}"] = f"v{i}"
@@ -91,7 +92,7 @@ def test_a_wiped_voter_refuses_then_rejoins_through_a_membership_change(
 
         # Meanwhile the other two keep committing.
         for i in range(120, 150):
-            r = meta_request(endpoints, {"op": "put", "key": f"cfg/{i}", "value": f"v{i}"},
+            r = meta_sync(endpoints, {"op": "put", "key": f"cfg/{i}", "value": f"v{i}"},
                              timeout=5.0)
             assert r.get("ok"), r
             written[f"cfg/{i}"] = f"v{i}"
@@ -143,7 +144,7 @@ def test_a_wiped_voter_refuses_then_rejoins_through_a_membership_change(
         assert new_leader != leader
         rest = [n.address for n in cluster.nodes if n.id != leader]
         lost = {k: v for k, v in written.items()
-                if meta_request(rest, {"op": "get", "key": k}, timeout=5.0).get("value") != v}
+                if meta_sync(rest, {"op": "get", "key": k}, timeout=5.0).get("value") != v}
         assert not lost, f"{len(lost)} committed writes lost, e.g. {list(lost)[:3]}"
         print(f"\nraft rejoin: {victim} refused twice, then came back through remove / "
               f"join / learner / promote; applied {s['applied_index']} (snapshot at "

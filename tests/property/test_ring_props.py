@@ -68,3 +68,26 @@ def test_replica_shares_count_each_range_once_per_replica(ids, n):
     primary = ring.ownership()
     for node in ids:  # a node stores at least what it leads, and never more than everything
         assert primary[node] - 1e-12 <= shares[node] <= 1.0 + 1e-12
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(2, 6), st.integers(1, 3), st.booleans(), keys)
+def test_moves_say_exactly_which_keys_change_owners(size, n, join, key_list):
+    from kvstore.core.ring import moves
+    ids = [f"n{i}" for i in range(size)]
+    before = Ring.of_nodes(ids, vnodes=8)
+    after = Ring.of_nodes([*ids, "new"] if join else ids[1:], vnodes=8)
+    found = moves(before, after, n)
+    for key in key_list:
+        token = token_of(key)
+        old, new = before.preference_list(key, n), after.preference_list(key, n)
+        inside = [m for m in found if (m.start < token <= m.end) or
+                  (m.start >= m.end and (token > m.start or token <= m.end))]
+        if old == new:
+            assert not inside
+        else:
+            assert len(inside) == 1 and inside[0].before == tuple(old) \
+                and inside[0].after == tuple(new)
+    for m in found:  # a join only gains the newcomer; a decommission only loses n0
+        assert m.gained == (("new",) if join else m.gained)
+        assert (m.lost == ("n0",)) if not join else True

@@ -189,12 +189,13 @@ class SimCluster:
         for node in self.nodes.values():
             await node.stop()
 
-    async def join(self, node_id: str, seeds: list[str]) -> Node:
-        """Start a node that knows only `seeds` (plain addresses): it joins by gossip."""
+    async def join(self, node_id: str, seeds: list[str], **overrides) -> Node:
+        """Start a node that knows only `seeds` (plain addresses): it joins by gossip
+        (with join=True among `overrides`, by streaming its ranges first)."""
         self.engines[node_id] = MemoryEngine()
         self.hints[node_id] = HintStore(None)
         self.ids.append(node_id)
-        self.nodes[node_id] = self._make(node_id, seeds)
+        self.nodes[node_id] = self._make(node_id, seeds, **overrides)
         await self._start_node(node_id, self.nodes[node_id])
         return self.nodes[node_id]  # readiness: the caller waits for it
 
@@ -293,7 +294,13 @@ class SimCluster:
 
     async def meta(self, via: str, request: dict) -> dict:
         """A metadata request (get, put, cas, status, ...) served through node `via`."""
-        return await self.nodes[via].raft.handle(request)
+        if request.get("op") in ("status", "conf"):
+            return await self.nodes[via].raft.handle(request)
+        if not hasattr(self, "_dict_meta"):
+            from metahelp import DictMeta
+
+            self._dict_meta = DictMeta()
+        return await self._dict_meta(self.nodes[via].raft.handle_meta, request)
 
     def replicas(self, key: bytes) -> list[str]:
         return self.nodes[self.ids[0]].membership.ring.preference_list(key,

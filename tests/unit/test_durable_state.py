@@ -124,3 +124,33 @@ def test_a_missing_members_file_is_a_fresh_node(tmp_path):
     fresh = membership(path, now=1234.0)
     assert fresh.gossiper.local.generation == 1234
     assert json.loads(path.read_text())["generation"] == 1234
+
+
+def test_a_member_that_left_stays_off_the_ring_across_restarts_until_it_rejoins_fresh(tmp_path):
+    from kvstore.core.gossip import Gossiper, Status
+    from kvstore.core.ring import node_tokens
+
+    def hear(m: GossipMembership, other: Gossiper) -> None:
+        """One round other -> m, as the gossip service applies it."""
+        ack = m.gossiper.receive(other.make_syn(), 1000.0)
+        m._apply(ack.changes)
+        answer = other.receive(ack.reply, 1000.0)
+        if answer.reply:
+            m._apply(m.gossiper.receive(answer.reply, 1000.0).changes)
+
+    path = tmp_path / "members.json"
+    m = membership(path, seeds=["n1=n1:1", "n2=n2:1", "n3=n3:1"])
+    hear(m, Gossiper("n3", "n3:1", 500, tokens=node_tokens("n3", 8), status=Status.NORMAL))
+    m.speak_for("n3", Status.LEFT)  # kv node remove n3
+    assert "n3" not in m.ring.nodes and "n3" not in m.members
+    assert json.loads(path.read_text())["removed"] == {"n3": 500}
+    # after a restart of n1, n3 (still listed in --seeds) stays out; its address is resolved
+    again = membership(path, seeds=["n1=n1:1", "n2=n2:1", "n3=n3:1"])
+    assert "n3" not in again.ring.nodes and "n3:1" not in again.unresolved_seeds()
+    # n3 comes back with its old data (NORMAL, newer generation): still out
+    hear(again, Gossiper("n3", "n3:1", 600, tokens=node_tokens("n3", 8), status=Status.NORMAL))
+    assert "n3" not in again.ring.nodes and "n3" not in again.members
+    # wiped and joining afresh (JOINING, newer generation): welcome, on the pending ring
+    hear(again, Gossiper("n3", "n3:1", 700, tokens=node_tokens("n3", 8), status=Status.JOINING))
+    assert "n3" in again.members and again.pending_ring is not None
+    assert "n3" in again.pending_ring.nodes and "n3" not in again.removed

@@ -245,3 +245,24 @@ def test_no_ack2_when_nothing_was_requested() -> None:
     a.beat()
     out = a.receive(b.receive(a.make_syn(), NOW).reply, NOW)
     assert out.reply is not None and decode(out.reply).ack2.states[0].node_id == "a"
+
+
+def test_speak_for_a_down_member_reaches_peers_and_wins_over_its_last_word() -> None:
+    a, b, c = node("a"), node("b"), node("c")
+    exchange(a, c)
+    exchange(b, c)
+    exchange(a, b)
+    for _ in range(3):
+        c.beat()
+    exchange(c, a)
+    exchange(c, b)
+    # c is gone; a removes it on its behalf, and b hears it from a
+    state = a.speak_for("c", Status.LEFT)
+    assert state.status == Status.LEFT and state.meta_version > b.endpoints["c"].max_version
+    exchange(a, b)
+    assert b.endpoints["c"].status == Status.LEFT
+    assert "c" not in b.ring_tokens()
+    with pytest.raises(ValueError):
+        a.speak_for("a", Status.LEFT)
+    with pytest.raises(ValueError):
+        a.speak_for("nobody", Status.LEFT)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 
+from metahelp import DictMeta
 from simkit.vtime import run
 
 from kvstore._proto import internode_pb2 as pb
@@ -33,6 +34,8 @@ async def _cluster(ids: list[str], seed: int = 1):
                        forward_transport=Coalescer(nid, t._send), bootstrap=True)
 
         async def handler(source, msg, d=d):
+            if msg.HasField("meta"):
+                return pb.PeerResult(meta=await d.handle_meta(msg.meta))
             return pb.PeerResult(raw=await d.on_message(source, msg.raft))
 
         await t.start(handler)
@@ -41,9 +44,17 @@ async def _cluster(ids: list[str], seed: int = 1):
     return net, drivers
 
 
+_DICT = DictMeta()
+
+
 async def _call(net: MemoryNetwork, via: str, req: dict) -> dict:
     cli = net.transport("cli")
     cli.set_address(via, f"mem://{via}")
+    if req.get("op") in ("get", "put", "cas"):
+        async def send(mreq):
+            return (await cli.call(via, pb.PeerMessage(meta=mreq), timeout=5.0)).meta
+
+        return await _DICT(send, req)
     res = await cli.call(via, pb.PeerMessage(raft=client_request(req)), timeout=5.0)
     return json.loads(res.raw)
 
@@ -62,7 +73,8 @@ def test_meta_put_get_cas_through_any_node_and_failover() -> None:
         follower = next(n for n in VOTERS if n != lead)
         assert (await _call(net, follower, {"op": "put", "key": "a", "value": "1"}))["ok"]
         got = await _call(net, "n4", {"op": "get", "key": "a"})
-        assert got == {"ok": True, "value": "1", "found": True, "leader": lead}
+        assert (got["ok"], got["value"], got["found"], got["leader"]) == (True, "1", True, lead)
+        assert got["revision"] >= 1
         bad = await _call(net, lead, {"op": "cas", "key": "a", "expected": "0", "value": "2"})
         assert bad["ok"] is False and bad["error"] == "compare failed" and bad["previous"] == "1"
         good = await _call(net, "n4", {"op": "cas", "key": "a", "expected": "1", "value": "2"})

@@ -64,7 +64,8 @@ class _Node:
         self.next: _Node | None = None
 
 
-def check_key(ops: list[Op], init: Any = ABSENT, max_steps: int = 2_000_000) -> bool:
+def check_key(ops: list[Op], init: Any = ABSENT, max_steps: int = 2_000_000,
+              model=None) -> bool:
     """True if this single-key history is linearizable."""
     events = []
     for i, op in enumerate(ops):
@@ -91,7 +92,7 @@ def check_key(ops: list[Op], init: Any = ABSENT, max_steps: int = 2_000_000) -> 
         if steps > max_steps:
             raise RuntimeError("linearizability search exceeded its step budget")
         if entry is not None and entry.is_call:
-            ok, new_state = step(state, entry.op)
+            ok, new_state = (model or step)(state, entry.op)
             if ok:
                 key = (linearized | entry.bit, new_state)
                 if key not in cache:
@@ -131,15 +132,18 @@ def _unlift(call: _Node) -> None:
     call.next.prev = call
 
 
-def check_history(ops: list[Op]) -> tuple[bool, str]:
-    """Check every key; return (ok, key of the first non-linearizable sub-history or '')."""
+def check_history(ops: list[Op], models: dict[str, tuple[Any, Any]] | None = None
+                  ) -> tuple[bool, str]:
+    """Check every key; return (ok, key of the first non-linearizable sub-history or '').
+    `models`: key -> (step function, initial state) for keys that are not registers."""
     by_key: dict[str, list[Op]] = {}
     for op in ops:
         if op.kind == "get" and not op.known:
             continue  # an unanswered read has no effect and nothing to check
         by_key.setdefault(op.key, []).append(op)
     for key in sorted(by_key):
-        if not check_key(by_key[key]):
+        model, init = (models or {}).get(key, (None, ABSENT))
+        if not check_key(by_key[key], init, model=model):
             return False, key
     return True, ""
 

@@ -17,7 +17,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from kvstore.core.meta import MetaStateMachine, encode_cas, encode_put
+from kvstore._proto import meta_pb2 as mpb
+from kvstore.core.meta import MetaStateMachine, command, encode_cas, encode_put
 from kvstore.core.raft import (
     ConfChange,
     ConfChangeError,
@@ -41,6 +42,8 @@ from kvstore.storage.raftlog import LOG_FILE, RaftLog
 from .checkers import InvariantChecker, SimFailure
 from .disk import MemFiles
 from .linearizability import Op, check_history
+from .locks import INIT as LOCK_INIT
+from .locks import LOCK_KEY, LOCK_KINDS, LockWorkload, lock_step
 
 ELECTION_TICK = 10
 HEARTBEAT_TICK = 2
@@ -84,6 +87,9 @@ class Scenario:
     clients: int
     keys: int
     drift: tuple[int, ...]
+    retries: int = 0  # times a client re-sends a write (same session seq) before giving up
+    dup_cmd: float = 0.0  # chance a write is proposed twice (a forward re-sent mid-call)
+    lock_clients: int = 0  # clients holding leases and locks (tests/sim/raft/locks.py)
 
     @classmethod
     def from_seed(cls, seed: int, long: bool = False, wipe: bool = False) -> Scenario:
@@ -133,6 +139,9 @@ class Scenario:
             clients=r.randint(2, 3),
             keys=r.randint(1, 3),
             drift=tuple(r.choice((0, 0, 1, -1)) for _ in range(n + 1)),
+            retries=r.choice((0, 2, 4)),
+            dup_cmd=r.choice((0.0, 0.1, 0.3)),
+            lock_clients=r.choice((0, 0, 2, 3)),
         )
 
     def describe(self) -> str:
@@ -141,7 +150,9 @@ class Scenario:
             f"loss={self.loss} dup={self.dup} delay<={self.max_delay}ms "
             f"long_delay_p={self.long_delay_p} snap_every={self.snap_every} "
             f"keep={self.keep_entries} clients={self.clients} keys={self.keys} "
-            f"drift={self.drift} heal_at={self.heal_at}ms "
+            f"drift={self.drift} retries={self.retries} dup_cmd={self.dup_cmd} "
+            f"lock_clients={self.lock_clients} "
+            f"heal_at={self.heal_at}ms "
             f"faults=[{' '.join(f.describe() for f in self.faults)}]"
         )
 
@@ -154,6 +165,10 @@ class Client:
     seq: int = 0
     cmd: bytes = b""
     rid: str = ""
+    client_id: int = 0  # its session, once registered
+    lock: bool = False  # a lock client (locks.py)
+    registering: bool = False
+    attempts: int = 0
 
 
 @dataclass
@@ -171,9 +186,13 @@ class Result:
     snapshots_sent: int
     notes: list[str] = field(default_factory=list)
     refusals: int = 0  # starts a wiped voter refused
+    retries: int = 0  # writes re-sent with the same session seq
+    duplicates_answered: int = 0  # applications answered from the session table
 
 
 class SimNode:
+    sm_factory = MetaStateMachine  # tests swap in a broken one to show the checker fails
+
     def __init__(self, node_id: str, seed: int, drift: int) -> None:
         self.id = node_id
         self.files = MemFiles()
@@ -183,9 +202,9 @@ class SimNode:
         self.gen = 0
         self.raft: RaftNode
         self.log: RaftLog
-        self.sm = MetaStateMachine()
+        self.sm = self.sm_factory()
         self.pending: Ready | None = None
-        self.ops: dict[str, Op] = {}
+        self.ops: dict[int, tuple[int, object]] = {}  # index -> (term, Op or Client)
         self.reads: dict[bytes, Op] = {}
         self.read_waits: list = []
         self.leader_term_checked = -1
@@ -214,7 +233,7 @@ class SimNode:
                                  snapshot=rec.snapshot, entries=rec.entries,
                                  joining=rec.joining)
         self.joining_on_disk = plan.joining
-        self.sm = MetaStateMachine()
+        self.sm = self.sm_factory()
         if rec.snapshot.index:
             self.sm.restore(rec.snapshot.data, rec.snapshot.index)
         self.up = True
@@ -248,6 +267,8 @@ class Simulation:
         self.checker = InvariantChecker()
         self.history: list[Op] = []
         self.clients = [Client(i) for i in range(sc.clients)]
+        self.clients += [Client(sc.clients + i, lock=True) for i in range(sc.lock_clients)]
+        self.locks = LockWorkload(self) if sc.lock_clients else None
         self.blocked: set[tuple[str, str]] = set()
         self.active: dict[int, set[tuple[str, str]]] = {}
         self.victim = ""
@@ -256,6 +277,9 @@ class Simulation:
         self.rejoin_done = True
         self.refusals = 0
         self.elect_after_heal = -2
+        self.retries = 0
+        self.duplicates_answered = 0
+        self.first_applied: dict[tuple[int, int], int] = {}  # (client, seq) -> index
         self.messages = self.crashes = self.snapshots_sent = self.events = 0
         self.notes: list[str] = []
         self.ops_end = sc.heal_at + 200
@@ -302,6 +326,9 @@ class Simulation:
             if node.up and node.gen == b:
                 node.raft.tick()
                 self.drive(node)
+                if self.locks is not None and node.pending is None:
+                    self.locks.tick(node)
+                    self.drive(node)
                 self.at(self.now + node.tick_ms, TICK, a, b)
         elif kind == DELIVER:
             node = self.nodes[a]
@@ -326,8 +353,22 @@ class Simulation:
             self.client_step(self.clients[a])
         elif kind == OP_TIMEOUT:
             client, op = a, b
-            if client.op is op:
+            if op == "register":
+                if not client.client_id:
+                    client.registering = False
+                    self.at(self.now, CLIENT, client.id)
+            elif client.op is op:
+                if op.kind not in ("get", "wait") and client.attempts < self.sc.retries:
+                    # Retry with the same session seq: applied at most once, and the answer
+                    # is the first application's result.
+                    client.attempts += 1
+                    self.retries += 1
+                    self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, client, op)
+                    self.at(self.now, CLIENT, client.id)
+                    return
                 client.op = None  # indeterminate: ret stays at +inf
+                if self.locks is not None and op.kind in LOCK_KINDS:
+                    self.locks.gave_up(op)
                 self.schedule_client(client)
         elif kind == ADMIN:
             if a == "rejoin":
@@ -372,14 +413,17 @@ class Simulation:
         for e in rd.committed:
             self.checker.on_apply(node.id, e)
             if e.type is EntryType.NORMAL:
+                before = set(node.sm.leases) if self.locks is not None else set()
                 res = node.sm.apply(e.index, e.data)
-                if res is not None and res.request_id in node.ops:
-                    op = node.ops.pop(res.request_id)
-                    self.resolve(op, res.ok if op.kind == "cas" else None)
+                if self.locks is not None:
+                    self.locks.on_apply(node, e, res, before)
+                self.on_result(node, e, res)
             else:
                 node.sm.skip(e.index)
         node.read_waits.extend(rd.read_states)
         node.raft.advance(rd)
+        if self.locks is not None:
+            self.locks.after_apply(node)
         if node.joining_on_disk and not node.raft.joining:
             node.log.set_joining(False)  # promoted: before any vote and any compaction
             node.joining_on_disk = False
@@ -388,7 +432,10 @@ class Simulation:
             for rs in node.read_waits:
                 if node.sm.applied >= rs.index:
                     op = node.reads.pop(rs.context, None)
-                    if op is not None:
+                    if op is not None and op.kind == "wait":
+                        if self.clients[op.client].op is op and not op.known:
+                            self.resolve(op, self.locks.wait_result(node.sm, op))
+                    elif op is not None:
                         self.resolve(op, node.sm.get(op.key))
                 else:
                     still.append(rs)
@@ -526,6 +573,8 @@ class Simulation:
             return
         self.notes.extend(f"{node.id}: {n}" for n in notes)
         self.checker.on_restart(node.id, node.raft)
+        if self.locks is not None:
+            self.locks.on_restart(node)
         self.at(self.now + self.rng.randrange(node.tick_ms), TICK, node.id, node.gen)
         self.drive(node)
 
@@ -535,10 +584,92 @@ class Simulation:
         if self.now < self.ops_end:
             self.at(self.now + self.rng.randrange(1, 25), CLIENT, c.id)
 
+    def session(self, c: Client) -> tuple[int, int, int]:
+        # One command outstanding per client: everything before this seq was answered or
+        # given up (a given-up command's result may be forgotten: a late copy of it is then
+        # refused, never applied).
+        return (c.client_id, c.seq, c.seq - 1)
+
+    def register_step(self, c: Client) -> None:
+        if c.registering or self.now >= self.ops_end:
+            return
+        target = self.nodes.get(c.hint) if c.hint else None
+        if target is None or not target.up:
+            target = self.nodes[self.rng.choice(sorted(self.nodes))]
+        if not target.up:
+            self.at(self.now + 10, CLIENT, c.id)
+            return
+        try:
+            index = target.raft.propose(command(register=mpb.RegisterClient())
+                                        .SerializeToString())
+        except NotLeaderError as exc:
+            c.hint = exc.leader
+            self.at(self.now + 5, CLIENT, c.id)
+            return
+        except ProposalDroppedError:
+            self.at(self.now + 10, CLIENT, c.id)
+            return
+        target.ops[index] = (target.raft.term, c)
+        c.registering = True
+        self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, c, "register")
+        self.drive(target)
+
+    def on_result(self, node: SimNode, e, res) -> None:
+        """A committed command was applied on `node`: check exactly-once, answer a waiter."""
+        if res is not None and e.data:
+            cmd = mpb.MetaCommand.FromString(e.data)
+            key = (cmd.session.client_id, cmd.session.seq)
+            if cmd.session.client_id and res.code != mpb.META_SESSION_EXPIRED:
+                first = self.first_applied.setdefault(key, e.index)
+                if res.duplicate:
+                    self.duplicates_answered += 1
+                    if first >= e.index:
+                        self.fail(f"{node.id}: command {key} answered as a duplicate at "
+                                  f"{e.index} but first applied at {first}")
+                elif first != e.index:
+                    self.fail(f"{node.id}: command {key} applied twice: at {first} and "
+                              f"{e.index}")
+        w = node.ops.pop(e.index, None)
+        if w is None or res is None or e.term != w[0]:
+            return  # not ours, or our entry was replaced by another term's (never applied)
+        who = w[1]
+        if isinstance(who, Client):
+            if not who.client_id:
+                who.client_id = res.client_id
+                who.registering = False
+                self.schedule_client(who)
+            return
+        op = who
+        if res.code == mpb.META_SESSION_EXPIRED:
+            return  # outcome unknown: stays indeterminate (the client times out)
+        if op.kind in LOCK_KINDS:
+            if self.clients[op.client].op is op and not op.known:
+                self.resolve(op, self.locks.result(op, res))
+            return
+        self.resolve(op, res.code == mpb.META_OK if op.kind == "cas" else None)
+
     def client_step(self, c: Client) -> None:
+        if not c.client_id:
+            self.register_step(c)
+            return
+        if c.op is None and c.lock:
+            if self.now >= self.ops_end:
+                return
+            c.seq += 1
+            nxt = self.locks.next_op(c)
+            if nxt is None:
+                self.at(self.now + 10, CLIENT, c.id)
+                return
+            c.attempts = 0
+            c.rid = f"c{c.id}-{c.seq}"
+            c.op, c.cmd = nxt
+            self.history.append(c.op)
+            self.locks.sent(c, c.op)
+            self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, c, c.op)
         if c.op is None:
             if self.now >= self.ops_end:
                 return
+            c.attempts = 0
             r = self.rng
             key = f"k{r.randrange(self.sc.keys)}"
             c.seq += 1
@@ -550,13 +681,13 @@ class Simulation:
             elif roll < 0.6:
                 val = f"v{c.id}.{c.seq}"
                 op = Op(c.id, key, "put", (val,), self.now)
-                c.cmd = encode_put(key, val, c.rid)
+                c.cmd = encode_put(key, val, self.session(c))
             else:
                 seen = [o.arg[0] for o in self.history[-8:] if o.kind == "put" and o.key == key]
                 exp = r.choice([*seen, None])
                 new = f"v{c.id}.{c.seq}"
                 op = Op(c.id, key, "cas", (exp, new), self.now)
-                c.cmd = encode_cas(key, exp, new, c.rid)
+                c.cmd = encode_cas(key, exp, new, self.session(c))
             c.op = op
             self.history.append(op)
             self.at(self.now + OP_TIMEOUT_MS, OP_TIMEOUT, c, op)
@@ -568,13 +699,16 @@ class Simulation:
             self.at(self.now + 10, CLIENT, c.id)
             return
         try:
-            if op.kind == "get":
+            if op.kind in ("get", "wait"):
                 ctx = c.rid.encode()
                 target.raft.read_index(ctx)
                 target.reads[ctx] = op
             else:
-                target.raft.propose(c.cmd)
-                target.ops[c.rid] = op
+                index = target.raft.propose(c.cmd)
+                target.ops[index] = (target.raft.term, op)
+                if self.rng.random() < self.sc.dup_cmd:  # the same command a second time
+                    index = target.raft.propose(c.cmd)
+                    target.ops[index] = (target.raft.term, op)
             c.hint = target.id
         except NotLeaderError as exc:
             c.hint = exc.leader
@@ -707,7 +841,9 @@ class Simulation:
         return "; ".join(parts)
 
     def finish(self) -> Result:
-        ok, key = check_history(self.history)
+        ok, key = check_history(self.history, {LOCK_KEY: (lock_step, LOCK_INIT)})
+        if ok and self.locks is not None and (why := self.locks.check()):
+            raise SimFailure(why)
         if not ok:
             ops = [o.describe() for o in self.history if o.key == key]
             raise SimFailure(f"history for key {key} is not linearizable:\n  " + "\n  ".join(ops))
@@ -726,6 +862,8 @@ class Simulation:
             snapshots_sent=self.snapshots_sent,
             notes=self.notes,
             refusals=self.refusals,
+            retries=self.retries,
+            duplicates_answered=self.duplicates_answered,
         )
 
 

@@ -1,0 +1,508 @@
+"""Range streaming: a node joins by pulling the ranges it will own, and leaves by pushing
+the ranges it owned to their next owners.
+
+A join, as in Cassandra's bootstrap:
+1. the node starts JOINING. Gossip carries its tokens, but it is not on the ring, so
+   reads never use it. Coordinators put it on a *pending* ring and send it every write of
+   the ranges it will own (services/coordinator.py: W is needed among today's owners and
+   among the owners after the move);
+2. it announces itself to every member directly and waits out `ring_delay`, so writes
+   that started before a coordinator heard of the move have finished;
+3. for each range whose replicas change (core/ring.py `moves`), it pulls the records
+   from the replica the range is taken from. That node's copy plus those of the owners
+   that stay hold every acknowledged write. If that node is down, it pulls from every
+   live owner and merges. Pages are CRC-checked, and the pull is throttled to
+   `rate_bytes_per_s`. Progress is saved, so a restarted join skips the ranges it
+   finished;
+4. it turns NORMAL, and a Merkle comparison with each source (anti-entropy) shows that
+   nothing is missing (`leaves_differing`, expected 0) and repairs anything that is.
+
+A decommission is the mirror image:
+1. LEAVING: the node stays on the ring, but the pending ring has the next owners;
+2. the node announces, then waits out `ring_delay`;
+3. it pushes each record of its ranges to the nodes that gain them;
+4. it turns LEFT and is no longer a member. A node that was decommissioned refuses to
+   start again with the same data (`move.json`).
+
+A removal (`kv node remove`) is a decommission run by another node on behalf of a member
+that is gone: it sets that member LEAVING (gossip `speak_for`), copies each of its ranges
+from every surviving replica to the nodes that gain it, and sets it LEFT. Peers keep a
+member that left off the ring until it comes back JOINING with a newer generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvstore._proto import admin_pb2
+from kvstore._proto import internode_pb2 as pb
+from kvstore.core import versions
+from kvstore.core.errors import InvalidArgument, KVError, Unavailable
+from kvstore.core.gossip import Status
+from kvstore.core.ring import Move, Ring, moves, token_of
+from kvstore.storage.durable import StateFileError, read_state, write_atomic
+from kvstore.storage.engine import CorruptRecordError
+from kvstore.transport.base import Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+PAGE = 256            # records per streamed page
+MAX_PAGE = 1024       # the most a responder sends in one page
+PAGE_TRIES = 3        # a page that fails its CRC or its call is asked again this often
+SAVE_EVERY_S = 1.0    # progress is saved at most this often (and at the end)
+FILE_NAME = "move.json"
+
+
+class MoveRefused(Exception):
+    """This node must not start as configured (e.g. it was decommissioned)."""
+
+
+def page_crc(entries) -> int:
+    crc = 0
+    for entry in entries:
+        crc = zlib.crc32(entry.SerializeToString(deterministic=True), crc)
+    return crc
+
+
+@dataclass
+class Progress:
+    kind: str
+    state: str = "announcing"
+    ranges_done: int = 0
+    ranges_total: int = 0
+    keys: int = 0
+    bytes: int = 0
+    started: float = 0.0
+    ended: float | None = None
+    error: str = ""
+    leaves_differing: int = 0
+    corrupt_skipped: int = 0
+
+    def to_pb(self, node: str, now: float) -> admin_pb2.MoveProgress:
+        seconds = (self.ended or now) - self.started
+        left = self.ranges_total - self.ranges_done
+        eta = seconds / self.ranges_done * left if self.ranges_done and left else 0.0
+        return admin_pb2.MoveProgress(
+            node=node, kind=self.kind, state=self.state, ranges_done=self.ranges_done,
+            ranges_total=self.ranges_total, keys=self.keys, bytes=self.bytes,
+            seconds=seconds, eta_seconds=eta, error=self.error,
+            finished=self.state in ("done", "failed"),
+            leaves_differing=self.leaves_differing, corrupt_skipped=self.corrupt_skipped)
+
+
+class RangeStreamer:
+    def __init__(self, node_id: str, store, transport: Transport, membership, replica,
+                 antientropy, *, replication_factor: int, ring_delay: float,
+                 rate_bytes_per_s: int, timeout: float, state_path: Path | None,
+                 monotonic: Callable[[], float] = time.monotonic, verify: bool = True) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.transport = transport
+        self.membership = membership
+        self.replica = replica
+        self.antientropy = antientropy
+        self.n = replication_factor
+        self.ring_delay = ring_delay
+        self.rate = rate_bytes_per_s
+        self.timeout = timeout
+        self.state_path = state_path
+        self.monotonic = monotonic
+        self.verify = verify
+        self.progress: Progress | None = None
+        self._task: asyncio.Task | None = None
+        self._done_ranges: set[tuple[int, int]] = set()
+        self._saved_at = 0.0
+        self._budget_start = 0.0
+        self._budget_bytes = 0
+
+    # -- saved state --------------------------------------------------------------------
+    @staticmethod
+    def peek(path: Path | None) -> dict:
+        """The saved {kind, state} ({} if none or unreadable: load() reports damage)."""
+        if path is None:
+            return {}
+        try:
+            data = read_state(path)
+            return json.loads(data) if data else {}
+        except (StateFileError, ValueError):
+            return {}
+
+    def load(self) -> dict:
+        """What an earlier run recorded ({} if nothing); refuses a decommissioned node."""
+        if self.state_path is None:
+            return {}
+        data = read_state(self.state_path)
+        if data is None:
+            return {}
+        try:
+            saved = json.loads(data)
+            kind, state = saved["kind"], saved["state"]
+            done = [tuple(r) for r in saved.get("done", [])]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateFileError(f"move file {self.state_path} is damaged ({exc}); it records "
+                                 "a join or decommission of this node") from None
+        if kind == "decommission" and state in ("done", "left"):
+            raise MoveRefused(
+                f"{self.node_id} was decommissioned (it left the ring; {self.state_path}). "
+                "Its data is no longer its to serve: to bring this machine back, start it "
+                "with an empty data directory (and a new --id, or the same one with --join)")
+        self._done_ranges = {(int(a), int(b)) for a, b in done}
+        return {"kind": kind, "state": state}
+
+    def _save(self, kind: str, state: str, force: bool = False) -> None:
+        if self.state_path is None:
+            return
+        now = self.monotonic()
+        if not force and now - self._saved_at < SAVE_EVERY_S:
+            return
+        self._saved_at = now
+        write_atomic(self.state_path, json.dumps(
+            {"kind": kind, "state": state, "done": sorted(self._done_ranges)}).encode())
+
+    # -- responder ----------------------------------------------------------------------
+    async def serve(self, source: str, req: pb.StreamRead) -> pb.StreamPage:
+        """One page of the records of (start, end] after the resume point."""
+        limit = min(req.limit or PAGE, MAX_PAGE)
+        after = (req.after_token, req.after_key) if req.has_after else None
+        page = pb.StreamPage()
+        while True:
+            try:
+                rows = await self.store.scan_chunk(req.start, req.end, after, limit)
+                break
+            except CorruptRecordError as exc:
+                # read up to the damaged record one at a time, report it, and go on after it
+                # send what precedes the damaged record, report it, resume after it
+                rows, resume = await self._before_corrupt(req.start, req.end, after, exc)
+                page.corrupt.append(exc.key)
+                self._append(page, rows)
+                page.has_resume, page.resume_token, page.resume_key = True, *resume
+                page.crc = page_crc(page.entries)
+                return page
+        self._append(page, rows)
+        page.done = len(rows) < limit
+        page.crc = page_crc(page.entries)
+        return page
+
+    async def _before_corrupt(self, start, end, after, exc):
+        rows = []
+        while True:
+            try:
+                one = await self.store.scan_chunk(start, end, after, 1)
+            except CorruptRecordError:
+                return rows, (token_of(exc.key), exc.key)
+            if not one:
+                return rows, after or (token_of(exc.key), exc.key)
+            rows.extend(one)
+            after = (one[0][0], one[0][1])
+
+    def _append(self, page: pb.StreamPage, rows) -> None:
+        for _token, key, record in rows:
+            rec = versions.decode_record(record)
+            purged, purged_at = self.replica.live_marker(rec)
+            if not rec.siblings and not purged:
+                continue
+            state = versions.to_pb(rec.siblings)
+            if purged:
+                versions.marker_to_pb(state, purged, purged_at)
+            page.entries.append(pb.StreamEntry(key=key, state=state))
+        if rows:  # the next page starts after the last record scanned, sent or not
+            page.has_resume, page.resume_token, page.resume_key = True, rows[-1][0], rows[-1][1]
+
+    # -- pacing -------------------------------------------------------------------------
+    async def _throttle(self, nbytes: int) -> None:
+        now = self.monotonic()
+        if now - self._budget_start > 1.0:
+            self._budget_start, self._budget_bytes = now, 0
+        self._budget_bytes += nbytes
+        if self.rate and self._budget_bytes > self.rate:
+            await asyncio.sleep(max(0.0, 1.0 - (now - self._budget_start)))
+
+    # -- join ---------------------------------------------------------------------------
+    def start_join(self) -> None:
+        self.progress = Progress("join", started=self.monotonic())
+        self._task = asyncio.get_running_loop().create_task(self._join())
+
+    async def _announce(self) -> None:
+        """Tell every member of the change directly, then let old writes finish."""
+        self.progress.state = "announcing"
+        reached = await self.membership.announce()
+        log.info("%s announced its %s to %s; waiting %.1fs (ring delay)", self.node_id,
+                 self.progress.kind, ", ".join(sorted(reached)) or "nobody", self.ring_delay)
+        await asyncio.sleep(self.ring_delay)
+
+    async def _join(self) -> None:
+        try:
+            while not self.membership.ready:
+                await asyncio.sleep(0.1)
+            await self._announce()
+            after = self.membership.pending_ring
+            if after is None or self.node_id not in after.nodes:
+                raise Unavailable("the pending ring does not hold this node; is it JOINING?")
+            plan = [m for m in moves(self.membership.ring, after, self.n)
+                    if self.node_id in m.gained]
+            await self._pull_all(plan)
+            self.membership.set_status(Status.NORMAL)
+            self._save("join", "done", force=True)
+            await self.membership.announce()
+            if self.verify:
+                await self._verify(plan)
+            self.progress.state = "done"
+            log.info("%s joined: %d ranges, %d keys, %d bytes streamed", self.node_id,
+                     self.progress.ranges_total, self.progress.keys, self.progress.bytes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the node stays JOINING; a restart resumes
+            self.progress.state, self.progress.error = "failed", str(exc)
+            log.exception("join failed; restart the node to resume it")
+        finally:
+            self.progress.ended = self.monotonic()
+
+    async def _pull_all(self, plan: list[Move]) -> None:
+        self.progress.state = "streaming"
+        self.progress.ranges_total = len(plan)
+        self.progress.ranges_done = sum((m.start, m.end) in self._done_ranges for m in plan)
+        self._save("join", "streaming", force=True)
+        for move in plan:
+            if (move.start, move.end) in self._done_ranges:
+                continue
+            sources = self._sources(move)
+            if not sources:
+                raise Unavailable(f"no live replica holds range ({move.start}, {move.end}]: "
+                                  f"{', '.join(move.before)} are all down")
+            for source in sources:
+                await self._pull(source, move)
+            self._done_ranges.add((move.start, move.end))
+            self.progress.ranges_done += 1
+            self._save("join", "streaming")
+
+    def _sources(self, move: Move) -> list[str]:
+        """The replica the range is taken from, if up; else every live replica of it."""
+        up = [n for n in move.before if n != self.node_id and self.membership.is_up(n)]
+        lost = [n for n in move.lost if n in up]
+        return lost[:1] if lost else up
+
+    async def _pull(self, source: str, move: Move) -> None:
+        req = pb.StreamRead(start=move.start, end=move.end, limit=PAGE)
+        while True:
+            page = await self._page(source, req)
+            self.progress.corrupt_skipped += len(page.corrupt)
+            merges = []
+            for entry in page.entries:
+                incoming = versions.from_pb(entry.state)
+                purged, purged_at = versions.marker_from_pb(entry.state)
+                merges.append(self.replica.merge(entry.key, incoming, marker=purged,
+                                                 marker_at_ms=purged_at))
+                self.progress.keys += 1
+            await asyncio.gather(*merges)
+            size = page.ByteSize()
+            self.progress.bytes += size
+            await self._throttle(size)
+            if page.done or not page.has_resume:
+                return
+            req.has_after, req.after_token, req.after_key = (True, page.resume_token,
+                                                             page.resume_key)
+
+    async def _page(self, source: str, req: pb.StreamRead) -> pb.StreamPage:
+        problem = ""
+        for _ in range(PAGE_TRIES):
+            try:
+                result = await self.transport.call(source, pb.PeerMessage(stream=req),
+                                                   self.timeout)
+            except TransportError as exc:
+                problem = f"{source} unreachable ({exc})"
+                await asyncio.sleep(0.2)
+                continue
+            if result.HasField("error"):
+                problem = f"{source}: {result.error.message}"
+                await asyncio.sleep(0.2)
+                continue
+            page = result.page
+            if page_crc(page.entries) != page.crc:
+                problem = f"a page from {source} failed its CRC"
+                log.warning("%s; asking again", problem)
+                continue
+            return page
+        raise Unavailable(f"streaming range ({req.start}, {req.end}] failed: {problem}")
+
+    async def _verify(self, plan: list[Move]) -> None:
+        """Merkle comparison with each source: what differs is repaired and counted."""
+        self.progress.state = "verifying"
+        sources = sorted({s for m in plan for s in m.before if s != self.node_id})
+        for source in sources:
+            if not self.membership.is_up(source):
+                continue
+            try:
+                stats = await self.antientropy.repair_with(source)
+            except (KVError, TransportError) as exc:
+                log.warning("verification with %s failed: %s", source, exc)
+                continue
+            self.progress.leaves_differing += stats.leaves_differing
+
+    # -- decommission -------------------------------------------------------------------
+    def start_decommission(self) -> Progress:
+        if self._task is not None and not self._task.done():
+            raise InvalidArgument(f"{self.node_id} is already moving ({self.progress.kind})")
+        if self.membership.status(self.node_id) != Status.NORMAL.name:
+            raise InvalidArgument(f"{self.node_id} is {self.membership.status(self.node_id)}, "
+                                  "not NORMAL: only a member on the ring can leave it")
+        self.progress = Progress("decommission", started=self.monotonic())
+        self._task = asyncio.get_running_loop().create_task(self._decommission())
+        return self.progress
+
+    async def _decommission(self) -> None:
+        try:
+            self.membership.set_status(Status.LEAVING)
+            self._save("decommission", "leaving", force=True)
+            await self._announce()
+            after = self.membership.pending_ring
+            if after is None or self.node_id in after.nodes:
+                raise Unavailable("the pending ring still holds this node; is it LEAVING?")
+            plan = [m for m in moves(self.membership.ring, after, self.n)
+                    if self.node_id in m.lost]
+            self.progress.state = "streaming"
+            self.progress.ranges_total = len(plan)
+            for move in plan:
+                await self._push(move)
+                self.progress.ranges_done += 1
+            self.membership.set_status(Status.LEFT)
+            self._save("decommission", "left", force=True)
+            await self.membership.announce()
+            self.progress.state = "done"
+            log.info("%s left the ring: %d ranges, %d keys, %d bytes streamed", self.node_id,
+                     len(plan), self.progress.keys, self.progress.bytes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.progress.state, self.progress.error = "failed", str(exc)
+            log.exception("decommission failed; the node is still LEAVING")
+        finally:
+            self.progress.ended = self.monotonic()
+
+    # -- forced removal of a dead member ---------------------------------------------------
+    def start_remove(self, member: str) -> Progress:
+        """Re-replicate a dead member's ranges from the survivors, then mark it LEFT."""
+        if self._task is not None and not self._task.done():
+            raise InvalidArgument(f"{self.node_id} is already moving ({self.progress.kind})")
+        if member == self.node_id:
+            raise InvalidArgument(f"{member} cannot remove itself: use kv node decommission")
+        if member not in self.membership.ring.nodes:
+            raise InvalidArgument(f"{member} is not on the ring (members: "
+                                  f"{', '.join(sorted(self.membership.ring.nodes))})")
+        if self.membership.is_up(member):
+            raise InvalidArgument(f"{member} is up: take it out with `kv node decommission "
+                                  f"{member}`, which streams its data out first; remove is for "
+                                  "a node that is gone")
+        self.progress = Progress("remove", started=self.monotonic())
+        self._task = asyncio.get_running_loop().create_task(self._remove(member))
+        return self.progress
+
+    async def _remove(self, member: str) -> None:
+        try:
+            self.membership.speak_for(member, Status.LEAVING)
+            await self._announce()
+            after = self.membership.pending_ring
+            if after is None or member in after.nodes:
+                raise Unavailable(f"the pending ring still holds {member}")
+            plan = [m for m in moves(self.membership.ring, after, self.n) if member in m.lost]
+            self.progress.state = "streaming"
+            self.progress.ranges_total = len(plan)
+            for move in plan:
+                sources = [n for n in move.before if n != member
+                           and (n == self.node_id or self.membership.is_up(n))]
+                if not sources:
+                    raise Unavailable(f"no live replica of range ({move.start}, {move.end}]")
+                for source in sources:  # every surviving copy: the dead one's is gone
+                    await self._relay(source, move)
+                self.progress.ranges_done += 1
+            self.membership.speak_for(member, Status.LEFT)
+            await self.membership.announce()
+            self.progress.state = "done"
+            log.info("%s removed %s: %d ranges, %d keys, %d bytes re-replicated", self.node_id,
+                     member, len(plan), self.progress.keys, self.progress.bytes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.progress.state, self.progress.error = "failed", str(exc)
+            log.exception("removal of %s failed; it is still LEAVING: run it again", member)
+        finally:
+            self.progress.ended = self.monotonic()
+
+    async def _relay(self, source: str, move: Move) -> None:
+        """Copy a range from `source` (possibly this node) to the nodes that gain it."""
+        req = pb.StreamRead(start=move.start, end=move.end, limit=PAGE)
+        while True:
+            if source == self.node_id:
+                page = await self.serve(self.node_id, req)
+            else:
+                page = await self._page(source, req)
+            self.progress.corrupt_skipped += len(page.corrupt)
+            await self._send(page, [n for n in move.receivers if n != source])
+            if page.done or not page.has_resume:
+                return
+            req.has_after, req.after_token, req.after_key = (True, page.resume_token,
+                                                             page.resume_key)
+
+    async def _push(self, move: Move) -> None:
+        targets = list(move.receivers)
+        after = None
+        while True:
+            page = pb.StreamPage()
+            try:
+                rows = await self.store.scan_chunk(move.start, move.end, after, PAGE)
+            except CorruptRecordError as exc:
+                rows, after = await self._before_corrupt(move.start, move.end, after, exc)
+                self.progress.corrupt_skipped += 1
+                self._append(page, rows)
+                await self._send(page, targets)
+                continue
+            self._append(page, rows)
+            await self._send(page, targets)
+            if len(rows) < PAGE:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    async def _send(self, page: pb.StreamPage, targets: list[str]) -> None:
+        async def one(target: str, entry: pb.StreamEntry) -> None:
+            if target == self.node_id:
+                purged, purged_at = versions.marker_from_pb(entry.state)
+                await self.replica.merge(entry.key, versions.from_pb(entry.state),
+                                         marker=purged, marker_at_ms=purged_at)
+                return
+            message = pb.PeerMessage(write=pb.ReplicaWrite(key=entry.key, state=entry.state))
+            problem = ""
+            for _ in range(PAGE_TRIES):
+                try:
+                    result = await self.transport.call(target, message, self.timeout)
+                except TransportError as exc:
+                    problem = str(exc)
+                    await asyncio.sleep(0.2)
+                    continue
+                if not result.HasField("error"):
+                    return
+                problem = result.error.message
+            raise Unavailable(f"could not hand {entry.key!r} to {target}: {problem}")
+
+        entries = list(page.entries)
+        await asyncio.gather(*(one(t, e) for e in entries for t in targets))
+        self.progress.keys += len(entries)
+        size = sum(e.ByteSize() for e in entries) * max(1, len(targets))
+        self.progress.bytes += size
+        await self._throttle(size)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def ring_after(self) -> Ring | None:
+        return self.membership.pending_ring
