@@ -55,6 +55,11 @@ class MetaUsers:
         self.request = request
 
     async def _call(self, req: dict) -> dict:
+        if req["op"] == "cas":  # the metadata group takes writes within a client session
+            session = await self.request({"op": "register"})
+            if not session.get("ok"):
+                raise MetaUnavailable(session.get("error") or "cannot open a session")
+            req = dict(req, client_id=session["client_id"])
         reply = await self.request(req)
         if not reply.get("ok") and reply.get("error") not in (None, "", "compare failed"):
             raise MetaUnavailable(reply["error"])
@@ -253,16 +258,24 @@ def to_meta_request(req: dict):
 
     if req["op"] == "get":
         return mpb.MetaRequest(read=mpb.MetaRead(key=req["key"], serializable=True))
+    if req["op"] == "register":
+        return mpb.MetaRequest(command=mpb.MetaCommand(register=mpb.RegisterClient()))
     expected, value = req.get("expected"), req.get("value")
-    return mpb.MetaRequest(command=mpb.MetaCommand(cas=mpb.MetaCas(
+    cmd = mpb.MetaCommand(cas=mpb.MetaCas(
         key=req["key"], expect_absent=expected is None, expected=expected or "",
-        delete=value is None, value=value or "")))
+        delete=value is None, value=value or ""))
+    cmd.session.client_id, cmd.session.seq = req["client_id"], 1  # one write per session
+    return mpb.MetaRequest(command=cmd)
 
 
 def from_meta_reply(req: dict, reply) -> dict:
     from kvstore._proto import meta_pb2 as mpb
 
     code = reply.result.code
+    if req["op"] == "register":
+        if code != mpb.META_OK:
+            return {"ok": False, "error": reply.result.error or mpb.MetaCode.Name(code)}
+        return {"ok": True, "client_id": reply.result.client_id}
     if req["op"] == "get":
         if code not in (mpb.META_OK, mpb.META_NOT_FOUND):
             return {"ok": False, "error": reply.result.error or mpb.MetaCode.Name(code)}

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from kvstore._proto import client_pb2 as cpb
 from kvstore._proto import internode_pb2 as pb
+from kvstore._proto import meta_pb2 as mpb
 from kvstore.core import antientropy, auth, gossip, meta, versions
 from kvstore.core.merkle import TOKEN_MIN, TOKEN_SPACE, MerkleTree
 from kvstore.core.raft import messages as raftmsg
@@ -235,12 +236,12 @@ def hint_row(data: bytes) -> None:
 
 # ---- metadata commands, tokens, user records ----------------------------------------------
 
-@target("meta_command", lambda: [meta.encode_put("a", "b", "r1"),
+@target("meta_command", lambda: [meta.encode_put("a", "b"),
                                   meta.encode_cas("a", None, "c"), meta.encode_delete("a")])
 def meta_command(data: bytes) -> None:
     sm = meta.MetaStateMachine()
     res = sm.apply(1, data)
-    assert res is None or isinstance(res, meta.MetaResult)
+    assert res is None or isinstance(res, mpb.MetaResult)
     sm.restore(sm.snapshot(), 1)
 
 

@@ -7,11 +7,18 @@ import asyncio
 
 import pytest
 
+from kvstore._proto import meta_pb2 as mpb
 from kvstore._proto import security_pb2 as spb
 from kvstore.core import auth
 from kvstore.core.auth import AuthError
-from kvstore.core.meta import MetaStateMachine, encode_cas, encode_put
-from kvstore.services.auth import AuthService, MetaUnavailable, MetaUsers
+from kvstore.core.meta import MetaStateMachine
+from kvstore.services.auth import (
+    AuthService,
+    MetaUnavailable,
+    MetaUsers,
+    from_meta_reply,
+    to_meta_request,
+)
 
 KEY = b"k" * 32
 
@@ -56,21 +63,22 @@ def test_passwords():
 
 
 class Meta:
-    """The get/put/cas request protocol of RaftDriver.handle, on a real state machine."""
+    """The metadata group as the node sees it: requests translated to the typed API
+    (services/auth.py) and applied to the real MetaStateMachine."""
 
     def __init__(self) -> None:
         self.sm = MetaStateMachine()
         self.index = 0
 
     async def request(self, req: dict) -> dict:
-        if req["op"] == "get":
-            value = self.sm.get(req["key"])
-            return {"ok": True, "value": value, "found": value is not None}
-        cmd = (encode_put(req["key"], req["value"]) if req["op"] == "put"
-               else encode_cas(req["key"], req.get("expected"), req.get("value")))
+        typed = to_meta_request(req)
+        if typed.WhichOneof("body") == "read":
+            value = self.sm.get(typed.read.key)
+            kvs = [mpb.KeyValue(key=typed.read.key, value=value)] if value is not None else []
+            return from_meta_reply(req, mpb.MetaReply(kvs=kvs))
         self.index += 1
-        res = self.sm.apply(self.index, cmd)
-        return {"ok": res.ok, "previous": res.value, "error": res.error}
+        res = self.sm.apply(self.index, typed.command.SerializeToString())
+        return from_meta_reply(req, mpb.MetaReply(result=res))
 
 
 def test_login_verify_revoke_and_expiry():
