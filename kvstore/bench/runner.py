@@ -659,11 +659,13 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 async def run_async(config: BenchConfig, *, progress: Progress | None = None,
-                    cluster: LocalCluster | None = None) -> dict[str, Any]:
-    """Run the benchmark against config.endpoints (or `cluster`); returns the results."""
+                    cluster: LocalCluster | None = None, credentials=None) -> dict[str, Any]:
+    """Run the benchmark against config.endpoints (or `cluster`); returns the results.
+    `credentials`: client/security.Credentials for a --tls/--auth cluster."""
     config.validate()
     endpoints = cluster.endpoints() if cluster is not None else config.endpoints
-    async with AsyncClient(endpoints, timeout=config.timeout_s) as client:
+    async with AsyncClient(endpoints, timeout=config.timeout_s,
+                           credentials=credentials) as client:
         bench = Bench(config, client, cluster=cluster, progress=progress)
         results = await bench.run()
     if cluster is not None:
@@ -673,7 +675,8 @@ async def run_async(config: BenchConfig, *, progress: Progress | None = None,
     return results
 
 
-def run(config: BenchConfig, *, progress: Progress | None = None) -> dict[str, Any]:
+def run(config: BenchConfig, *, progress: Progress | None = None,
+        credentials=None) -> dict[str, Any]:
     """Blocking entry point: starts a local cluster if asked, runs, always stops it."""
     config.validate()
     loop_factory = None
@@ -701,4 +704,5 @@ def run(config: BenchConfig, *, progress: Progress | None = None) -> dict[str, A
             cluster.start()
             cluster.wait_healthy(timeout=60)
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(run_async(config, progress=progress, cluster=cluster))
+            return runner.run(run_async(config, progress=progress, cluster=cluster,
+                                        credentials=credentials))

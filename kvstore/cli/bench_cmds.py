@@ -127,15 +127,16 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
         config.validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    credentials = getattr(ctx.obj, "credentials", None)  # kv --tls/--user (not --local)
     console = Console(stderr=as_json)
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(stderr=as_json, width=160)
     progress_console = Console(stderr=True)
     if not no_live and progress_console.is_terminal:
         with report.LiveProgress(progress_console) as progress:
-            results = run(config, progress=progress)
+            results = run(config, progress=progress, credentials=credentials)
     else:
-        results = run(config)
+        results = run(config, credentials=credentials)
     if out_dir is not None:
         for path in report.write_outputs(results, out_dir):
             console.print(f"wrote {path}")

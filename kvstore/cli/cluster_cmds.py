@@ -145,6 +145,8 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
                                "endpoints": local.endpoints(), "stop": down_cmd}))
         return
     _show(local, rf)
+    console.print("[yellow]insecure[/yellow]: no TLS and no authentication (local "
+                  "development; see docs/security.md for a secure cluster)")
     if detach:
         console.print(f"Detached. Stop it with: [bold]{down_cmd}[/bold]")
         return

@@ -38,7 +38,8 @@ def _client(ctx: click.Context) -> AsyncMetaClient:
 
     raw = getattr(ctx.obj, "endpoints", None) or default_endpoints()
     eps = [e.strip().split("=", 1)[-1] for e in raw.split(",") if e.strip()]
-    return AsyncMetaClient(eps, timeout=float(getattr(ctx.obj, "timeout", 5.0) or 5.0))
+    return AsyncMetaClient(eps, timeout=float(getattr(ctx.obj, "timeout", 5.0) or 5.0),
+                           credentials=getattr(ctx.find_root().obj, "credentials", None))
 
 
 def _run(ctx: click.Context, as_json: bool, fn) -> None:

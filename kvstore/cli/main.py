@@ -15,12 +15,16 @@ from pathlib import Path
 import click
 
 from kvstore.cli import output
+from kvstore.cli.auth_opts import credentials_from, security_options
 from kvstore.client import (
     Client,
     ConnectionFailed,
+    Credentials,
     Fenced,
     InvalidArgument,
     KVError,
+    PermissionDenied,
+    Unauthenticated,
     parse_endpoints,
 )
 from kvstore.core import versions
@@ -57,16 +61,18 @@ def default_endpoints() -> str:
 
 
 class Settings:
-    def __init__(self, endpoints: str | None, timeout: float, debug: bool) -> None:
+    def __init__(self, endpoints: str | None, timeout: float, debug: bool,
+                 credentials: Credentials | None = None) -> None:
         self.endpoints = endpoints
         self.timeout = timeout
         self.debug = debug
+        self.credentials = credentials or Credentials()
         self._client: Client | None = None
 
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(parse_endpoints(self.endpoints or default_endpoints()),
-                                  timeout=self.timeout)
+                                  timeout=self.timeout, credentials=self.credentials)
         return self._client
 
     def close(self) -> None:
@@ -81,9 +87,11 @@ class Settings:
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
               help="Request deadline in seconds.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@security_options
 @click.version_option(package_name="kvstore", prog_name="kv")
 @click.pass_context
-def cli(ctx: click.Context, endpoints: str | None, timeout: float, debug: bool) -> None:
+def cli(ctx: click.Context, endpoints: str | None, timeout: float, debug: bool,
+        **security) -> None:
     """kvstore: a replicated key-value store with tunable consistency.
 
     \b
@@ -93,7 +101,7 @@ def cli(ctx: click.Context, endpoints: str | None, timeout: float, debug: bool) 
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = Settings(endpoints, timeout, debug)
+    ctx.obj = Settings(endpoints, timeout, debug, credentials_from(**security))
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -320,7 +328,7 @@ def _context(s: Settings, key: bytes, consistency: str | None, count_w: int | No
     for label, kwargs in _pre_read_levels(consistency, count_w):
         try:
             got = s.client().get(key, trace=True, **kwargs)
-        except (InvalidArgument, ConnectionFailed):
+        except (InvalidArgument, ConnectionFailed, Unauthenticated, PermissionDenied):
             raise
         except KVError as exc:
             failed.append({"consistency": label, "error": f"{type(exc).__name__}: {exc.message}"})
@@ -454,6 +462,10 @@ def _register_groups() -> None:
     cli.add_command(chaos)
     cli.add_command(dashboard)
     cli.add_command(logs)
+    from kvstore.cli.certs_cmd import certs_group  # security: kv certs, kv user
+
+    cli.add_command(certs_group, "certs")
+    cli.add_command(__import__("kvstore.cli.user_cmds", fromlist=["user"]).user)
     cli.add_command(__import__("kvstore.cli.ring_cmd", fromlist=["ring"]).ring)
 
 

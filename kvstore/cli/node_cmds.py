@@ -127,6 +127,24 @@ def node() -> None:
                    "be added (kv raft add ID --learner, then kv raft promote ID); it never "
                    "votes before its promotion. The supported way back for a voter that lost "
                    "its raft state. [env KV_RAFT_JOIN]")
+@click.option("--peer-listen", envvar="KV_PEER_LISTEN", default="",
+              help="A second host:port for internode traffic only, so a firewall can keep "
+                   "peers private (default: peers share --listen). [env KV_PEER_LISTEN]")
+@click.option("--peer-advertise", envvar="KV_PEER_ADVERTISE", default="",
+              help="host:port peers use to reach --peer-listen (default: --peer-listen). "
+                   "[env KV_PEER_ADVERTISE]")
+@click.option("--tls", "tls_dir", envvar="KV_TLS", type=click.Path(path_type=Path),
+              default=None,
+              help="Certificate directory (kv certs): mutual TLS between nodes, the peer's "
+                   "id taken from its certificate; TLS for clients. SIGHUP reloads the "
+                   "files. Without it the node is insecure. [env KV_TLS]")
+@click.option("--auth", is_flag=True, envvar="KV_AUTH",
+              help="Clients must authenticate (token from --user/--password, or a client "
+                   "certificate) and roles are enforced; needs --tls and --raft-voters. "
+                   "[env KV_AUTH]")
+@click.option("--token-ttl", envvar="KV_TOKEN_TTL", default=900.0, show_default=True,
+              type=click.FloatRange(1, 7 * 24 * 3600),
+              help="Seconds a login token stays valid. [env KV_TOKEN_TTL]")
 @click.option("--join", "join", default="", metavar="HOST:PORT[,...]", envvar="KV_JOIN",
               help="Join a running cluster through these nodes (added to --seeds): start "
                    "JOINING, stream the ranges this node will own from their replicas, then "
@@ -145,7 +163,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           raft_join: bool = False, restored: bool = False,
           max_clock_skew: float = 60.0, join: str = "",
           ring_delay: float | None = None, metrics_port: int = 0, chaos: bool = False,
-          log_format: str = "json") -> None:
+          log_format: str = "json", peer_listen: str = "", peer_advertise: str = "",
+          tls_dir: Path | None = None, auth: bool = False, token_ttl: float = 900.0) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -173,6 +192,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         raft_bootstrap=raft_bootstrap, raft_join=raft_join,
         raft_snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")),
         metrics_port=metrics_port, chaos=chaos,
+        peer_listen=peer_listen, peer_advertise=peer_advertise, tls_dir=tls_dir, auth=auth,
+        token_ttl=token_ttl,
     )
     try:
         config.validate()
@@ -185,12 +206,13 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
     from kvstore.services.raft_start import RaftStartRefused
     from kvstore.services.streaming import MoveRefused
     from kvstore.storage import StorageError
+    from kvstore.transport.tls import TlsError
 
     try:
         from kvstore.node import logs
 
         _run(run_node(config, logs.install(node_id, log_format, log_level.upper())))
-    except (RaftStartRefused, MoveRefused, StorageError) as exc:  # one line, exit 1
+    except (RaftStartRefused, MoveRefused, StorageError, TlsError) as exc:  # one line, exit 1
         raise click.ClickException(str(exc)) from None
 
 
@@ -212,8 +234,13 @@ def _run(coro) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"node": HOST:PORT, "status": SERVING|NOT_SERVING|..., '
                    '"unreachable": [...]}.')
+@click.option("--tls", "tls_dir", envvar="KV_TLS", type=click.Path(path_type=Path),
+              default=None, help="The node runs with --tls: trust DIR/ca.crt. [env KV_TLS]")
+@click.option("--cert", default=None, metavar="NAME",
+              help="Present DIR/NAME.crt (a --tls port without --peer-listen asks for one).")
 @click.pass_context
-def health(ctx: click.Context, endpoint: str | None, timeout: float, as_json: bool) -> None:
+def health(ctx: click.Context, endpoint: str | None, timeout: float, as_json: bool,
+           tls_dir: Path | None = None, cert: str | None = None) -> None:
     """Exit 0 if the node reports SERVING on the standard gRPC health service, else 1.
 
     Without --node, asks the endpoints in order and reports the first that answers
@@ -226,6 +253,7 @@ def health(ctx: click.Context, endpoint: str | None, timeout: float, as_json: bo
 
     from kvstore.cli.main import default_endpoints
     from kvstore.client import parse_endpoints
+    from kvstore.node.local_cluster import health_channel
 
     if endpoint is not None:
         candidates = parse_endpoints(endpoint)[:1]
@@ -233,7 +261,7 @@ def health(ctx: click.Context, endpoint: str | None, timeout: float, as_json: bo
         candidates = parse_endpoints(getattr(ctx.obj, "endpoints", None) or default_endpoints())
     unreachable: list[str] = []
     for address in candidates:
-        with grpc.insecure_channel(address) as channel:
+        with health_channel(address, tls_dir, cert) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(service=""),

@@ -35,15 +35,24 @@ def meta_request(endpoints: list[str], req: dict, timeout: float = 5.0) -> dict:
     """Send one admin request (status, conf) to the first endpoint that answers; return the
     reply. A membership change has no session: an endpoint that broke after delivery is
     not tried again (the change may have been applied)."""
+    from kvstore.client.security import Credentials, login_metadata
+
+    ctx = click.get_current_context(silent=True)
+    creds = getattr(ctx.find_root().obj if ctx else None, "credentials", None) or Credentials()
     errors = []
     for ep in endpoints:
-        with grpc.insecure_channel(ep) as channel:
+        with creds.channel(ep) as channel:
             stub = pb_grpc.InternodeStub(channel)
             try:
+                metadata = login_metadata(creds, channel, timeout)
                 batch = pb.PeerBatch(source="kv-cli",
                                      messages=[pb.PeerMessage(raft=client_request(req))])
-                reply = stub.Exchange(batch, timeout=timeout)
+                reply = stub.Exchange(batch, timeout=timeout, metadata=metadata)
             except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED):
+                    raise click.ClickException(f"{ep}: {exc.code().name}: {exc.details()}"
+                                               ) from None
                 errors.append(f"{ep}: {_describe(exc)}")
                 details = (exc.details() or "").lower()
                 if req.get("op") == "conf" and not (

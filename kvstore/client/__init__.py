@@ -10,6 +10,7 @@ from kvstore.client.core import (
     parse_endpoints,
     trace_to_dict,
 )
+from kvstore.client.security import Credentials, read_password_file
 from kvstore.core.errors import (
     Conflict,
     Corruption,
@@ -18,7 +19,9 @@ from kvstore.core.errors import (
     KVError,
     NotLeader,
     NotReady,
+    PermissionDenied,
     Timeout,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -28,16 +31,20 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "Corruption",
+    "Credentials",
     "Fenced",
     "GetResult",
     "InvalidArgument",
     "KVError",
     "NotLeader",
     "NotReady",
+    "PermissionDenied",
     "PutResult",
     "Timeout",
+    "Unauthenticated",
     "Unavailable",
     "Version",
     "parse_endpoints",
+    "read_password_file",
     "trace_to_dict",
 ]

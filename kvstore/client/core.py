@@ -15,17 +15,33 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from kvstore._proto import admin_pb2, admin_pb2_grpc, client_pb2_grpc, common_pb2
+from kvstore._proto import (
+    admin_pb2,
+    admin_pb2_grpc,
+    client_pb2_grpc,
+    common_pb2,
+    security_pb2_grpc,
+)
 from kvstore._proto import client_pb2 as cpb
+from kvstore._proto import security_pb2 as spb
+from kvstore.client.security import Credentials
 from kvstore.core import errors, versions
 from kvstore.core.address import is_host_port
-from kvstore.core.errors import InvalidArgument, KVError, Timeout, Unavailable
+from kvstore.core.errors import (
+    InvalidArgument,
+    KVError,
+    PermissionDenied,
+    Timeout,
+    Unauthenticated,
+    Unavailable,
+)
 
 LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
           "ALL": cpb.ALL, "ANY": cpb.ANY}
@@ -206,11 +222,12 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
 
 
 class _Endpoint:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, credentials: Credentials) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=OPTIONS)
+        self.channel = credentials.aio_channel(address, OPTIONS)
         self.kv = client_pb2_grpc.KVStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
+        self.security = security_pb2_grpc.SecurityStub(self.channel)
         self.pending: list[tuple[cpb.ClientRequest, asyncio.Future]] = []
         self.task: asyncio.Task | None = None
         self.down_until = 0.0
@@ -228,10 +245,15 @@ class _Refused(Exception):
 
 
 class AsyncClient:
+    """`credentials`: TLS and user/password or client certificate (client/security.py)."""
+
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0,
-                 pipeline: bool = True) -> None:
-        self.endpoints = [_Endpoint(a) for a in parse_endpoints(endpoints)]
+                 pipeline: bool = True, credentials: Credentials | None = None) -> None:
+        self.credentials = credentials or Credentials()
+        self.endpoints = [_Endpoint(a, self.credentials) for a in parse_endpoints(endpoints)]
         self.timeout = timeout
+        self._token: tuple[str, float] | None = None  # (token, expiry in loop time)
+        self._login_lock: asyncio.Lock | None = None
         self.pipeline = pipeline
         self._next = itertools.cycle(range(len(self.endpoints)))
 
@@ -316,14 +338,16 @@ class AsyncClient:
         if endpoint is not None:
             ep = self._endpoint(endpoint)
             try:
-                return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout)
+                return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout,
+                                           metadata=await self.metadata(ep))
             except grpc.aio.AioRpcError as exc:
                 raise self._final_error(ep, exc) from None
         loop = asyncio.get_running_loop()
         failed: list[str] = []
         for ep in self.endpoints_in_order():
             try:
-                return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout)
+                return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout,
+                                           metadata=await self.metadata(ep))
             except grpc.aio.AioRpcError as exc:
                 err = self._rpc_error(ep, exc)
                 if not isinstance(err, _Refused | Unavailable | Timeout):
@@ -342,7 +366,8 @@ class AsyncClient:
                      timeout: float = 3600.0):
         """Run anti-entropy on one node with its peers; yields RepairProgress messages."""
         ep = self._endpoint(endpoint)
-        call = ep.admin.Repair(admin_pb2.RepairRequest(peers=list(peers)), timeout=timeout)
+        call = ep.admin.Repair(admin_pb2.RepairRequest(peers=list(peers)), timeout=timeout,
+                               metadata=await self.metadata(ep))
         try:
             async for progress in call:
                 yield progress
@@ -383,10 +408,53 @@ class AsyncClient:
     async def ping(self, payload: bytes = b"", endpoint: str | None = None) -> bytes:
         ep = self._endpoint(endpoint)
         try:
-            reply = await ep.kv.Ping(cpb.PingRequest(payload=payload), timeout=self.timeout)
+            reply = await ep.kv.Ping(cpb.PingRequest(payload=payload), timeout=self.timeout,
+                metadata=await self.metadata(ep))
         except grpc.aio.AioRpcError as exc:
             raise self._final_error(ep, exc) from None
         return reply.payload
+
+    async def metadata(self, ep: _Endpoint | None = None) -> tuple[tuple[str, str], ...]:
+        """Call metadata: the bearer token (logging in first when there is none or it is
+        about to expire); empty without a user."""
+        if self.credentials.user is None or self.credentials.cert:
+            return ()  # a certificate, when given, is the credential
+        loop = asyncio.get_running_loop()
+        if self._token is None or self._token[1] - loop.time() < 5.0:
+            if self._login_lock is None:
+                self._login_lock = asyncio.Lock()
+            async with self._login_lock:
+                if self._token is None or self._token[1] - loop.time() < 5.0:
+                    await self.login(ep)
+        return (("authorization", f"Bearer {self._token[0]}"),)
+
+    async def login(self, ep: _Endpoint | None = None) -> spb.LoginReply:
+        """Log in as the credentials' user; keeps the token for later calls."""
+        creds = self.credentials
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        order = ([ep] if ep else []) + [e for e in self.endpoints if e is not ep]
+        while True:  # nodes that cannot check credentials now (Unavailable): try again
+            errors_seen = []
+            for endpoint in order:
+                try:
+                    reply = await endpoint.security.Login(
+                        spb.LoginRequest(user=creds.user or "", password=creds.password or ""),
+                        timeout=max(0.1, deadline - loop.time()))
+                except grpc.aio.AioRpcError as exc:
+                    err = self._rpc_error(endpoint, exc)
+                    if isinstance(err, (_Refused, Unavailable)):
+                        errors_seen.append(f"{endpoint.address}: {exc.details()}")
+                        continue
+                    raise err from None
+                now_ms = time.time() * 1000
+                ttl = max(0.0, (reply.expires_at_ms - now_ms) / 1000)
+                self._token = (reply.token, loop.time() + ttl)
+                return reply
+            if loop.time() + 0.25 >= deadline:
+                raise ConnectionFailed("could not log in at any node ("
+                                       + "; ".join(errors_seen) + ")")
+            await asyncio.sleep(0.25)
 
     def _endpoint(self, address: str | None) -> _Endpoint:
         if address is None:
@@ -394,7 +462,7 @@ class AsyncClient:
         for ep in self.endpoints:
             if ep.address == address:
                 return ep
-        ep = _Endpoint(address)
+        ep = _Endpoint(address, self.credentials)
         self.endpoints.append(ep)
         return ep
 
@@ -453,12 +521,21 @@ class AsyncClient:
         self, ep: _Endpoint, requests: list[cpb.ClientRequest]
     ) -> list[cpb.ClientReply]:
         deadline = max(r.timeout_ms for r in requests) / 1000 + 1.0
-        try:
-            reply = await ep.kv.Execute(cpb.ClientBatch(requests=requests), timeout=deadline)
-        except grpc.aio.AioRpcError as exc:
-            writes = any(r.WhichOneof("op") != "get" for r in requests)
-            raise self._rpc_error(ep, exc, writes=writes) from None
-        return list(reply.replies)
+        for attempt in (1, 2):
+            try:
+                reply = await ep.kv.Execute(cpb.ClientBatch(requests=requests),
+                                            timeout=deadline,
+                                            metadata=await self.metadata(ep))
+            except grpc.aio.AioRpcError as exc:
+                err = self._rpc_error(ep, exc)
+                if (isinstance(err, Unauthenticated) and attempt == 1
+                        and self.credentials.user is not None and "expired" in str(err)):
+                    self._token = None  # refused before it ran: log in again and resend
+                    continue
+                writes = any(r.WhichOneof("op") != "get" for r in requests)
+                raise self._rpc_error(ep, exc, writes=writes) from None
+            return list(reply.replies)
+        raise AssertionError("unreachable")
 
     @classmethod
     def _final_error(cls, ep: _Endpoint, exc: grpc.aio.AioRpcError) -> Exception:
@@ -493,6 +570,13 @@ class AsyncClient:
             return InvalidArgument(f"{ep.address}: {exc.details()}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Timeout(f"{ep.address} did not answer in time{applied}")
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return Unauthenticated(f"{ep.address}: {exc.details()}")
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return PermissionDenied(f"{ep.address}: {exc.details()}")
+        if code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details or "handshake" in details):
+            return _Refused(f"TLS handshake failed ({exc.details()}): check --tls (the "
+                            "cluster's ca.crt) and whether this node runs with TLS")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return InvalidArgument(f"{ep.address} refused the request: {exc.details()}")
         return KVError(f"{ep.address}: {code.name}: {exc.details()}")
@@ -501,13 +585,14 @@ class AsyncClient:
 class Client:
     """A blocking client for scripts and the CLI (owns a private event loop)."""
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0,
+                 credentials: Credentials | None = None) -> None:
         self._loop = asyncio.new_event_loop()
-        self._async = self._run(self._make(endpoints, timeout))
+        self._async = self._run(self._make(endpoints, timeout, credentials))
 
     @staticmethod
-    async def _make(endpoints, timeout) -> AsyncClient:
-        return AsyncClient(endpoints, timeout=timeout, pipeline=False)
+    async def _make(endpoints, timeout, credentials) -> AsyncClient:
+        return AsyncClient(endpoints, timeout=timeout, pipeline=False, credentials=credentials)
 
     def _run(self, coro):
         return self._loop.run_until_complete(coro)

@@ -132,7 +132,10 @@ def lease_json(info: mpb.LeaseInfo) -> dict:
 
 
 class AsyncMetaClient:
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0,
+                 credentials=None) -> None:
+        """`credentials`: client/security.Credentials (TLS, a client certificate)."""
+        self.credentials = credentials
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self._channels: dict[str, tuple[grpc.aio.Channel, meta_pb2_grpc.MetaStub]] = {}
@@ -184,7 +187,8 @@ class AsyncMetaClient:
 
     def _stub(self, ep: str) -> meta_pb2_grpc.MetaStub:
         if ep not in self._channels:
-            ch = grpc.aio.insecure_channel(ep, options=OPTIONS)
+            ch = (self.credentials.aio_channel(ep, OPTIONS) if self.credentials is not None
+                  else grpc.aio.insecure_channel(ep, options=OPTIONS))
             self._channels[ep] = (ch, meta_pb2_grpc.MetaStub(ch))
         return self._channels[ep][1]
 

@@ -85,3 +85,11 @@ def from_pb(err: pb.Error) -> KVError:
         return Fenced(err.message, lock=f.lock, token=f.token, highest=f.highest,
                       refused_by=tuple(f.refused_by), accepted_by=tuple(f.accepted_by))
     return BY_CODE.get(err.code, Internal)(err.message)
+
+
+class Unauthenticated(KVError):
+    """No credentials, or credentials the cluster does not accept (gRPC UNAUTHENTICATED)."""
+
+
+class PermissionDenied(KVError):
+    """Authenticated, but the role does not allow the request (gRPC PERMISSION_DENIED)."""

@@ -41,6 +41,11 @@ class NodeConfig:
     phi_threshold: float = 8.0
     metrics_port: int = 0             # HTTP port for /metrics and the dashboard; 0: none
     chaos: bool = False               # accept the chaos admin API (kv chaos) (--chaos)
+    peer_listen: str = ""             # a separate internode listener; "" = the same as listen
+    peer_advertise: str = ""          # the address peers use for it (default: peer_listen)
+    tls_dir: Path | None = None       # certificate directory: mutual TLS between nodes
+    auth: bool = False                # clients must authenticate (needs tls_dir and raft)
+    token_ttl: float = 900.0          # seconds a login token is valid
     join: bool = False                # a new node: stream the ranges it will own first (--join)
     ring_delay: float | None = None   # wait after announcing a move; None: 2 gossip + 1 timeout
     verify_moves: bool = True         # a Merkle comparison with the sources after a join
@@ -55,6 +60,13 @@ class NodeConfig:
     def address(self) -> str:
         return self.advertise or self.listen
 
+    @property
+    def peer_address(self) -> str:
+        """Where peers reach this node (gossiped): the peer listener when there is one."""
+        if self.peer_listen and self.peer_listen != self.listen:
+            return self.peer_advertise or self.peer_listen
+        return self.address
+
     def validate(self) -> None:
         """Raise ValueError naming what is wrong and what is allowed."""
         if not self.node_id or any(c.isspace() or c in "=,@" for c in self.node_id):
@@ -63,6 +75,18 @@ class NodeConfig:
         for name, value in (("listen", self.listen), ("advertise", self.address)):
             if not is_host_port(value):
                 raise ValueError(f"--{name} {value!r} must be host:port")
+        if self.peer_listen and not is_host_port(self.peer_listen):
+            raise ValueError(f"--peer-listen {self.peer_listen!r} must be host:port")
+        if self.peer_advertise and not is_host_port(self.peer_advertise):
+            raise ValueError(f"--peer-advertise {self.peer_advertise!r} must be host:port")
+        if self.auth and self.tls_dir is None:
+            raise ValueError("--auth needs --tls (passwords and tokens must not cross the "
+                             "network in clear)")
+        if self.auth and not (self.raft_voters or self.raft_join):
+            raise ValueError("--auth needs the Raft metadata group (--raft-voters): users "
+                             "are kept there")
+        if not 1 <= self.token_ttl <= 7 * 24 * 3600:
+            raise ValueError("--token-ttl must be 1 second .. 7 days")
         if not 1 <= self.replication_factor <= 15:
             raise ValueError(f"replication factor {self.replication_factor} must be 1..15")
         if not 1 <= self.vnodes <= 4096:

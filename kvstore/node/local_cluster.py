@@ -28,6 +28,7 @@ class NodeProcess:
     log: str
     pid: int = 0
     metrics_port: int = 0   # HTTP /metrics and dashboard (0: none)
+    peer_address: str = ""  # a separate peer listener (--peer-listen), if any
 
 
 class LocalCluster:
@@ -35,10 +36,13 @@ class LocalCluster:
                  base_port: int = 7001, replication_factor: int = 3,
                  extra_args: list[str] | None = None, ports: list[int] | None = None,
                  raft_bootstrap: bool = False, metrics_ports: list[int] | None = None,
-                 chaos: bool = False) -> None:
+                 chaos: bool = False, tls_dir: Path | None = None,
+                 peer_ports: list[int] | None = None) -> None:
         """`raft_bootstrap`: the cluster is being created now; each node gets
         --raft-bootstrap on its first start here (a restart never does: a voter that lost
-        its raft state must refuse, see docs/raft.md)."""
+        its raft state must refuse, see docs/raft.md). `tls_dir`: nodes run with --tls
+        (certificates n1.. made beforehand); `peer_ports`: separate peer listeners."""
+        self.tls_dir = Path(tls_dir) if tls_dir else None
         self.data_root = Path(data_root)
         ports = ports or [base_port + i for i in range(nodes)]
         self.nodes = [
@@ -50,6 +54,8 @@ class LocalCluster:
         for node, metrics_port in zip(self.nodes, metrics_ports or [], strict=False):
             node.metrics_port = metrics_port
         self.chaos = chaos
+        for node, peer_port in zip(self.nodes, peer_ports or [], strict=False):
+            node.peer_address = f"{host}:{peer_port}"
         self.replication_factor = replication_factor
         self.extra_args = extra_args or []
         self.bootstrap_pending = {n.id for n in self.nodes} if raft_bootstrap else set()
@@ -61,7 +67,7 @@ class LocalCluster:
         return self.data_root / "cluster.json"
 
     def seeds(self) -> str:
-        return ",".join(f"{n.id}={n.address}" for n in self.nodes)
+        return ",".join(f"{n.id}={n.peer_address or n.address}" for n in self.nodes)
 
     def endpoints(self) -> list[str]:
         return [n.address for n in self.nodes]
@@ -72,11 +78,14 @@ class LocalCluster:
             bootstrap += ["--metrics-port", str(node.metrics_port)]
         if self.chaos:
             bootstrap.append("--chaos")
+        security = ["--peer-listen", node.peer_address] if node.peer_address else []
+        if self.tls_dir is not None:
+            security += ["--tls", str(self.tls_dir)]
         return [
             sys.executable, "-m", "kvstore", "node", "start", "--id", node.id,
             "--listen", node.address, "--seeds", self.seeds(), "--data-dir", node.data_dir,
             "--replication-factor", str(self.replication_factor), *self.extra_args,
-            *bootstrap, *(extra or []),
+            *security, *bootstrap, *(extra or []),
         ]
 
     def start_node(self, node_id: str, extra_args: list[str] | None = None) -> None:
@@ -128,7 +137,8 @@ class LocalCluster:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"node {node_id} exited with code {proc.returncode}; "
                                        f"see {self.node(node_id).log}:\n{self.log_tail(node_id)}")
-                if is_serving(self.node(node_id).address):
+                if is_serving(self.node(node_id).address, tls_dir=self.tls_dir,
+                              cert=node_id if self.tls_dir else None):
                     waiting.discard(node_id)
                     if progress:
                         progress(node_id)
@@ -179,9 +189,25 @@ class LocalCluster:
         self.file.unlink(missing_ok=True)
 
 
-def is_serving(address: str, timeout: float = 0.5) -> bool:
+def health_channel(address: str, tls_dir: Path | None = None,
+                   cert: str | None = None) -> grpc.Channel:
+    """A channel for health checks: TLS trusting tls_dir/ca.crt when given, presenting
+    tls_dir/CERT.crt when named (a port shared with peers asks every caller for one)."""
+    if tls_dir is None:
+        return grpc.insecure_channel(address)
+    root = (Path(tls_dir) / "ca.crt").read_bytes()
+    if cert:
+        creds = grpc.ssl_channel_credentials(root, (Path(tls_dir) / f"{cert}.key").read_bytes(),
+                                             (Path(tls_dir) / f"{cert}.crt").read_bytes())
+    else:
+        creds = grpc.ssl_channel_credentials(root)
+    return grpc.secure_channel(address, creds)
+
+
+def is_serving(address: str, timeout: float = 0.5, tls_dir: Path | None = None,
+               cert: str | None = None) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with health_channel(address, tls_dir, cert) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout)
     except grpc.RpcError:

@@ -101,7 +101,7 @@ class Node:
         self.streamer_state = config.data_dir / MOVE_FILE if config.data_dir else None
         self.joining = self._joining(config)
         self.membership = GossipMembership(
-            config.node_id, config.address, config.seeds, transport,
+            config.node_id, config.peer_address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
             vnodes=config.vnodes, state_path=state_path, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, timeout=min(1.0, config.timeout_ms / 1000),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -25,6 +26,7 @@ from kvstore.transport.base import (
 )
 from kvstore.transport.batching import Coalescer
 from kvstore.transport.faults import FaultFilter
+from kvstore.transport.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,20 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# Admission of an inbound batch: (context, batch, on_client_port) -> None, or abort the call.
+Admit = Callable[[grpc.aio.ServicerContext, pb.PeerBatch, bool], Awaitable[None]]
+
+
 class _InternodeServicer(pb_grpc.InternodeServicer):
-    def __init__(self, transport: GrpcTransport) -> None:
+    def __init__(self, transport: GrpcTransport, client_port: bool = False) -> None:
         self.transport = transport
+        self.client_port = client_port
 
     async def Exchange(
         self, request: pb.PeerBatch, context: grpc.aio.ServicerContext
     ) -> pb.PeerBatchReply:
+        if self.transport.admit is not None:
+            await self.transport.admit(context, request, self.client_port)
         handler = self.transport.handler
         if handler is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "node is starting")
@@ -86,15 +95,28 @@ def _transport_error(peer: str, exc: grpc.aio.AioRpcError, timeout: float) -> Tr
 
 
 class GrpcTransport:
-    def __init__(self, node_id: str, server: grpc.aio.Server) -> None:
+    """`tls`: connect to peers with mutual TLS (each channel verifies that the peer's
+    certificate names the peer id it expects). `admit` checks every inbound batch."""
+
+    def __init__(self, node_id: str, server: grpc.aio.Server, tls: TlsFiles | None = None,
+                 admit: Admit | None = None) -> None:
         self.node_id = node_id
+        self.tls = tls
+        self.admit = admit
         self.handler: Handler | None = None
         self.addresses: dict[str, str] = {}
-        self.channels: dict[str, tuple[str, grpc.aio.Channel, pb_grpc.InternodeStub]] = {}
+        self.channels: dict[str, tuple[tuple[str, int], grpc.aio.Channel,
+                                       pb_grpc.InternodeStub]] = {}
         self.coalescer = Coalescer(node_id, self._send)
         self.lanes: list[Coalescer] = []
         self.faults = FaultFilter()  # chaos (kv chaos): consulted before every batch
         pb_grpc.add_InternodeServicer_to_server(_InternodeServicer(self), server)
+
+    def add_client_port_servicer(self, server: grpc.aio.Server) -> None:
+        """Serve Internode on a separate client listener too (for `kv meta`/`kv raft`:
+        `admit` lets only metadata requests through there)."""
+        pb_grpc.add_InternodeServicer_to_server(_InternodeServicer(self, client_port=True),
+                                                server)
 
     async def start(self, handler: Handler) -> None:
         self.handler = handler
@@ -106,14 +128,23 @@ class GrpcTransport:
         address = self.addresses.get(peer)
         if address is None:
             raise PeerUnreachable(peer, "no known address for this node")
+        key = (address, self.tls.generation if self.tls else 0)
         cached = self.channels.get(peer)
-        if cached and cached[0] == address:
+        if cached and cached[0] == key:
             return cached[2]
-        if cached:
+        if cached:  # moved, or our certificate was rotated: a new connection
             asyncio.get_running_loop().create_task(cached[1].close())
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        if self.tls is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            # Verify that the server's certificate names the peer we mean to reach. A
+            # seed known only by its address ("seed@host:port") is checked against the
+            # host instead (node certificates carry their addresses too).
+            override = [] if "@" in peer else [("grpc.ssl_target_name_override", peer)]
+            channel = grpc.aio.secure_channel(address, self.tls.channel_credentials(),
+                                              options=[*CHANNEL_OPTIONS, *override])
         stub = pb_grpc.InternodeStub(channel)
-        self.channels[peer] = (address, channel, stub)
+        self.channels[peer] = (key, channel, stub)
         return stub
 
     async def _send(self, peer: str, batch: pb.PeerBatch, timeout: float) -> pb.PeerBatchReply:
