@@ -109,6 +109,11 @@ class _PeerQueue:
             timer = self._watch(live, loop)
             try:
                 reply = await self.sender(self.peer, request, timeout)
+            except asyncio.CancelledError:  # closing: the batch in flight gets no answer
+                for _, f, _, _ in live:
+                    if not f.done():
+                        f.set_exception(TransportError(self.peer, "transport closed"))
+                raise
             except TransportError as exc:
                 for _, f, _, _ in live:
                     if not f.done():
@@ -162,6 +167,6 @@ class Coalescer:
                 queue.pending_timer.cancel()
                 queue.pending_timer = None
             for _, f, _, _ in queue.pending:
-                if not f.done():
-                    f.cancel()
+                if not f.done():  # an error the caller handles, not a cancellation of it
+                    f.set_exception(TransportError(queue.peer, "transport closed"))
             queue.pending.clear()
