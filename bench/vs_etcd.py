@@ -50,8 +50,6 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from kvstore._proto import internode_pb2 as ipb
-from kvstore._proto import internode_pb2_grpc as ipb_grpc
 from kvstore.bench import cpu as cpu_meter
 from kvstore.bench.keys import key_name
 from kvstore.bench.levels import Level
@@ -59,8 +57,9 @@ from kvstore.bench.runner import Bench, BenchConfig, free_ports, machine_info, v
 from kvstore.bench.stats import Recorder
 from kvstore.bench.workloads import CEILINGS, get_workload
 from kvstore.client import AsyncClient
+from kvstore.client.meta import AsyncMetaClient
+from kvstore.core.errors import KVError
 from kvstore.node.local_cluster import LocalCluster
-from kvstore.services.raft_driver import client_request
 
 now = time.perf_counter
 INSTALL_HINT = ("etcd is not installed (no `etcd` on PATH). Install Debian's etcd-server: "
@@ -347,31 +346,20 @@ async def run(opts: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 async def meta_phase(cluster: LocalCluster, pids: dict[str, int],
                      opts: argparse.Namespace) -> dict[str, Any]:
-    """Puts on the Raft metadata group, each in its own Exchange call (as `kv meta put`),
-    round-robin over the nodes (a follower forwards to the leader, as etcd's do)."""
-    channels = [grpc.aio.insecure_channel(n.address) for n in cluster.nodes]
-    stubs = [ipb_grpc.InternodeStub(c) for c in channels]
+    """Puts on the Raft metadata group through the typed Meta API, as `kv meta put` sends
+    them (one client with a session; it finds the leader and batches concurrent calls)."""
+    client = AsyncMetaClient([n.address for n in cluster.nodes], timeout=opts.timeout)
     turn = iter(range(10**12))
 
     async def put(i: int) -> None:
-        n = next(turn)
-        req = client_request({"op": "put", "key": f"bench/{i}", "value": str(n)})
-        reply = await stubs[n % len(stubs)].Exchange(
-            ipb.PeerBatch(source="kv-bench", messages=[ipb.PeerMessage(raft=req)]),
-            timeout=opts.timeout)
-        (res,) = reply.results
-        if res.WhichOneof("body") == "error":
-            raise RuntimeError(res.error.message)
-        answer = json.loads(res.raw)
-        if not answer.get("ok"):
-            raise RuntimeError(answer.get("error", "refused"))
+        await client.put(f"bench/{i}", str(next(turn)))
 
     deadline = now() + 30
     while True:  # the group elects a leader after start
         try:
             await put(0)
             break
-        except (RuntimeError, grpc.aio.AioRpcError):
+        except KVError:
             if now() > deadline:
                 raise
             await asyncio.sleep(0.2)
@@ -380,8 +368,7 @@ async def meta_phase(cluster: LocalCluster, pids: dict[str, int],
                                  warmup_s=opts.warmup, duration_s=opts.duration,
                                  records=opts.records, seed=opts.seed)
     finally:
-        for c in channels:
-            await c.close()
+        await client.close()
 
 
 def slim(phase: dict[str, Any]) -> dict[str, Any]:
