@@ -68,11 +68,13 @@ def _ids(text: str, members: dict[str, str], what: str) -> list[str]:
     return ids
 
 
-def _call(address: str, method: str, request, timeout: float):
-    with grpc.insecure_channel(address) as channel:
+def _call(address: str, method: str, request, timeout: float, s=None):
+    """One chaos call; `s` (the CLI settings) brings TLS and credentials."""
+    with (s.channel(address) if s is not None else grpc.insecure_channel(address)) as channel:
         stub = chaos_pb2_grpc.ChaosStub(channel)
         try:
-            return getattr(stub, method)(request, timeout=timeout)
+            metadata = s.call_metadata(channel) if s is not None else ()
+            return getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise click.ClickException(f"{address}: {exc.code().name}: {exc.details()}"
                                        ) from None
@@ -82,7 +84,7 @@ def _inject(s, plan: dict[str, chaos_pb2.FaultRequest], members: dict[str, str],
             as_json: bool, summary: str) -> None:
     states = {}
     for node_id, request in plan.items():
-        states[node_id] = _call(members[node_id], "Inject", request, s.timeout)
+        states[node_id] = _call(members[node_id], "Inject", request, s.timeout, s)
     if as_json:
         output.print_json({"fault": summary, "nodes": {
             n: [f.description for f in st.faults] for n, st in states.items()}})
@@ -193,7 +195,7 @@ def heal(s, as_json: bool) -> None:
     healed, errors = {}, {}
     for node_id, address in sorted(members.items()):
         try:
-            healed[node_id] = _call(address, "Heal", chaos_pb2.HealRequest(), s.timeout).healed
+            healed[node_id] = _call(address, "Heal", chaos_pb2.HealRequest(), s.timeout, s).healed
         except click.ClickException as exc:
             errors[node_id] = exc.message
     if as_json:
@@ -216,7 +218,7 @@ def chaos_status(s, as_json: bool) -> None:
     out = {}
     for node_id, address in sorted(members.items()):
         try:
-            state = _call(address, "State", chaos_pb2.ChaosStateRequest(), s.timeout)
+            state = _call(address, "State", chaos_pb2.ChaosStateRequest(), s.timeout, s)
             out[node_id] = {"faults": [{"description": f.description,
                                         "expires_in_s": f.expires_in_s} for f in state.faults],
                             "events": [{"at": e.at, "text": e.text} for e in state.events]}

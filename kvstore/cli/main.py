@@ -68,12 +68,26 @@ class Settings:
         self.debug = debug
         self.credentials = credentials or Credentials()
         self._client: Client | None = None
+        self._metadata: tuple | None = None
 
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(parse_endpoints(self.endpoints or default_endpoints()),
                                   timeout=self.timeout, credentials=self.credentials)
         return self._client
+
+    def channel(self, address: str):
+        """A blocking channel to one node with this CLI's TLS settings (admin calls that
+        go to every member: status, chaos, logs)."""
+        return self.credentials.channel(address)
+
+    def call_metadata(self, channel) -> tuple:
+        """The login token for such calls (--user), fetched once per command."""
+        if self._metadata is None:
+            from kvstore.client.security import login_metadata
+
+            self._metadata = login_metadata(self.credentials, channel, self.timeout)
+        return self._metadata
 
     def close(self) -> None:
         if self._client is not None:

@@ -15,12 +15,15 @@ from kvstore._proto import observe_pb2, observe_pb2_grpc
 from kvstore.cli import output
 
 
-def fetch_state(address: str, timeout: float) -> dict[str, Any]:
-    with grpc.insecure_channel(address) as channel:
+def fetch_state(address: str, timeout: float, s=None) -> dict[str, Any]:
+    """One member's own state; `s` (the CLI settings) brings TLS and credentials."""
+    with (s.channel(address) if s is not None else grpc.insecure_channel(address)) as channel:
         sent = time.time()
         try:
+            metadata = s.call_metadata(channel) if s is not None else ()
             state = observe_pb2_grpc.ObserveStub(channel).State(observe_pb2.StateRequest(),
-                                                                timeout=timeout)
+                                                                timeout=timeout,
+                                                                metadata=metadata)
         except grpc.RpcError as exc:
             return {"address": address, "error": f"{exc.code().name}: {exc.details()}"}
         received = time.time()
@@ -31,13 +34,33 @@ def fetch_state(address: str, timeout: float) -> dict[str, Any]:
     return out
 
 
+def reachable_addresses(s, members: dict[str, str]) -> dict[str, str]:
+    """Where this CLI reaches each member: the endpoint it was given for that node when
+    there is one (from a host, in-network names do not resolve; with --peer-listen a
+    member's gossiped address is its peer port), else the member's own address."""
+    from kvstore.cli.main import default_endpoints
+    from kvstore.client import KVError, parse_endpoints
+
+    mine = {}
+    for endpoint in parse_endpoints(s.endpoints or default_endpoints()):
+        if endpoint in members.values():
+            mine[next(m for m, a in members.items() if a == endpoint)] = endpoint
+            continue
+        try:
+            mine[s.client().info(endpoint).node_id] = endpoint
+        except KVError:
+            continue
+    return {m: mine.get(m, a) for m, a in members.items()}
+
+
 def cluster_status(s, endpoint: str | None) -> dict[str, Any]:
     """The first answering node's member list, then every member's own state."""
     info = s.client().info(endpoint)
     members = {m.id: m.address for m in info.members}
+    reach = reachable_addresses(s, members)
     nodes = {}
-    for member, address in sorted(members.items()):
-        state = fetch_state(address, min(s.timeout, 2.0))
+    for member in sorted(members):
+        state = fetch_state(reach[member], min(s.timeout, 2.0), s)
         state.setdefault("node_id", member)
         nodes[member] = state
     live = [n for n in nodes.values() if "error" not in n]
@@ -127,9 +150,10 @@ def print_cluster_status(data: dict[str, Any]) -> None:
 def dashboard(s, as_json: bool, open_browser: bool) -> None:
     """Print the URL of the live dashboard (served by every node with --metrics-port)."""
     info = s.client().info()
+    reach = reachable_addresses(s, {m.id: m.address for m in info.members})
     urls = {}
     for member in info.members:
-        state = fetch_state(member.address, min(s.timeout, 2.0))
+        state = fetch_state(reach[member.id], min(s.timeout, 2.0), s)
         if state.get("metrics_url"):
             urls[member.id] = state["metrics_url"]
     if not urls:
@@ -185,14 +209,15 @@ def logs(s, request_id: str, limit: int, as_json: bool) -> None:
     import json
 
     info = s.client().info()
+    reach = reachable_addresses(s, {m.id: m.address for m in info.members})
     found: dict[str, list[str]] = {}
     unreachable = []
     for member in info.members:
-        with grpc.insecure_channel(member.address) as channel:
+        with s.channel(reach[member.id]) as channel:
             try:
                 reply = observe_pb2_grpc.ObserveStub(channel).Logs(
                     observe_pb2.LogsRequest(request_id=request_id, limit=limit),
-                    timeout=min(s.timeout, 3.0))
+                    timeout=min(s.timeout, 3.0), metadata=s.call_metadata(channel))
                 found[member.id] = list(reply.lines)
             except grpc.RpcError:
                 unreachable.append(member.id)

@@ -271,7 +271,7 @@ def test_certificate_rotation_on_sighup(secure):
     res = as_user(c, root, "alice", "put", "rotated", "yes", "--consistency", "ALL")
     assert res.returncode == 0, res.stderr
     res = as_user(c, root, "bob", "status", "--json")
-    assert all(m["up"] for m in json.loads(res.stdout)["members"])
+    assert all(m["up"] for m in json.loads(res.stdout)["members"]), res.stdout
 
 
 def test_clients_authenticate_while_the_raft_group_has_no_quorum(secure):
