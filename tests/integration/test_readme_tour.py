@@ -97,7 +97,8 @@ def run(command: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedPro
 
 def test_the_tour_parses() -> None:
     tour = commands(sh_blocks("## A short tour")[0])
-    assert len(tour) >= 20 and all(c.startswith(("kv ", "printf ", "timeout ")) for c, _ in tour), tour
+    assert len(tour) >= 20, tour
+    assert all(c.startswith(("kv ", "printf ", "timeout ")) for c, _ in tour), tour
     assert ("kv get user:1 --json", 3) in tour
     by_hand = commands(sh_blocks("## A short tour")[1])
     assert [c.split()[:4] for c, _ in by_hand] == [
