@@ -46,7 +46,7 @@ from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.core.errors import InvalidArgument, KVError, Unavailable
 from kvstore.core.gossip import Status
-from kvstore.core.ring import Move, Ring, moves, token_of
+from kvstore.core.ring import Move, moves, token_of
 from kvstore.storage.durable import StateFileError, read_state, write_atomic
 from kvstore.storage.engine import CorruptRecordError
 from kvstore.transport.base import Transport, TransportError
@@ -503,6 +503,3 @@ class RangeStreamer:
                 await self._task
             except asyncio.CancelledError:
                 pass
-
-    def ring_after(self) -> Ring | None:
-        return self.membership.pending_ring
