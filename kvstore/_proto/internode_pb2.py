@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from kvstore._proto import common_pb2 as kvstore_dot___proto_dot_common__pb2
 from kvstore._proto import client_pb2 as kvstore_dot___proto_dot_client__pb2
 from kvstore._proto import meta_pb2 as kvstore_dot___proto_dot_meta__pb2
+from kvstore._proto import txn_pb2 as kvstore_dot___proto_dot_txn__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekvstore/_proto/internode.proto\x12\x07kvstore\x1a\x1bkvstore/_proto/common.proto\x1a\x1bkvstore/_proto/client.proto\x1a\x19kvstore/_proto/meta.proto\"\x1a\n\x0bReplicaRead\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x85\x01\n\x0cReplicaWrite\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.kvstore.VersionSet\x12\x10\n\x08hint_for\x18\x03 \x01(\t\x12\x13\n\x0breply_state\x18\x04 \x01(\x08\x12\x1d\n\x05\x66\x65nce\x18\x05 \x01(\x0b\x32\x0e.kvstore.Fence\"2\n\x07\x46orward\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.kvstore.ClientRequest\"\x87\x01\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12,\n\x07members\x18\x03 \x03(\x0b\x32\x1b.kvstore.Hello.MembersEntry\x1a.\n\x0cMembersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x0f\x41ntiEntropyStep\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"r\n\nStreamRead\x12\r\n\x05start\x18\x01 \x01(\x12\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x12\x12\x11\n\thas_after\x18\x03 \x01(\x08\x12\x13\n\x0b\x61\x66ter_token\x18\x04 \x01(\x12\x12\x11\n\tafter_key\x18\x05 \x01(\x0c\x12\r\n\x05limit\x18\x06 \x01(\r\">\n\x0bStreamEntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.kvstore.VersionSet\"\x9d\x01\n\nStreamPage\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.kvstore.StreamEntry\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0b\n\x03\x63rc\x18\x03 \x01(\x07\x12\x0f\n\x07\x63orrupt\x18\x04 \x03(\x0c\x12\x12\n\nhas_resume\x18\x05 \x01(\x08\x12\x14\n\x0cresume_token\x18\x06 \x01(\x12\x12\x12\n\nresume_key\x18\x07 \x01(\x0c\"\xf2\x02\n\x0bPeerMessage\x12$\n\x04read\x18\x01 \x01(\x0b\x32\x14.kvstore.ReplicaReadH\x00\x12&\n\x05write\x18\x02 \x01(\x0b\x32\x15.kvstore.ReplicaWriteH\x00\x12#\n\x07\x66orward\x18\x03 \x01(\x0b\x32\x10.kvstore.ForwardH\x00\x12\x1f\n\x05hello\x18\x04 \x01(\x0b\x32\x0e.kvstore.HelloH\x00\x12\x0e\n\x04raft\x18\x05 \x01(\x0cH\x00\x12\x10\n\x06gossip\x18\x06 \x01(\x0cH\x00\x12\x13\n\textension\x18\x07 \x01(\x0cH\x00\x12/\n\x0b\x61ntientropy\x18\x08 \x01(\x0b\x32\x18.kvstore.AntiEntropyStepH\x00\x12$\n\x04meta\x18\t \x01(\x0b\x32\x14.kvstore.MetaRequestH\x00\x12%\n\x06stream\x18\x14 \x01(\x0b\x32\x13.kvstore.StreamReadH\x00\x12\x12\n\nrequest_id\x18\x15 \x01(\tB\x06\n\x04\x62ody\"\x8a\x02\n\nPeerResult\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x13.kvstore.VersionSetH\x00\x12%\n\x05reply\x18\x02 \x01(\x0b\x32\x14.kvstore.ClientReplyH\x00\x12\x1f\n\x05hello\x18\x03 \x01(\x0b\x32\x0e.kvstore.HelloH\x00\x12\r\n\x03raw\x18\x04 \x01(\x0cH\x00\x12\x1f\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0e.kvstore.ErrorH\x00\x12\"\n\x04meta\x18\x07 \x01(\x0b\x32\x12.kvstore.MetaReplyH\x00\x12#\n\x04page\x18\x14 \x01(\x0b\x32\x13.kvstore.StreamPageH\x00\x12\r\n\x05\x66ound\x18\x06 \x01(\x08\x42\x06\n\x04\x62ody\"C\n\tPeerBatch\x12\x0e\n\x06source\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.kvstore.PeerMessage\"6\n\x0ePeerBatchReply\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.kvstore.PeerResult2D\n\tInternode\x12\x37\n\x08\x45xchange\x12\x12.kvstore.PeerBatch\x1a\x17.kvstore.PeerBatchReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekvstore/_proto/internode.proto\x12\x07kvstore\x1a\x1bkvstore/_proto/common.proto\x1a\x1bkvstore/_proto/client.proto\x1a\x19kvstore/_proto/meta.proto\x1a\x18kvstore/_proto/txn.proto\"\x1a\n\x0bReplicaRead\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x85\x01\n\x0cReplicaWrite\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.kvstore.VersionSet\x12\x10\n\x08hint_for\x18\x03 \x01(\t\x12\x13\n\x0breply_state\x18\x04 \x01(\x08\x12\x1d\n\x05\x66\x65nce\x18\x05 \x01(\x0b\x32\x0e.kvstore.Fence\"2\n\x07\x46orward\x12\'\n\x07request\x18\x01 \x01(\x0b\x32\x16.kvstore.ClientRequest\"\x87\x01\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12,\n\x07members\x18\x03 \x03(\x0b\x32\x1b.kvstore.Hello.MembersEntry\x1a.\n\x0cMembersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x0f\x41ntiEntropyStep\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"r\n\nStreamRead\x12\r\n\x05start\x18\x01 \x01(\x12\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x12\x12\x11\n\thas_after\x18\x03 \x01(\x08\x12\x13\n\x0b\x61\x66ter_token\x18\x04 \x01(\x12\x12\x11\n\tafter_key\x18\x05 \x01(\x0c\x12\r\n\x05limit\x18\x06 \x01(\r\">\n\x0bStreamEntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.kvstore.VersionSet\"\x9d\x01\n\nStreamPage\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.kvstore.StreamEntry\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0b\n\x03\x63rc\x18\x03 \x01(\x07\x12\x0f\n\x07\x63orrupt\x18\x04 \x03(\x0c\x12\x12\n\nhas_resume\x18\x05 \x01(\x08\x12\x14\n\x0cresume_token\x18\x06 \x01(\x12\x12\x12\n\nresume_key\x18\x07 \x01(\x0c\"\x93\x03\n\x0bPeerMessage\x12$\n\x04read\x18\x01 \x01(\x0b\x32\x14.kvstore.ReplicaReadH\x00\x12&\n\x05write\x18\x02 \x01(\x0b\x32\x15.kvstore.ReplicaWriteH\x00\x12#\n\x07\x66orward\x18\x03 \x01(\x0b\x32\x10.kvstore.ForwardH\x00\x12\x1f\n\x05hello\x18\x04 \x01(\x0b\x32\x0e.kvstore.HelloH\x00\x12\x0e\n\x04raft\x18\x05 \x01(\x0cH\x00\x12\x10\n\x06gossip\x18\x06 \x01(\x0cH\x00\x12\x13\n\textension\x18\x07 \x01(\x0cH\x00\x12/\n\x0b\x61ntientropy\x18\x08 \x01(\x0b\x32\x18.kvstore.AntiEntropyStepH\x00\x12$\n\x04meta\x18\t \x01(\x0b\x32\x14.kvstore.MetaRequestH\x00\x12%\n\x06stream\x18\x14 \x01(\x0b\x32\x13.kvstore.StreamReadH\x00\x12\x1f\n\x03txn\x18\x16 \x01(\x0b\x32\x10.kvstore.TxnPeerH\x00\x12\x12\n\nrequest_id\x18\x15 \x01(\tB\x06\n\x04\x62ody\"\xb0\x02\n\nPeerResult\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x13.kvstore.VersionSetH\x00\x12%\n\x05reply\x18\x02 \x01(\x0b\x32\x14.kvstore.ClientReplyH\x00\x12\x1f\n\x05hello\x18\x03 \x01(\x0b\x32\x0e.kvstore.HelloH\x00\x12\r\n\x03raw\x18\x04 \x01(\x0cH\x00\x12\x1f\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0e.kvstore.ErrorH\x00\x12\"\n\x04meta\x18\x07 \x01(\x0b\x32\x12.kvstore.MetaReplyH\x00\x12#\n\x04page\x18\x14 \x01(\x0b\x32\x13.kvstore.StreamPageH\x00\x12$\n\x03txn\x18\x15 \x01(\x0b\x32\x15.kvstore.TxnPeerReplyH\x00\x12\r\n\x05\x66ound\x18\x06 \x01(\x08\x42\x06\n\x04\x62ody\"C\n\tPeerBatch\x12\x0e\n\x06source\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.kvstore.PeerMessage\"6\n\x0ePeerBatchReply\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.kvstore.PeerResult2D\n\tInternode\x12\x37\n\x08\x45xchange\x12\x12.kvstore.PeerBatch\x1a\x17.kvstore.PeerBatchReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HELLO_MEMBERSENTRY']._loaded_options = None
   _globals['_HELLO_MEMBERSENTRY']._serialized_options = b'8\001'
-  _globals['_REPLICAREAD']._serialized_start=128
-  _globals['_REPLICAREAD']._serialized_end=154
-  _globals['_REPLICAWRITE']._serialized_start=157
-  _globals['_REPLICAWRITE']._serialized_end=290
-  _globals['_FORWARD']._serialized_start=292
-  _globals['_FORWARD']._serialized_end=342
-  _globals['_HELLO']._serialized_start=345
-  _globals['_HELLO']._serialized_end=480
-  _globals['_HELLO_MEMBERSENTRY']._serialized_start=434
-  _globals['_HELLO_MEMBERSENTRY']._serialized_end=480
-  _globals['_ANTIENTROPYSTEP']._serialized_start=482
-  _globals['_ANTIENTROPYSTEP']._serialized_end=533
-  _globals['_STREAMREAD']._serialized_start=535
-  _globals['_STREAMREAD']._serialized_end=649
-  _globals['_STREAMENTRY']._serialized_start=651
-  _globals['_STREAMENTRY']._serialized_end=713
-  _globals['_STREAMPAGE']._serialized_start=716
-  _globals['_STREAMPAGE']._serialized_end=873
-  _globals['_PEERMESSAGE']._serialized_start=876
-  _globals['_PEERMESSAGE']._serialized_end=1246
-  _globals['_PEERRESULT']._serialized_start=1249
-  _globals['_PEERRESULT']._serialized_end=1515
-  _globals['_PEERBATCH']._serialized_start=1517
-  _globals['_PEERBATCH']._serialized_end=1584
-  _globals['_PEERBATCHREPLY']._serialized_start=1586
-  _globals['_PEERBATCHREPLY']._serialized_end=1640
-  _globals['_INTERNODE']._serialized_start=1642
-  _globals['_INTERNODE']._serialized_end=1710
+  _globals['_REPLICAREAD']._serialized_start=154
+  _globals['_REPLICAREAD']._serialized_end=180
+  _globals['_REPLICAWRITE']._serialized_start=183
+  _globals['_REPLICAWRITE']._serialized_end=316
+  _globals['_FORWARD']._serialized_start=318
+  _globals['_FORWARD']._serialized_end=368
+  _globals['_HELLO']._serialized_start=371
+  _globals['_HELLO']._serialized_end=506
+  _globals['_HELLO_MEMBERSENTRY']._serialized_start=460
+  _globals['_HELLO_MEMBERSENTRY']._serialized_end=506
+  _globals['_ANTIENTROPYSTEP']._serialized_start=508
+  _globals['_ANTIENTROPYSTEP']._serialized_end=559
+  _globals['_STREAMREAD']._serialized_start=561
+  _globals['_STREAMREAD']._serialized_end=675
+  _globals['_STREAMENTRY']._serialized_start=677
+  _globals['_STREAMENTRY']._serialized_end=739
+  _globals['_STREAMPAGE']._serialized_start=742
+  _globals['_STREAMPAGE']._serialized_end=899
+  _globals['_PEERMESSAGE']._serialized_start=902
+  _globals['_PEERMESSAGE']._serialized_end=1305
+  _globals['_PEERRESULT']._serialized_start=1308
+  _globals['_PEERRESULT']._serialized_end=1612
+  _globals['_PEERBATCH']._serialized_start=1614
+  _globals['_PEERBATCH']._serialized_end=1681
+  _globals['_PEERBATCHREPLY']._serialized_start=1683
+  _globals['_PEERBATCHREPLY']._serialized_end=1737
+  _globals['_INTERNODE']._serialized_start=1739
+  _globals['_INTERNODE']._serialized_end=1807
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 from kvstore._proto import common_pb2 as _common_pb2
 from kvstore._proto import client_pb2 as _client_pb2
 from kvstore._proto import meta_pb2 as _meta_pb2
+from kvstore._proto import txn_pb2 as _txn_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -103,7 +104,7 @@ class StreamPage(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[StreamEntry, _Mapping]]] = ..., done: _Optional[bool] = ..., crc: _Optional[int] = ..., corrupt: _Optional[_Iterable[bytes]] = ..., has_resume: _Optional[bool] = ..., resume_token: _Optional[int] = ..., resume_key: _Optional[bytes] = ...) -> None: ...
 
 class PeerMessage(_message.Message):
-    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy", "meta", "stream", "request_id")
+    __slots__ = ("read", "write", "forward", "hello", "raft", "gossip", "extension", "antientropy", "meta", "stream", "txn", "request_id")
     READ_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +115,7 @@ class PeerMessage(_message.Message):
     ANTIENTROPY_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     read: ReplicaRead
     write: ReplicaWrite
@@ -125,11 +127,12 @@ class PeerMessage(_message.Message):
     antientropy: AntiEntropyStep
     meta: _meta_pb2.MetaRequest
     stream: StreamRead
+    txn: _txn_pb2.TxnPeer
     request_id: str
-    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaRequest, _Mapping]] = ..., stream: _Optional[_Union[StreamRead, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaRequest, _Mapping]] = ..., stream: _Optional[_Union[StreamRead, _Mapping]] = ..., txn: _Optional[_Union[_txn_pb2.TxnPeer, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PeerResult(_message.Message):
-    __slots__ = ("state", "reply", "hello", "raw", "error", "meta", "page", "found")
+    __slots__ = ("state", "reply", "hello", "raw", "error", "meta", "page", "txn", "found")
     STATE_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +140,7 @@ class PeerResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     state: _common_pb2.VersionSet
     reply: _client_pb2.ClientReply
@@ -145,8 +149,9 @@ class PeerResult(_message.Message):
     error: _common_pb2.Error
     meta: _meta_pb2.MetaReply
     page: StreamPage
+    txn: _txn_pb2.TxnPeerReply
     found: bool
-    def __init__(self, state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., reply: _Optional[_Union[_client_pb2.ClientReply, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raw: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaReply, _Mapping]] = ..., page: _Optional[_Union[StreamPage, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., reply: _Optional[_Union[_client_pb2.ClientReply, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raw: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaReply, _Mapping]] = ..., page: _Optional[_Union[StreamPage, _Mapping]] = ..., txn: _Optional[_Union[_txn_pb2.TxnPeerReply, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
 
 class PeerBatch(_message.Message):
     __slots__ = ("source", "messages")

@@ -22,73 +22,74 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from kvstore._proto import txn_pb2 as kvstore_dot___proto_dot_txn__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kvstore/_proto/meta.proto\x12\x07kvstore\"8\n\x07Session\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x61\x63ked\x18\x03 \x01(\x04\"4\n\x07MetaPut\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05lease\x18\x03 \x01(\x04\"\x19\n\nMetaDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\"m\n\x07MetaCas\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x15\n\rexpect_absent\x18\x02 \x01(\x08\x12\x10\n\x08\x65xpected\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65lete\x18\x04 \x01(\x08\x12\r\n\x05value\x18\x05 \x01(\t\x12\r\n\x05lease\x18\x06 \x01(\x04\"\x10\n\x0eRegisterClient\"\x1c\n\nLeaseGrant\x12\x0e\n\x06ttl_ms\x18\x01 \x01(\x03\"\x1f\n\x0eLeaseKeepAlive\x12\r\n\x05lease\x18\x01 \x01(\x04\"\x1c\n\x0bLeaseRevoke\x12\r\n\x05lease\x18\x01 \x01(\x04\"/\n\x0bLeaseExpire\x12\r\n\x05lease\x18\x01 \x01(\x04\x12\x11\n\trefreshed\x18\x02 \x01(\x04\"5\n\x0eLeaseRemaining\x12\r\n\x05lease\x18\x01 \x01(\x04\x12\x14\n\x0cremaining_ms\x18\x02 \x01(\x03\"I\n\x0fLeaseCheckpoint\x12\'\n\x06leases\x18\x01 \x03(\x0b\x32\x17.kvstore.LeaseRemaining\x12\r\n\x05\x61s_of\x18\x02 \x01(\x04\"*\n\x0bLockAcquire\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x04\"9\n\x0bLockRelease\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x04\"\x9a\x04\n\x0bMetaCommand\x12!\n\x07session\x18\x01 \x01(\x0b\x32\x10.kvstore.Session\x12\x1f\n\x03put\x18\x02 \x01(\x0b\x32\x10.kvstore.MetaPutH\x00\x12%\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x13.kvstore.MetaDeleteH\x00\x12\x1f\n\x03\x63\x61s\x18\x04 \x01(\x0b\x32\x10.kvstore.MetaCasH\x00\x12+\n\x08register\x18\x05 \x01(\x0b\x32\x17.kvstore.RegisterClientH\x00\x12*\n\x0blease_grant\x18\x06 \x01(\x0b\x32\x13.kvstore.LeaseGrantH\x00\x12\x32\n\x0flease_keepalive\x18\x07 \x01(\x0b\x32\x17.kvstore.LeaseKeepAliveH\x00\x12,\n\x0clease_revoke\x18\x08 \x01(\x0b\x32\x14.kvstore.LeaseRevokeH\x00\x12,\n\x0clease_expire\x18\t \x01(\x0b\x32\x14.kvstore.LeaseExpireH\x00\x12\x34\n\x10lease_checkpoint\x18\n \x01(\x0b\x32\x18.kvstore.LeaseCheckpointH\x00\x12,\n\x0clock_acquire\x18\x0b \x01(\x0b\x32\x14.kvstore.LockAcquireH\x00\x12,\n\x0clock_release\x18\x0c \x01(\x0b\x32\x14.kvstore.LockReleaseH\x00\x42\x04\n\x02op\"u\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x04\x12\r\n\x05lease\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\x04\"Z\n\tLeaseInfo\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x14\n\x0cremaining_ms\x18\x03 \x01(\x03\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\r\n\x05locks\x18\x05 \x03(\t\"H\n\x08LockInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x04\x12\x0f\n\x07waiters\x18\x04 \x03(\x04\"\xeb\x01\n\nMetaResult\x12\x1f\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x11.kvstore.MetaCode\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x1f\n\x04prev\x18\x04 \x01(\x0b\x32\x11.kvstore.KeyValue\x12\x10\n\x08had_prev\x18\x05 \x01(\x08\x12\x11\n\tclient_id\x18\x06 \x01(\x04\x12!\n\x05lease\x18\x07 \x01(\x0b\x32\x12.kvstore.LeaseInfo\x12\r\n\x05token\x18\x08 \x01(\x04\x12\x10\n\x08position\x18\t \x01(\r\x12\x11\n\tduplicate\x18\n \x01(\x08\"=\n\x08MetaRead\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x14\n\x0cserializable\x18\x03 \x01(\x08\"\x1b\n\nLeaseQuery\x12\r\n\x05lease\x18\x01 \x01(\x04\"8\n\x08LockWait\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\"`\n\tMetaWatch\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x16\n\x0estart_revision\x18\x03 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\r\"\x80\x01\n\tMetaEvent\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.kvstore.MetaEvent.Type\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x1d\n\x02kv\x18\x03 \x01(\x0b\x32\x11.kvstore.KeyValue\"\x1b\n\x04Type\x12\x07\n\x03PUT\x10\x00\x12\n\n\x06\x44\x45LETE\x10\x01\"\xe8\x01\n\x0bMetaRequest\x12\'\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x14.kvstore.MetaCommandH\x00\x12!\n\x04read\x18\x02 \x01(\x0b\x32\x11.kvstore.MetaReadH\x00\x12*\n\x0blease_query\x18\x03 \x01(\x0b\x32\x13.kvstore.LeaseQueryH\x00\x12&\n\tlock_wait\x18\x04 \x01(\x0b\x32\x11.kvstore.LockWaitH\x00\x12#\n\x05watch\x18\x05 \x01(\x0b\x32\x12.kvstore.MetaWatchH\x00\x12\x0c\n\x04hops\x18\x0f \x01(\rB\x06\n\x04\x62ody\"\xfb\x01\n\tMetaReply\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.kvstore.MetaResult\x12\x1e\n\x03kvs\x18\x02 \x03(\x0b\x32\x11.kvstore.KeyValue\x12\"\n\x06leases\x18\x03 \x03(\x0b\x32\x12.kvstore.LeaseInfo\x12\x1f\n\x04lock\x18\x04 \x01(\x0b\x32\x11.kvstore.LockInfo\x12\x0e\n\x06leader\x18\x05 \x01(\t\x12\"\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x12.kvstore.MetaEvent\x12\x18\n\x10\x63ompact_revision\x18\x07 \x01(\x04\x12\x16\n\x0eleader_address\x18\x08 \x01(\t\"3\n\tMetaBatch\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.kvstore.MetaRequest\"5\n\x0eMetaBatchReply\x12#\n\x07replies\x18\x01 \x03(\x0b\x32\x12.kvstore.MetaReply*\xe9\x01\n\x08MetaCode\x12\x0b\n\x07META_OK\x10\x00\x12\x17\n\x13META_COMPARE_FAILED\x10\x01\x12\x12\n\x0eMETA_NOT_FOUND\x10\x02\x12\x11\n\rMETA_NO_LEASE\x10\x03\x12\x18\n\x14META_SESSION_EXPIRED\x10\x04\x12\x14\n\x10META_BAD_REQUEST\x10\x05\x12\x13\n\x0fMETA_NOT_HOLDER\x10\x06\x12\x14\n\x10META_UNAVAILABLE\x10\x07\x12\x10\n\x0cMETA_UNKNOWN\x10\x08\x12\x0f\n\x0bMETA_QUEUED\x10\t\x12\x12\n\x0eMETA_COMPACTED\x10\n2r\n\x04Meta\x12\x30\n\x04\x43\x61ll\x12\x14.kvstore.MetaRequest\x1a\x12.kvstore.MetaReply\x12\x38\n\tCallBatch\x12\x12.kvstore.MetaBatch\x1a\x17.kvstore.MetaBatchReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kvstore/_proto/meta.proto\x12\x07kvstore\x1a\x18kvstore/_proto/txn.proto\"8\n\x07Session\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x61\x63ked\x18\x03 \x01(\x04\"4\n\x07MetaPut\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05lease\x18\x03 \x01(\x04\"\x19\n\nMetaDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\"m\n\x07MetaCas\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x15\n\rexpect_absent\x18\x02 \x01(\x08\x12\x10\n\x08\x65xpected\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65lete\x18\x04 \x01(\x08\x12\r\n\x05value\x18\x05 \x01(\t\x12\r\n\x05lease\x18\x06 \x01(\x04\"\x10\n\x0eRegisterClient\"\x1c\n\nLeaseGrant\x12\x0e\n\x06ttl_ms\x18\x01 \x01(\x03\"\x1f\n\x0eLeaseKeepAlive\x12\r\n\x05lease\x18\x01 \x01(\x04\"\x1c\n\x0bLeaseRevoke\x12\r\n\x05lease\x18\x01 \x01(\x04\"/\n\x0bLeaseExpire\x12\r\n\x05lease\x18\x01 \x01(\x04\x12\x11\n\trefreshed\x18\x02 \x01(\x04\"5\n\x0eLeaseRemaining\x12\r\n\x05lease\x18\x01 \x01(\x04\x12\x14\n\x0cremaining_ms\x18\x02 \x01(\x03\"I\n\x0fLeaseCheckpoint\x12\'\n\x06leases\x18\x01 \x03(\x0b\x32\x17.kvstore.LeaseRemaining\x12\r\n\x05\x61s_of\x18\x02 \x01(\x04\"*\n\x0bLockAcquire\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x04\"9\n\x0bLockRelease\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x04\"\x96\x05\n\x0bMetaCommand\x12!\n\x07session\x18\x01 \x01(\x0b\x32\x10.kvstore.Session\x12\x1f\n\x03put\x18\x02 \x01(\x0b\x32\x10.kvstore.MetaPutH\x00\x12%\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x13.kvstore.MetaDeleteH\x00\x12\x1f\n\x03\x63\x61s\x18\x04 \x01(\x0b\x32\x10.kvstore.MetaCasH\x00\x12+\n\x08register\x18\x05 \x01(\x0b\x32\x17.kvstore.RegisterClientH\x00\x12*\n\x0blease_grant\x18\x06 \x01(\x0b\x32\x13.kvstore.LeaseGrantH\x00\x12\x32\n\x0flease_keepalive\x18\x07 \x01(\x0b\x32\x17.kvstore.LeaseKeepAliveH\x00\x12,\n\x0clease_revoke\x18\x08 \x01(\x0b\x32\x14.kvstore.LeaseRevokeH\x00\x12,\n\x0clease_expire\x18\t \x01(\x0b\x32\x14.kvstore.LeaseExpireH\x00\x12\x34\n\x10lease_checkpoint\x18\n \x01(\x0b\x32\x18.kvstore.LeaseCheckpointH\x00\x12,\n\x0clock_acquire\x18\x0b \x01(\x0b\x32\x14.kvstore.LockAcquireH\x00\x12,\n\x0clock_release\x18\x0c \x01(\x0b\x32\x14.kvstore.LockReleaseH\x00\x12&\n\ttxn_begin\x18\r \x01(\x0b\x32\x11.kvstore.TxnBeginH\x00\x12(\n\ntxn_decide\x18\x0e \x01(\x0b\x32\x12.kvstore.TxnDecideH\x00\x12(\n\ntxn_forget\x18\x0f \x01(\x0b\x32\x12.kvstore.TxnForgetH\x00\x42\x04\n\x02op\"u\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x04\x12\r\n\x05lease\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\x04\"Z\n\tLeaseInfo\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x14\n\x0cremaining_ms\x18\x03 \x01(\x03\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\r\n\x05locks\x18\x05 \x03(\t\"H\n\x08LockInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x04\x12\x0f\n\x07waiters\x18\x04 \x03(\x04\"\x8c\x02\n\nMetaResult\x12\x1f\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x11.kvstore.MetaCode\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x1f\n\x04prev\x18\x04 \x01(\x0b\x32\x11.kvstore.KeyValue\x12\x10\n\x08had_prev\x18\x05 \x01(\x08\x12\x11\n\tclient_id\x18\x06 \x01(\x04\x12!\n\x05lease\x18\x07 \x01(\x0b\x32\x12.kvstore.LeaseInfo\x12\r\n\x05token\x18\x08 \x01(\x04\x12\x10\n\x08position\x18\t \x01(\r\x12\x11\n\tduplicate\x18\n \x01(\x08\x12\x1f\n\x03txn\x18\x0b \x01(\x0b\x32\x12.kvstore.TxnRecord\"=\n\x08MetaRead\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x14\n\x0cserializable\x18\x03 \x01(\x08\"\x1b\n\nLeaseQuery\x12\r\n\x05lease\x18\x01 \x01(\x04\"8\n\x08LockWait\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\"`\n\tMetaWatch\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x16\n\x0estart_revision\x18\x03 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\r\"\x80\x01\n\tMetaEvent\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.kvstore.MetaEvent.Type\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x1d\n\x02kv\x18\x03 \x01(\x0b\x32\x11.kvstore.KeyValue\"\x1b\n\x04Type\x12\x07\n\x03PUT\x10\x00\x12\n\n\x06\x44\x45LETE\x10\x01\"\x90\x02\n\x0bMetaRequest\x12\'\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x14.kvstore.MetaCommandH\x00\x12!\n\x04read\x18\x02 \x01(\x0b\x32\x11.kvstore.MetaReadH\x00\x12*\n\x0blease_query\x18\x03 \x01(\x0b\x32\x13.kvstore.LeaseQueryH\x00\x12&\n\tlock_wait\x18\x04 \x01(\x0b\x32\x11.kvstore.LockWaitH\x00\x12#\n\x05watch\x18\x05 \x01(\x0b\x32\x12.kvstore.MetaWatchH\x00\x12&\n\ttxn_query\x18\x06 \x01(\x0b\x32\x11.kvstore.TxnQueryH\x00\x12\x0c\n\x04hops\x18\x0f \x01(\rB\x06\n\x04\x62ody\"\xfb\x01\n\tMetaReply\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.kvstore.MetaResult\x12\x1e\n\x03kvs\x18\x02 \x03(\x0b\x32\x11.kvstore.KeyValue\x12\"\n\x06leases\x18\x03 \x03(\x0b\x32\x12.kvstore.LeaseInfo\x12\x1f\n\x04lock\x18\x04 \x01(\x0b\x32\x11.kvstore.LockInfo\x12\x0e\n\x06leader\x18\x05 \x01(\t\x12\"\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x12.kvstore.MetaEvent\x12\x18\n\x10\x63ompact_revision\x18\x07 \x01(\x04\x12\x16\n\x0eleader_address\x18\x08 \x01(\t\"3\n\tMetaBatch\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.kvstore.MetaRequest\"5\n\x0eMetaBatchReply\x12#\n\x07replies\x18\x01 \x03(\x0b\x32\x12.kvstore.MetaReply*\xe9\x01\n\x08MetaCode\x12\x0b\n\x07META_OK\x10\x00\x12\x17\n\x13META_COMPARE_FAILED\x10\x01\x12\x12\n\x0eMETA_NOT_FOUND\x10\x02\x12\x11\n\rMETA_NO_LEASE\x10\x03\x12\x18\n\x14META_SESSION_EXPIRED\x10\x04\x12\x14\n\x10META_BAD_REQUEST\x10\x05\x12\x13\n\x0fMETA_NOT_HOLDER\x10\x06\x12\x14\n\x10META_UNAVAILABLE\x10\x07\x12\x10\n\x0cMETA_UNKNOWN\x10\x08\x12\x0f\n\x0bMETA_QUEUED\x10\t\x12\x12\n\x0eMETA_COMPACTED\x10\n2r\n\x04Meta\x12\x30\n\x04\x43\x61ll\x12\x14.kvstore.MetaRequest\x1a\x12.kvstore.MetaReply\x12\x38\n\tCallBatch\x12\x12.kvstore.MetaBatch\x1a\x17.kvstore.MetaBatchReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore._proto.meta_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METACODE']._serialized_start=2722
-  _globals['_METACODE']._serialized_end=2955
-  _globals['_SESSION']._serialized_start=38
-  _globals['_SESSION']._serialized_end=94
-  _globals['_METAPUT']._serialized_start=96
-  _globals['_METAPUT']._serialized_end=148
-  _globals['_METADELETE']._serialized_start=150
-  _globals['_METADELETE']._serialized_end=175
-  _globals['_METACAS']._serialized_start=177
-  _globals['_METACAS']._serialized_end=286
-  _globals['_REGISTERCLIENT']._serialized_start=288
-  _globals['_REGISTERCLIENT']._serialized_end=304
-  _globals['_LEASEGRANT']._serialized_start=306
-  _globals['_LEASEGRANT']._serialized_end=334
-  _globals['_LEASEKEEPALIVE']._serialized_start=336
-  _globals['_LEASEKEEPALIVE']._serialized_end=367
-  _globals['_LEASEREVOKE']._serialized_start=369
-  _globals['_LEASEREVOKE']._serialized_end=397
-  _globals['_LEASEEXPIRE']._serialized_start=399
-  _globals['_LEASEEXPIRE']._serialized_end=446
-  _globals['_LEASEREMAINING']._serialized_start=448
-  _globals['_LEASEREMAINING']._serialized_end=501
-  _globals['_LEASECHECKPOINT']._serialized_start=503
-  _globals['_LEASECHECKPOINT']._serialized_end=576
-  _globals['_LOCKACQUIRE']._serialized_start=578
-  _globals['_LOCKACQUIRE']._serialized_end=620
-  _globals['_LOCKRELEASE']._serialized_start=622
-  _globals['_LOCKRELEASE']._serialized_end=679
-  _globals['_METACOMMAND']._serialized_start=682
-  _globals['_METACOMMAND']._serialized_end=1220
-  _globals['_KEYVALUE']._serialized_start=1222
-  _globals['_KEYVALUE']._serialized_end=1339
-  _globals['_LEASEINFO']._serialized_start=1341
-  _globals['_LEASEINFO']._serialized_end=1431
-  _globals['_LOCKINFO']._serialized_start=1433
-  _globals['_LOCKINFO']._serialized_end=1505
-  _globals['_METARESULT']._serialized_start=1508
-  _globals['_METARESULT']._serialized_end=1743
-  _globals['_METAREAD']._serialized_start=1745
-  _globals['_METAREAD']._serialized_end=1806
-  _globals['_LEASEQUERY']._serialized_start=1808
-  _globals['_LEASEQUERY']._serialized_end=1835
-  _globals['_LOCKWAIT']._serialized_start=1837
-  _globals['_LOCKWAIT']._serialized_end=1893
-  _globals['_METAWATCH']._serialized_start=1895
-  _globals['_METAWATCH']._serialized_end=1991
-  _globals['_METAEVENT']._serialized_start=1994
-  _globals['_METAEVENT']._serialized_end=2122
-  _globals['_METAEVENT_TYPE']._serialized_start=2095
-  _globals['_METAEVENT_TYPE']._serialized_end=2122
-  _globals['_METAREQUEST']._serialized_start=2125
-  _globals['_METAREQUEST']._serialized_end=2357
-  _globals['_METAREPLY']._serialized_start=2360
-  _globals['_METAREPLY']._serialized_end=2611
-  _globals['_METABATCH']._serialized_start=2613
-  _globals['_METABATCH']._serialized_end=2664
-  _globals['_METABATCHREPLY']._serialized_start=2666
-  _globals['_METABATCHREPLY']._serialized_end=2719
-  _globals['_META']._serialized_start=2957
-  _globals['_META']._serialized_end=3071
+  _globals['_METACODE']._serialized_start=2945
+  _globals['_METACODE']._serialized_end=3178
+  _globals['_SESSION']._serialized_start=64
+  _globals['_SESSION']._serialized_end=120
+  _globals['_METAPUT']._serialized_start=122
+  _globals['_METAPUT']._serialized_end=174
+  _globals['_METADELETE']._serialized_start=176
+  _globals['_METADELETE']._serialized_end=201
+  _globals['_METACAS']._serialized_start=203
+  _globals['_METACAS']._serialized_end=312
+  _globals['_REGISTERCLIENT']._serialized_start=314
+  _globals['_REGISTERCLIENT']._serialized_end=330
+  _globals['_LEASEGRANT']._serialized_start=332
+  _globals['_LEASEGRANT']._serialized_end=360
+  _globals['_LEASEKEEPALIVE']._serialized_start=362
+  _globals['_LEASEKEEPALIVE']._serialized_end=393
+  _globals['_LEASEREVOKE']._serialized_start=395
+  _globals['_LEASEREVOKE']._serialized_end=423
+  _globals['_LEASEEXPIRE']._serialized_start=425
+  _globals['_LEASEEXPIRE']._serialized_end=472
+  _globals['_LEASEREMAINING']._serialized_start=474
+  _globals['_LEASEREMAINING']._serialized_end=527
+  _globals['_LEASECHECKPOINT']._serialized_start=529
+  _globals['_LEASECHECKPOINT']._serialized_end=602
+  _globals['_LOCKACQUIRE']._serialized_start=604
+  _globals['_LOCKACQUIRE']._serialized_end=646
+  _globals['_LOCKRELEASE']._serialized_start=648
+  _globals['_LOCKRELEASE']._serialized_end=705
+  _globals['_METACOMMAND']._serialized_start=708
+  _globals['_METACOMMAND']._serialized_end=1370
+  _globals['_KEYVALUE']._serialized_start=1372
+  _globals['_KEYVALUE']._serialized_end=1489
+  _globals['_LEASEINFO']._serialized_start=1491
+  _globals['_LEASEINFO']._serialized_end=1581
+  _globals['_LOCKINFO']._serialized_start=1583
+  _globals['_LOCKINFO']._serialized_end=1655
+  _globals['_METARESULT']._serialized_start=1658
+  _globals['_METARESULT']._serialized_end=1926
+  _globals['_METAREAD']._serialized_start=1928
+  _globals['_METAREAD']._serialized_end=1989
+  _globals['_LEASEQUERY']._serialized_start=1991
+  _globals['_LEASEQUERY']._serialized_end=2018
+  _globals['_LOCKWAIT']._serialized_start=2020
+  _globals['_LOCKWAIT']._serialized_end=2076
+  _globals['_METAWATCH']._serialized_start=2078
+  _globals['_METAWATCH']._serialized_end=2174
+  _globals['_METAEVENT']._serialized_start=2177
+  _globals['_METAEVENT']._serialized_end=2305
+  _globals['_METAEVENT_TYPE']._serialized_start=2278
+  _globals['_METAEVENT_TYPE']._serialized_end=2305
+  _globals['_METAREQUEST']._serialized_start=2308
+  _globals['_METAREQUEST']._serialized_end=2580
+  _globals['_METAREPLY']._serialized_start=2583
+  _globals['_METAREPLY']._serialized_end=2834
+  _globals['_METABATCH']._serialized_start=2836
+  _globals['_METABATCH']._serialized_end=2887
+  _globals['_METABATCHREPLY']._serialized_start=2889
+  _globals['_METABATCHREPLY']._serialized_end=2942
+  _globals['_META']._serialized_start=3180
+  _globals['_META']._serialized_end=3294
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from kvstore._proto import txn_pb2 as _txn_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -139,7 +140,7 @@ class LockRelease(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lease: _Optional[int] = ..., token: _Optional[int] = ...) -> None: ...
 
 class MetaCommand(_message.Message):
-    __slots__ = ("session", "put", "delete", "cas", "register", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "lease_checkpoint", "lock_acquire", "lock_release")
+    __slots__ = ("session", "put", "delete", "cas", "register", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "lease_checkpoint", "lock_acquire", "lock_release", "txn_begin", "txn_decide", "txn_forget")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +153,9 @@ class MetaCommand(_message.Message):
     LEASE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     LOCK_ACQUIRE_FIELD_NUMBER: _ClassVar[int]
     LOCK_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    TXN_BEGIN_FIELD_NUMBER: _ClassVar[int]
+    TXN_DECIDE_FIELD_NUMBER: _ClassVar[int]
+    TXN_FORGET_FIELD_NUMBER: _ClassVar[int]
     session: Session
     put: MetaPut
     delete: MetaDelete
@@ -164,7 +168,10 @@ class MetaCommand(_message.Message):
     lease_checkpoint: LeaseCheckpoint
     lock_acquire: LockAcquire
     lock_release: LockRelease
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., put: _Optional[_Union[MetaPut, _Mapping]] = ..., delete: _Optional[_Union[MetaDelete, _Mapping]] = ..., cas: _Optional[_Union[MetaCas, _Mapping]] = ..., register: _Optional[_Union[RegisterClient, _Mapping]] = ..., lease_grant: _Optional[_Union[LeaseGrant, _Mapping]] = ..., lease_keepalive: _Optional[_Union[LeaseKeepAlive, _Mapping]] = ..., lease_revoke: _Optional[_Union[LeaseRevoke, _Mapping]] = ..., lease_expire: _Optional[_Union[LeaseExpire, _Mapping]] = ..., lease_checkpoint: _Optional[_Union[LeaseCheckpoint, _Mapping]] = ..., lock_acquire: _Optional[_Union[LockAcquire, _Mapping]] = ..., lock_release: _Optional[_Union[LockRelease, _Mapping]] = ...) -> None: ...
+    txn_begin: _txn_pb2.TxnBegin
+    txn_decide: _txn_pb2.TxnDecide
+    txn_forget: _txn_pb2.TxnForget
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., put: _Optional[_Union[MetaPut, _Mapping]] = ..., delete: _Optional[_Union[MetaDelete, _Mapping]] = ..., cas: _Optional[_Union[MetaCas, _Mapping]] = ..., register: _Optional[_Union[RegisterClient, _Mapping]] = ..., lease_grant: _Optional[_Union[LeaseGrant, _Mapping]] = ..., lease_keepalive: _Optional[_Union[LeaseKeepAlive, _Mapping]] = ..., lease_revoke: _Optional[_Union[LeaseRevoke, _Mapping]] = ..., lease_expire: _Optional[_Union[LeaseExpire, _Mapping]] = ..., lease_checkpoint: _Optional[_Union[LeaseCheckpoint, _Mapping]] = ..., lock_acquire: _Optional[_Union[LockAcquire, _Mapping]] = ..., lock_release: _Optional[_Union[LockRelease, _Mapping]] = ..., txn_begin: _Optional[_Union[_txn_pb2.TxnBegin, _Mapping]] = ..., txn_decide: _Optional[_Union[_txn_pb2.TxnDecide, _Mapping]] = ..., txn_forget: _Optional[_Union[_txn_pb2.TxnForget, _Mapping]] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "create_revision", "mod_revision", "lease", "version")
@@ -209,7 +216,7 @@ class LockInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., holder: _Optional[int] = ..., token: _Optional[int] = ..., waiters: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MetaResult(_message.Message):
-    __slots__ = ("code", "error", "revision", "prev", "had_prev", "client_id", "lease", "token", "position", "duplicate")
+    __slots__ = ("code", "error", "revision", "prev", "had_prev", "client_id", "lease", "token", "position", "duplicate", "txn")
     CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +227,7 @@ class MetaResult(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
     code: MetaCode
     error: str
     revision: int
@@ -230,7 +238,8 @@ class MetaResult(_message.Message):
     token: int
     position: int
     duplicate: bool
-    def __init__(self, code: _Optional[_Union[MetaCode, str]] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., prev: _Optional[_Union[KeyValue, _Mapping]] = ..., had_prev: _Optional[bool] = ..., client_id: _Optional[int] = ..., lease: _Optional[_Union[LeaseInfo, _Mapping]] = ..., token: _Optional[int] = ..., position: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    txn: _txn_pb2.TxnRecord
+    def __init__(self, code: _Optional[_Union[MetaCode, str]] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., prev: _Optional[_Union[KeyValue, _Mapping]] = ..., had_prev: _Optional[bool] = ..., client_id: _Optional[int] = ..., lease: _Optional[_Union[LeaseInfo, _Mapping]] = ..., token: _Optional[int] = ..., position: _Optional[int] = ..., duplicate: _Optional[bool] = ..., txn: _Optional[_Union[_txn_pb2.TxnRecord, _Mapping]] = ...) -> None: ...
 
 class MetaRead(_message.Message):
     __slots__ = ("key", "prefix", "serializable")
@@ -289,20 +298,22 @@ class MetaEvent(_message.Message):
     def __init__(self, type: _Optional[_Union[MetaEvent.Type, str]] = ..., revision: _Optional[int] = ..., kv: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
 
 class MetaRequest(_message.Message):
-    __slots__ = ("command", "read", "lease_query", "lock_wait", "watch", "hops")
+    __slots__ = ("command", "read", "lease_query", "lock_wait", "watch", "txn_query", "hops")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
     LEASE_QUERY_FIELD_NUMBER: _ClassVar[int]
     LOCK_WAIT_FIELD_NUMBER: _ClassVar[int]
     WATCH_FIELD_NUMBER: _ClassVar[int]
+    TXN_QUERY_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     command: MetaCommand
     read: MetaRead
     lease_query: LeaseQuery
     lock_wait: LockWait
     watch: MetaWatch
+    txn_query: _txn_pb2.TxnQuery
     hops: int
-    def __init__(self, command: _Optional[_Union[MetaCommand, _Mapping]] = ..., read: _Optional[_Union[MetaRead, _Mapping]] = ..., lease_query: _Optional[_Union[LeaseQuery, _Mapping]] = ..., lock_wait: _Optional[_Union[LockWait, _Mapping]] = ..., watch: _Optional[_Union[MetaWatch, _Mapping]] = ..., hops: _Optional[int] = ...) -> None: ...
+    def __init__(self, command: _Optional[_Union[MetaCommand, _Mapping]] = ..., read: _Optional[_Union[MetaRead, _Mapping]] = ..., lease_query: _Optional[_Union[LeaseQuery, _Mapping]] = ..., lock_wait: _Optional[_Union[LockWait, _Mapping]] = ..., watch: _Optional[_Union[MetaWatch, _Mapping]] = ..., txn_query: _Optional[_Union[_txn_pb2.TxnQuery, _Mapping]] = ..., hops: _Optional[int] = ...) -> None: ...
 
 class MetaReply(_message.Message):
     __slots__ = ("result", "kvs", "leases", "lock", "leader", "events", "compact_revision", "leader_address")

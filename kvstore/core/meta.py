@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from kvstore._proto import meta_pb2 as mpb
+from kvstore.core import txn as txncore
 
 __all__ = [
     "MAX_KEY", "MAX_RESULTS", "MAX_SESSIONS", "MAX_VALUE", "LeaseClock", "MetaStateMachine",
@@ -116,6 +117,8 @@ def validate_command(cmd: mpb.MetaCommand) -> None:
         _check(msg.name, None)
         if not msg.lease:
             raise ValueError("a lock is held under a lease: give its lease id")
+    elif op in ("txn_begin", "txn_decide", "txn_forget"):
+        txncore.validate(op, getattr(cmd, op))
     if op not in ("register", "lease_expire", "lease_checkpoint") and not (
             cmd.session.client_id and cmd.session.seq):
         raise ValueError(f"a {op} command needs a client session (client id and seq)")
@@ -169,6 +172,7 @@ class MetaStateMachine:
         # watch from an older revision is told so (META_COMPACTED).
         self.events: deque[mpb.MetaEvent] = deque()
         self.events_from = 1
+        self.txns = txncore.TxnTable()  # transaction records (issue 12)
 
     @property
     def data(self) -> dict[str, str]:
@@ -287,6 +291,19 @@ class MetaStateMachine:
         if op == "lock_release":
             r = cmd.lock_release
             return self._release(index, r.name, r.lease, r.token)
+        if op in ("txn_begin", "txn_decide", "txn_forget"):
+            body = getattr(cmd, op)
+            if op == "txn_begin":
+                out = self.txns.begin(index, body)
+            elif op == "txn_decide":
+                out = self.txns.decide(index, body)
+            else:
+                out = self.txns.forget(body)
+            r = self._res(out.code, out.error)
+            rec = self.txns.get(body.txn_id)
+            if rec is not None:
+                r.txn.CopyFrom(rec)
+            return r
         return self._res(mpb.META_BAD_REQUEST, f"unknown meta command {op}")
 
     def _no_lease(self, lease: int) -> mpb.MetaResult:
@@ -445,6 +462,7 @@ class MetaStateMachine:
             "sessions": [[cid, s.acked, s.floor,
                           {str(q): base64.b64encode(r).decode() for q, r in s.results.items()}]
                          for cid, s in self.sessions.items()],
+            "txns": self.txns.snapshot(),
         }, sort_keys=True, separators=(",", ":")).encode()
 
     def restore(self, image: bytes, index: int) -> None:
@@ -457,6 +475,8 @@ class MetaStateMachine:
             (cid, _Session(acked, floor, {int(q): base64.b64decode(r) for q, r in res.items()}))
             for cid, acked, floor, res in obj.get("sessions", []))
         self.applied_ops = obj.get("ops", 0)
+        self.txns = txncore.TxnTable()
+        self.txns.restore(obj.get("txns", {}))
         self.applied = index
         self.events = deque()
         self.events_from = index + 1

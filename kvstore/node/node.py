@@ -29,9 +29,11 @@ from kvstore.services.raft_driver import RaftDriver
 from kvstore.services.replica import Replica
 from kvstore.services.streaming import FILE_NAME as MOVE_FILE
 from kvstore.services.streaming import RangeStreamer
+from kvstore.services.txn import TxnService
 from kvstore.storage.epochs import FILE_NAME as EPOCHS_FILE
 from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
+from kvstore.storage.intents import IntentStore
 from kvstore.storage.raftlog import Files, MemoryFiles, OsFiles
 from kvstore.transport.base import Lane, Transport
 from kvstore.transport.context import REQUEST_ID
@@ -67,7 +69,8 @@ class Node:
                  hints: HintStore | None = None,
                  epochs: EpochAllocator | None = None,
                  inline_io: bool = False,
-                 raft_files: Files | None = None) -> None:
+                 raft_files: Files | None = None,
+                 intents: IntentStore | None = None) -> None:
         """`inline_io` runs disk work inline (simulations); `raft_files` holds the raft
         state (default `<data_dir>/raft`; simulations pass files that survive a restart)."""
         config.validate()
@@ -153,6 +156,14 @@ class Node:
             timeout=max(5.0, config.timeout_ms / 1000), state_path=self.streamer_state,
             monotonic=monotonic, verify=config.verify_moves)
         self.streamer.load()  # refuses a decommissioned node; picks up a join's progress
+        if intents is None:  # transaction intents (services/txn.py): durable with the data
+            intents = IntentStore(config.data_dir / "intents.db" if config.data_dir else None)
+        self.txn = TxnService(
+            config.node_id, transport, self.membership, self.replica, intents,
+            self.raft.handle_meta if self.raft is not None else None,
+            replication_factor=config.replication_factor, clock_ms=clock_ms,
+            monotonic=monotonic, rng=random.Random(rng.getrandbits(64)),
+            timeout=max(2.0, config.timeout_ms / 1000), offload=offload)
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
         if self.raft is not None:
             self.raft.address_of = lambda peer: (
@@ -182,10 +193,12 @@ class Node:
         self.membership.start()
         self.handoff.start()
         self.antientropy.start()
+        self.txn.start()
         if self.joining:
             self.streamer.start_join()
 
     async def stop(self) -> None:
+        await self.txn.stop()
         if self.raft is not None:
             await self.raft.stop()
         await self.streamer.stop()
@@ -225,6 +238,8 @@ class Node:
             if kind == "forward":
                 reply = await self.coordinator.execute(message.forward.request, forwarded=True)
                 return pb.PeerResult(reply=reply)
+            if kind == "txn":
+                return pb.PeerResult(txn=await self.txn.on_peer(source, message.txn))
             if kind == "stream":
                 return pb.PeerResult(page=await self.streamer.serve(source, message.stream))
             if kind == "antientropy":

@@ -608,6 +608,12 @@ class RaftDriver:
                               leader=self.node_id)
         if kind == "read":
             reply.kvs.extend(self.sm.read(req.read.key, req.read.prefix))
+        elif kind == "txn_query":
+            rec = self.sm.txns.get(req.txn_query.txn_id)
+            if rec is None:
+                reply.result.code = mpb.META_NOT_FOUND
+            else:
+                reply.result.txn.CopyFrom(rec)
         elif kind == "lease_query":
             now = self._now_ms()
             ids = [req.lease_query.lease] if req.lease_query.lease else sorted(self.sm.leases)

@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 
 from kvstore._proto import common_pb2
 from kvstore.core import tombstones, versions
-from kvstore.core.errors import Corruption, Fenced, Internal
+from kvstore.core.errors import Conflict, Corruption, Fenced, Internal
 from kvstore.core.merkle import version_digest
 from kvstore.core.versions import Record, Sibling
 from kvstore.storage import DELETE, OverwriteCorrupt
@@ -65,6 +65,9 @@ class Replica:
         self.epochs = epochs or EpochAllocator(None, clock_ms)
         self.marker_ttl_ms = marker_ttl_ms
         self.metrics: Counter[str] = Counter()
+        # The transaction holding an intent on a key, if any (services/txn.py sets it):
+        # a plain write to such a key is refused (docs/transactions.md).
+        self.intent_of: Callable[[bytes], str | None] = lambda key: None
 
     @property
     def fences(self) -> FenceTable:
@@ -224,6 +227,12 @@ class Replica:
         seen = context if isinstance(context, versions.Context) else versions.Context(context)
 
         def mutation(record: bytes | None) -> bytes:
+            holder = self.intent_of(key)
+            if holder is not None:
+                self.metrics["writes_refused_for_intent"] += 1
+                raise Conflict(f"{self.node_id} refused the write: key {key!r} has an intent "
+                               f"of transaction {holder}, not yet resolved; retry once it is "
+                               f"decided (kv txn status {holder}), at most its deadline")
             rec = _decode(key, record)
             if fence is not None:
                 self._check_fence(fence, versions.fence_floor(fence[0], seen, rec.siblings),

@@ -23,6 +23,7 @@ from kvstore.node.node import Node
 from kvstore.storage import DISCARD, AsyncStore, MemoryEngine
 from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
+from kvstore.storage.intents import IntentStore
 from kvstore.storage.raftlog import MemoryFiles
 from kvstore.transport.memory import MemoryNetwork
 
@@ -46,6 +47,7 @@ class SimCluster:
         self.engines = {node_id: MemoryEngine() for node_id in self.ids}
         self.hints = {node_id: HintStore(None) for node_id in self.ids}
         self.raft_files = {node_id: MemoryFiles() for node_id in self.ids}  # the raft "disk"
+        self.intents: dict[str, IntentStore] = {}  # transaction intents (part of the disk)
         # Each node's actor-epoch allocator: part of its "disk" (lost with it).
         self.epochs: dict[str, EpochAllocator] = {}
         self.nodes: dict[str, Node] = {}
@@ -90,7 +92,8 @@ class SimCluster:
         node = Node(config, transport, store, clock_ms=self._node_clock(node_id),
                     monotonic=lambda: asyncio.get_running_loop().time(),
                     rng=rng, hints=self.hints[node_id], epochs=self.epochs[node_id],
-                    inline_io=True, raft_files=self.raft_files.setdefault(node_id, MemoryFiles()))
+                    inline_io=True, raft_files=self.raft_files.setdefault(node_id, MemoryFiles()),
+                    intents=self.intents.setdefault(node_id, IntentStore(None)))
         node.coordinator.config.read_all_chance = self.read_all_chance
         self._observe(node_id, node)
         return node
@@ -232,6 +235,7 @@ class SimCluster:
             self.hints[node_id] = HintStore(None)
             self.epochs.pop(node_id, None)
             self.raft_files[node_id] = MemoryFiles()
+            self.intents.pop(node_id, None)
         seeds = self.nodes[node_id].config.seeds
         self.incarnation[node_id] = self.incarnation.get(node_id, 0) + 1
         self.down.discard(node_id)
