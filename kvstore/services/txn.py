@@ -93,6 +93,14 @@ class TxnService:
         self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         replica.intent_of = intents.txn_of
+        # Simulations crash a coordinator at a step: on_step(name) may raise. The steps:
+        # "before_intents", "intent" (after each key's quorum), "after_record" (decided,
+        # nothing resolved), "resolving" (after the first key's resolution).
+        self.on_step: Callable[[str], None] | None = None
+
+    def _step(self, name: str) -> None:
+        if self.on_step is not None:
+            self.on_step(name)
 
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -162,7 +170,7 @@ class TxnService:
     async def record(self, txn_id: str, timeout: float | None = None) -> tpb.TxnRecord | None:
         """The transaction's record (a linearizable read), None if there is none."""
         deadline = self.monotonic() + (timeout or self.timeout)
-        reply = await self._call_meta(mpb.MetaRequest(txn_query=mpb.TxnQuery(txn_id=txn_id)),
+        reply = await self._call_meta(mpb.MetaRequest(txn_query=tpb.TxnQuery(txn_id=txn_id)),
                                       deadline)
         if reply.result.code == mpb.META_NOT_FOUND:
             return None
@@ -401,6 +409,7 @@ class TxnService:
             trace(f"record exists already: {core.state_name(rec.state)} (a retry)")
             return self._reply(rec, trace)
         trace(f"record PENDING at revision {rec.created_revision} (raft)")
+        self._step("before_intents")
         write_of = {w.key: w for w in req.writes}
         cond_of = {c.key: c.condition for c in req.checks}
         held: dict[bytes, list[list[versions.Sibling]]] = {}
@@ -425,6 +434,7 @@ class TxnService:
                              + f" {r.error}"))
                 if len(good) >= len(self.replicas(key)) // 2 + 1:
                     held[key] = [versions.from_pb(r.state) for r in good.values()]
+                    self._step("intent")
                     return ""
                 answers = [r for r in bad.values() if r is not None]
                 failed = [r for r in answers if r.outcome == Reply.CONDITION_FAILED]
@@ -444,7 +454,13 @@ class TxnService:
             return (f"no strict quorum of replicas of {key!r} took the intent"
                     + (f" ({'; '.join(reasons[:3])})" if reasons else " (no answer)"))
 
-        results = await asyncio.gather(*(prepare(k) for k in keys))
+        tasks = [asyncio.ensure_future(prepare(k)) for k in keys]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:  # a crash mid-way: what is on the wire stays there
+                t.add_done_callback(lambda t: t.cancelled() or t.exception())
+            raise
         failure = next((r for r in results if r), "")
         if failure:
             trace(f"decision: ABORT ({failure})")
@@ -461,6 +477,13 @@ class TxnService:
         trace(f"record {core.state_name(rec.state)} at revision {rec.decided_revision}, "
               f"decided by {rec.decided_by}" + (f" ({rec.reason})" if rec.reason else ""))
         if rec.state in (tpb.TXN_COMMITTED, tpb.TXN_ABORTED):
+            self._step("after_record")
+            if self.on_step is not None:  # resolve one key, then the rest
+                first = tpb.TxnRecord()
+                first.CopyFrom(rec)
+                del first.keys[1:]
+                await self.resolve_everywhere(first, timeout)
+                self._step("resolving")
             if req.trace:
                 await self.finish(rec, timeout, trace)
             else:

@@ -156,7 +156,7 @@ class Coalescer:
         return await queue.submit(message, loop.time() + timeout, timeout)
 
     async def close(self) -> None:
-        for queue in self.queues.values():
+        for queue in list(self.queues.values()):  # a call may open a queue meanwhile
             if queue.task and not queue.task.done():
                 queue.task.cancel()
                 try:
