@@ -164,6 +164,8 @@ class Node:
             replication_factor=config.replication_factor, clock_ms=clock_ms,
             monotonic=monotonic, rng=random.Random(rng.getrandbits(64)),
             timeout=max(2.0, config.timeout_ms / 1000), offload=offload)
+        if self.raft is not None:
+            self.txn.live_records = self._live_txn_records
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
         if self.raft is not None:
             self.raft.address_of = lambda peer: (
@@ -171,6 +173,16 @@ class Node:
                 else self.membership.members.get(peer, ""))
         if self.raft is not None:
             self.register("raft", self.raft.on_message)
+
+    def _live_txn_records(self) -> list:
+        """Transaction records not yet forgotten, on the raft leader only (the sweeper
+        there finishes them); oldest first, at most 64."""
+        raft = self.raft
+        if raft is None or raft.core is None or raft.status().get("role") != "leader":
+            return []
+        table = raft.sm.txns
+        return sorted((table.records[t] for t in table.live if t in table.records),
+                      key=lambda r: r.created_revision)[:64]
 
     def _joining(self, config: NodeConfig) -> bool:
         """Start JOINING (and stream) with --join, unless this node finished joining or was

@@ -97,6 +97,11 @@ class TxnService:
         # "before_intents", "intent" (after each key's quorum), "after_record" (decided,
         # nothing resolved), "resolving" (after the first key's resolution).
         self.on_step: Callable[[str], None] | None = None
+        # On the raft leader (the node sets it): the records not yet forgotten, so that
+        # the sweeper aborts PENDING ones past their deadline (a coordinator that died
+        # before placing any intent) and re-resolves decided ones until every replica
+        # acknowledged. Elsewhere it returns nothing.
+        self.live_records: Callable[[], list[tpb.TxnRecord]] = lambda: []
 
     def _step(self, name: str) -> None:
         if self.on_step is not None:
@@ -136,12 +141,11 @@ class TxnService:
                 raise OutcomeUnknown("the raft group gave no definite answer in time")
             try:
                 reply = await asyncio.wait_for(send(req), left)
+                if reply.result.code not in (mpb.META_UNKNOWN, mpb.META_UNAVAILABLE):
+                    return reply
             except TimeoutError:
-                continue
-            if reply.result.code in (mpb.META_UNKNOWN, mpb.META_UNAVAILABLE):
-                await asyncio.sleep(min(0.05, max(0.0, deadline - self.monotonic())))
-                continue
-            return reply
+                pass  # (a stopped driver may fail at once: never spin without sleeping)
+            await asyncio.sleep(min(0.05, max(0.001, deadline - self.monotonic())))
 
     async def _command(self, deadline: float, **op) -> mpb.MetaResult:
         async with self._register:
@@ -370,11 +374,14 @@ class TxnService:
         while True:
             await asyncio.sleep(self.sweep_interval * (0.5 + self.rng.random()))
             now = self.clock_ms()
-            late = sorted({i.txn_id for _, i in self.intents.items() if i.deadline_ms < now})
-            for txn_id in late[:32]:
+            late = [i.txn_id for _, i in self.intents.items() if i.deadline_ms < now]
+            for rec in self.live_records():
+                if rec.state != tpb.TXN_PENDING or rec.deadline_ms < now:
+                    late.append(rec.txn_id)
+            for txn_id in sorted(set(late))[:32]:
                 try:
                     await self.resolve_foreign(txn_id, self.timeout)
-                except Exception:
+                except Exception:  # the sweeper keeps running whatever one resolution does
                     log.exception("resolving transaction %s failed", txn_id)
 
     # ---- coordinator ------------------------------------------------------------------

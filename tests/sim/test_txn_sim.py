@@ -114,8 +114,10 @@ async def bank(c: SimCluster, seed: int, transfers: int) -> dict:
     async def chaos() -> None:
         for _ in range(4):
             await asyncio.sleep(rng.uniform(0.3, 1.0))
-            victim = rng.choice([n for n in c.ids if n not in c.down])
-            if rng.random() < 0.5 and victim not in VOTERS + ["n1"]:
+            # participants (and raft voters) crash here; coordinators n4, n5 crash in
+            # the clients, at their steps (disjoint: no two hands on one node)
+            victim = rng.choice(c.ids)
+            if rng.random() < 0.5 and victim in ("n2", "n3"):
                 c.kill(victim)
                 await asyncio.sleep(rng.uniform(0.2, 1.0))
                 if victim in c.down:
@@ -198,11 +200,13 @@ def run(seed: int, transfers: int = 8) -> dict:
         return run_scenario(lambda c: bank(c, seed, transfers), size=5, seed=seed,
                             raft_voters=VOTERS, timeout_ms=300)
     except BaseException:
-        print(f"\nreplay: KV_TXN_SEED={seed} .venv/bin/python -m pytest "
+        print(f"\nreplay: KV_TXN_SEED={seed} KV_TXN_TRANSFERS={transfers} "
+              ".venv/bin/python -m pytest "
               f"tests/sim/test_txn_sim.py -k replay -s")
         raise
 
 
+RUN_SLOW = os.environ.get("KV_SLOW") == "1"
 CI_SEEDS = range(1, 5)
 
 
@@ -213,6 +217,7 @@ def test_bank_transfers_stay_atomic_and_serializable_under_crashes(seed: int) ->
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not RUN_SLOW, reason="slow: set KV_SLOW=1")
 @pytest.mark.parametrize("seed", range(100, 160))
 def test_bank_transfers_many_seeds(seed: int) -> None:
     run(seed, transfers=15)
@@ -220,4 +225,4 @@ def test_bank_transfers_many_seeds(seed: int) -> None:
 
 @pytest.mark.skipif("KV_TXN_SEED" not in os.environ, reason="set KV_TXN_SEED to replay")
 def test_replay() -> None:
-    print(run(int(os.environ["KV_TXN_SEED"])))
+    print(run(int(os.environ["KV_TXN_SEED"]), int(os.environ.get("KV_TXN_TRANSFERS", 8))))
