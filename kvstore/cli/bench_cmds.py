@@ -36,10 +36,15 @@ def _levels(ctx, param, value):
 @click.option("--endpoints", "bench_endpoints", metavar="HOST:PORT[,...]", default=None,
               help="Nodes to benchmark (default: the kv --endpoints / KV_ENDPOINTS / local "
                    "cluster default). Ignored with --local.")
-@click.option("--workload", "-w", type=click.Choice(sorted(WORKLOADS), case_sensitive=False),
+@click.option("--workload", "-w", type=click.Choice([*sorted(WORKLOADS), "bank"],
+                                                   case_sensitive=False),
               default="a", show_default=True,
               help="a 50/50 read/update, b 95/5, c read only, f read + read-modify-write, "
-                   "w write only (see bench/README.md for the YCSB mapping).")
+                   "w write only (see bench/README.md for the YCSB mapping); bank: transfers "
+                   "between --accounts in transactions, the total checked at the end "
+                   "(docs/transactions.md).")
+@click.option("--accounts", type=click.IntRange(min=2, max=10_000), default=20,
+              show_default=True, help="Accounts of the bank workload.")
 @click.option("--consistency", "-c", "levels", default="ONE,QUORUM,ALL", show_default=True,
               callback=_levels,
               help="Comma-separated levels to compare; READ/WRITE pairs such as ONE/ALL too.")
@@ -91,7 +96,7 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
           distribution: str, rate: float | None, no_load: bool, no_ceiling: bool,
           ceiling_duration: float | None, local_nodes: int, sync: str, fault_kind: str | None,
           probes: int, seed: int, interval: float, out_dir: Path | None, as_json: bool,
-          no_live: bool, uvloop: bool) -> None:
+          no_live: bool, uvloop: bool, accounts: int = 20) -> None:
     """Measure throughput, latency and staleness per consistency level.
 
     \b
@@ -100,6 +105,17 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
     kv bench --local 3 --fault --duration 30s      # a node dies mid-run
     kv bench --local 3 --fault partition -c QUORUM # one node cut off from 1/3 to 2/3
     """
+    if workload.lower() == "bank":
+        from kvstore.cli.bank_cmd import run_bank_cli
+
+        source = ctx.get_parameter_source("levels")
+        if source is not None and source.name != "DEFAULT" and levels != ["QUORUM"]:
+            raise click.UsageError("the bank workload's transactions use strict quorums: "
+                                   "give --consistency QUORUM (or leave it out)")
+        run_bank_cli(ctx, bench_endpoints, accounts=accounts, duration=duration,
+                     concurrency=concurrency, local_nodes=local_nodes, sync=sync,
+                     fault=fault_kind is not None, seed=seed, as_json=as_json)
+        return
     try:  # the engine needs the bench extras; `kv` itself must work without them
         from kvstore.bench import report
         from kvstore.bench.runner import BenchConfig, run

@@ -26,6 +26,7 @@ from kvstore._proto import (
     meta_pb2_grpc,
     observe_pb2_grpc,
     security_pb2_grpc,
+    txn_pb2_grpc,
 )
 from kvstore._proto import (
     client_pb2 as cpb,
@@ -38,6 +39,7 @@ from kvstore.node.meta_service import MetaServicer
 from kvstore.node.node import Node
 from kvstore.node.observe import ChaosServicer, Observer, ObserveServicer
 from kvstore.node.security import ADMIN, READONLY, Guard, needed_for_batch
+from kvstore.node.txn_service import TxnServicer
 from kvstore.services.antientropy import summary_pb
 from kvstore.services.auth import (
     AuthService,
@@ -314,6 +316,7 @@ class NodeServer:
         meta_pb2_grpc.add_MetaServicer_to_server(meta, self.server)
         if self.separate:  # admins with a node certificate (the first `kv user add`)
             meta_pb2_grpc.add_MetaServicer_to_server(meta, self.peer_server)
+        txn_pb2_grpc.add_TxnServicer_to_server(TxnServicer(self.node, self.guard), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._health_task: asyncio.Task | None = None
 
