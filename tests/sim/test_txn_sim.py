@@ -60,6 +60,7 @@ async def bank(c: SimCluster, seed: int, transfers: int) -> dict:
     outcome: dict[str, str] = {}
     reads_checked = 0
     non_voters = [n for n in c.ids if n not in VOTERS]
+    reviving: dict[str, asyncio.Lock] = {}
     c.network.faults.drop = 0.01 + rng.random() * 0.03
     c.network.faults.duplicate = rng.random() * 0.05
 
@@ -95,7 +96,8 @@ async def bank(c: SimCluster, seed: int, transfers: int) -> dict:
             if crash_at is not None:
                 def step(name: str, at=crash_at, node=via) -> None:
                     if name == at:
-                        c.kill(node)
+                        if node not in c.down:  # (another client may have crashed it)
+                            c.kill(node)
                         raise Crash(f"{node} crashed at {name}")
                 svc.on_step = step
             try:
@@ -104,7 +106,9 @@ async def bank(c: SimCluster, seed: int, transfers: int) -> dict:
             except Crash:
                 outcome[txn_id] = "crashed"
                 await asyncio.sleep(rng.uniform(0.1, 1.0))
-                await c.revive(via)
+                async with reviving.setdefault(via, asyncio.Lock()):
+                    if via in c.down:
+                        await c.revive(via)
             except KVError as exc:
                 outcome[txn_id] = f"error: {exc.message}"
             finally:
