@@ -56,8 +56,8 @@ def test_txn_put_get_status_and_bad_input(cluster) -> None:
         "a": ["1"], "b": ["2"], "c": []}
     # plain reads see the committed values too, and their context works in --if
     code, plain = jkv(eps, "get", "a")
-    assert code == 0
-    ctx = got["values"]["a"]["context"]
+    assert code == 0 and [v["value"] for v in plain["siblings"]] == ["1"], plain
+    ctx = plain["context"]
     r = kv(eps, "txn", "put", "a=3", "c=4", "--if", f"a@{ctx}", "--trace")
     assert r.returncode == 0, r.stderr
     assert "intent on a" in r.stdout and "COMMITTED" in r.stdout and "decision" not in r.stderr
