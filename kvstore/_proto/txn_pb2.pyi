@@ -44,7 +44,7 @@ class TxnBegin(_message.Message):
     def __init__(self, txn_id: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ..., coordinator: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., now_ms: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class TxnDecide(_message.Message):
-    __slots__ = ("txn_id", "state", "by", "now_ms", "reason", "versions", "by_coordinator")
+    __slots__ = ("txn_id", "state", "by", "now_ms", "reason", "versions", "by_coordinator", "commit_hlc")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     BY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class TxnDecide(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     BY_COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_HLC_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     state: TxnState
     by: str
@@ -59,7 +60,8 @@ class TxnDecide(_message.Message):
     reason: str
     versions: _containers.RepeatedCompositeFieldContainer[TxnVersion]
     by_coordinator: bool
-    def __init__(self, txn_id: _Optional[str] = ..., state: _Optional[_Union[TxnState, str]] = ..., by: _Optional[str] = ..., now_ms: _Optional[int] = ..., reason: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[TxnVersion, _Mapping]]] = ..., by_coordinator: _Optional[bool] = ...) -> None: ...
+    commit_hlc: int
+    def __init__(self, txn_id: _Optional[str] = ..., state: _Optional[_Union[TxnState, str]] = ..., by: _Optional[str] = ..., now_ms: _Optional[int] = ..., reason: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[TxnVersion, _Mapping]]] = ..., by_coordinator: _Optional[bool] = ..., commit_hlc: _Optional[int] = ...) -> None: ...
 
 class TxnForget(_message.Message):
     __slots__ = ("txn_id",)
@@ -68,7 +70,7 @@ class TxnForget(_message.Message):
     def __init__(self, txn_id: _Optional[str] = ...) -> None: ...
 
 class TxnRecord(_message.Message):
-    __slots__ = ("txn_id", "state", "keys", "coordinator", "deadline_ms", "created_revision", "created_at_ms", "decided_by", "decided_revision", "decided_at_ms", "reason", "versions", "protocol")
+    __slots__ = ("txn_id", "state", "keys", "coordinator", "deadline_ms", "created_revision", "created_at_ms", "decided_by", "decided_revision", "decided_at_ms", "reason", "versions", "protocol", "commit_hlc")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +84,7 @@ class TxnRecord(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_HLC_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     state: TxnState
     keys: _containers.RepeatedScalarFieldContainer[bytes]
@@ -95,7 +98,8 @@ class TxnRecord(_message.Message):
     reason: str
     versions: _containers.RepeatedCompositeFieldContainer[TxnVersion]
     protocol: str
-    def __init__(self, txn_id: _Optional[str] = ..., state: _Optional[_Union[TxnState, str]] = ..., keys: _Optional[_Iterable[bytes]] = ..., coordinator: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., created_revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., decided_revision: _Optional[int] = ..., decided_at_ms: _Optional[int] = ..., reason: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[TxnVersion, _Mapping]]] = ..., protocol: _Optional[str] = ...) -> None: ...
+    commit_hlc: int
+    def __init__(self, txn_id: _Optional[str] = ..., state: _Optional[_Union[TxnState, str]] = ..., keys: _Optional[_Iterable[bytes]] = ..., coordinator: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., created_revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., decided_revision: _Optional[int] = ..., decided_at_ms: _Optional[int] = ..., reason: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[TxnVersion, _Mapping]]] = ..., protocol: _Optional[str] = ..., commit_hlc: _Optional[int] = ...) -> None: ...
 
 class TxnQuery(_message.Message):
     __slots__ = ("txn_id",)
@@ -120,7 +124,7 @@ class TxnCondition(_message.Message):
     def __init__(self, kind: _Optional[_Union[TxnCondition.Kind, str]] = ..., context: _Optional[bytes] = ...) -> None: ...
 
 class TxnPrepare(_message.Message):
-    __slots__ = ("txn_id", "key", "write", "value", "tombstone", "condition", "deadline_ms", "coordinator")
+    __slots__ = ("txn_id", "key", "write", "value", "tombstone", "condition", "deadline_ms", "coordinator", "hlc")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +133,7 @@ class TxnPrepare(_message.Message):
     CONDITION_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    HLC_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     key: bytes
     write: bool
@@ -137,19 +142,22 @@ class TxnPrepare(_message.Message):
     condition: TxnCondition
     deadline_ms: int
     coordinator: str
-    def __init__(self, txn_id: _Optional[str] = ..., key: _Optional[bytes] = ..., write: _Optional[bool] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., condition: _Optional[_Union[TxnCondition, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., coordinator: _Optional[str] = ...) -> None: ...
+    hlc: int
+    def __init__(self, txn_id: _Optional[str] = ..., key: _Optional[bytes] = ..., write: _Optional[bool] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., condition: _Optional[_Union[TxnCondition, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., coordinator: _Optional[str] = ..., hlc: _Optional[int] = ...) -> None: ...
 
 class TxnResolve(_message.Message):
-    __slots__ = ("txn_id", "key", "commit", "version")
+    __slots__ = ("txn_id", "key", "commit", "version", "hlc")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    HLC_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     key: bytes
     commit: bool
     version: _common_pb2.Version
-    def __init__(self, txn_id: _Optional[str] = ..., key: _Optional[bytes] = ..., commit: _Optional[bool] = ..., version: _Optional[_Union[_common_pb2.Version, _Mapping]] = ...) -> None: ...
+    hlc: int
+    def __init__(self, txn_id: _Optional[str] = ..., key: _Optional[bytes] = ..., commit: _Optional[bool] = ..., version: _Optional[_Union[_common_pb2.Version, _Mapping]] = ..., hlc: _Optional[int] = ...) -> None: ...
 
 class TxnRead(_message.Message):
     __slots__ = ("key",)
@@ -184,7 +192,7 @@ class TxnIntent(_message.Message):
     def __init__(self, txn_id: _Optional[str] = ..., write: _Optional[bool] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., coordinator: _Optional[str] = ...) -> None: ...
 
 class TxnPeerReply(_message.Message):
-    __slots__ = ("outcome", "error", "conflict_txn", "state", "intent", "has_intent")
+    __slots__ = ("outcome", "error", "conflict_txn", "state", "intent", "has_intent", "hlc")
     class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OK: _ClassVar[TxnPeerReply.Outcome]
@@ -201,13 +209,15 @@ class TxnPeerReply(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
     HAS_INTENT_FIELD_NUMBER: _ClassVar[int]
+    HLC_FIELD_NUMBER: _ClassVar[int]
     outcome: TxnPeerReply.Outcome
     error: str
     conflict_txn: str
     state: _common_pb2.VersionSet
     intent: TxnIntent
     has_intent: bool
-    def __init__(self, outcome: _Optional[_Union[TxnPeerReply.Outcome, str]] = ..., error: _Optional[str] = ..., conflict_txn: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., intent: _Optional[_Union[TxnIntent, _Mapping]] = ..., has_intent: _Optional[bool] = ...) -> None: ...
+    hlc: int
+    def __init__(self, outcome: _Optional[_Union[TxnPeerReply.Outcome, str]] = ..., error: _Optional[str] = ..., conflict_txn: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., intent: _Optional[_Union[TxnIntent, _Mapping]] = ..., has_intent: _Optional[bool] = ..., hlc: _Optional[int] = ...) -> None: ...
 
 class TxnWrite(_message.Message):
     __slots__ = ("key", "value", "tombstone")
@@ -252,7 +262,7 @@ class TxnKeyResult(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., context: _Optional[bytes] = ...) -> None: ...
 
 class TxnPutReply(_message.Message):
-    __slots__ = ("error", "txn_id", "state", "reason", "keys", "trace", "revision", "decided_by")
+    __slots__ = ("error", "txn_id", "state", "reason", "keys", "trace", "revision", "decided_by", "commit_hlc")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +271,7 @@ class TxnPutReply(_message.Message):
     TRACE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_HLC_FIELD_NUMBER: _ClassVar[int]
     error: _common_pb2.Error
     txn_id: str
     state: TxnState
@@ -269,7 +280,8 @@ class TxnPutReply(_message.Message):
     trace: _containers.RepeatedScalarFieldContainer[str]
     revision: int
     decided_by: str
-    def __init__(self, error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., txn_id: _Optional[str] = ..., state: _Optional[_Union[TxnState, str]] = ..., reason: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[TxnKeyResult, _Mapping]]] = ..., trace: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., decided_by: _Optional[str] = ...) -> None: ...
+    commit_hlc: int
+    def __init__(self, error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., txn_id: _Optional[str] = ..., state: _Optional[_Union[TxnState, str]] = ..., reason: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[TxnKeyResult, _Mapping]]] = ..., trace: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., decided_by: _Optional[str] = ..., commit_hlc: _Optional[int] = ...) -> None: ...
 
 class TxnGetRequest(_message.Message):
     __slots__ = ("keys", "trace")

@@ -128,7 +128,7 @@ def txn_put(ctx: click.Context, pairs: tuple[str, ...], if_ctx: tuple[str, ...],
         for line in res.trace:
             click.echo(line)
         click.echo(f"COMMITTED {res.txn_id} (revision {res.revision}, decided by "
-                   f"{res.decided_by})")
+                   f"{res.decided_by}, HLC {res.commit_hlc})")
         for key, context in sorted(res.contexts.items()):
             click.echo(f"  {key} context {context}")
 
@@ -188,6 +188,7 @@ def txn_status(ctx: click.Context, txn_id: str, as_json: bool) -> None:
                    f"{_ms(st.created_at_ms)}; deadline {_ms(st.deadline_ms)}")
         if st.decided_revision:
             click.echo(f"  decided by {st.decided_by} at revision {st.decided_revision}, "
-                       f"{_ms(st.decided_at_ms)}")
+                       f"{_ms(st.decided_at_ms)}"
+                       + (f"; commit HLC {st.commit_hlc}" if st.commit_hlc else ""))
 
     _run(ctx, as_json, go)

@@ -21,6 +21,7 @@ from kvstore.client.core import OPTIONS, parse_endpoints
 from kvstore.client.meta import OutcomeUnknown
 from kvstore.core import versions
 from kvstore.core.errors import InvalidArgument, KVError, Unavailable, from_pb
+from kvstore.core.hlc import Timestamp
 from kvstore.core.txn import state_name
 
 __all__ = ["AsyncTxnClient", "TxnAborted", "TxnClient", "TxnResult", "TxnStatus"]
@@ -43,11 +44,13 @@ class TxnResult:
     trace: list[str] = field(default_factory=list)
     revision: int = 0
     decided_by: str = ""
+    commit_hlc: str = ""  # the commit's hybrid logical timestamp, "wall_ms.logical"
 
     def to_json(self) -> dict:
         return {"txn_id": self.txn_id, "state": self.state, "reason": self.reason,
                 "contexts": self.contexts, "revision": self.revision,
-                "decided_by": self.decided_by, **({"trace": self.trace} if self.trace else {})}
+                "decided_by": self.decided_by, "commit_hlc": self.commit_hlc,
+                **({"trace": self.trace} if self.trace else {})}
 
 
 @dataclass
@@ -63,15 +66,21 @@ class TxnStatus:
     decided_revision: int
     decided_at_ms: int
     reason: str
+    commit_hlc: str
 
     @classmethod
     def from_pb(cls, r: tpb.TxnRecord) -> TxnStatus:
         return cls(r.txn_id, state_name(r.state), [k.decode("utf-8", "replace") for k in r.keys],
                    r.coordinator, r.created_revision, r.created_at_ms, r.deadline_ms,
-                   r.decided_by, r.decided_revision, r.decided_at_ms, r.reason)
+                   r.decided_by, r.decided_revision, r.decided_at_ms, r.reason,
+                   _hlc(r.commit_hlc))
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+
+def _hlc(packed: int) -> str:
+    return str(Timestamp.unpack(packed)) if packed else ""
 
 
 def _b(text: str | bytes) -> bytes:
@@ -163,7 +172,7 @@ class AsyncTxnClient:
                 raise OutcomeUnknown(f"transaction {txn_id}: no definite answer ({exc}); it "
                                      f"may or may not commit: `kv txn status {txn_id}`") from exc
             result = TxnResult(txn_id, st.state, st.reason, revision=st.decided_revision,
-                               decided_by=st.decided_by)
+                               decided_by=st.decided_by, commit_hlc=st.commit_hlc)
             if st.state != "COMMITTED":
                 raise TxnAborted(f"transaction {txn_id} was not committed ({st.reason})",
                                  result) from exc
@@ -171,7 +180,8 @@ class AsyncTxnClient:
         result = TxnResult(
             reply.txn_id, state_name(reply.state), reply.reason,
             {k.key.decode("utf-8", "replace"): versions.context_to_text(k.context)
-             for k in reply.keys}, list(reply.trace), reply.revision, reply.decided_by)
+             for k in reply.keys}, list(reply.trace), reply.revision, reply.decided_by,
+            _hlc(reply.commit_hlc))
         if reply.HasField("error"):
             err = from_pb(reply.error)
             if reply.state == tpb.TXN_ABORTED:

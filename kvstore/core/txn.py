@@ -209,6 +209,7 @@ class TxnTable:
             written = {v.key for v in op.versions}
             assert written <= set(rec.keys), "a commit writes only the record's keys"
             rec.versions.extend(op.versions)
+            rec.commit_hlc = op.commit_hlc
         rec.state, rec.decided_by, rec.decided_revision = state, op.by, index
         rec.decided_at_ms, rec.reason = op.now_ms, reason
         if state != op.state:

@@ -31,6 +31,7 @@ from kvstore._proto import txn_pb2 as tpb
 from kvstore.core import txn as core
 from kvstore.core import versions
 from kvstore.core.errors import Conflict, InvalidArgument, KVError, NotReady, Timeout, Unavailable
+from kvstore.core.hlc import HLC
 from kvstore.services.replica import Replica
 from kvstore.storage.intents import IntentStore, IntentStoreFull
 from kvstore.transport.base import Transport, TransportError
@@ -93,6 +94,9 @@ class TxnService:
         self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         replica.intent_of = intents.txn_of
+        # Transactions are ordered by hybrid logical timestamps: every txn message carries
+        # the sender's, so a commit is stamped above everything its coordinator heard of.
+        self.hlc = HLC(clock_ms)
         # Simulations crash a coordinator at a step: on_step(name) may raise. The steps:
         # "before_intents", "intent" (after each key's quorum), "after_record" (decided,
         # nothing resolved), "resolving" (after the first key's resolution).
@@ -180,14 +184,17 @@ class TxnService:
             return None
         if reply.result.code != mpb.META_OK:
             raise Unavailable(reply.result.error)
+        if reply.result.txn.commit_hlc:
+            self.hlc.update(reply.result.txn.commit_hlc)
         return reply.result.txn
 
     async def decide(self, txn_id: str, state: int, reason: str, deadline: float, *,
-                     by_coordinator: bool = False, versions_: list[tpb.TxnVersion] = ()
-                     ) -> tpb.TxnRecord:
+                     by_coordinator: bool = False, versions_: list[tpb.TxnVersion] = (),
+                     commit_hlc: int = 0) -> tpb.TxnRecord:
         res = await self._command(deadline, txn_decide=tpb.TxnDecide(
             txn_id=txn_id, state=state, by=self.node_id, now_ms=self.clock_ms(),
-            reason=reason, versions=list(versions_), by_coordinator=by_coordinator))
+            reason=reason, versions=list(versions_), by_coordinator=by_coordinator,
+            commit_hlc=commit_hlc))
         if res.code == mpb.META_NOT_FOUND:
             return tpb.TxnRecord(txn_id=txn_id, state=tpb.TXN_UNKNOWN)
         if not res.HasField("txn"):
@@ -198,10 +205,14 @@ class TxnService:
     async def on_peer(self, source: str, msg: tpb.TxnPeer) -> Reply:
         kind = msg.WhichOneof("body")
         if kind == "prepare":
-            return await self._prepare(msg.prepare)
+            self.hlc.update(msg.prepare.hlc)
+            reply = await self._prepare(msg.prepare)
+            reply.hlc = self.hlc.now().pack()
+            return reply
         if kind == "resolve":
+            self.hlc.update(msg.resolve.hlc)
             await self._resolve_here(msg.resolve)
-            return Reply()
+            return Reply(hlc=self.hlc.now().pack())
         if kind == "read":
             state = await self.replica.read_state(msg.read.key)
             intent = self.intents.get(msg.read.key)
@@ -308,7 +319,8 @@ class TxnService:
         by_key = {v.key: v.version for v in rec.versions}
         calls = []
         for key in rec.keys:
-            msg = tpb.TxnPeer(resolve=tpb.TxnResolve(txn_id=rec.txn_id, key=key, commit=commit))
+            msg = tpb.TxnPeer(resolve=tpb.TxnResolve(txn_id=rec.txn_id, key=key, commit=commit,
+                                                     hlc=rec.commit_hlc))
             if commit and key in by_key:
                 msg.resolve.version.CopyFrom(by_key[key])
             for node in self.replicas(key):
@@ -430,9 +442,12 @@ class TxnService:
                 value=w.value if w is not None else b"",
                 tombstone=w.tombstone if w is not None else False,
                 condition=cond_of.get(key, tpb.TxnCondition()), deadline_ms=deadline_ms,
-                coordinator=self.node_id))
+                coordinator=self.node_id, hlc=self.hlc.now().pack()))
             for attempt in range(3):
                 good, bad = await self._quorum(key, msg, timeout)
+                for r in [*good.values(), *bad.values()]:
+                    if r is not None and r.hlc:
+                        self.hlc.update(r.hlc)
                 for node in sorted(good):
                     trace(f"intent on {key.decode('utf-8', 'replace')} at {node}: ok")
                 for node, r in sorted(bad.items()):
@@ -478,9 +493,11 @@ class TxnService:
             new = [tpb.TxnVersion(key=k, version=versions.sibling_to_pb(core.commit_version(
                 txn_id, write_of[k].value, write_of[k].tombstone, held[k], now)))
                 for k in keys if k in write_of]
-            trace("every intent placed: proposing COMMIT (the commit point)")
+            stamp = self.hlc.now()
+            trace(f"every intent placed: proposing COMMIT at HLC {stamp} (the commit point)")
             rec = await self.decide(txn_id, tpb.TXN_COMMITTED, "", until,
-                                    by_coordinator=True, versions_=new)
+                                    by_coordinator=True, versions_=new,
+                                    commit_hlc=stamp.pack())
         trace(f"record {core.state_name(rec.state)} at revision {rec.decided_revision}, "
               f"decided by {rec.decided_by}" + (f" ({rec.reason})" if rec.reason else ""))
         if rec.state in (tpb.TXN_COMMITTED, tpb.TXN_ABORTED):
@@ -501,7 +518,7 @@ class TxnService:
     def _reply(rec: tpb.TxnRecord, trace: TxnTrace) -> tpb.TxnPutReply:
         reply = tpb.TxnPutReply(txn_id=rec.txn_id, state=rec.state, reason=rec.reason,
                                 trace=trace.lines, revision=rec.decided_revision,
-                                decided_by=rec.decided_by)
+                                decided_by=rec.decided_by, commit_hlc=rec.commit_hlc)
         for v in rec.versions:
             s = versions.sibling_from_pb(v.version)
             reply.keys.append(tpb.TxnKeyResult(

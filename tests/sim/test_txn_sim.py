@@ -154,10 +154,12 @@ async def bank(c: SimCluster, seed: int, transfers: int) -> dict:
                 if s.node.startswith("~"):
                     written.add(s.node[1:])
     committed: set[str] = {"init"}
-    for txn_id in sorted(plans):
+    stamps: dict[str, int] = {}
+    for txn_id in ["init", *sorted(plans)]:
         rec = await c.nodes["n1"].txn.record(txn_id)
         if rec is not None and rec.state == tpb.TXN_COMMITTED:
             committed.add(txn_id)
+            stamps[txn_id] = rec.commit_hlc
         if outcome.get(txn_id) == "TXN_COMMITTED":
             assert txn_id in committed, f"{txn_id} was acknowledged but is not COMMITTED"
         if outcome.get(txn_id) == "TXN_ABORTED":
@@ -175,6 +177,8 @@ async def bank(c: SimCluster, seed: int, transfers: int) -> dict:
                                     f"over {writer}'s version of {key!r}")
             assert writer in committed, f"{txn_id} read {writer}, which never committed"
             graph[txn_id].add(writer)
+            # hybrid logical clocks order them: one that saw a version commits after it
+            assert stamps[txn_id] > stamps[writer], (txn_id, writer, stamps)
     try:
         order = list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
