@@ -124,7 +124,7 @@ class TxnCondition(_message.Message):
     def __init__(self, kind: _Optional[_Union[TxnCondition.Kind, str]] = ..., context: _Optional[bytes] = ...) -> None: ...
 
 class TxnPrepare(_message.Message):
-    __slots__ = ("txn_id", "key", "write", "value", "tombstone", "condition", "deadline_ms", "coordinator", "hlc")
+    __slots__ = ("txn_id", "key", "write", "value", "tombstone", "condition", "deadline_ms", "coordinator", "hlc", "protocol", "timeout_ms", "peers")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,9 @@ class TxnPrepare(_message.Message):
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_FIELD_NUMBER: _ClassVar[int]
     HLC_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     key: bytes
     write: bool
@@ -143,7 +146,28 @@ class TxnPrepare(_message.Message):
     deadline_ms: int
     coordinator: str
     hlc: int
-    def __init__(self, txn_id: _Optional[str] = ..., key: _Optional[bytes] = ..., write: _Optional[bool] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., condition: _Optional[_Union[TxnCondition, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., coordinator: _Optional[str] = ..., hlc: _Optional[int] = ...) -> None: ...
+    protocol: str
+    timeout_ms: int
+    peers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, txn_id: _Optional[str] = ..., key: _Optional[bytes] = ..., write: _Optional[bool] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., condition: _Optional[_Union[TxnCondition, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., coordinator: _Optional[str] = ..., hlc: _Optional[int] = ..., protocol: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., peers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TxnAsk(_message.Message):
+    __slots__ = ("txn_id",)
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    def __init__(self, txn_id: _Optional[str] = ...) -> None: ...
+
+class TxnPreCommit(_message.Message):
+    __slots__ = ("txn_id", "key", "version", "hlc")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HLC_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    key: bytes
+    version: _common_pb2.Version
+    hlc: int
+    def __init__(self, txn_id: _Optional[str] = ..., key: _Optional[bytes] = ..., version: _Optional[_Union[_common_pb2.Version, _Mapping]] = ..., hlc: _Optional[int] = ...) -> None: ...
 
 class TxnResolve(_message.Message):
     __slots__ = ("txn_id", "key", "commit", "version", "hlc")
@@ -166,33 +190,49 @@ class TxnRead(_message.Message):
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
 class TxnPeer(_message.Message):
-    __slots__ = ("prepare", "resolve", "read")
+    __slots__ = ("prepare", "resolve", "read", "precommit", "ask")
     PREPARE_FIELD_NUMBER: _ClassVar[int]
     RESOLVE_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
+    PRECOMMIT_FIELD_NUMBER: _ClassVar[int]
+    ASK_FIELD_NUMBER: _ClassVar[int]
     prepare: TxnPrepare
     resolve: TxnResolve
     read: TxnRead
-    def __init__(self, prepare: _Optional[_Union[TxnPrepare, _Mapping]] = ..., resolve: _Optional[_Union[TxnResolve, _Mapping]] = ..., read: _Optional[_Union[TxnRead, _Mapping]] = ...) -> None: ...
+    precommit: TxnPreCommit
+    ask: TxnAsk
+    def __init__(self, prepare: _Optional[_Union[TxnPrepare, _Mapping]] = ..., resolve: _Optional[_Union[TxnResolve, _Mapping]] = ..., read: _Optional[_Union[TxnRead, _Mapping]] = ..., precommit: _Optional[_Union[TxnPreCommit, _Mapping]] = ..., ask: _Optional[_Union[TxnAsk, _Mapping]] = ...) -> None: ...
 
 class TxnIntent(_message.Message):
-    __slots__ = ("txn_id", "write", "value", "tombstone", "deadline_ms", "coordinator")
+    __slots__ = ("txn_id", "write", "value", "tombstone", "deadline_ms", "coordinator", "protocol", "precommitted", "version", "phase_deadline_ms", "timeout_ms", "peers")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PRECOMMITTED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     write: bool
     value: bytes
     tombstone: bool
     deadline_ms: int
     coordinator: str
-    def __init__(self, txn_id: _Optional[str] = ..., write: _Optional[bool] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., coordinator: _Optional[str] = ...) -> None: ...
+    protocol: str
+    precommitted: bool
+    version: _common_pb2.Version
+    phase_deadline_ms: int
+    timeout_ms: int
+    peers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, txn_id: _Optional[str] = ..., write: _Optional[bool] = ..., value: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., coordinator: _Optional[str] = ..., protocol: _Optional[str] = ..., precommitted: _Optional[bool] = ..., version: _Optional[_Union[_common_pb2.Version, _Mapping]] = ..., phase_deadline_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., peers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TxnPeerReply(_message.Message):
-    __slots__ = ("outcome", "error", "conflict_txn", "state", "intent", "has_intent", "hlc")
+    __slots__ = ("outcome", "error", "conflict_txn", "state", "intent", "has_intent", "hlc", "conflict_protocol", "phase")
     class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OK: _ClassVar[TxnPeerReply.Outcome]
@@ -210,6 +250,8 @@ class TxnPeerReply(_message.Message):
     INTENT_FIELD_NUMBER: _ClassVar[int]
     HAS_INTENT_FIELD_NUMBER: _ClassVar[int]
     HLC_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     outcome: TxnPeerReply.Outcome
     error: str
     conflict_txn: str
@@ -217,7 +259,9 @@ class TxnPeerReply(_message.Message):
     intent: TxnIntent
     has_intent: bool
     hlc: int
-    def __init__(self, outcome: _Optional[_Union[TxnPeerReply.Outcome, str]] = ..., error: _Optional[str] = ..., conflict_txn: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., intent: _Optional[_Union[TxnIntent, _Mapping]] = ..., has_intent: _Optional[bool] = ..., hlc: _Optional[int] = ...) -> None: ...
+    conflict_protocol: str
+    phase: str
+    def __init__(self, outcome: _Optional[_Union[TxnPeerReply.Outcome, str]] = ..., error: _Optional[str] = ..., conflict_txn: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., intent: _Optional[_Union[TxnIntent, _Mapping]] = ..., has_intent: _Optional[bool] = ..., hlc: _Optional[int] = ..., conflict_protocol: _Optional[str] = ..., phase: _Optional[str] = ...) -> None: ...
 
 class TxnWrite(_message.Message):
     __slots__ = ("key", "value", "tombstone")

@@ -95,8 +95,12 @@ def txn() -> None:
               help="Seconds the transaction may stay undecided before anyone may abort it "
                    "(default 5).")
 @click.option("--id", "txn_id", default=None, help="Name the transaction (default: random).")
-@click.option("--protocol", type=click.Choice(["raft"]), default="raft", show_default=True,
-              help="The commit protocol: the decision recorded in the Raft group.")
+@click.option("--protocol", type=click.Choice(["raft", "3pc"]), default="raft",
+              show_default=True,
+              help="raft: the decision is a record in the Raft group (non-blocking, atomic "
+                   "under any single crash or partition); 3pc: classic three-phase commit "
+                   "with timeouts, for comparison (a partition can split its outcome; "
+                   "--ttl is then its phase timeout).")
 @json_option
 @click.pass_context
 def txn_put(ctx: click.Context, pairs: tuple[str, ...], if_ctx: tuple[str, ...],
@@ -121,7 +125,7 @@ def txn_put(ctx: click.Context, pairs: tuple[str, ...], if_ctx: tuple[str, ...],
 
     async def go(c: AsyncTxnClient) -> None:
         res = await c.put(writes, if_context=conditions, if_absent=if_absent, trace=trace,
-                          ttl=ttl, txn_id=txn_id)
+                          ttl=ttl, txn_id=txn_id, protocol=protocol)
         if as_json:
             print_json({"ok": True, **res.to_json()})
             return

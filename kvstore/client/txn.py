@@ -141,14 +141,16 @@ class AsyncTxnClient:
     async def put(self, writes: Mapping[str | bytes, str | bytes], *,
                   if_context: Mapping[str | bytes, str] | None = None,
                   if_absent: Iterable[str | bytes] = (), trace: bool = False,
-                  ttl: float | None = None, txn_id: str | None = None) -> TxnResult:
+                  ttl: float | None = None, txn_id: str | None = None,
+                  protocol: str = "raft") -> TxnResult:
         """Write every key of `writes` or none. `if_context`: key -> context text (as `kv
         get --json` prints it): the key must be unchanged since; `if_absent`: keys that
         must not exist. Raises TxnAborted (nothing written), InvalidArgument, or
         OutcomeUnknown (check `status(txn_id)`)."""
         txn_id = txn_id or secrets.token_hex(8)
         req = tpb.TxnPutRequest(txn_id=txn_id, trace=trace,
-                                ttl_ms=int(ttl * 1000) if ttl else 0)
+                                ttl_ms=int(ttl * 1000) if ttl else 0,
+                                protocol="" if protocol == "raft" else protocol)
         for k, v in writes.items():
             req.writes.append(tpb.TxnWrite(key=_b(k), value=_b(v)))
         for k, ctx in (if_context or {}).items():

@@ -133,6 +133,17 @@ def check_condition(condition: tpb.TxnCondition, local: Sequence[Sibling]) -> st
     return None
 
 
+def three_pc_timeout(intent: tpb.TxnIntent, now_ms: int) -> str | None:
+    """Classic 3PC's participant rule when its coordinator falls silent: past the phase
+    deadline a PRECOMMITTED participant commits (everyone voted yes, so the coordinator
+    must have been heading for commit), an uncertain one aborts. Under a partition the two
+    sides decide differently (docs/transactions.md; tests/sim/test_txn_3pc.py)."""
+    assert intent.protocol == "3pc", "only 3PC intents decide by timeout"
+    if now_ms < intent.phase_deadline_ms:
+        return None
+    return "commit" if intent.precommitted else "abort"
+
+
 def is_txn_actor(node: str) -> bool:
     return node.startswith(TXN_ACTOR_PREFIX)
 

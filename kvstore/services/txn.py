@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from kvstore._proto import internode_pb2 as pb
@@ -42,6 +43,8 @@ MetaSend = Callable[[mpb.MetaRequest], Awaitable[mpb.MetaReply]]
 Reply = tpb.TxnPeerReply
 DEFAULT_TTL_MS = 5_000
 READ_ROUNDS = 8  # an atomic read retries at most this many times while keys keep changing
+THREE_PC_TIMEOUT_MS = 1_000  # 3pc: a participant's wait in each phase
+MAX_3PC_OUTCOMES = 10_000  # 3pc outcomes remembered per node (in memory) for the termination
 
 
 class Aborted(KVError):
@@ -97,6 +100,9 @@ class TxnService:
         # Transactions are ordered by hybrid logical timestamps: every txn message carries
         # the sender's, so a commit is stamped above everything its coordinator heard of.
         self.hlc = HLC(clock_ms)
+        # 3PC has no record: each participant remembers how its transactions ended (for
+        # the termination protocol of the others), the last MAX_3PC_OUTCOMES.
+        self.outcomes_3pc: OrderedDict[str, bool] = OrderedDict()
         # Simulations crash a coordinator at a step: on_step(name) may raise. The steps:
         # "before_intents", "intent" (after each key's quorum), "after_record" (decided,
         # nothing resolved), "resolving" (after the first key's resolution).
@@ -213,6 +219,11 @@ class TxnService:
             self.hlc.update(msg.resolve.hlc)
             await self._resolve_here(msg.resolve)
             return Reply(hlc=self.hlc.now().pack())
+        if kind == "precommit":
+            self.hlc.update(msg.precommit.hlc)
+            return await self._precommit(msg.precommit)
+        if kind == "ask":
+            return Reply(phase=self._phase_of(msg.ask.txn_id))
         if kind == "read":
             state = await self.replica.read_state(msg.read.key)
             intent = self.intents.get(msg.read.key)
@@ -226,13 +237,20 @@ class TxnService:
         out: list[Reply] = []
         intent = tpb.TxnIntent(txn_id=p.txn_id, write=p.write, value=p.value,
                                tombstone=p.tombstone, deadline_ms=p.deadline_ms,
-                               coordinator=p.coordinator)
+                               coordinator=p.coordinator, protocol=p.protocol,
+                               timeout_ms=p.timeout_ms, peers=list(p.peers))
+        if p.protocol == "3pc":
+            if p.txn_id in self.outcomes_3pc:
+                return Reply(outcome=Reply.REFUSED, error=f"{self.node_id}: transaction "
+                             f"{p.txn_id} has ended here already")
+            intent.phase_deadline_ms = self.clock_ms() + p.timeout_ms
 
         def mutation(record: bytes | None) -> None:
             # inside the key's storage mutation: no mint can run between check and intent
             held = self.intents.get(p.key)
             if held is not None and held.txn_id != p.txn_id:
                 out.append(Reply(outcome=Reply.CONFLICT, conflict_txn=held.txn_id,
+                                 conflict_protocol=held.protocol,
                                  error=f"{self.node_id}: key {p.key!r} has an intent of "
                                        f"transaction {held.txn_id}"))
                 return None
@@ -255,6 +273,59 @@ class TxnService:
             await self._persist(p.key)
         return out[-1]
 
+    async def _precommit(self, pc: tpb.TxnPreCommit) -> Reply:
+        intent = self.intents.get(pc.key)
+        if intent is None or intent.txn_id != pc.txn_id:
+            return Reply(outcome=Reply.REFUSED, error=f"{self.node_id}: no intent of "
+                         f"{pc.txn_id} on {pc.key!r} (its timeout aborted it?)")
+        intent.precommitted = True
+        if pc.HasField("version"):
+            intent.version.CopyFrom(pc.version)
+        intent.phase_deadline_ms = self.clock_ms() + intent.timeout_ms
+        await self._persist(pc.key)
+        return Reply(hlc=self.hlc.now().pack())
+
+    def _phase_of(self, txn_id: str) -> str:
+        if txn_id in self.outcomes_3pc:
+            return "committed" if self.outcomes_3pc[txn_id] else "aborted"
+        held = [i for _, i in self.intents.items() if i.txn_id == txn_id]
+        if not held:
+            return "unknown"
+        return "precommitted" if any(i.precommitted for i in held) else "uncertain"
+
+    def _remember_3pc(self, txn_id: str, committed: bool) -> None:
+        self.outcomes_3pc[txn_id] = committed
+        while len(self.outcomes_3pc) > MAX_3PC_OUTCOMES:
+            self.outcomes_3pc.popitem(last=False)
+
+    async def _terminate_3pc(self, now: int) -> None:
+        """3PC's termination protocol for intents whose phase timed out: ask the other
+        participants this side of any partition; commit if one committed or is
+        precommitted (or this one is and nobody says otherwise), abort otherwise."""
+        late = {}
+        for key, intent in self.intents.items():
+            if intent.protocol == "3pc" and core.three_pc_timeout(intent, now) is not None:
+                late.setdefault(intent.txn_id, []).append((key, intent))
+        for txn_id, held in sorted(late.items()):
+            peers = sorted({p for _, i in held for p in i.peers} - {self.node_id})
+            answers = await asyncio.gather(*(self._ask(p, tpb.TxnPeer(
+                ask=tpb.TxnAsk(txn_id=txn_id)), self.timeout / 4) for p in peers))
+            phases = {r.phase for r in answers if r is not None}
+            mine = core.three_pc_timeout(held[0][1], now)
+            commit = ("committed" in phases or "precommitted" in phases
+                      or (mine == "commit" and "aborted" not in phases))
+            if txn_id in self.outcomes_3pc:
+                commit = self.outcomes_3pc[txn_id]
+            self._remember_3pc(txn_id, commit)
+            log.warning("%s: 3PC transaction %s timed out here (%s); peers say %s: %s",
+                        self.node_id, txn_id, mine, sorted(phases) or "nothing",
+                        "commit" if commit else "abort")
+            for key, intent in held:
+                await self._resolve_here(tpb.TxnResolve(
+                    txn_id=txn_id, key=key, commit=commit,
+                    version=intent.version if commit and intent.HasField("version")
+                    else None))
+
     async def _persist(self, key: bytes) -> None:
         if self.intents.path is None:
             return
@@ -268,6 +339,9 @@ class TxnService:
         the intent goes, so a quorum read always meets one or the other). Abort: drop it."""
         if r.commit and r.HasField("version"):
             await self.replica.merge(r.key, [versions.sibling_from_pb(r.version)])
+        held = self.intents.get(r.key)
+        if held is not None and held.txn_id == r.txn_id and held.protocol == "3pc":
+            self._remember_3pc(r.txn_id, r.commit)
         if self.intents.remove(r.key, r.txn_id):
             await self._persist(r.key)
 
@@ -386,7 +460,12 @@ class TxnService:
         while True:
             await asyncio.sleep(self.sweep_interval * (0.5 + self.rng.random()))
             now = self.clock_ms()
-            late = [i.txn_id for _, i in self.intents.items() if i.deadline_ms < now]
+            try:
+                await self._terminate_3pc(now)
+            except Exception:  # the sweeper keeps running whatever one resolution does
+                log.exception("the 3PC termination protocol failed")
+            late = [i.txn_id for _, i in self.intents.items()
+                    if i.deadline_ms < now and i.protocol != "3pc"]
             for rec in self.live_records():
                 if rec.state != tpb.TXN_PENDING or rec.deadline_ms < now:
                     late.append(rec.txn_id)
@@ -408,14 +487,16 @@ class TxnService:
             keys = core.check_request(txn_id, writes, checks, req.ttl_ms)
         except core.BadTxn as exc:
             raise InvalidArgument(str(exc)) from exc
-        if req.protocol not in ("", "raft"):
-            raise InvalidArgument(f"unknown protocol {req.protocol!r}; use raft")
+        if req.protocol not in ("", "raft", "3pc"):
+            raise InvalidArgument(f"unknown protocol {req.protocol!r}; use raft or 3pc")
         ttl = req.ttl_ms or DEFAULT_TTL_MS
         now = self.clock_ms()
         deadline_ms = now + ttl
         until = self.monotonic() + ttl / 1000 + self.timeout
         for key in keys:
             self.replicas(key)  # NotReady before anything is written
+        if req.protocol == "3pc":
+            return await self._put_3pc(req, txn_id, keys, trace)
         trace(f"txn {txn_id}: coordinator {self.node_id}, {len(writes)} write(s), "
               f"{len(checks)} condition(s), deadline in {ttl} ms")
         res = await self._command(until, txn_begin=tpb.TxnBegin(
@@ -462,6 +543,9 @@ class TxnService:
                 failed = [r for r in answers if r.outcome == Reply.CONDITION_FAILED]
                 if failed:
                     return failed[0].error
+                if any(r.conflict_protocol == "3pc" for r in answers):
+                    return (f"conflict: key {key!r} is held by a 3PC transaction; it ends "
+                            "by its participants' timeouts - retry")
                 others = sorted({r.conflict_txn for r in answers
                                  if r.outcome == Reply.CONFLICT})
                 if not others or attempt == 2:
@@ -514,6 +598,86 @@ class TxnService:
                 self._spawn(self.finish(rec, timeout))
         return self._reply(rec, trace)
 
+    async def _put_3pc(self, req: tpb.TxnPutRequest, txn_id: str, keys: list[bytes],
+                       trace: TxnTrace) -> tpb.TxnPutReply:
+        """Classic three-phase commit, for comparison (docs/transactions.md): no record in
+        Raft. CanCommit (intents, every replica of every key must vote yes) -> PreCommit to
+        each participant -> DoCommit. A participant left without word decides by its
+        timeout and the termination protocol (services: `_terminate_3pc`)."""
+        write_of = {w.key: w for w in req.writes}
+        cond_of = {c.key: c.condition for c in req.checks}
+        timeout_ms = req.ttl_ms or THREE_PC_TIMEOUT_MS
+        timeout = min(self.timeout, timeout_ms / 1000)
+        parts = [(k, n) for k in keys for n in self.replicas(k)]
+        peers = sorted({n for _, n in parts})
+        trace(f"3pc txn {txn_id}: coordinator {self.node_id}, participants "
+              f"{', '.join(peers)}; phase timeout {timeout_ms} ms")
+
+        def prepare_msg(key: bytes) -> tpb.TxnPeer:
+            w = write_of.get(key)
+            return tpb.TxnPeer(prepare=tpb.TxnPrepare(
+                txn_id=txn_id, key=key, write=w is not None,
+                value=w.value if w is not None else b"",
+                tombstone=w.tombstone if w is not None else False,
+                condition=cond_of.get(key, tpb.TxnCondition()),
+                deadline_ms=self.clock_ms() + 3 * timeout_ms, coordinator=self.node_id,
+                hlc=self.hlc.now().pack(), protocol="3pc", timeout_ms=timeout_ms,
+                peers=peers))
+
+        self._step("before_intents")
+        votes = await asyncio.gather(*(self._ask(n, prepare_msg(k), timeout)
+                                       for k, n in parts))
+        failed = ""
+        for (k, n), r in zip(parts, votes, strict=True):
+            ok = r is not None and r.outcome == Reply.OK
+            trace(f"CanCommit {_text(k)} at {n}: "
+                  + ("yes" if ok else "no answer" if r is None else f"no ({r.error})"))
+            if r is not None and r.hlc:
+                self.hlc.update(r.hlc)
+            if not ok and not failed:
+                failed = f"{n} voted no on {k!r}" if r is not None else f"{n} did not vote"
+        if failed:
+            trace(f"decision: ABORT ({failed})")
+            self._remember_3pc(txn_id, False)
+            self._spawn(asyncio.gather(*(self._ask(n, tpb.TxnPeer(resolve=tpb.TxnResolve(
+                txn_id=txn_id, key=k, commit=False)), timeout) for k, n in parts)))
+            return self._reply(tpb.TxnRecord(txn_id=txn_id, state=tpb.TXN_ABORTED,
+                                             reason=failed, decided_by=self.node_id,
+                                             protocol="3pc"), trace)
+        self._step("intent")
+        stamp = self.hlc.now()
+        held: dict[bytes, list] = {}
+        for (k, _), r in zip(parts, votes, strict=True):
+            held.setdefault(k, []).append(versions.from_pb(r.state))
+        new = {k: versions.sibling_to_pb(core.commit_version(
+            txn_id, write_of[k].value, write_of[k].tombstone, held[k], stamp.wall_ms))
+            for k in keys if k in write_of}
+        for k, n in parts:  # PreCommit, one participant after the other
+            msg = tpb.TxnPeer(precommit=tpb.TxnPreCommit(txn_id=txn_id, key=k,
+                                                         hlc=stamp.pack()))
+            if k in new:
+                msg.precommit.version.CopyFrom(new[k])
+            r = await self._ask(n, msg, timeout)
+            trace(f"PreCommit {_text(k)} at {n}: " + ("ack" if r is not None and
+                                                     r.outcome == Reply.OK else "no ack"))
+            self._step("precommit")
+        self._remember_3pc(txn_id, True)
+        trace(f"decision: COMMIT at HLC {stamp} (DoCommit to every participant)")
+        rec = tpb.TxnRecord(txn_id=txn_id, state=tpb.TXN_COMMITTED, keys=keys,
+                            decided_by=self.node_id, protocol="3pc", commit_hlc=stamp.pack(),
+                            versions=[tpb.TxnVersion(key=k, version=v)
+                                      for k, v in new.items()])
+        self._step("after_record")
+        done = asyncio.gather(*(self._ask(n, tpb.TxnPeer(resolve=tpb.TxnResolve(
+            txn_id=txn_id, key=k, commit=True, hlc=stamp.pack(),
+            version=new.get(k))), timeout) for k, n in parts))
+        if req.trace:
+            for (k, n), r in zip(parts, await done, strict=True):
+                trace(f"DoCommit {_text(k)} at {n}: {'ok' if r is not None else 'no answer'}")
+        else:
+            self._spawn(done)
+        return self._reply(rec, trace)
+
     @staticmethod
     def _reply(rec: tpb.TxnRecord, trace: TxnTrace) -> tpb.TxnPutReply:
         reply = tpb.TxnPutReply(txn_id=rec.txn_id, state=rec.state, reason=rec.reason,
@@ -541,7 +705,8 @@ class TxnService:
         merged: list[versions.Sibling] = []
         for r in good.values():
             merged = versions.sync(merged, versions.from_pb(r.state))
-        for txn_id in sorted({r.intent.txn_id for r in good.values() if r.has_intent}):
+        for txn_id in sorted({r.intent.txn_id for r in good.values()
+                              if r.has_intent and r.intent.protocol != "3pc"}):
             rec = await self.record(txn_id, timeout)
             if rec is not None and rec.state == tpb.TXN_COMMITTED:
                 mine = [v.version for v in rec.versions if v.key == key]
