@@ -33,7 +33,8 @@ def _pct(values: list[float], q: float) -> float:
 
 async def run_bank(endpoints: list[str], *, accounts: int, duration_s: float,
                    concurrency: int, seed: int, timeout_s: float = 10.0, cluster=None,
-                   fault: bool = False, credentials=None, note=print) -> dict[str, Any]:
+                   fault: bool = False, credentials=None, note=print,
+                   protocol: str = "raft") -> dict[str, Any]:
     if accounts < 2:
         raise ValueError("the bank workload needs at least 2 accounts")
     names = [f"bank:{seed}:acct{i}" for i in range(accounts)]
@@ -68,7 +69,8 @@ async def run_bank(endpoints: list[str], *, accounts: int, duration_s: float,
                 txn_id = f"b{seed}w{wid}t{wrng.getrandbits(40):010x}"
                 try:
                     await client.put({a: str(ba - amount), b: str(bb + amount)},
-                                     if_context={a: ca, b: cb}, txn_id=txn_id, ttl=3)
+                                     if_context={a: ca, b: cb}, txn_id=txn_id,
+                                     ttl=3 if protocol == "raft" else 1, protocol=protocol)
                 except TxnAborted:
                     counts["aborted"] += 1
                     continue
@@ -140,7 +142,8 @@ async def run_bank(endpoints: list[str], *, accounts: int, duration_s: float,
         expected = {n: OPENING + deltas[n] for n in names}
         missing = {n: (balances[n], expected[n]) for n in names if balances[n] != expected[n]}
         return {
-            "workload": "bank", "accounts": accounts, "concurrency": concurrency,
+            "workload": "bank", "protocol": protocol, "accounts": accounts,
+            "concurrency": concurrency,
             "duration_s": round(elapsed, 2), "faults": faults, **counts,
             "transfers_per_s": round(counts["committed"] / elapsed, 1),
             "attempts_per_s": round((counts["committed"] + counts["aborted"]

@@ -19,7 +19,7 @@ from kvstore.core.errors import KVError
 
 def run_bank_cli(ctx: click.Context, bench_endpoints: str | None, *, accounts: int,
                  duration: float, concurrency: int, local_nodes: int, sync: str, fault: bool,
-                 seed: int, as_json: bool) -> None:
+                 seed: int, as_json: bool, protocol: str = "raft") -> None:
     from kvstore.bench.runner import free_ports
     from kvstore.node.local_cluster import LocalCluster
 
@@ -55,14 +55,15 @@ def run_bank_cli(ctx: click.Context, bench_endpoints: str | None, *, accounts: i
         try:
             result = asyncio.run(run_bank(
                 endpoints, accounts=accounts, duration_s=duration, concurrency=concurrency,
-                seed=seed, cluster=cluster, fault=fault, credentials=credentials, note=note))
+                seed=seed, cluster=cluster, fault=fault, credentials=credentials, note=note,
+                protocol=protocol))
         except KVError as exc:
             raise click.ClickException(exc.message) from None
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         lat = result["latency_ms"]
-        click.echo(f"bank: {result['committed']} transfers committed in "
+        click.echo(f"bank ({protocol}): {result['committed']} transfers committed in "
                    f"{result['duration_s']} s = {result['transfers_per_s']}/s "
                    f"({result['attempts_per_s']} attempts/s; {result['aborted']} aborted, "
                    f"{result['unknown']} unknown, {result['errors']} errors)")

@@ -45,6 +45,9 @@ def _levels(ctx, param, value):
                    "(docs/transactions.md).")
 @click.option("--accounts", type=click.IntRange(min=2, max=10_000), default=20,
               show_default=True, help="Accounts of the bank workload.")
+@click.option("--txn-protocol", type=click.Choice(["raft", "3pc"]), default="raft",
+              show_default=True, help="The bank workload's commit protocol (kv txn put "
+                                      "--protocol).")
 @click.option("--consistency", "-c", "levels", default="ONE,QUORUM,ALL", show_default=True,
               callback=_levels,
               help="Comma-separated levels to compare; READ/WRITE pairs such as ONE/ALL too.")
@@ -96,7 +99,8 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
           distribution: str, rate: float | None, no_load: bool, no_ceiling: bool,
           ceiling_duration: float | None, local_nodes: int, sync: str, fault_kind: str | None,
           probes: int, seed: int, interval: float, out_dir: Path | None, as_json: bool,
-          no_live: bool, uvloop: bool, accounts: int = 20) -> None:
+          no_live: bool, uvloop: bool, accounts: int = 20,
+          txn_protocol: str = "raft") -> None:
     """Measure throughput, latency and staleness per consistency level.
 
     \b
@@ -114,7 +118,8 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
                                    "give --consistency QUORUM (or leave it out)")
         run_bank_cli(ctx, bench_endpoints, accounts=accounts, duration=duration,
                      concurrency=concurrency, local_nodes=local_nodes, sync=sync,
-                     fault=fault_kind is not None, seed=seed, as_json=as_json)
+                     fault=fault_kind is not None, seed=seed, as_json=as_json,
+                     protocol=txn_protocol)
         return
     try:  # the engine needs the bench extras; `kv` itself must work without them
         from kvstore.bench import report

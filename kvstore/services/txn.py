@@ -652,15 +652,25 @@ class TxnService:
         new = {k: versions.sibling_to_pb(core.commit_version(
             txn_id, write_of[k].value, write_of[k].tombstone, held[k], stamp.wall_ms))
             for k in keys if k in write_of}
-        for k, n in parts:  # PreCommit, one participant after the other
+        def precommit(k: bytes, n: str):
             msg = tpb.TxnPeer(precommit=tpb.TxnPreCommit(txn_id=txn_id, key=k,
                                                          hlc=stamp.pack()))
             if k in new:
                 msg.precommit.version.CopyFrom(new[k])
-            r = await self._ask(n, msg, timeout)
+            return self._ask(n, msg, timeout)
+
+        def acked(k: bytes, n: str, r: Reply | None) -> None:
             trace(f"PreCommit {_text(k)} at {n}: " + ("ack" if r is not None and
                                                      r.outcome == Reply.OK else "no ack"))
-            self._step("precommit")
+
+        if self.on_step is None:  # PreCommit to every participant at once
+            for (k, n), r in zip(parts, await asyncio.gather(
+                    *(precommit(k, n) for k, n in parts)), strict=True):
+                acked(k, n, r)
+        else:  # one after the other, so a simulation can crash between two of them
+            for k, n in parts:
+                acked(k, n, await precommit(k, n))
+                self._step("precommit")
         self._remember_3pc(txn_id, True)
         trace(f"decision: COMMIT at HLC {stamp} (DoCommit to every participant)")
         rec = tpb.TxnRecord(txn_id=txn_id, state=tpb.TXN_COMMITTED, keys=keys,
