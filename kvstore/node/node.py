@@ -61,6 +61,15 @@ def prior_life(data_dir: Path | None) -> list[str]:
     return [name for name in PRIOR_LIFE_FILES if (Path(data_dir) / name).exists()]
 
 
+def _side_stream(rng: random.Random, name: str) -> random.Random:
+    """A generator seeded from `rng`'s state without drawing from it, so a service added
+    later does not shift the draws every other service (and every seeded simulation)
+    makes."""
+    copy = random.Random()
+    copy.setstate(rng.getstate())
+    return random.Random(f"{copy.getrandbits(64)}/{name}")
+
+
 class Node:
     def __init__(self, config: NodeConfig, transport: Transport, store,
                  clock_ms: Callable[[], int] = wall_clock_ms,
@@ -167,7 +176,7 @@ class Node:
             config.node_id, transport, self.membership, self.replica, intents,
             self.raft.handle_meta if self.raft is not None else None,
             replication_factor=config.replication_factor, clock_ms=clock_ms,
-            monotonic=monotonic, rng=random.Random(rng.getrandbits(64)),
+            monotonic=monotonic, rng=_side_stream(rng, "txn"),
             timeout=max(2.0, config.timeout_ms / 1000), offload=offload)
         if self.raft is not None:
             self.txn.live_records = self._live_txn_records

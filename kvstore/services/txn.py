@@ -467,7 +467,9 @@ class TxnService:
             late = [i.txn_id for _, i in self.intents.items()
                     if i.deadline_ms < now and i.protocol != "3pc"]
             for rec in self.live_records():
-                if rec.state != tpb.TXN_PENDING or rec.deadline_ms < now:
+                # decided ones once their coordinator had time to resolve them itself
+                if rec.deadline_ms < now or (rec.state != tpb.TXN_PENDING
+                                             and now - rec.decided_at_ms > 2_000):
                     late.append(rec.txn_id)
             for txn_id in sorted(set(late))[:32]:
                 try:
