@@ -144,9 +144,10 @@ class AsyncTxnClient:
                   ttl: float | None = None, txn_id: str | None = None,
                   protocol: str = "raft") -> TxnResult:
         """Write every key of `writes` or none. `if_context`: key -> context text (as `kv
-        get --json` prints it): the key must be unchanged since; `if_absent`: keys that
-        must not exist. Raises TxnAborted (nothing written), InvalidArgument, or
-        OutcomeUnknown (check `status(txn_id)`)."""
+        get --json` prints it): the key must be unchanged since (the empty context of a key
+        read as absent: it must still be absent); `if_absent`: keys that must not exist.
+        Raises TxnAborted (nothing written), InvalidArgument, or OutcomeUnknown (check
+        `status(txn_id)`)."""
         txn_id = txn_id or secrets.token_hex(8)
         req = tpb.TxnPutRequest(txn_id=txn_id, trace=trace,
                                 ttl_ms=int(ttl * 1000) if ttl else 0,
@@ -154,8 +155,13 @@ class AsyncTxnClient:
         for k, v in writes.items():
             req.writes.append(tpb.TxnWrite(key=_b(k), value=_b(v)))
         for k, ctx in (if_context or {}).items():
+            if ctx is None:
+                raise InvalidArgument(f"no context given for {k!r}")
+            if ctx == "":  # the context of a key read as absent: it must still be absent
+                if_absent = [*if_absent, k]
+                continue
             try:
-                data = versions.context_from_text(ctx) if ctx else b""
+                data = versions.context_from_text(ctx)
             except versions.InvalidContext as exc:
                 raise InvalidArgument(f"the context given for {k!r}: {exc}") from exc
             req.checks.append(tpb.TxnCheck(key=_b(k), condition=tpb.TxnCondition(

@@ -251,14 +251,14 @@ class TxnService:
             if held is not None and held.txn_id != p.txn_id:
                 out.append(Reply(outcome=Reply.CONFLICT, conflict_txn=held.txn_id,
                                  conflict_protocol=held.protocol,
-                                 error=f"{self.node_id}: key {p.key!r} has an intent of "
+                                 error=f"{self.node_id}: key {_text(p.key)!r} has an intent of "
                                        f"transaction {held.txn_id}"))
                 return None
             local = versions.decode_record(record).siblings if record else []
             why = core.check_condition(p.condition, local)
             if why is not None:
                 out.append(Reply(outcome=Reply.CONDITION_FAILED,
-                                 error=f"{self.node_id}: condition on {p.key!r} failed: {why}"))
+                                 error=f"{self.node_id}: condition on {_text(p.key)!r} failed: {why}"))
                 return None
             try:
                 self.intents.place(p.key, intent)
@@ -277,7 +277,7 @@ class TxnService:
         intent = self.intents.get(pc.key)
         if intent is None or intent.txn_id != pc.txn_id:
             return Reply(outcome=Reply.REFUSED, error=f"{self.node_id}: no intent of "
-                         f"{pc.txn_id} on {pc.key!r} (its timeout aborted it?)")
+                         f"{pc.txn_id} on {_text(pc.key)!r} (its timeout aborted it?)")
         intent.precommitted = True
         if pc.HasField("version"):
             intent.version.CopyFrom(pc.version)
@@ -546,7 +546,7 @@ class TxnService:
                 if failed:
                     return failed[0].error
                 if any(r.conflict_protocol == "3pc" for r in answers):
-                    return (f"conflict: key {key!r} is held by a 3PC transaction; it ends "
+                    return (f"conflict: key {_text(key)!r} is held by a 3PC transaction; it ends "
                             "by its participants' timeouts - retry")
                 others = sorted({r.conflict_txn for r in answers
                                  if r.outcome == Reply.CONFLICT})
@@ -555,11 +555,11 @@ class TxnService:
                 # Another transaction's intent: finish it if it is decided or expired
                 for other in others:
                     if not await self.resolve_foreign(other, timeout):
-                        return (f"conflict: key {key!r} is held by transaction {other}, "
+                        return (f"conflict: key {_text(key)!r} is held by transaction {other}, "
                                 "still in progress; retry")
                     trace(f"resolved transaction {other} met on {key.decode('utf-8', 'replace')}")
             reasons = [r.error for r in bad.values() if r is not None and r.error]
-            return (f"no strict quorum of replicas of {key!r} took the intent"
+            return (f"no strict quorum of replicas of {_text(key)!r} took the intent"
                     + (f" ({'; '.join(reasons[:3])})" if reasons else " (no answer)"))
 
         tasks = [asyncio.ensure_future(prepare(k)) for k in keys]
@@ -637,7 +637,7 @@ class TxnService:
             if r is not None and r.hlc:
                 self.hlc.update(r.hlc)
             if not ok and not failed:
-                failed = f"{n} voted no on {k!r}" if r is not None else f"{n} did not vote"
+                failed = f"{n} voted no on {_text(k)!r}" if r is not None else f"{n} did not vote"
         if failed:
             trace(f"decision: ABORT ({failed})")
             self._remember_3pc(txn_id, False)
@@ -713,7 +713,7 @@ class TxnService:
         applied (COMMITTED: their version merged; PENDING or ABORTED: ignored)."""
         good, _ = await self._quorum(key, tpb.TxnPeer(read=tpb.TxnRead(key=key)), timeout)
         if len(good) < len(self.replicas(key)) // 2 + 1:
-            raise Unavailable(f"too few replicas of {key!r} answered the read")
+            raise Unavailable(f"too few replicas of {_text(key)!r} answered the read")
         merged: list[versions.Sibling] = []
         for r in good.values():
             merged = versions.sync(merged, versions.from_pb(r.state))

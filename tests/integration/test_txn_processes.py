@@ -73,6 +73,11 @@ def test_txn_put_get_status_and_bad_input(cluster) -> None:
     code, st = jkv(eps, "txn", "status", put["txn_id"])
     assert code == 0 and st["state"] == "COMMITTED" and st["decided_revision"] > 0
     assert kv(eps, "txn", "status", "nosuchtxn").returncode == 3
+    # the same through three-phase commit
+    code, three = jkv(eps, "txn", "put", "p=1", "q=2", "--protocol", "3pc")
+    assert code == 0 and three["state"] == "COMMITTED" and three["commit_hlc"], three
+    code, got3 = jkv(eps, "txn", "get", "p", "q")
+    assert {k: v["values"] for k, v in got3["values"].items()} == {"p": ["1"], "q": ["2"]}
     # bad input: clear errors, exit 2, nothing applied
     for args, text in [(("a=1", "a=2"), "duplicate key"),
                        (("a=1", "--if", "a"), "KEY@CONTEXT"),
