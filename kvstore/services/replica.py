@@ -230,7 +230,8 @@ class Replica:
             holder = self.intent_of(key)
             if holder is not None:
                 self.metrics["writes_refused_for_intent"] += 1
-                raise Conflict(f"{self.node_id} refused the write: key {key.decode('utf-8', 'replace')!r} has an intent "
+                name = key.decode("utf-8", "replace")
+                raise Conflict(f"{self.node_id} refused the write: key {name!r} has an intent "
                                f"of transaction {holder}, not yet resolved; retry once it is "
                                f"decided (kv txn status {holder}), at most its deadline")
             rec = _decode(key, record)

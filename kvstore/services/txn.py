@@ -258,7 +258,8 @@ class TxnService:
             why = core.check_condition(p.condition, local)
             if why is not None:
                 out.append(Reply(outcome=Reply.CONDITION_FAILED,
-                                 error=f"{self.node_id}: condition on {_text(p.key)!r} failed: {why}"))
+                                 error=f"{self.node_id}: condition on "
+                                       f"{_text(p.key)!r} failed: {why}"))
                 return None
             try:
                 self.intents.place(p.key, intent)
