@@ -462,6 +462,7 @@ def _register_groups() -> None:
     membership = __import__("kvstore.cli.membership_cmds", fromlist=["decommission"])
     node.add_command(membership.decommission)
     node.add_command(membership.remove)
+    node.add_command(membership.replace)
     cli.add_command(node)
     cli.add_command(cluster)
     cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)
