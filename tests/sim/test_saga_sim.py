@@ -1,0 +1,308 @@
+"""Seed-driven simulation of sagas (issue 12; docs/transactions.md, "Sagas").
+
+A simulated cluster (three nodes, the Raft group on all three, in virtual time) runs sagas
+through the real coordinator (kvstore/client/saga.py) and engine (kvstore/core/saga.py);
+only the two transports are adapted: metadata requests go to a node's `handle_meta`, data
+requests to a node's coordinator. The coordinator "process" is killed at every one of its
+I/O events in turn - before the event takes effect, or after it took effect but before
+the answer came back - and then a fresh coordinator resumes the saga (possibly dying
+again, at a seed-chosen point). A dead coordinator never revokes its lease: the resume
+waits for the lease to run out, as it would in real life.
+
+Checker, for every saga: its keys end either all at their forward values (and the log
+says COMMITTED) or all at their compensated values (and the log says COMPENSATED) -
+never both, never neither; and the outcome is COMPENSATED exactly when one of its
+conditions was false from the start (a crash never makes a saga give up).
+
+CI runs SEEDS seeds; KV_SLOW=1 more. Replay one seed (prints every run):
+
+    KV_SAGA_SEED=7 .venv/bin/python -m pytest tests/sim/test_saga_sim.py -k replay -s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from simkit import vtime
+from simkit.cluster import SimCluster
+
+from kvstore._proto import client_pb2 as cpb
+from kvstore.client.core import Version
+from kvstore.client.meta import AsyncMetaClient
+from kvstore.client.saga import AsyncSagaClient, SagaNotFound
+from kvstore.core import errors
+from kvstore.core import saga as engine
+
+SEEDS = int(os.environ.get("KV_SAGA_SEEDS", "3"))
+SLOW_SEEDS = int(os.environ.get("KV_SAGA_SLOW_SEEDS", "40"))
+TTL = 1.0  # the coordinator lease (virtual seconds)
+
+
+class Crashed(BaseException):
+    """The coordinator process died (a BaseException: nothing in it may catch this)."""
+
+
+@dataclass
+class Process:
+    """One coordinator process: it dies at its `crash_at`-th I/O event, `before` the event
+    takes effect or after it (the effect stays, the answer is lost)."""
+
+    crash_at: int | None = None
+    before: bool = True
+    events: int = 0
+    dead: bool = False
+
+    async def event(self, call):
+        """Run `call()` (a coroutine function) as this process's next I/O event."""
+        if self.dead:
+            raise Crashed()
+        self.events += 1
+        if self.events == self.crash_at and self.before:
+            self.dead = True
+            raise Crashed()
+        result = await call()
+        if self.events == self.crash_at:
+            self.dead = True
+            raise Crashed()
+        return result
+
+
+class SimMeta(AsyncMetaClient):
+    """The real metadata client (sessions, retries) over a node's handle_meta."""
+
+    def __init__(self, cluster: SimCluster, process: Process) -> None:
+        super().__init__([f"{n}:1" for n in cluster.ids], timeout=5.0)
+        self.cluster = cluster
+        self.process = process
+
+    async def _send(self, ep, req, timeout):
+        node = self.cluster.nodes[ep.split(":", 1)[0]]
+
+        def call():
+            return asyncio.wait_for(node.raft.handle_meta(req), timeout)
+
+        if req.WhichOneof("body") == "command":
+            return await self.process.event(call)
+        if self.process.dead:
+            raise Crashed()
+        return await call()
+
+
+class SimStore:
+    """SagaStore over the simulated cluster's coordinators (QUORUM, strict, fenced)."""
+
+    def __init__(self, cluster: SimCluster, process: Process, rng: random.Random) -> None:
+        self.cluster = cluster
+        self.process = process
+        self.rng = rng
+
+    def _via(self) -> str:
+        return self.rng.choice(self.cluster.ids)
+
+    @staticmethod
+    def _check(reply: cpb.ClientReply) -> cpb.ClientReply:
+        if reply.HasField("error"):
+            raise errors.from_pb(reply.error)
+        return reply
+
+    async def read(self, key: str) -> tuple[list[str], bytes]:
+        if self.process.dead:
+            raise Crashed()
+        reply = self._check(await self.cluster.get(self._via(), key.encode()))
+        return _live(reply), reply.get.context
+
+    async def write(self, key, value, context, fence) -> None:
+        via = self._via()
+        if value is None:
+            def call():
+                return self.cluster.delete(via, key.encode(), context=context, strict=True,
+                                           fence=fence)
+        else:
+            def call():
+                return self.cluster.put(via, key.encode(), value.encode(), context=context,
+                                        strict=True, fence=fence)
+        self._check(await self.process.event(call))
+
+
+def _live(reply: cpb.ClientReply) -> list[str]:
+    return sorted(v.value.decode() for v in Version.list_from_pb(reply.get.siblings)
+                  if not v.tombstone and not v.fenced_out)
+
+
+@dataclass
+class Case:
+    """One saga: step i moves key i from `before[i]` (None: absent) to `after[i]`."""
+
+    keys: list[str]
+    before: list[str | None]
+    after: list[str | None]
+    false_at: int | None  # the step whose condition is false from the start
+    definition: engine.SagaDef = field(init=False)
+
+    def __post_init__(self) -> None:
+        steps = []
+        for i, key in enumerate(self.keys):
+            b, a = self.before[i], self.after[i]
+            action = {"op": "put", "key": key, "value": a} if a is not None else {
+                "op": "delete", "key": key}
+            # conditions: if_value / if_absent on the expected starting value
+            expected = b if i != self.false_at else f"other-{i}"
+            if i % 2 == 0 or i == self.false_at:
+                if expected is None:
+                    action["if_absent"] = True
+                else:
+                    action["if_value"] = expected
+            comp = {"op": "put", "key": key, "value": b} if b is not None else {
+                "op": "delete", "key": key}
+            steps.append({"name": f"step {i}", **action, "compensation": comp})
+        self.definition = engine.parse_saga({"name": "sim", "steps": steps})
+
+
+def make_case(rng: random.Random, tag: str) -> Case:
+    n = rng.randint(1, 4)
+    keys = [f"{tag}/k{i}" for i in range(n)]
+    before = [None if rng.random() < 0.3 else f"old{i}" for i in range(n)]
+    after = [None if (before[i] is not None and rng.random() < 0.2) else f"new{i}"
+             for i in range(n)]
+    false_at = rng.randrange(n) if rng.random() < 0.3 else None
+    return Case(keys, before, after, false_at)
+
+
+def coordinator(cluster: SimCluster, process: Process, rng: random.Random,
+                name: str) -> AsyncSagaClient:
+    counter = iter(range(1_000_000))
+    return AsyncSagaClient(
+        SimMeta(cluster, process), SimStore(cluster, process, rng), ttl=TTL, owner=name,
+        clock_ms=lambda: int(asyncio.get_running_loop().time() * 1000),
+        new_id=lambda _name: f"{name}-{next(counter)}")
+
+
+async def final_values(cluster: SimCluster, keys: list[str]) -> list[str | None]:
+    await cluster.settle()
+    out = []
+    for key in keys:
+        live = _live(SimStore._check(await cluster.get("n1", key.encode(), "ALL")))
+        assert len(live) <= 1, f"{key}: siblings {live}"
+        out.append(live[0] if live else None)
+    return out
+
+
+async def run_case(cluster: SimCluster, rng: random.Random, case: Case, saga_id: str,
+                   crash_at: int | None, before: bool, log: list[str]) -> tuple[str, int]:
+    """Prepare the keys, run the saga with a coordinator that dies at `crash_at`, resume
+    until it ends; check the outcome. Returns (outcome, events of the first process)."""
+    for key, value in zip(case.keys, case.before, strict=True):
+        if value is not None:
+            SimStore._check(await cluster.put("n1", key.encode(), value.encode(), "ALL"))
+    first = Process(crash_at, before)
+    record = None
+    try:
+        record = await coordinator(cluster, first, rng, "c0").run(case.definition, saga_id)
+    except Crashed:
+        log.append(f"  {saga_id}: coordinator died at event {crash_at} "
+                   f"({'before' if before else 'after'} it took effect)")
+    resumes = 0
+    while record is None:
+        resumes += 1
+        assert resumes <= 5, f"{saga_id}: still not finished after 5 resumes"
+        # a resuming coordinator may die too (less often each time)
+        again = Process(rng.randint(1, 12), rng.random() < 0.5) if rng.random() < 0.3 / resumes \
+            else Process()
+        try:
+            record = await coordinator(cluster, again, rng, f"c{resumes}").resume(saga_id)
+        except SagaNotFound:
+            # died before the definition was recorded: the saga never began, nothing of it
+            # may be applied
+            assert crash_at is not None and resumes == 1
+            values = await final_values(cluster, case.keys)
+            assert values == case.before, f"{saga_id}: never began, yet keys are {values}"
+            log.append(f"  {saga_id}: never began (died before its definition was logged)")
+            return "NEVER_BEGAN", first.events
+        except Crashed:
+            log.append(f"  {saga_id}: resuming coordinator c{resumes} died at event "
+                       f"{again.crash_at}")
+    outcome = record.status.state
+    values = await final_values(cluster, case.keys)
+    applied = values == case.after
+    compensated = values == case.before
+    log.append(f"  {saga_id}: {outcome} after {resumes} resume(s); keys {values}")
+    assert applied != compensated, (
+        f"{saga_id}: keys {values} are {'both' if applied else 'neither'} fully applied "
+        f"{case.after} and fully compensated {case.before}")
+    assert (outcome == engine.COMMITTED) == applied, f"{saga_id}: log says {outcome}"
+    expected = engine.COMPENSATED if case.false_at is not None else engine.COMMITTED
+    assert outcome == expected, f"{saga_id}: {outcome}, expected {expected}"
+    # the log read back from the group says the same
+    reread = await coordinator(cluster, Process(), rng, "reader").get(saga_id)
+    assert reread.status.state == outcome and reread.log == record.log
+    return outcome, first.events
+
+
+def run_seed(seed: int, log: list[str]) -> dict:
+    """One seed: a saga shape, then the same shape with the coordinator killed at every
+    event (before and after it), each on fresh keys, in one simulated cluster."""
+    rng = random.Random(seed)
+
+    async def main() -> dict:
+        cluster = await SimCluster(3, seed=seed, raft_voters=["n1", "n2", "n3"]).start()
+        try:
+            await cluster.wait_raft_leader()
+            shape = make_case(rng, "probe")
+            log.append(f"seed {seed}: {len(shape.keys)} steps, before {shape.before}, "
+                       f"after {shape.after}, false condition at {shape.false_at}")
+            _, events = await run_case(cluster, rng, shape, "probe", None, True, log)
+            runs = 1
+            for crash_at in range(1, events + 1):
+                for before in (True, False):
+                    tag = f"s{crash_at}{'b' if before else 'a'}"
+                    case = Case([f"{tag}/k{i}" for i in range(len(shape.keys))],
+                                shape.before, shape.after, shape.false_at)
+                    await run_case(cluster, rng, case, tag, crash_at, before, log)
+                    runs += 1
+            return {"runs": runs, "events": events}
+        finally:
+            await cluster.stop()
+
+    return vtime.run(main)
+
+
+def replay_command(seed: int) -> str:
+    return (f"KV_SAGA_SEED={seed} .venv/bin/python -m pytest tests/sim/test_saga_sim.py "
+            "-k replay -s")
+
+
+def check_seed(seed: int) -> dict:
+    log: list[str] = []
+    try:
+        return run_seed(seed, log)
+    except (AssertionError, Exception) as exc:
+        print("\n".join(log[-30:]))
+        raise AssertionError(f"saga simulation seed {seed} failed: {exc}\n"
+                             f"replay: {replay_command(seed)}") from exc
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_saga_survives_a_coordinator_crash_at_every_event(seed: int) -> None:
+    stats = check_seed(seed)
+    assert stats["runs"] == 1 + 2 * stats["events"] and stats["events"] >= 8
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("KV_SLOW") != "1", reason="slow: set KV_SLOW=1")
+def test_saga_many_seeds() -> None:
+    for seed in range(1000, 1000 + SLOW_SEEDS):
+        check_seed(seed)
+
+
+@pytest.mark.skipif("KV_SAGA_SEED" not in os.environ, reason="set KV_SAGA_SEED to replay")
+def test_replay() -> None:
+    log: list[str] = []
+    try:
+        stats = run_seed(int(os.environ["KV_SAGA_SEED"]), log)
+    finally:
+        print("\n".join(log))
+    print(stats)
