@@ -115,7 +115,8 @@ def _step_state(rec: SagaRecord, i: int) -> str:
     if "comp" in kinds:
         return "compensating"
     if "failed" in kinds:
-        return "failed"
+        failed = next(e for e in rec.log if e.kind == "failed")
+        return "failed (may be applied)" if failed.unknown else "failed (not applied)"
     if "done" in kinds:
         return "done"
     if "start" in kinds:
@@ -218,7 +219,7 @@ def saga_status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
         if not as_json:
             t = table("#", "entry", "step", "by", "at (ms)", title="log")
             for n, e in enumerate(rec.log):
-                t.add_row(str(n), e.outcome and f"end {e.outcome}" or e.kind,
+                t.add_row(str(n), (e.outcome and f"end {e.outcome}") or e.kind,
                           "" if e.step < 0 else str(e.step), e.by, str(e.at_ms))
             console.print(t)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import secrets
 import time
@@ -278,8 +279,7 @@ class AsyncSagaClient:
 
     async def _append(self, saga_id: str, log: list[engine.LogEntry],
                       entry: engine.LogEntry) -> None:
-        entry = engine.LogEntry(entry.kind, entry.step, entry.outcome, entry.reason,
-                                self.clock_ms(), self.owner)
+        entry = dataclasses.replace(entry, at_ms=self.clock_ms(), by=self.owner)
         key = _log_key(saga_id, len(log))
         try:
             await self.meta.cas(key, None, entry.encode())

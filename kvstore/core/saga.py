@@ -8,8 +8,9 @@ entries appended in order:
 
     start i      step i is about to be applied (its outcome is unknown until `done i`)
     done i       step i was applied
-    failed i     step i's condition did not hold (or the store kept refusing it): the saga
-                 now compensates; no forward entry follows
+    failed i     step i's condition did not hold (it was not applied), or the store kept
+                 failing it (`unknown`: it may have been applied); the saga now
+                 compensates, and no forward entry follows
     comp i       the compensation of step i is about to be applied
     undone i     the compensation of step i was applied
     end S        the saga finished: S is COMMITTED or COMPENSATED (the last entry)
@@ -20,10 +21,11 @@ is replaced by one that reads the log and calls the same function:
 * going forward, the first step without `done` is started (or, when `start` is logged
   already, applied again: a put or delete of a given value is idempotent, and a step whose
   outcome is unknown is treated as possibly applied);
-* once a step failed, every step that was *started* (applied or possibly applied) is
-  compensated, the latest first; a compensation is idempotent too and is repeated until
-  its `undone` is logged;
-* the saga ends COMMITTED when every step is done, COMPENSATED when every started step is
+* once a step failed, every step that was applied or possibly applied is compensated,
+  the latest first - every started step except one whose condition was found false (it
+  was not applied, and undoing it would overwrite someone else's value); a compensation
+  is idempotent too and is repeated until its `undone` is logged;
+* the saga ends COMMITTED when every step is done, COMPENSATED when every step to undo is
   undone. It never ends otherwise: it ends fully applied or fully compensated.
 """
 
@@ -231,6 +233,7 @@ class LogEntry:
     reason: str = ""   # failed: why
     at_ms: int = 0     # the coordinator's wall clock when it appended the entry
     by: str = ""       # the coordinator that appended it
+    unknown: bool = False  # failed: the store kept failing it (it may have been applied)
 
     def __post_init__(self) -> None:
         assert self.kind in ENTRY_KINDS, self.kind
@@ -245,6 +248,8 @@ class LogEntry:
             out["outcome"] = self.outcome
         if self.reason:
             out["reason"] = self.reason
+        if self.unknown:
+            out["unknown"] = True
         return json.dumps(out, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -252,7 +257,8 @@ class LogEntry:
         try:
             raw = json.loads(text)
             return cls(raw["e"], int(raw.get("step", -1)), raw.get("outcome", ""),
-                       raw.get("reason", ""), int(raw.get("at_ms", 0)), raw.get("by", ""))
+                       raw.get("reason", ""), int(raw.get("at_ms", 0)), raw.get("by", ""),
+                       bool(raw.get("unknown", False)))
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
             raise LogError(f"unreadable saga log entry {text[:80]!r}: {exc}") from None
 
@@ -266,9 +272,15 @@ class _Replay:
     done: set[int] = field(default_factory=set)
     failed: int | None = None
     reason: str = ""
+    unknown: bool = False
     comp: set[int] = field(default_factory=set)
     undone: list[int] = field(default_factory=list)
     outcome: str = ""
+
+    def to_undo(self) -> list[int]:
+        """The steps a failed saga compensates, in start order: every started step but
+        one that failed on its condition (certainly not applied)."""
+        return [i for i in self.started if i != self.failed or self.unknown]
 
 
 def _replay(defn: SagaDef, log: list[LogEntry]) -> _Replay:
@@ -297,9 +309,9 @@ def _replay(defn: SagaDef, log: list[LogEntry]) -> _Replay:
             if r.failed is not None or not r.started or e.step != r.started[-1] \
                     or e.step in r.done:
                 raise LogError(f"{where}: only the latest started, unfinished step can fail")
-            r.failed, r.reason = e.step, e.reason
+            r.failed, r.reason, r.unknown = e.step, e.reason, e.unknown
         elif e.kind == "comp":
-            if r.failed is None or e.step not in r.started or e.step in r.undone:
+            if r.failed is None or e.step not in r.to_undo() or e.step in r.undone:
                 raise LogError(f"{where}: compensation of a step that needs none")
             r.comp.add(e.step)
         elif e.kind == "undone":
@@ -310,7 +322,7 @@ def _replay(defn: SagaDef, log: list[LogEntry]) -> _Replay:
             if e.outcome == COMMITTED and (r.failed is not None or len(r.done) != n):
                 raise LogError(f"{where}: COMMITTED with steps not done")
             if e.outcome == COMPENSATED and (
-                    r.failed is None or set(r.undone) != set(r.started)):
+                    r.failed is None or set(r.undone) != set(r.to_undo())):
                 raise LogError(f"{where}: COMPENSATED with started steps not undone")
             r.outcome = e.outcome
     return r
@@ -355,7 +367,7 @@ def next_action(defn: SagaDef, log: list[LogEntry]) -> Action:
     if r.failed is not None:
         # compensate every started step, the latest first; the one whose `comp` is logged
         # without `undone` first of all (it is the latest pending: comps go in order)
-        pending = [i for i in reversed(r.started) if i not in r.undone]
+        pending = [i for i in reversed(r.to_undo()) if i not in r.undone]
         if not pending:
             return Append(LogEntry("end", outcome=COMPENSATED))
         i = pending[0]
@@ -387,7 +399,7 @@ def abort_entry(defn: SagaDef, log: list[LogEntry], reason: str) -> LogEntry:
     r = _replay(defn, log)
     assert not r.outcome and r.failed is None, "only a running saga can be aborted"
     assert r.started and r.started[-1] not in r.done, "a step must be in flight"
-    return LogEntry("failed", r.started[-1], reason=reason)
+    return LogEntry("failed", r.started[-1], reason=reason, unknown=True)
 
 
 # ---- status ----------------------------------------------------------------------------

@@ -135,13 +135,17 @@ def _live(reply: cpb.ClientReply) -> list[str]:
 
 @dataclass
 class Case:
-    """One saga: step i moves key i from `before[i]` (None: absent) to `after[i]`."""
+    """One saga: step i moves key i from `before[i]` (None: absent) to `after[i]`; its
+    compensation writes `before[i]` back. The step `false_at` finds another value there
+    (`initial`: someone else's), so its condition fails: it must be neither applied nor
+    compensated (undoing a step that never ran would overwrite that value)."""
 
     keys: list[str]
     before: list[str | None]
     after: list[str | None]
     false_at: int | None  # the step whose condition is false from the start
     definition: engine.SagaDef = field(init=False)
+    initial: list[str | None] = field(init=False)  # what the store holds at the start
 
     def __post_init__(self) -> None:
         steps = []
@@ -150,25 +154,26 @@ class Case:
             action = {"op": "put", "key": key, "value": a} if a is not None else {
                 "op": "delete", "key": key}
             # conditions: if_value / if_absent on the expected starting value
-            expected = b if i != self.false_at else f"other-{i}"
             if i % 2 == 0 or i == self.false_at:
-                if expected is None:
+                if b is None:
                     action["if_absent"] = True
                 else:
-                    action["if_value"] = expected
+                    action["if_value"] = b
             comp = {"op": "put", "key": key, "value": b} if b is not None else {
                 "op": "delete", "key": key}
             steps.append({"name": f"step {i}", **action, "compensation": comp})
         self.definition = engine.parse_saga({"name": "sim", "steps": steps})
+        self.initial = [f"foreign{i}" if i == self.false_at else b
+                        for i, b in enumerate(self.before)]
 
 
-def make_case(rng: random.Random, tag: str) -> Case:
+def make_case(rng: random.Random, tag: str, fail: bool) -> Case:
     n = rng.randint(1, 4)
     keys = [f"{tag}/k{i}" for i in range(n)]
     before = [None if rng.random() < 0.3 else f"old{i}" for i in range(n)]
     after = [None if (before[i] is not None and rng.random() < 0.2) else f"new{i}"
              for i in range(n)]
-    false_at = rng.randrange(n) if rng.random() < 0.3 else None
+    false_at = rng.randrange(n) if fail else None
     return Case(keys, before, after, false_at)
 
 
@@ -195,7 +200,7 @@ async def run_case(cluster: SimCluster, rng: random.Random, case: Case, saga_id:
                    crash_at: int | None, before: bool, log: list[str]) -> tuple[str, int]:
     """Prepare the keys, run the saga with a coordinator that dies at `crash_at`, resume
     until it ends; check the outcome. Returns (outcome, events of the first process)."""
-    for key, value in zip(case.keys, case.before, strict=True):
+    for key, value in zip(case.keys, case.initial, strict=True):
         if value is not None:
             SimStore._check(await cluster.put("n1", key.encode(), value.encode(), "ALL"))
     first = Process(crash_at, before)
@@ -219,7 +224,7 @@ async def run_case(cluster: SimCluster, rng: random.Random, case: Case, saga_id:
             # may be applied
             assert crash_at is not None and resumes == 1
             values = await final_values(cluster, case.keys)
-            assert values == case.before, f"{saga_id}: never began, yet keys are {values}"
+            assert values == case.initial, f"{saga_id}: never began, yet keys are {values}"
             log.append(f"  {saga_id}: never began (died before its definition was logged)")
             return "NEVER_BEGAN", first.events
         except Crashed:
@@ -228,11 +233,11 @@ async def run_case(cluster: SimCluster, rng: random.Random, case: Case, saga_id:
     outcome = record.status.state
     values = await final_values(cluster, case.keys)
     applied = values == case.after
-    compensated = values == case.before
+    compensated = values == case.initial
     log.append(f"  {saga_id}: {outcome} after {resumes} resume(s); keys {values}")
     assert applied != compensated, (
         f"{saga_id}: keys {values} are {'both' if applied else 'neither'} fully applied "
-        f"{case.after} and fully compensated {case.before}")
+        f"{case.after} and fully compensated {case.initial}")
     assert (outcome == engine.COMMITTED) == applied, f"{saga_id}: log says {outcome}"
     expected = engine.COMPENSATED if case.false_at is not None else engine.COMMITTED
     assert outcome == expected, f"{saga_id}: {outcome}, expected {expected}"
@@ -251,7 +256,7 @@ def run_seed(seed: int, log: list[str]) -> dict:
         cluster = await SimCluster(3, seed=seed, raft_voters=["n1", "n2", "n3"]).start()
         try:
             await cluster.wait_raft_leader()
-            shape = make_case(rng, "probe")
+            shape = make_case(rng, "probe", fail=seed % 3 == 1)  # a third: one false
             log.append(f"seed {seed}: {len(shape.keys)} steps, before {shape.before}, "
                        f"after {shape.after}, false condition at {shape.false_at}")
             _, events = await run_case(cluster, rng, shape, "probe", None, True, log)

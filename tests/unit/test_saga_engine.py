@@ -67,7 +67,7 @@ def test_bounds_and_round_trip() -> None:
     too_many = {"steps": [step(f"k{i}") for i in range(engine.MAX_STEPS + 1)]}
     with pytest.raises(SagaSchemaError, match="at most 64"):
         engine.parse_saga(too_many)
-    with pytest.raises(SagaSchemaError, match="steps\\[0\\].value: longer than"):
+    with pytest.raises(SagaSchemaError, match=r"steps\[0\]\.value: longer than"):
         engine.parse_saga({"steps": [step("k", "x" * 5000)]})
     assert engine.parse_saga(json.loads(THREE.encode())) == THREE
 
@@ -84,16 +84,24 @@ def test_all_steps_apply_then_commit() -> None:
 def test_a_failed_condition_compensates_started_steps_latest_first() -> None:
     log = drive(THREE, [True, True, False])
     kinds = [(e.kind, e.step) for e in log]
-    assert kinds[4:] == [("start", 2), ("failed", 2), ("comp", 2), ("undone", 2), ("comp", 1),
-                         ("undone", 1), ("comp", 0), ("undone", 0), ("end", -1)]
+    # step 2's condition was false: it was not applied, so it is not undone either
+    assert kinds[4:] == [("start", 2), ("failed", 2), ("comp", 1), ("undone", 1), ("comp", 0),
+                         ("undone", 0), ("end", -1)]
     st = engine.status(THREE, log)
-    assert st.state == engine.COMPENSATED and st.failed_step == 2 and st.undone == (2, 1, 0)
+    assert st.state == engine.COMPENSATED and st.failed_step == 2 and st.undone == (1, 0)
 
 
-def test_a_first_step_that_fails_compensates_itself_only() -> None:
+def test_a_step_the_store_kept_failing_is_compensated_too() -> None:
+    log = [LogEntry("start", 0), LogEntry("done", 0), LogEntry("start", 1)]
+    log.append(engine.abort_entry(THREE, log, "unavailable"))
+    assert log[-1].unknown  # it may have been applied
+    assert engine.next_action(THREE, log) == Append(LogEntry("comp", 1))
+
+
+def test_a_first_step_whose_condition_fails_compensates_nothing() -> None:
     log = drive(THREE, [False, True, True])
-    assert [(e.kind, e.step) for e in log] == [
-        ("start", 0), ("failed", 0), ("comp", 0), ("undone", 0), ("end", -1)]
+    assert [(e.kind, e.step) for e in log] == [("start", 0), ("failed", 0), ("end", -1)]
+    assert log[-1].outcome == engine.COMPENSATED
 
 
 def test_every_prefix_of_a_log_resumes_to_the_same_end() -> None:
@@ -117,7 +125,7 @@ def test_an_in_flight_step_is_executed_again_and_its_compensation_too() -> None:
     log = [LogEntry("start", 0)]
     assert engine.next_action(THREE, log) == Execute(0, THREE.steps[0].action, False)
     assert engine.status(THREE, log).in_flight == 0
-    log += [LogEntry("failed", 0, reason="refused"), LogEntry("comp", 0)]
+    log += [LogEntry("failed", 0, reason="refused", unknown=True), LogEntry("comp", 0)]
     assert engine.next_action(THREE, log) == Execute(0, THREE.steps[0].compensation, True)
     assert engine.abort_entry(THREE, [LogEntry("start", 0)], "down").kind == "failed"
 
@@ -132,7 +140,9 @@ def test_an_in_flight_step_is_executed_again_and_its_compensation_too() -> None:
     [("start", 0), ("failed", 0), ("undone", 0)],    # undone without comp
     [("start", 0), ("failed", 0), ("start", 1)],     # forward after the failure
     [("start", 0), ("done", 0), ("end", "COMMITTED")],  # committed with steps missing
-    [("start", 0), ("failed", 0), ("end", "COMPENSATED")],  # not undone
+    [("start", 0), ("done", 0), ("start", 1), ("failed", 1),
+     ("end", "COMPENSATED")],                        # step 0 not undone
+    [("start", 0), ("failed", 0), ("comp", 0)],      # a step that failed its condition
     [("start", 7)],                                  # no such step
 ])
 def test_impossible_logs_are_refused(entries) -> None:
@@ -142,7 +152,7 @@ def test_impossible_logs_are_refused(entries) -> None:
 
 
 def test_entries_encode_and_decode() -> None:
-    e = LogEntry("failed", 1, reason="b is '2', not '1'", at_ms=5, by="c1")
+    e = LogEntry("failed", 1, reason="b is '2', not '1'", at_ms=5, by="c1", unknown=True)
     assert LogEntry.decode(e.encode()) == e
     with pytest.raises(LogError):
         LogEntry.decode('{"e": "bogus"}')
