@@ -67,9 +67,10 @@ class Node:
                  hints: HintStore | None = None,
                  epochs: EpochAllocator | None = None,
                  inline_io: bool = False,
-                 raft_files: Files | None = None) -> None:
+                 raft_files: Files | None = None, move_file: Path | None = None) -> None:
         """`inline_io` runs disk work inline (simulations); `raft_files` holds the raft
-        state (default `<data_dir>/raft`; simulations pass files that survive a restart)."""
+        state (default `<data_dir>/raft`; simulations pass files that survive a restart),
+        `move_file` a join's or decommission's progress when there is no data directory."""
         config.validate()
         self.config = config
         self.node_id = config.node_id
@@ -99,14 +100,18 @@ class Node:
             # state and decide (a lost raft directory beside an old data directory refuses).
             self.raft.prepare(prior_life(config.data_dir),
                               str(config.data_dir or "its in-memory data"))
-        self.streamer_state = config.data_dir / MOVE_FILE if config.data_dir else None
+        self.streamer_state = config.data_dir / MOVE_FILE if config.data_dir else move_file
         self.joining = self._joining(config)
+        # crashed while leaving: come back LEAVING (never NORMAL, which would take its ranges
+        # back from their next owners' pending writes) and finish the decommission
+        self.leaving = not self.joining and RangeStreamer.was_leaving(self.streamer_state)
         self.membership = GossipMembership(
             config.node_id, config.peer_address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
             vnodes=config.vnodes, state_path=state_path, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, timeout=min(1.0, config.timeout_ms / 1000),
-            status=Status.JOINING if self.joining else Status.NORMAL,
+            status=(Status.JOINING if self.joining
+                    else Status.LEAVING if self.leaving else Status.NORMAL),
             ring_delay=config.ring_delay_s,
         )
         if epochs is None:
@@ -185,6 +190,10 @@ class Node:
         self.antientropy.start()
         if self.joining:
             self.streamer.start_join()
+        elif self.leaving:
+            log.warning("%s was leaving the ring when it stopped: resuming the decommission",
+                        self.config.node_id)
+            self.streamer.start_decommission()
 
     async def stop(self) -> None:
         if self.raft is not None:

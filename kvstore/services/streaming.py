@@ -23,6 +23,9 @@ A decommission is the mirror image:
 3. it pushes each record of its ranges to the nodes that gain them;
 4. it turns LEFT and is no longer a member. A node that was decommissioned refuses to
    start again with the same data (`move.json`).
+A node that crashes while LEAVING starts again LEAVING and resumes: the ranges it had
+pushed (recorded in `move.json`) are skipped. A failed decommission is resumed the same
+way by running `kv node decommission` again.
 
 A removal (`kv node remove`) is a decommission run by another node on behalf of a member
 that is gone: it sets that member LEAVING (gossip `speak_for`), copies each of its ranges
@@ -347,19 +350,31 @@ class RangeStreamer:
 
     # -- decommission -------------------------------------------------------------------
     def start_decommission(self) -> Progress:
+        """Start leaving; on a node that is LEAVING already (a decommission that failed, or
+        one this node was running when it crashed) resume it: ranges recorded as pushed
+        are skipped."""
         if self._task is not None and not self._task.done():
             raise InvalidArgument(f"{self.node_id} is already moving ({self.progress.kind})")
-        if self.membership.status(self.node_id) != Status.NORMAL.name:
-            raise InvalidArgument(f"{self.node_id} is {self.membership.status(self.node_id)}, "
-                                  "not NORMAL: only a member on the ring can leave it")
+        status = self.membership.status(self.node_id)
+        if status not in (Status.NORMAL.name, Status.LEAVING.name):
+            raise InvalidArgument(f"{self.node_id} is {status}, not NORMAL: only a member "
+                                  "on the ring can leave it")
         self.progress = Progress("decommission", started=self.monotonic())
         self._task = asyncio.get_running_loop().create_task(self._decommission())
         return self.progress
+
+    @staticmethod
+    def was_leaving(path: Path | None) -> bool:
+        """An earlier run of this node started a decommission and did not finish it."""
+        saved = RangeStreamer.peek(path)
+        return saved.get("kind") == "decommission" and saved.get("state") == "leaving"
 
     async def _decommission(self) -> None:
         try:
             self.membership.set_status(Status.LEAVING)
             self._save("decommission", "leaving", force=True)
+            while not self.membership.ready:  # a resumed one: hear the ring first
+                await asyncio.sleep(0.1)
             await self._announce()
             after = self.membership.pending_ring
             if after is None or self.node_id in after.nodes:
@@ -368,12 +383,20 @@ class RangeStreamer:
                     if self.node_id in m.lost]
             self.progress.state = "streaming"
             self.progress.ranges_total = len(plan)
+            self.progress.ranges_done = sum((m.start, m.end) in self._done_ranges for m in plan)
             for move in plan:
+                if (move.start, move.end) in self._done_ranges:
+                    continue  # pushed before a crash (its receivers hold it durably)
                 await self._push(move)
+                self._done_ranges.add((move.start, move.end))
                 self.progress.ranges_done += 1
+                self._save("decommission", "leaving")
+            # LEFT is told to every member before it is recorded here: a crash in between
+            # restarts the node LEAVING and it finishes again (peers that heard LEFT keep
+            # it off the ring: only a JOINING node with a newer generation comes back)
             self.membership.set_status(Status.LEFT)
-            self._save("decommission", "left", force=True)
             await self.membership.announce()
+            self._save("decommission", "left", force=True)
             self.progress.state = "done"
             log.info("%s left the ring: %d ranges, %d keys, %d bytes streamed", self.node_id,
                      len(plan), self.progress.keys, self.progress.bytes)
@@ -495,6 +518,11 @@ class RangeStreamer:
         size = sum(e.ByteSize() for e in entries) * max(1, len(targets))
         self.progress.bytes += size
         await self._throttle(size)
+
+    def halt(self) -> None:
+        """Stop the move where it is, now (a crash; stop() then waits for it)."""
+        if self._task is not None:
+            self._task.cancel()
 
     async def stop(self) -> None:
         if self._task is not None:
