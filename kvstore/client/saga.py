@@ -221,8 +221,13 @@ class AsyncSagaClient:
         lost = asyncio.Event()
         keeper = asyncio.ensure_future(self._keepalive(lease, lost))
         try:
-            token = await self.meta.lock(f"{PREFIX}{saga_id}", lease,
-                                         wait=self.ttl * 3 + 5 if wait is None else wait)
+            try:
+                token = await self.meta.lock(f"{PREFIX}{saga_id}", lease,
+                                             wait=self.ttl * 3 + 5 if wait is None else wait)
+            except LeaseNotFound:  # paused past the lease before the lock was granted
+                raise SagaConflict(f"saga {saga_id}: this coordinator's lease ended before "
+                                   f"it got the saga's lock; run `kv saga resume {saga_id}`"
+                                   ) from None
             self.stats.meta_calls += 2
             record = await self.get(saga_id)  # read after the lock: the latest log
             log = record.log
