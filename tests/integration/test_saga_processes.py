@@ -158,3 +158,20 @@ def test_resume_after_the_coordinator_dies_compensates(eps, tmp_path) -> None:
     assert code == 6 and out["state"] == "COMPENSATED" and out["failed_step"] == 1, out
     assert "not '50'" in out["reason"]
     assert values(eps, "b/acct:alice", "b/acct:bob", "b/transfer:1") == ["100", "100", None]
+
+
+def test_the_python_client(eps) -> None:
+    from kvstore.client.saga import SagaClient, load_saga_file
+    from kvstore.core import saga as engine
+
+    defn = load_saga_file(json.dumps({"name": "py", "steps": [
+        {"op": "put", "key": "py/a", "value": "1",
+         "compensation": {"op": "delete", "key": "py/a"}},
+        {"op": "put", "key": "py/b", "value": "2", "if_value": "never",
+         "compensation": {"op": "delete", "key": "py/b"}}]}))
+    with SagaClient(eps, ttl=2.0) as c:
+        rec = c.run(defn)
+        assert rec.status.state == engine.COMPENSATED and rec.status.failed_step == 1
+        assert rec.saga_id.startswith("py-") and c.get(rec.saga_id).log == rec.log
+        assert rec.saga_id in [r.saga_id for r in c.list()]
+    assert values(eps, "py/a", "py/b") == [None, None]
