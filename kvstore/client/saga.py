@@ -224,6 +224,10 @@ class AsyncSagaClient:
             try:
                 token = await self.meta.lock(f"{PREFIX}{saga_id}", lease,
                                              wait=self.ttl * 3 + 5 if wait is None else wait)
+            except TimeoutError:
+                raise SagaConflict(f"saga {saga_id}: another coordinator holds its lock and "
+                                   "keeps its lease alive (it is still running); if it is "
+                                   "dead, its lease ends within its TTL: retry") from None
             except LeaseNotFound:  # paused past the lease before the lock was granted
                 raise SagaConflict(f"saga {saga_id}: this coordinator's lease ended before "
                                    f"it got the saga's lock; run `kv saga resume {saga_id}`"
