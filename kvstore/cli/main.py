@@ -482,6 +482,7 @@ def _register_groups() -> None:
     cli.add_command(certs_group, "certs")
     cli.add_command(__import__("kvstore.cli.user_cmds", fromlist=["user"]).user)
     cli.add_command(__import__("kvstore.cli.ring_cmd", fromlist=["ring"]).ring)
+    cli.add_command(__import__("kvstore.cli.saga_cmds", fromlist=["saga"]).saga)  # issue 12
 
 
 _register_groups()

@@ -95,7 +95,8 @@ class Node:
                 request_timeout=max(2.0, config.timeout_ms / 1000),
                 snapshot_every=config.raft_snapshot_every,
                 rng=random.Random(rng.getrandbits(64)), offload=offload,
-                bootstrap=config.raft_bootstrap, join=config.raft_join)
+                bootstrap=config.raft_bootstrap, join=config.raft_join,
+                monotonic=monotonic)  # lease deadlines: the node's clock (virtual in sims)
             # First, before this run writes anything to the data directory: recover the raft
             # state and decide (a lost raft directory beside an old data directory refuses).
             self.raft.prepare(prior_life(config.data_dir),
