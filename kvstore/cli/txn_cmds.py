@@ -80,6 +80,10 @@ def txn() -> None:
 
     The decision of each transaction is a record in the Raft group (needs nodes started
     with --raft-voters, as `kv cluster up` does). See docs/transactions.md.
+
+    \b
+    Exit codes: 0 committed / answered; 1 not committed (nothing written) or no node
+    reachable; 2 bad usage; 3 no such transaction; 5 outcome unknown (kv txn status ID).
     """
 
 
