@@ -297,7 +297,7 @@ class NodeServer:
         if config.metrics_port:
             from kvstore.node.http import HttpServer
 
-            self.http = HttpServer(self.observer, host, config.metrics_port)
+            self.http = HttpServer(self.observer, host, config.metrics_port, self.tls)
         chaos = ChaosServicer(self.node, self.transport.faults, config.chaos)
         observe = ObserveServicer(self.observer, logs)
         if self.auth is not None:  # faults are an admin's; cluster state a reader's
@@ -305,6 +305,8 @@ class NodeServer:
             observe = Guarded(observe, self.guard, READONLY, "read the cluster's state")
         chaos_pb2_grpc.add_ChaosServicer_to_server(chaos, self.server)
         observe_pb2_grpc.add_ObserveServicer_to_server(observe, self.server)
+        if self.separate:  # the dashboards of other nodes ask here, with node certificates
+            observe_pb2_grpc.add_ObserveServicer_to_server(observe, self.peer_server)
         client_pb2_grpc.add_KVServicer_to_server(
             KVServicer(self.node, self.observer, self.guard), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.node, self.guard),
@@ -379,6 +381,7 @@ class NodeServer:
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()
+        await self.observer.census.stop()
         if self.node.raft is not None:
             await self.node.raft.stop()  # before the server stops: no raft work mid-shutdown
         await self.server.stop(grace)
