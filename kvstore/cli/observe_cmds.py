@@ -137,7 +137,7 @@ def print_cluster_status(data: dict[str, Any]) -> None:
                   f"N={data['replication_factor']}")
     table = Table()
     for col in ("member", "up", "phi", "owns", "hints", "hint ETA",
-                "repair: age, ranges differing, keys", "keys", "tombstones", "disk",
+                "repair: age, ranges, keys", "keys", "tombstones", "disk",
                 "fsync p99", "clock"):
         table.add_column(col)
     for m in data["members"]:
