@@ -351,3 +351,26 @@ def test_the_dashboard_gathers_every_member_over_mutual_tls(secure):
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)["members"]
     assert all(r["reachable"] and r["storage"]["disk_bytes"] > 0 for r in rows), rows
+
+
+def test_metadata_roles_per_prefix(secure):
+    """readonly reads metadata keys, readwrite writes them and takes locks, and the users'
+    keys (auth/) stay admin only, also through a prefix read that would cover them."""
+    c, root = secure
+    res = as_user(c, root, "alice", "meta", "put", "app/config", "v1")
+    assert res.returncode == 0, res.stderr
+    res = as_user(c, root, "bob", "meta", "get", "app/config")
+    assert res.returncode == 0 and "v1" in res.stdout, res.stderr
+    res = as_user(c, root, "bob", "meta", "put", "app/config", "v2")
+    assert res.returncode == 1 and "'bob' (readonly) may not" in res.stderr, res.stderr
+    assert "that needs readwrite" in res.stderr
+    res = as_user(c, root, "alice", "lock", "jobs/nightly", "--ttl", "2", "--", sys.executable,
+                  "-c", "import os; print(os.environ['KV_FENCE'])")
+    assert res.returncode == 0 and res.stdout.startswith("jobs/nightly:"), res.stderr
+    for args in (("meta", "get", "auth/users/root"), ("meta", "get", "", "--prefix"),
+                 ("meta", "put", "auth/users/eve", "{}")):
+        res = as_user(c, root, "alice", *args)
+        assert res.returncode == 1 and "that needs admin" in res.stderr, (args, res.stderr)
+        assert "'auth/'" in res.stderr and "Traceback" not in res.stderr
+    res = as_user(c, root, "root", "meta", "get", "auth/", "--prefix", "--json")
+    assert res.returncode == 0 and "auth/users/alice" in res.stdout, res.stderr
