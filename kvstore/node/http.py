@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kvstore._proto import observe_pb2, observe_pb2_grpc
 from kvstore.node.observe import Observer
+from kvstore.transport.grpc_transport import CHANNEL_OPTIONS
 from kvstore.transport.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,13 @@ class HttpServer:
             return cached[1]
         if cached is not None:
             asyncio.get_running_loop().create_task(cached[1].close())
+        # the peers' channel options: quick reconnects, names looked up again within 1 s
         if self.tls is None:
-            channel = grpc.aio.insecure_channel(address)
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         else:
             channel = grpc.aio.secure_channel(
                 address, self.tls.channel_credentials(),
-                options=[("grpc.ssl_target_name_override", member)])
+                options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", member)])
         self.channels[member] = (key, channel)
         return channel
 
