@@ -7,7 +7,8 @@
   time (gossip phi, hints, repair debt per peer, Raft, chaos, storage latency histograms),
   next to the request counters and latency histograms updated on every request.
 * `StorageCensus` counts the store's records, tombstones and purge markers with a paged
-  scan off the event loop, at most every CENSUS_INTERVAL seconds, and sums the bytes of
+  scan off the event loop, at most every CENSUS_INTERVAL seconds (and at most
+  CENSUS_SHARE of the time), and sums the bytes of
   the data directory: what a scrape or `kv status` reports, never older than that.
 * `ChaosServicer` and `ObserveServicer` are the gRPC faces (chaos.proto, observe.proto).
   The chaos API refuses with PERMISSION_DENIED unless the node runs with --chaos.
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 WINDOW = 1000          # latencies kept per (op, level) for p50/p99
 RATE_WINDOW = 60.0     # seconds over which the hint delivery rate is measured
-CENSUS_INTERVAL = 15.0  # seconds: the storage census runs at most this often
+CENSUS_INTERVAL = 15.0  # seconds: the storage census runs at most this often ...
+CENSUS_SHARE = 0.05    # ... and at most this share of the time (a big store: less often)
 CENSUS_PAGE = 1000     # records per scan page (the loop runs other work between pages)
 CENSUS_WAIT = 0.5      # seconds a scrape waits for a census running for the first time
 
@@ -79,7 +81,13 @@ class StorageCensus:
         self.records = self.tombstones = self.markers = -1  # -1: no census finished yet
         self.disk: dict[str, int] = {}
         self.finished_at: float | None = None  # monotonic
+        self.took = 0.0  # seconds the last census took
         self._task: asyncio.Task | None = None
+
+    def interval(self) -> float:
+        """Seconds between censuses: CENSUS_INTERVAL, or longer when a census takes more
+        than CENSUS_SHARE of that (a million records take seconds to decode)."""
+        return max(CENSUS_INTERVAL, self.took / CENSUS_SHARE)
 
     def age(self) -> float:
         return -1.0 if self.finished_at is None else time.monotonic() - self.finished_at
@@ -87,13 +95,14 @@ class StorageCensus:
     async def refresh(self) -> None:
         """Start a census when the last one is older than CENSUS_INTERVAL; wait for it (a
         little) only when there is none yet, so a scrape never waits for a long scan."""
-        stale = self.finished_at is None or self.age() >= CENSUS_INTERVAL
+        stale = self.finished_at is None or self.age() >= self.interval()
         if stale and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
         if self.finished_at is None and self._task is not None:
             await asyncio.wait([self._task], timeout=CENSUS_WAIT)
 
     async def _run(self) -> None:
+        started = time.monotonic()
         store = self.node.store
         records = tombstones = markers = 0
         after = None
@@ -118,6 +127,7 @@ class StorageCensus:
             self.disk = await asyncio.to_thread(disk_bytes, Path(data_dir))
         self.records, self.tombstones, self.markers = records, tombstones, markers
         self.finished_at = time.monotonic()
+        self.took = self.finished_at - started
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():

@@ -11,7 +11,7 @@ import pytest
 
 from kvstore.core import versions
 from kvstore.core.histogram import LatencyHistogram
-from kvstore.node.observe import StorageCensus, disk_bytes
+from kvstore.node.observe import CENSUS_INTERVAL, StorageCensus, disk_bytes
 from kvstore.storage import AsyncStore, SqliteEngine
 
 
@@ -60,6 +60,9 @@ def test_writes_commits_and_the_census_over_a_real_store(tmp_path):
             before = census.finished_at
             await census.refresh()  # fresh: no new census within CENSUS_INTERVAL
             assert census.finished_at == before
+            assert census.interval() == CENSUS_INTERVAL  # 4 records: quick
+            census.took = 3.0  # a census of 3 s runs at most every 60 s (5 % of the time)
+            assert census.interval() == 60.0
             await census.stop()
         finally:
             await store.close()
