@@ -31,7 +31,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from kvstore._proto import chaos_pb2, chaos_pb2_grpc, common_pb2, observe_pb2, observe_pb2_grpc
 from kvstore._proto import client_pb2 as cpb
-from kvstore.core import versions
 from kvstore.core.histogram import LatencyHistogram
 from kvstore.core.ring import TOKEN_MIN
 from kvstore.node.node import Node
@@ -109,15 +108,15 @@ class StorageCensus:
         while True:
             page = await store.scan_chunk(TOKEN_MIN, TOKEN_MIN, after, CENSUS_PAGE)
             for _, _, record in page:
-                try:
-                    rec = versions.decode_record(record)
-                except Exception:  # a damaged record still counts as a record
-                    records += 1
-                    continue
                 records += 1
-                if rec.siblings and all(s.tombstone for s in rec.siblings):
+                state = common_pb2.VersionSet()  # the wire form: no Sibling objects needed
+                try:
+                    state.ParseFromString(record)
+                except Exception:  # a damaged record still counts as a record
+                    continue
+                if state.versions and all(v.tombstone for v in state.versions):
                     tombstones += 1
-                if rec.purged:
+                if state.purged:
                     markers += 1
             if len(page) < CENSUS_PAGE:
                 break
