@@ -9,7 +9,8 @@ The session fixture `e2e_image`:
      answers) under a tag unique to this checkout (a hash of its path);
   4. at the end removes that image and the dangling images the build left, and asserts
      that none is left.
-The session fixture `compose_cluster` (on that image):
+The module fixture `compose_cluster` (on that image; torn down before the next module's
+cluster comes up, so two clusters never share the machine's two cores):
   1. runs the README's docker command, `make docker-up` (scripts/docker_cluster.sh: picks
      the compose front-end, creates the Raft group, waits until every node is healthy; the
      build is e2e_image's) on free 127.0.0.1 host ports, under a compose project unique to
@@ -245,7 +246,7 @@ def e2e_image() -> Iterator[E2EImage]:
         assert not left, f"the e2e run left these images behind: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # down before the next module's cluster comes up
 def compose_cluster(e2e_image: E2EImage) -> Iterator[ComposeCluster]:
     session_start = time.monotonic()
     env = {**e2e_image.env, "COMPOSE_PROJECT_NAME": PROJECT, "KV_NO_BUILD": "1"}
