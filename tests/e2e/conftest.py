@@ -237,12 +237,16 @@ def e2e_image() -> Iterator[E2EImage]:
         TIMINGS["kvstore image build"] = time.monotonic() - t
         yield E2EImage(compose, env, image)
     finally:
+        dangling = ["docker", "images", "-q", "--filter", "dangling=true",
+                    "--filter", "label=kvstore.build"]
         run(["docker", "image", "rm", "--force", image], check=False)
+        ours = set(run(dangling).stdout.split())
         run(["docker", "image", "prune", "--force", "--filter", "label=kvstore.build"],
             check=False)
+        # Only what existed when we pruned: a build from another checkout running now
+        # leaves its own intermediate images meanwhile (seen here: a swarm build).
         left = (run(["docker", "images", "-q", image]).stdout.split()
-                + run(["docker", "images", "-q", "--filter", "dangling=true",
-                       "--filter", "label=kvstore.build"]).stdout.split())
+                + [i for i in run(dangling).stdout.split() if i in ours])
         assert not left, f"the e2e run left these images behind: {left}"
 
 
