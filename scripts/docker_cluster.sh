@@ -3,6 +3,7 @@
 # the compose cluster, with whichever compose front-end this machine has.
 #
 #   scripts/docker_cluster.sh up [SERVICE...]   (make docker-up)   build, start, wait healthy
+#   scripts/docker_cluster.sh build             build $KV_IMAGE only (step 2 below)
 #   scripts/docker_cluster.sh down [-v]         (make docker-down) stop, remove containers
 #                                                  and network; -v also the data volumes
 #   scripts/docker_cluster.sh compose ARGS...   run `docker compose`/`docker-compose` ARGS
@@ -121,9 +122,10 @@ cmd_down() {
 
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
+  build) build ;;
   down) shift; cmd_down "$@" ;;
   compose) shift; run_compose "$@" ;;
-  -h|--help|help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) echo "usage: scripts/docker_cluster.sh up [SERVICE...] | down [-v] | compose ARGS..." >&2
+  -h|--help|help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) echo "usage: scripts/docker_cluster.sh up [SERVICE...] | build | down [-v] | compose ARGS..." >&2
      exit 2 ;;
 esac

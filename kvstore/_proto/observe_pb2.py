@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kvstore._proto import chaos_pb2 as kvstore_dot___proto_dot_chaos__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ckvstore/_proto/observe.proto\x12\x07kvstore\x1a\x1akvstore/_proto/chaos.proto\"\x0e\n\x0cStateRequest\"\xed\x01\n\nMemberView\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\n\n\x02up\x18\x04 \x01(\x08\x12\x0b\n\x03phi\x18\x05 \x01(\x01\x12\x11\n\townership\x18\x06 \x01(\x01\x12\x15\n\rhints_pending\x18\x07 \x01(\x04\x12\x1d\n\x15hints_delivered_per_s\x18\x08 \x01(\x01\x12\x14\n\x0crepair_age_s\x18\t \x01(\x01\x12\x1f\n\x17repair_leaves_differing\x18\n \x01(\x04\x12\x19\n\x11repair_keys_moved\x18\x0b \x01(\x04\"7\n\x0eRaftMemberView\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03lag\x18\x03 \x01(\x03\"\xb0\x01\n\x08RaftView\x12\r\n\x05voter\x18\x01 \x01(\x08\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06leader\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x12\n\nlast_index\x18\x07 \x01(\x04\x12(\n\x07members\x18\x08 \x03(\x0b\x32\x17.kvstore.RaftMemberView\"h\n\x0cRequestStats\x12\n\n\x02op\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x0e\n\x06p50_ms\x18\x05 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x06 \x01(\x01\"\xe3\x02\n\tNodeState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\twall_time\x18\x03 \x01(\x01\x12\x10\n\x08uptime_s\x18\x04 \x01(\x01\x12$\n\x07members\x18\x05 \x03(\x0b\x32\x13.kvstore.MemberView\x12\x1f\n\x04raft\x18\x06 \x01(\x0b\x32\x11.kvstore.RaftView\x12\'\n\x08requests\x18\x07 \x03(\x0b\x32\x15.kvstore.RequestStats\x12$\n\x06\x66\x61ults\x18\x08 \x03(\x0b\x32\x14.kvstore.ActiveFault\x12#\n\x06\x65vents\x18\t \x03(\x0b\x32\x13.kvstore.ChaosEvent\x12\x13\n\x0bkeys_stored\x18\n \x01(\x04\x12\x13\n\x0bmetrics_url\x18\x0b \x01(\t\x12\x1a\n\x12replication_factor\x18\x0c \x01(\r\x12\x0e\n\x06vnodes\x18\r \x01(\r\"0\n\x0bLogsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"+\n\tLogsReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t2o\n\x07Observe\x12\x32\n\x05State\x12\x15.kvstore.StateRequest\x1a\x12.kvstore.NodeState\x12\x30\n\x04Logs\x12\x14.kvstore.LogsRequest\x1a\x12.kvstore.LogsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ckvstore/_proto/observe.proto\x12\x07kvstore\x1a\x1akvstore/_proto/chaos.proto\"\x0e\n\x0cStateRequest\"\x84\x02\n\nMemberView\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\n\n\x02up\x18\x04 \x01(\x08\x12\x0b\n\x03phi\x18\x05 \x01(\x01\x12\x11\n\townership\x18\x06 \x01(\x01\x12\x15\n\rhints_pending\x18\x07 \x01(\x04\x12\x1d\n\x15hints_delivered_per_s\x18\x08 \x01(\x01\x12\x14\n\x0crepair_age_s\x18\t \x01(\x01\x12\x1f\n\x17repair_leaves_differing\x18\n \x01(\x04\x12\x19\n\x11repair_keys_moved\x18\x0b \x01(\x04\x12\x15\n\rrepair_ranges\x18\x0c \x01(\x04\"7\n\x0eRaftMemberView\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03lag\x18\x03 \x01(\x03\"\xb0\x01\n\x08RaftView\x12\r\n\x05voter\x18\x01 \x01(\x08\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06leader\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x12\n\nlast_index\x18\x07 \x01(\x04\x12(\n\x07members\x18\x08 \x03(\x0b\x32\x17.kvstore.RaftMemberView\"h\n\x0cRequestStats\x12\n\n\x02op\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x0e\n\x06p50_ms\x18\x05 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x06 \x01(\x01\"\x9f\x01\n\x0bStorageView\x12\x0f\n\x07records\x18\x01 \x01(\x03\x12\x12\n\ntombstones\x18\x02 \x01(\x03\x12\x15\n\rpurge_markers\x18\x03 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cwrite_p99_ms\x18\x05 \x01(\x01\x12\x14\n\x0c\x66sync_p99_ms\x18\x06 \x01(\x01\x12\x14\n\x0c\x63\x65nsus_age_s\x18\x07 \x01(\x01\"\x8a\x03\n\tNodeState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\twall_time\x18\x03 \x01(\x01\x12\x10\n\x08uptime_s\x18\x04 \x01(\x01\x12$\n\x07members\x18\x05 \x03(\x0b\x32\x13.kvstore.MemberView\x12\x1f\n\x04raft\x18\x06 \x01(\x0b\x32\x11.kvstore.RaftView\x12\'\n\x08requests\x18\x07 \x03(\x0b\x32\x15.kvstore.RequestStats\x12$\n\x06\x66\x61ults\x18\x08 \x03(\x0b\x32\x14.kvstore.ActiveFault\x12#\n\x06\x65vents\x18\t \x03(\x0b\x32\x13.kvstore.ChaosEvent\x12\x13\n\x0bkeys_stored\x18\n \x01(\x04\x12\x13\n\x0bmetrics_url\x18\x0b \x01(\t\x12\x1a\n\x12replication_factor\x18\x0c \x01(\r\x12\x0e\n\x06vnodes\x18\r \x01(\r\x12%\n\x07storage\x18\x0e \x01(\x0b\x32\x14.kvstore.StorageView\"0\n\x0bLogsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"+\n\tLogsReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t2o\n\x07Observe\x12\x32\n\x05State\x12\x15.kvstore.StateRequest\x1a\x12.kvstore.NodeState\x12\x30\n\x04Logs\x12\x14.kvstore.LogsRequest\x1a\x12.kvstore.LogsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATEREQUEST']._serialized_start=69
   _globals['_STATEREQUEST']._serialized_end=83
   _globals['_MEMBERVIEW']._serialized_start=86
-  _globals['_MEMBERVIEW']._serialized_end=323
-  _globals['_RAFTMEMBERVIEW']._serialized_start=325
-  _globals['_RAFTMEMBERVIEW']._serialized_end=380
-  _globals['_RAFTVIEW']._serialized_start=383
-  _globals['_RAFTVIEW']._serialized_end=559
-  _globals['_REQUESTSTATS']._serialized_start=561
-  _globals['_REQUESTSTATS']._serialized_end=665
-  _globals['_NODESTATE']._serialized_start=668
-  _globals['_NODESTATE']._serialized_end=1023
-  _globals['_LOGSREQUEST']._serialized_start=1025
-  _globals['_LOGSREQUEST']._serialized_end=1073
-  _globals['_LOGSREPLY']._serialized_start=1075
-  _globals['_LOGSREPLY']._serialized_end=1118
-  _globals['_OBSERVE']._serialized_start=1120
-  _globals['_OBSERVE']._serialized_end=1231
+  _globals['_MEMBERVIEW']._serialized_end=346
+  _globals['_RAFTMEMBERVIEW']._serialized_start=348
+  _globals['_RAFTMEMBERVIEW']._serialized_end=403
+  _globals['_RAFTVIEW']._serialized_start=406
+  _globals['_RAFTVIEW']._serialized_end=582
+  _globals['_REQUESTSTATS']._serialized_start=584
+  _globals['_REQUESTSTATS']._serialized_end=688
+  _globals['_STORAGEVIEW']._serialized_start=691
+  _globals['_STORAGEVIEW']._serialized_end=850
+  _globals['_NODESTATE']._serialized_start=853
+  _globals['_NODESTATE']._serialized_end=1247
+  _globals['_LOGSREQUEST']._serialized_start=1249
+  _globals['_LOGSREQUEST']._serialized_end=1297
+  _globals['_LOGSREPLY']._serialized_start=1299
+  _globals['_LOGSREPLY']._serialized_end=1342
+  _globals['_OBSERVE']._serialized_start=1344
+  _globals['_OBSERVE']._serialized_end=1455
 # @@protoc_insertion_point(module_scope)

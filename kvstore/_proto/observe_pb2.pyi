@@ -12,7 +12,7 @@ class StateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MemberView(_message.Message):
-    __slots__ = ("id", "address", "status", "up", "phi", "ownership", "hints_pending", "hints_delivered_per_s", "repair_age_s", "repair_leaves_differing", "repair_keys_moved")
+    __slots__ = ("id", "address", "status", "up", "phi", "ownership", "hints_pending", "hints_delivered_per_s", "repair_age_s", "repair_leaves_differing", "repair_keys_moved", "repair_ranges")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class MemberView(_message.Message):
     REPAIR_AGE_S_FIELD_NUMBER: _ClassVar[int]
     REPAIR_LEAVES_DIFFERING_FIELD_NUMBER: _ClassVar[int]
     REPAIR_KEYS_MOVED_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_RANGES_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     status: str
@@ -35,7 +36,8 @@ class MemberView(_message.Message):
     repair_age_s: float
     repair_leaves_differing: int
     repair_keys_moved: int
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., status: _Optional[str] = ..., up: _Optional[bool] = ..., phi: _Optional[float] = ..., ownership: _Optional[float] = ..., hints_pending: _Optional[int] = ..., hints_delivered_per_s: _Optional[float] = ..., repair_age_s: _Optional[float] = ..., repair_leaves_differing: _Optional[int] = ..., repair_keys_moved: _Optional[int] = ...) -> None: ...
+    repair_ranges: int
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., status: _Optional[str] = ..., up: _Optional[bool] = ..., phi: _Optional[float] = ..., ownership: _Optional[float] = ..., hints_pending: _Optional[int] = ..., hints_delivered_per_s: _Optional[float] = ..., repair_age_s: _Optional[float] = ..., repair_leaves_differing: _Optional[int] = ..., repair_keys_moved: _Optional[int] = ..., repair_ranges: _Optional[int] = ...) -> None: ...
 
 class RaftMemberView(_message.Message):
     __slots__ = ("id", "role", "lag")
@@ -83,8 +85,26 @@ class RequestStats(_message.Message):
     p99_ms: float
     def __init__(self, op: _Optional[str] = ..., level: _Optional[str] = ..., count: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
+class StorageView(_message.Message):
+    __slots__ = ("records", "tombstones", "purge_markers", "disk_bytes", "write_p99_ms", "fsync_p99_ms", "census_age_s")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    PURGE_MARKERS_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    FSYNC_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    CENSUS_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    records: int
+    tombstones: int
+    purge_markers: int
+    disk_bytes: int
+    write_p99_ms: float
+    fsync_p99_ms: float
+    census_age_s: float
+    def __init__(self, records: _Optional[int] = ..., tombstones: _Optional[int] = ..., purge_markers: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., write_p99_ms: _Optional[float] = ..., fsync_p99_ms: _Optional[float] = ..., census_age_s: _Optional[float] = ...) -> None: ...
+
 class NodeState(_message.Message):
-    __slots__ = ("node_id", "address", "wall_time", "uptime_s", "members", "raft", "requests", "faults", "events", "keys_stored", "metrics_url", "replication_factor", "vnodes")
+    __slots__ = ("node_id", "address", "wall_time", "uptime_s", "members", "raft", "requests", "faults", "events", "keys_stored", "metrics_url", "replication_factor", "vnodes", "storage")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +118,7 @@ class NodeState(_message.Message):
     METRICS_URL_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     VNODES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     wall_time: float
@@ -111,7 +132,8 @@ class NodeState(_message.Message):
     metrics_url: str
     replication_factor: int
     vnodes: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., wall_time: _Optional[float] = ..., uptime_s: _Optional[float] = ..., members: _Optional[_Iterable[_Union[MemberView, _Mapping]]] = ..., raft: _Optional[_Union[RaftView, _Mapping]] = ..., requests: _Optional[_Iterable[_Union[RequestStats, _Mapping]]] = ..., faults: _Optional[_Iterable[_Union[_chaos_pb2.ActiveFault, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[_chaos_pb2.ChaosEvent, _Mapping]]] = ..., keys_stored: _Optional[int] = ..., metrics_url: _Optional[str] = ..., replication_factor: _Optional[int] = ..., vnodes: _Optional[int] = ...) -> None: ...
+    storage: StorageView
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., wall_time: _Optional[float] = ..., uptime_s: _Optional[float] = ..., members: _Optional[_Iterable[_Union[MemberView, _Mapping]]] = ..., raft: _Optional[_Union[RaftView, _Mapping]] = ..., requests: _Optional[_Iterable[_Union[RequestStats, _Mapping]]] = ..., faults: _Optional[_Iterable[_Union[_chaos_pb2.ActiveFault, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[_chaos_pb2.ChaosEvent, _Mapping]]] = ..., keys_stored: _Optional[int] = ..., metrics_url: _Optional[str] = ..., replication_factor: _Optional[int] = ..., vnodes: _Optional[int] = ..., storage: _Optional[_Union[StorageView, _Mapping]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("request_id", "limit")

@@ -399,7 +399,8 @@ def info(s: Settings, as_json: bool, endpoint: str | None) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"node", "members": [{"id", "up", "up_by", "down_by", "phi", '
-                   '"hints_pending", "hint_eta_s", "repair_age_s", "clock_offset_ms", ...}], '
+                   '"hints_pending", "hint_eta_s", "repair_age_s", "repair_keys_differing", '
+                   '"storage", "clock_offset_ms", ...}], '
                    '"raft"} (with --node: that node\'s view only, as before).')
 @click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
               help="The node whose view to show (default: the first of --endpoints that "
@@ -462,6 +463,7 @@ def _register_groups() -> None:
     membership = __import__("kvstore.cli.membership_cmds", fromlist=["decommission"])
     node.add_command(membership.decommission)
     node.add_command(membership.remove)
+    node.add_command(membership.replace)
     cli.add_command(node)
     cli.add_command(cluster)
     cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)

@@ -71,8 +71,9 @@ def cluster_status(s, endpoint: str | None) -> dict[str, Any]:
         hints = sum(int(m["hints_pending"]) for m in views)
         rate = sum(float(m["hints_delivered_per_s"]) for m in views)
         ages = [float(m["repair_age_s"]) for m in views if float(m["repair_age_s"]) >= 0]
-        leaves = [int(m["repair_leaves_differing"]) for m in views
-                  if float(m["repair_age_s"]) >= 0]
+        repaired = [m for m in views if float(m["repair_age_s"]) >= 0]
+        leaves = [int(m["repair_leaves_differing"]) for m in repaired]
+        keys = [int(m["repair_keys_moved"]) for m in repaired]
         node = nodes[member]
         down_by = sorted(n["node_id"] for n in live for m in n["members"]
                          if m["id"] == member and not m["up"])
@@ -91,6 +92,9 @@ def cluster_status(s, endpoint: str | None) -> dict[str, Any]:
             "hint_eta_s": (None if not hints or rate <= 0 else round(hints / rate, 1)),
             "repair_age_s": round(min(ages), 1) if ages else None,
             "repair_leaves_differing": leaves[ages.index(min(ages))] if ages else None,
+            "repair_keys_differing": keys[ages.index(min(ages))] if ages else None,
+            "repair_ranges": next((int(m.get("repair_ranges", 0)) for m in views), 0),
+            "storage": _storage(node),
             "keys_stored": int(node.get("keys_stored", 0)) if "error" not in node else None,
             "clock_offset_ms": node.get("clock_offset_ms"),
             "metrics_url": node.get("metrics_url", ""),
@@ -106,6 +110,25 @@ def cluster_status(s, endpoint: str | None) -> dict[str, Any]:
             "members": rows, "raft": raft}
 
 
+def _storage(node: dict[str, Any]) -> dict[str, Any] | None:
+    """The member's own storage view (None when it does not answer); -1: no census yet."""
+    if "error" in node or "storage" not in node:
+        return None
+    st = node["storage"]
+    return {"records": int(st["records"]), "tombstones": int(st["tombstones"]),
+            "purge_markers": int(st["purge_markers"]), "disk_bytes": int(st["disk_bytes"]),
+            "write_p99_ms": float(st["write_p99_ms"]), "fsync_p99_ms": float(st["fsync_p99_ms"]),
+            "census_age_s": float(st["census_age_s"])}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def print_cluster_status(data: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -113,8 +136,9 @@ def print_cluster_status(data: dict[str, Any]) -> None:
     console.print(f"cluster as its members see it (asked {data['node']}), "
                   f"N={data['replication_factor']}")
     table = Table()
-    for col in ("member", "up", "phi", "owns", "hints", "hint ETA", "repair age, leaves",
-                "keys", "clock"):
+    for col in ("member", "up", "phi", "owns", "hints", "hint ETA",
+                "repair: age, ranges, keys", "keys", "tombstones", "disk",
+                "fsync p99", "clock"):
         table.add_column(col)
     for m in data["members"]:
         if not m["reachable"]:
@@ -127,11 +151,17 @@ def print_cluster_status(data: dict[str, Any]) -> None:
         eta = ("-" if not m["hints_pending"] else
                f"{m['hint_eta_s']:.0f} s" if m["hint_eta_s"] is not None else "waiting")
         repair = ("never" if m["repair_age_s"] is None
-                  else f"{m['repair_age_s']:.0f} s, {m['repair_leaves_differing']}")
+                  else f"{m['repair_age_s']:.0f} s, {m['repair_leaves_differing']}/"
+                       f"{m['repair_ranges']}, {m['repair_keys_differing']}")
+        st = m["storage"]
+        tombstones = "-" if st is None or st["tombstones"] < 0 else str(st["tombstones"])
+        disk = "-" if st is None or st["census_age_s"] < 0 else _size(st["disk_bytes"])
+        fsync = "-" if st is None or not st["fsync_p99_ms"] else f"{st['fsync_p99_ms']:g} ms"
         offset = "-" if m["clock_offset_ms"] is None else f"{m['clock_offset_ms']:+.1f} ms"
         table.add_row(m["id"], up, f"{m['phi']:.2f}",
                       f"{m['ownership'] * 100:.1f}%", str(m["hints_pending"]), eta, repair,
-                      "-" if m["keys_stored"] is None else str(m["keys_stored"]), offset)
+                      "-" if m["keys_stored"] is None else str(m["keys_stored"]), tombstones,
+                      disk, fsync, offset)
     console.print(table)
     raft = data["raft"]
     if raft is None:

@@ -13,6 +13,7 @@ definite failure. `Unavailable` (exit 1) means it was certainly not applied.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +22,13 @@ import grpc
 from kvstore._proto import meta_pb2 as mpb
 from kvstore._proto import meta_pb2_grpc
 from kvstore.client.core import OPTIONS, parse_endpoints
-from kvstore.core.errors import InvalidArgument, KVError, Unavailable
+from kvstore.core.errors import (
+    InvalidArgument,
+    KVError,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from kvstore.core.meta import MAX_RESULTS
 
 __all__ = [
@@ -134,8 +141,11 @@ def lease_json(info: mpb.LeaseInfo) -> dict:
 class AsyncMetaClient:
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0,
                  credentials=None) -> None:
-        """`credentials`: client/security.Credentials (TLS, a client certificate)."""
+        """`credentials`: client/security.Credentials (TLS, a client certificate, or a user
+        and password: then the client logs in and sends its token, as the data client)."""
         self.credentials = credentials
+        self._token: tuple[str, float] | None = None  # (bearer token, loop time it expires)
+        self._login_lock: asyncio.Lock | None = None
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self._channels: dict[str, tuple[grpc.aio.Channel, meta_pb2_grpc.MetaStub]] = {}
@@ -158,7 +168,8 @@ class AsyncMetaClient:
         """One attempt on `ep`: coalesced with the other requests pending for it. Long
         polls (watch, lock wait) go alone: a batch waits for its slowest member."""
         if req.WhichOneof("body") in ("watch", "lock_wait"):
-            return await self._stub(ep).Call(req, timeout=timeout)
+            return await self._stub(ep).Call(req, timeout=timeout,
+                                             metadata=await self._metadata(ep))
         fut = asyncio.get_running_loop().create_future()
         # A caller that stopped waiting (its deadline) leaves the outcome unread: read it.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -175,7 +186,8 @@ class AsyncMetaClient:
             del pending[:512]
             try:
                 reply = await self._stub(ep).CallBatch(
-                    mpb.MetaBatch(requests=[r for r, _ in batch]), timeout=timeout)
+                    mpb.MetaBatch(requests=[r for r, _ in batch]), timeout=timeout,
+                    metadata=await self._metadata(ep))
             except grpc.aio.AioRpcError as exc:
                 for _, fut in batch:
                     if not fut.done():
@@ -184,6 +196,28 @@ class AsyncMetaClient:
             for (_, fut), rep in zip(batch, reply.replies, strict=True):
                 if not fut.done():
                     fut.set_result(rep)
+
+    async def _metadata(self, ep: str) -> tuple[tuple[str, str], ...]:
+        """The bearer token for a user and password (logging in at `ep` first when there is
+        none or it is about to expire); empty otherwise (a certificate is the credential)."""
+        creds = self.credentials
+        if creds is None or creds.user is None or creds.cert:
+            return ()
+        loop = asyncio.get_running_loop()
+        if self._login_lock is None:
+            self._login_lock = asyncio.Lock()
+        async with self._login_lock:
+            if self._token is None or self._token[1] - loop.time() < 5.0:
+                from kvstore._proto import security_pb2 as spb
+                from kvstore._proto import security_pb2_grpc
+
+                self._stub(ep)
+                reply = await security_pb2_grpc.SecurityStub(self._channels[ep][0]).Login(
+                    spb.LoginRequest(user=creds.user, password=creds.password or ""),
+                    timeout=self.timeout)
+                ttl = max(0.0, reply.expires_at_ms / 1000 - time.time())
+                self._token = (reply.token, loop.time() + ttl)
+        return (("authorization", f"Bearer {self._token[0]}"),)
 
     def _stub(self, ep: str) -> meta_pb2_grpc.MetaStub:
         if ep not in self._channels:
@@ -219,6 +253,7 @@ class AsyncMetaClient:
         maybe = False
         errors: list[str] = []
         is_cmd = req.WhichOneof("body") == "command"
+        retried_login = False
         while True:
             ep = self.endpoints[self._next % len(self.endpoints)]
             left = deadline - loop.time()
@@ -229,6 +264,17 @@ class AsyncMetaClient:
                 # (a repeat is safe: commands carry the session).
                 reply = await self._send(ep, req, min(left, attempt or max(0.5, timeout / 3)))
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+                        grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    # definite: the node refused before doing anything. An expired token
+                    # is renewed once; anything else is the caller's to fix.
+                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED and self._token and \
+                            "expired" in (exc.details() or "") and not retried_login:
+                        self._token, retried_login = None, True
+                        continue
+                    kind = (Unauthenticated if exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                            else PermissionDenied)
+                    raise kind(f"{ep}: {exc.details()}") from None
                 if isinstance(exc, TimeoutError):
                     refused, name = False, "DEADLINE_EXCEEDED"
                 else:

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from kvstore._proto import meta_pb2 as mpb
 from kvstore._proto import security_pb2 as spb
 
-__all__ = ["ROLES", "AuthError", "UserRecord", "allows", "check_password", "hash_password",
-           "make_token", "read_token"]
+__all__ = ["RESERVED_PREFIX", "ROLES", "AuthError", "UserRecord", "allows", "check_password",
+           "hash_password", "make_token", "meta_needed", "read_token"]
 
 READONLY, READWRITE, ADMIN = "readonly", "readwrite", "admin"
 ROLES = (READONLY, READWRITE, ADMIN)
@@ -38,6 +39,58 @@ class AuthError(ValueError):
 def allows(role: str, needed: str) -> bool:
     """Whether `role` may do what needs `needed`."""
     return role in ROLES and ROLES.index(role) >= ROLES.index(needed)
+
+
+# Metadata keys under this prefix hold the users' records and the token key
+# (services/auth.py): only admins read or write them, whatever else a role may do.
+RESERVED_PREFIX = "auth/"
+
+# What each metadata command needs, apart from keys under RESERVED_PREFIX. Lease expiry
+# and checkpoints are the leader's own bookkeeping: no client sends them but an admin.
+_COMMAND_ROLES = {
+    "put": READWRITE, "delete": READWRITE, "cas": READWRITE, "register": READWRITE,
+    "lease_grant": READWRITE, "lease_keepalive": READWRITE, "lease_revoke": READWRITE,
+    "lock_acquire": READWRITE, "lock_release": READWRITE,
+    "lease_expire": ADMIN, "lease_checkpoint": ADMIN,
+}
+
+
+def _reserved(key: str, prefix: bool) -> bool:
+    """Whether a key (or, with `prefix`, any key starting with it) is reserved."""
+    return key.startswith(RESERVED_PREFIX) or (prefix and RESERVED_PREFIX.startswith(key))
+
+
+def meta_needed(req: mpb.MetaRequest) -> tuple[str, str]:
+    """The role a metadata request needs, and what it does (for the refusal's message).
+
+    Per prefix: keys under RESERVED_PREFIX (users, token key) need admin, for reads too,
+    and so does a prefix read or watch that covers them (e.g. the prefix "" or "au").
+    Elsewhere: reads, watches and lease queries need readonly; writes, sessions, leases
+    and locks (acquire, wait, release) need readwrite.
+    """
+    body = req.WhichOneof("body")
+    if body in ("read", "watch"):
+        q = req.read if body == "read" else req.watch
+        if _reserved(q.key, q.prefix):
+            return ADMIN, f"{body} {q.key!r}{' (prefix)' if q.prefix else ''}: keys under " \
+                          f"{RESERVED_PREFIX!r} are the users' (admin only)"
+        return READONLY, f"{body} metadata keys"
+    if body == "lease_query":
+        return READONLY, "query leases"
+    if body == "lock_wait":
+        return READWRITE, "wait for a lock"
+    if body == "command":
+        op = req.command.WhichOneof("op")
+        needed = _COMMAND_ROLES.get(op or "", ADMIN)
+        key = {"put": req.command.put.key, "delete": req.command.delete.key,
+               "cas": req.command.cas.key}.get(op or "")
+        if key is not None and _reserved(key, False):
+            return ADMIN, f"{op} {key!r}: keys under {RESERVED_PREFIX!r} are the users' " \
+                          "(admin only; use `kv user`)"
+        doing = {"register": "open a write session"}.get(op or "", (op or "send an empty "
+                                                                  "command").replace("_", " "))
+        return needed, f"{doing} in the metadata group"
+    return ADMIN, "send an empty metadata request"
 
 
 @dataclass(frozen=True, slots=True)

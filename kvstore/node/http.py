@@ -7,6 +7,9 @@
                        clock offset of each member against this node (NTP-style, +-rtt/2)
 
 Read-only: nothing on this port changes the node (chaos goes through the gRPC chaos API).
+With --tls the calls to the other members use the node's own certificate (mutual TLS, the
+server checked against the member's id, as internode traffic is): a node certificate is
+admitted on the peer port and, with --auth, acts as admin.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kvstore._proto import observe_pb2, observe_pb2_grpc
 from kvstore.node.observe import Observer
+from kvstore.transport.grpc_transport import CHANNEL_OPTIONS
+from kvstore.transport.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +41,15 @@ def state_json(state: observe_pb2.NodeState) -> dict:
 
 
 class HttpServer:
-    def __init__(self, observer: Observer, host: str, port: int) -> None:
+    def __init__(self, observer: Observer, host: str, port: int,
+                 tls: TlsFiles | None = None) -> None:
         self.observer = observer
         self.host = host
         self.port = port
+        self.tls = tls
         self.runner: web.AppRunner | None = None
-        self.channels: dict[str, grpc.aio.Channel] = {}
+        # member -> ((address, certificate generation), channel)
+        self.channels: dict[str, tuple[tuple[str, int], grpc.aio.Channel]] = {}
         app = web.Application()
         app.add_routes([web.get("/metrics", self.metrics), web.get("/", self.page),
                         web.get("/api/state", self.state), web.get("/api/cluster", self.cluster)])
@@ -61,8 +69,29 @@ class HttpServer:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
-        for channel in self.channels.values():
+        for _, channel in self.channels.values():
             await channel.close()
+        self.channels.clear()
+
+    def _channel(self, member: str, address: str) -> grpc.aio.Channel:
+        """A channel to a member: plaintext on an insecure cluster, else mutual TLS with
+        this node's certificate, verifying that the server's certificate names `member`.
+        A new one when the member moved or the certificates were reloaded (SIGHUP)."""
+        key = (address, self.tls.generation if self.tls else 0)
+        cached = self.channels.get(member)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None:
+            asyncio.get_running_loop().create_task(cached[1].close())
+        # the peers' channel options: quick reconnects, names looked up again within 1 s
+        if self.tls is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            channel = grpc.aio.secure_channel(
+                address, self.tls.channel_credentials(),
+                options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", member)])
+        self.channels[member] = (key, channel)
+        return channel
 
     async def metrics(self, request: web.Request) -> web.Response:
         await self.observer.refresh()
@@ -76,9 +105,7 @@ class HttpServer:
         return web.json_response(state_json(await self.observer.state()))
 
     async def _peer_state(self, member: str, address: str) -> dict:
-        channel = self.channels.get(address)
-        if channel is None:
-            channel = self.channels[address] = grpc.aio.insecure_channel(address)
+        channel = self._channel(member, address)
         sent = time.time()
         try:
             state = await observe_pb2_grpc.ObserveStub(channel).State(

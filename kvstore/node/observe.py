@@ -4,31 +4,134 @@
   op and level), the hint-delivery rate, and builds `NodeState` (observe.proto): what
   `kv status` and the dashboard show.
 * `NodeCollector` is a prometheus-client collector that reads the node's services at scrape
-  time (gossip phi, hints, repair, Raft, chaos), next to the request counters and latency
-  histograms updated on every request. Each node has its own `CollectorRegistry`, so
-  several nodes can live in one process (tests).
+  time (gossip phi, hints, repair debt per peer, Raft, chaos, storage latency histograms),
+  next to the request counters and latency histograms updated on every request.
+* `StorageCensus` counts the store's records, tombstones and purge markers with a paged
+  scan off the event loop, at most every CENSUS_INTERVAL seconds (and at most
+  CENSUS_SHARE of the time), and sums the bytes of
+  the data directory: what a scrape or `kv status` reports, never older than that.
 * `ChaosServicer` and `ObserveServicer` are the gRPC faces (chaos.proto, observe.proto).
   The chaos API refuses with PERMISSION_DENIED unless the node runs with --chaos.
+
+Each node has its own `CollectorRegistry`, so several nodes can live in one process (tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections import defaultdict, deque
+from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from kvstore._proto import chaos_pb2, chaos_pb2_grpc, common_pb2, observe_pb2, observe_pb2_grpc
 from kvstore._proto import client_pb2 as cpb
+from kvstore.core.histogram import LatencyHistogram
+from kvstore.core.ring import TOKEN_MIN
 from kvstore.node.node import Node
 from kvstore.transport.faults import DEFAULT_DURATION, FaultFilter
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 WINDOW = 1000          # latencies kept per (op, level) for p50/p99
 RATE_WINDOW = 60.0     # seconds over which the hint delivery rate is measured
+CENSUS_INTERVAL = 15.0  # seconds: the storage census runs at most this often ...
+CENSUS_SHARE = 0.05    # ... and at most this share of the time (a big store: less often)
+CENSUS_PAGE = 1000     # records per scan page (the loop runs other work between pages)
+CENSUS_WAIT = 0.5      # seconds a scrape waits for a census running for the first time
+
+
+def disk_bytes(directory: Path) -> dict[str, int]:
+    """Bytes under `directory` by top-level entry (data.db, data.db-wal, raft, ...)."""
+    out: dict[str, int] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return out
+    for entry in entries:
+        total = 0
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                for root, _, files in os.walk(entry.path):
+                    for name in files:
+                        try:
+                            total += os.lstat(os.path.join(root, name)).st_size
+                        except OSError:
+                            continue  # removed meanwhile (a rotated log file)
+            else:
+                total = entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+        out[entry.name] = total
+    return out
+
+
+class StorageCensus:
+    """Counts of the store's records by kind, from a paged full scan (see module doc)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.records = self.tombstones = self.markers = -1  # -1: no census finished yet
+        self.disk: dict[str, int] = {}
+        self.finished_at: float | None = None  # monotonic
+        self.took = 0.0  # seconds the last census took
+        self._task: asyncio.Task | None = None
+
+    def interval(self) -> float:
+        """Seconds between censuses: CENSUS_INTERVAL, or longer when a census takes more
+        than CENSUS_SHARE of that (a million records take seconds to decode)."""
+        return max(CENSUS_INTERVAL, self.took / CENSUS_SHARE)
+
+    def age(self) -> float:
+        return -1.0 if self.finished_at is None else time.monotonic() - self.finished_at
+
+    async def refresh(self) -> None:
+        """Start a census when the last one is older than CENSUS_INTERVAL; wait for it (a
+        little) only when there is none yet, so a scrape never waits for a long scan."""
+        stale = self.finished_at is None or self.age() >= self.interval()
+        if stale and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self.finished_at is None and self._task is not None:
+            await asyncio.wait([self._task], timeout=CENSUS_WAIT)
+
+    async def _run(self) -> None:
+        started = time.monotonic()
+        store = self.node.store
+        records = tombstones = markers = 0
+        after = None
+        while True:
+            page = await store.scan_chunk(TOKEN_MIN, TOKEN_MIN, after, CENSUS_PAGE)
+            for _, _, record in page:
+                records += 1
+                state = common_pb2.VersionSet()  # the wire form: no Sibling objects needed
+                try:
+                    state.ParseFromString(record)
+                except Exception:  # a damaged record still counts as a record
+                    continue
+                if state.versions and all(v.tombstone for v in state.versions):
+                    tombstones += 1
+                if state.purged:
+                    markers += 1
+            if len(page) < CENSUS_PAGE:
+                break
+            after = (page[-1][0], page[-1][1])
+        data_dir = self.node.config.data_dir
+        if data_dir is not None:
+            self.disk = await asyncio.to_thread(disk_bytes, Path(data_dir))
+        self.records, self.tombstones, self.markers = records, tombstones, markers
+        self.finished_at = time.monotonic()
+        self.took = self.finished_at - started
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def level_name(request: cpb.ClientRequest) -> str:
@@ -68,10 +171,19 @@ class Observer:
         self._cache: dict[tuple, tuple] = {}
         self._delivered: deque[tuple[float, int]] = deque(maxlen=256)
         self.hints_cache: dict[str, int] = {}  # refreshed (off the loop) before a scrape
+        self.census = StorageCensus(node)
 
     async def refresh(self) -> None:
-        """Read what the collector must not read on the event loop (the hint store)."""
+        """Read what the collector must not read on the event loop (the hint store, the
+        storage census)."""
         self.hints_cache = await self.node.handoff.pending_by_target()
+        await self.refresh_census()
+
+    async def refresh_census(self) -> None:
+        try:
+            await self.census.refresh()
+        except Exception as exc:  # a failed census must not fail a scrape or the state
+            log.warning("storage census failed: %s", exc)
 
     # -- requests ------------------------------------------------------------------
     def record(self, request: cpb.ClientRequest, reply: cpb.ClientReply, seconds: float) -> None:
@@ -135,12 +247,23 @@ class Observer:
                 hints_delivered_per_s=round(rate, 2) if hints.get(member) else 0.0,
                 repair_age_s=-1.0 if last is None else max(0.0, (now_ms - last[0]) / 1000),
                 repair_leaves_differing=0 if last is None else last[1],
-                repair_keys_moved=0 if last is None else last[2]))
+                repair_keys_moved=0 if last is None else last[2],
+                repair_ranges=2 ** node.antientropy.depth))
         state = observe_pb2.NodeState(
             node_id=node.node_id, address=node.config.address, wall_time=time.time(),
             uptime_s=time.monotonic() - self.started, members=members,
             keys_stored=await node.store.count(), metrics_url=self.metrics_url,
             replication_factor=node.config.replication_factor, vnodes=node.config.vnodes)
+        await self.refresh_census()
+        census = self.census
+        state.storage.records, state.storage.tombstones = census.records, census.tombstones
+        state.storage.purge_markers = census.markers
+        state.storage.disk_bytes = sum(census.disk.values())
+        state.storage.census_age_s = round(census.age(), 1)
+        state.storage.write_p99_ms = node.store.write_latency.quantile(0.99) * 1000
+        fsync = getattr(node.store.engine, "commit_latency", None)
+        if fsync is not None:
+            state.storage.fsync_p99_ms = fsync.quantile(0.99) * 1000
         if node.raft is not None:
             s = node.raft.status()
             raft = state.raft
@@ -233,6 +356,8 @@ class NodeCollector:
         ):
             if hasattr(store, attr):
                 yield CounterMetricFamily(metric, help_text, value=getattr(store, attr))
+        yield from _storage_families(self.observer)
+        yield from _repair_debt_families(node)
         if node.raft is not None:
             s = node.raft.status()
             if "term" in s:
@@ -267,6 +392,68 @@ class NodeCollector:
             for kind, value in sorted(faults.counts.items()):
                 applied.add_metric([kind], value)
             yield applied
+
+
+def _histogram(name: str, help_text: str, hist: LatencyHistogram) -> HistogramMetricFamily:
+    buckets = hist.buckets()
+    return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=hist.sum)
+
+
+def _storage_families(observer: Observer):
+    node = observer.node
+    store = node.store
+    yield _histogram("kv_storage_write_seconds", "One store update as its caller waits for "
+                     "it: queueing, its group-commit batch, the commit", store.write_latency)
+    commit = getattr(store.engine, "commit_latency", None)
+    if commit is not None:  # the durable engine (none in memory)
+        yield _histogram("kv_storage_fsync_seconds", "The COMMIT of one batch: WAL append "
+                         "and fsync (with --sync full)", commit)
+    yield _histogram("kv_storage_compaction_seconds", "One tombstone collection pass "
+                     "(purges to markers, expired markers dropped) after a repair session",
+                     node.antientropy.compaction_latency)
+    census = observer.census
+    if census.finished_at is not None:
+        for metric, value, help_text in (
+            ("kv_storage_records", census.records, "Records in the store (census)"),
+            ("kv_storage_tombstones", census.tombstones,
+             "Records whose every sibling is a deletion, not yet collected (census)"),
+            ("kv_storage_purge_markers", census.markers,
+             "Markers of collected tombstones, until they expire (census)"),
+            ("kv_storage_census_age_seconds", census.age(),
+             "Seconds since the census behind kv_storage_records/tombstones/markers"),
+        ):
+            yield GaugeMetricFamily(metric, help_text, value=value)
+        disk = GaugeMetricFamily("kv_storage_disk_bytes",
+                                 "Bytes on disk under the data directory, by top-level file",
+                                 labels=["file"])
+        for name, size in sorted(census.disk.items()):
+            disk.add_metric([name], size)
+        yield disk
+
+
+def _repair_debt_families(node: Node):
+    """What the last anti-entropy session with each peer found: the repair debt of the
+    ranges this node shares with it (hints pending per target: kv_hints_pending)."""
+    ae = node.antientropy
+    now_ms = ae.clock_ms()
+    leaves = GaugeMetricFamily("kv_repair_ranges_differing",
+                               "Merkle leaves (token ranges) that differed at the last "
+                               "session with the peer", labels=["peer"])
+    keys = GaugeMetricFamily("kv_repair_keys_differing",
+                             "Keys that differed (and were moved) at the last session",
+                             labels=["peer"])
+    age = GaugeMetricFamily("kv_repair_last_session_age_seconds",
+                            "Seconds since the last anti-entropy session with the peer",
+                            labels=["peer"])
+    for peer, (at_ms, differing, moved) in sorted(ae.last_session.items()):
+        leaves.add_metric([peer], differing)
+        keys.add_metric([peer], moved)
+        age.add_metric([peer], max(0.0, (now_ms - at_ms) / 1000))
+    yield leaves
+    yield keys
+    yield age
+    yield GaugeMetricFamily("kv_repair_ranges", "Merkle leaves (token ranges) a session "
+                            "compares", value=2 ** ae.depth)
 
 
 class ChaosServicer(chaos_pb2_grpc.ChaosServicer):

@@ -31,6 +31,7 @@ from kvstore._proto import (
     client_pb2 as cpb,
 )
 from kvstore._proto import security_pb2 as spb
+from kvstore.core import auth as core_auth
 from kvstore.core.auth import AuthError
 from kvstore.core.errors import KVError
 from kvstore.node.config import NodeConfig
@@ -241,19 +242,25 @@ class Guarded:
 
 
 class GuardedMeta(meta_pb2_grpc.MetaServicer):
-    """The Meta service with --auth: admins only for now (the keys include the users'
-    records; per-prefix roles are future work, docs/security.md)."""
+    """The Meta service with --auth: roles per request and key prefix (core/auth.py
+    `meta_needed`): the users' keys are admin only, other keys readable by readonly and
+    writable (with leases and locks) by readwrite."""
 
     def __init__(self, inner, guard: Guard) -> None:
         self.inner = inner
         self.guard = guard
 
     async def Call(self, request, context):
-        await self.guard.client(context, ADMIN, "use the metadata service")
+        needed, what = core_auth.meta_needed(request)
+        await self.guard.client(context, needed, what)
         return await self.inner.Call(request, context)
 
     async def CallBatch(self, request, context):
-        await self.guard.client(context, ADMIN, "use the metadata service")
+        # the batch needs what its most demanding request needs (checked once)
+        needs = [core_auth.meta_needed(r) for r in request.requests] or [
+            (READONLY, "send an empty batch")]
+        needed, what = max(needs, key=lambda n: core_auth.ROLES.index(n[0]))
+        await self.guard.client(context, needed, what)
         return await self.inner.CallBatch(request, context)
 
 
@@ -297,7 +304,7 @@ class NodeServer:
         if config.metrics_port:
             from kvstore.node.http import HttpServer
 
-            self.http = HttpServer(self.observer, host, config.metrics_port)
+            self.http = HttpServer(self.observer, host, config.metrics_port, self.tls)
         chaos = ChaosServicer(self.node, self.transport.faults, config.chaos)
         observe = ObserveServicer(self.observer, logs)
         if self.auth is not None:  # faults are an admin's; cluster state a reader's
@@ -305,6 +312,8 @@ class NodeServer:
             observe = Guarded(observe, self.guard, READONLY, "read the cluster's state")
         chaos_pb2_grpc.add_ChaosServicer_to_server(chaos, self.server)
         observe_pb2_grpc.add_ObserveServicer_to_server(observe, self.server)
+        if self.separate:  # the dashboards of other nodes ask here, with node certificates
+            observe_pb2_grpc.add_ObserveServicer_to_server(observe, self.peer_server)
         client_pb2_grpc.add_KVServicer_to_server(
             KVServicer(self.node, self.observer, self.guard), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.node, self.guard),
@@ -379,6 +388,7 @@ class NodeServer:
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()
+        await self.observer.census.stop()
         if self.node.raft is not None:
             await self.node.raft.stop()  # before the server stops: no raft work mid-shutdown
         await self.server.stop(grace)

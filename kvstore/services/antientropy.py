@@ -44,6 +44,7 @@ from kvstore.core.antientropy import (
     peek_shape,
 )
 from kvstore.core.errors import InvalidArgument, KVError, Unavailable
+from kvstore.core.histogram import LatencyHistogram
 from kvstore.core.merkle import DEFAULT_DEPTH, MerkleTree, version_digest
 from kvstore.core.ring import TOKEN_MIN, token_of
 from kvstore.core.versions import Sibling
@@ -97,6 +98,9 @@ class AntiEntropyService:
         # peer -> (wall ms, leaves differing, keys moved) of the last session with it: the
         # repair debt of the ranges this node shares with that peer (kv status, /metrics)
         self.last_session: dict[str, tuple[int, int, int]] = {}
+        # Each tombstone collection pass (purges and marker expiry after a session): the
+        # store's compaction (kv_storage_compaction_seconds)
+        self.compaction_latency = LatencyHistogram()
         self.confirmations = tombstones.Confirmations()
         self._damaged: set[bytes] = set()  # keys whose local record failed its checksum
         self._expired_markers: set[bytes] = set()
@@ -329,6 +333,7 @@ class AntiEntropyService:
 
         The purge turns the record into a marker in the same storage write (Replica.purge),
         so there is no separate safety state to persist before acting."""
+        started = self.monotonic()
         purged = 0
         now = self.clock_ms()
         for key, digest in candidates.items():
@@ -351,6 +356,7 @@ class AntiEntropyService:
             self.metrics["markers_expired"] += expired
             log.info("purged %d tombstones (leaving markers); dropped %d expired markers",
                      purged, expired)
+        self.compaction_latency.observe(self.monotonic() - started)
         return purged
 
     async def repair(self, peers: list[str] | None = None,

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
+from kvstore.core.histogram import LatencyHistogram
 from kvstore.storage.engine import Engine, Mutation, StorageError
 from kvstore.storage.fences import FenceTable
 from kvstore.storage.memory import StepResult
@@ -101,6 +102,8 @@ class AsyncStore:
         self.batches = 0
         self.steps = 0
         self.apply_seconds = 0.0  # time inside engine.apply (the commit, with its fsync)
+        # An update as its caller waits for it: queueing, its batch, the commit (/metrics).
+        self.write_latency = LatencyHistogram()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._rqueue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -143,14 +146,20 @@ class AsyncStore:
         """Read-modify-write `key`; the record now stored. Raises the mutation's error."""
         self._check_open()
         if self.inline:
+            started = time.perf_counter()
             result = self._apply([(key, mutation)])[0]
+            self.write_latency.observe(time.perf_counter() - started)
             if isinstance(result, BaseException):
                 raise result
             return result
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        started = time.perf_counter()
         self._queue.put(([(key, mutation)], fut, loop, True))
-        return await fut
+        try:
+            return await fut
+        finally:
+            self.write_latency.observe(time.perf_counter() - started)
 
     async def update_many(self, items: list[tuple[bytes, Mutation]]) -> list[StepResult]:
         """Several steps in one go (same batch); per step the record or its exception."""
@@ -158,11 +167,18 @@ class AsyncStore:
         if not items:
             return []
         if self.inline:
-            return self._apply(list(items))
+            started = time.perf_counter()
+            results = self._apply(list(items))
+            self.write_latency.observe(time.perf_counter() - started)
+            return results
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        started = time.perf_counter()
         self._queue.put((list(items), fut, loop, False))
-        return await fut
+        try:
+            return await fut
+        finally:
+            self.write_latency.observe(time.perf_counter() - started)
 
     def _apply(self, steps: list[tuple[bytes, Mutation]]) -> list[StepResult]:
         started = time.perf_counter()

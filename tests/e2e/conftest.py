@@ -1,18 +1,24 @@
 """The docker compose cluster for the end-to-end tests: built offline, always torn down.
 
-The session fixture `compose_cluster`:
+The session fixture `e2e_image`:
   1. skips, with the reason, where no docker engine or compose answers, or where the base
      image cannot be made (debootstrap cannot run);
   2. makes the Debian base image (scripts/docker_base_image.sh, cached in the engine: it is
      the one image the run keeps);
-  3. runs the README's docker command, `make docker-up` (scripts/docker_cluster.sh: picks
-     the compose front-end, builds the image offline when no registry answers, creates
-     the Raft group, waits until every node is healthy) on free 127.0.0.1 host ports,
-     under a compose project and image tag unique to this checkout (a hash of its path),
-     so runs from different checkouts never share containers, volumes or images;
-  4. always runs `make docker-down V=1`, removes the image it built and the dangling
-     images the build left, and asserts that no container, network, volume or image of
-     the project is left.
+  3. builds the kvstore image (`scripts/docker_cluster.sh build`: offline when no registry
+     answers) under a tag unique to this checkout (a hash of its path);
+  4. at the end removes that image and the dangling images the build left, and asserts
+     that none is left.
+The module fixture `compose_cluster` (on that image; torn down before the next module's
+cluster comes up, so two clusters never share the machine's two cores):
+  1. runs the README's docker command, `make docker-up` (scripts/docker_cluster.sh: picks
+     the compose front-end, creates the Raft group, waits until every node is healthy; the
+     build is e2e_image's) on free 127.0.0.1 host ports, under a compose project unique to
+     this checkout, so runs from different checkouts never share containers or volumes;
+  2. always runs `make docker-down V=1` and asserts that no container, network or volume
+     of the project is left.
+tests/e2e/test_secure_compose.py brings up the secure profile on the same image, under a
+project of its own (`secure_project`).
 Measured durations are printed at the end of the run (terminal summary).
 
 Environment: KV_E2E_BASE_IMAGE uses an existing base image (e.g. python:3.11-slim)
@@ -30,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -151,17 +158,7 @@ class ComposeCluster:
              self.container(service)])
 
     def leftovers(self) -> dict[str, list[str]]:
-        label = f"label=com.docker.compose.project={PROJECT}"
-        image = self.env["KV_IMAGE"]
-        found = {
-            "containers": run(["docker", "ps", "-aq", "--filter", label]).stdout.split(),
-            "networks": run(["docker", "network", "ls", "-q", "--filter", label]).stdout.split(),
-            "volumes": run(["docker", "volume", "ls", "-q", "--filter", label]).stdout.split(),
-            "images": run(["docker", "images", "-q", image]).stdout.split()
-            + run(["docker", "images", "-q", "--filter", "dangling=true",
-                   "--filter", "label=kvstore.build"]).stdout.split(),
-        }
-        return {kind: items for kind, items in found.items() if items}
+        return project_leftovers(PROJECT)
 
     # -- the kv CLI ----------------------------------------------------------------------
     def endpoints(self, *services: str) -> str:
@@ -184,15 +181,33 @@ class ComposeCluster:
                    timeout=timeout, check=False)
 
 
+def project_leftovers(project: str) -> dict[str, list[str]]:
+    """Containers, networks and volumes of a compose project still in the engine."""
+    label = f"label=com.docker.compose.project={project}"
+    found = {
+        "containers": run(["docker", "ps", "-aq", "--filter", label]).stdout.split(),
+        "networks": run(["docker", "network", "ls", "-q", "--filter", label]).stdout.split(),
+        "volumes": run(["docker", "volume", "ls", "-q", "--filter", label]).stdout.split(),
+    }
+    return {kind: items for kind, items in found.items() if items}
+
+
 def values(proc: subprocess.CompletedProcess[str]) -> list[str]:
     """The sibling values of a successful `kv get --json`, sorted."""
     assert proc.returncode == 0, f"kv get failed ({proc.returncode}): {proc.stderr.strip()}"
     return sorted(s["value"] for s in json.loads(proc.stdout)["siblings"])
 
 
+@dataclass
+class E2EImage:
+    compose: list[str]  # the compose front-end: `docker compose` or `docker-compose`
+    env: dict[str, str]  # KV_IMAGE, KV_COMPOSE (and KV_BASE_IMAGE when given)
+    image: str
+
+
 @pytest.fixture(scope="session")
-def compose_cluster() -> Iterator[ComposeCluster]:
-    session_start = time.monotonic()
+def e2e_image() -> Iterator[E2EImage]:
+    """The kvstore image every e2e cluster runs, built once per session, removed at its end."""
     compose = compose_command()
     if compose is None:
         pytest.skip("neither `docker compose` nor `docker-compose` answers")
@@ -202,8 +217,7 @@ def compose_cluster() -> Iterator[ComposeCluster]:
 
     base = os.environ.get("KV_E2E_BASE_IMAGE", "kvstore-base:bookworm")
     image = os.environ.get("KV_E2E_IMAGE", f"kvstore:e2e-{CHECKOUT}")
-    env = {**os.environ, "KV_IMAGE": image, "COMPOSE_PROJECT_NAME": PROJECT,
-           "KV_COMPOSE": " ".join(compose)}
+    env = {**os.environ, "KV_IMAGE": image, "KV_COMPOSE": " ".join(compose)}
     t = time.monotonic()
     if "KV_E2E_BASE_IMAGE" in os.environ:
         if run(["docker", "image", "inspect", base], check=False).returncode != 0:
@@ -217,19 +231,41 @@ def compose_cluster() -> Iterator[ComposeCluster]:
                         + made.stderr.strip()[-300:])
         assert made.returncode == 0, f"docker_base_image.sh failed:\n{made.stderr}"
     TIMINGS["base image (made or cached)"] = time.monotonic() - t
+    try:
+        t = time.monotonic()
+        run([str(ROOT / "scripts/docker_cluster.sh"), "build"], timeout=1500, env=env)
+        TIMINGS["kvstore image build"] = time.monotonic() - t
+        yield E2EImage(compose, env, image)
+    finally:
+        dangling = ["docker", "images", "-q", "--filter", "dangling=true",
+                    "--filter", "label=kvstore.build"]
+        run(["docker", "image", "rm", "--force", image], check=False)
+        ours = set(run(dangling).stdout.split())
+        run(["docker", "image", "prune", "--force", "--filter", "label=kvstore.build"],
+            check=False)
+        # Only what existed when we pruned: a build from another checkout running now
+        # leaves its own intermediate images meanwhile (seen here: a swarm build).
+        left = (run(["docker", "images", "-q", image]).stdout.split()
+                + [i for i in run(dangling).stdout.split() if i in ours])
+        assert not left, f"the e2e run left these images behind: {left}"
 
+
+@pytest.fixture(scope="module")  # down before the next module's cluster comes up
+def compose_cluster(e2e_image: E2EImage) -> Iterator[ComposeCluster]:
+    session_start = time.monotonic()
+    env = {**e2e_image.env, "COMPOSE_PROJECT_NAME": PROJECT, "KV_NO_BUILD": "1"}
     ports = dict(zip(("n1", "n2", "n3", "n4", "n5"), free_ports(5), strict=True))
     env["KV_BIND"] = "127.0.0.1"
     env.update({f"KV_{s.upper()}_PORT": str(p) for s, p in ports.items()})
-    cluster = ComposeCluster(compose, env, ports)
+    cluster = ComposeCluster(e2e_image.compose, env, ports)
     cluster.compose("--profile", "five", "down", "-v", "--remove-orphans",
                     check=False)  # whatever a crashed earlier run left
     try:
         t = time.monotonic()
-        # The README's docker command: build (offline here: no registry answers), create
-        # the Raft group, start n1..n3 and wait until they are healthy.
+        # The README's docker command: create the Raft group, start n1..n3 and wait until
+        # they are healthy (the image is e2e_image's, built by the same script).
         up = run(["make", "--no-print-directory", "docker-up"], timeout=1500, env=env)
-        TIMINGS["make docker-up (build, up, healthy)"] = time.monotonic() - t
+        TIMINGS["make docker-up (up, healthy)"] = time.monotonic() - t
         assert "kv --endpoints 127.0.0.1:" in up.stdout, up.stdout
         cluster.wait_healthy()
         networks = json.loads(run(["docker", "inspect", "--format",
@@ -241,11 +277,8 @@ def compose_cluster() -> Iterator[ComposeCluster]:
         t = time.monotonic()
         run(["make", "--no-print-directory", "docker-down", "V=1"], timeout=300, env=env,
             check=False)
-        run(["docker", "image", "rm", "--force", image], check=False)
-        run(["docker", "image", "prune", "--force", "--filter", "label=kvstore.build"],
-            check=False)
-        TIMINGS["make docker-down V=1, images removed"] = time.monotonic() - t
-        TIMINGS["whole e2e session"] = time.monotonic() - session_start
+        TIMINGS["make docker-down V=1"] = time.monotonic() - t
+        TIMINGS["default cluster, up to down"] = time.monotonic() - session_start
         left = cluster.leftovers()
         assert not left, f"the e2e run left these behind: {left}"
 

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import free_ports, start_cluster
+
+from kvstore.client import Client
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +79,11 @@ def test_dashboard_shows_the_nodes_and_reacts_to_a_kill(tmp_path):
     artifacts.mkdir(parents=True, exist_ok=True)
     cluster = start_cluster(tmp_path / "c", metrics_ports=free_ports(3),
                             extra_args=["--raft-voters", "n1,n2,n3"], raft_bootstrap=True)
+    with Client(cluster.endpoints(), timeout=5) as client:  # before the storage census
+        for i in range(6):
+            client.put(f"dash:{i}", "v", consistency="ALL")
+        seen = client.get("dash:0", consistency="ALL")
+        client.delete("dash:0", context=seen.context, consistency="ALL")
     debug_port = free_ports(1)[0]
     browser = subprocess.Popen(
         [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
@@ -111,6 +119,18 @@ def test_dashboard_shows_the_nodes_and_reacts_to_a_kill(tmp_path):
                 assert "leader" in await page.eval("document.getElementById('raft').innerText")
                 ring = await page.eval("document.querySelectorAll('#ring path').length")
                 assert ring == 3
+                # storage and repair debt columns: one tombstone on every replica, some
+                # bytes on disk, a repair cell that is "never" or "age s, ranges/total, keys"
+                cells = json.loads(await page.wait_for(
+                    "storage cells", "(c => c.every(r => r[0] !== '' && r[1] !== '') && "
+                    "JSON.stringify(c))([...document.querySelectorAll('#members tr"
+                    "[data-node]')].map(r => [r.querySelector('.tombstones').innerText, "
+                    "r.querySelector('.disk').innerText, r.querySelector('.repair')"
+                    ".innerText]))", 20))
+                assert [c[0] for c in cells] == ["1", "1", "1"], cells
+                for _, disk, repair in cells:
+                    assert re.fullmatch(r"\d+(\.\d)? (B|KiB|MiB)", disk), disk
+                    assert repair == "never" or re.fullmatch(r"\d+ s, \d+/\d+, \d+", repair)
                 await page.screenshot(artifacts / "dashboard-healthy.png")
                 cluster.kill("n3", signal.SIGKILL)
                 killed = time.monotonic()

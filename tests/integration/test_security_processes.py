@@ -8,7 +8,9 @@ One cluster of three nodes with separate peer listeners, --tls and --auth, then:
 * clients: no credentials -> Unauthenticated; a wrong password -> Unauthenticated;
   readonly cannot write or repair; an expired token is refused; a revoked one too;
 * rotation: new certificate files + SIGHUP are served to new connections, and the cluster
-  keeps working.
+  keeps working;
+* the dashboard: a node gathers every member's state over mutual TLS with its own node
+  certificate (on the peer port), as `kv status` does with a user's credentials.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -57,9 +60,9 @@ def secure(tmp_path_factory):
     certs.issue(good, certs.KIND_CLIENT, "alice")
     certs.issue(other, certs.KIND_NODE, "n4")
     certs.issue(other, certs.KIND_NODE, "n2")  # the right name, the wrong CA
-    ports = free_ports(6)
-    c = LocalCluster(root / "data", ports=ports[:3], peer_ports=ports[3:], tls_dir=good,
-                     raft_bootstrap=True,
+    ports = free_ports(9)
+    c = LocalCluster(root / "data", ports=ports[:3], peer_ports=ports[3:6], tls_dir=good,
+                     raft_bootstrap=True, metrics_ports=ports[6:],
                      extra_args=["--raft-voters", "n1,n2,n3", "--auth",
                                  "--token-ttl", str(TOKEN_TTL)])
     c.start()
@@ -324,3 +327,50 @@ def test_one_shared_tls_port_needs_certificates_from_everyone(tmp_path):
         assert res.returncode == 0, res.stderr
     finally:
         c.stop()
+
+
+def test_the_dashboard_gathers_every_member_over_mutual_tls(secure):
+    c, root = secure
+    for node in c.nodes:
+        url = f"http://127.0.0.1:{node.metrics_port}/api/cluster"
+        deadline = time.monotonic() + 20
+        while True:  # a member's certificate channel may still be connecting
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                data = json.loads(resp.read())
+            errors = {n["node_id"]: n.get("error") for n in data["nodes"] if n.get("error")}
+            if not errors or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert data["served_by"] == node.id
+        assert not errors, f"{node.id}'s dashboard cannot reach {errors}"
+        assert sorted(n["node_id"] for n in data["nodes"]) == ["n1", "n2", "n3"]
+        assert all(n["storage"]["census_age_s"] >= 0 or n["node_id"] != node.id
+                   for n in data["nodes"])
+    # and the cluster-wide kv status, as an authenticated user, shows the storage columns
+    res = as_user(c, root, "bob", "status", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["members"]
+    assert all(r["reachable"] and r["storage"]["disk_bytes"] > 0 for r in rows), rows
+
+
+def test_metadata_roles_per_prefix(secure):
+    """readonly reads metadata keys, readwrite writes them and takes locks, and the users'
+    keys (auth/) stay admin only, also through a prefix read that would cover them."""
+    c, root = secure
+    res = as_user(c, root, "alice", "meta", "put", "app/config", "v1")
+    assert res.returncode == 0, res.stderr
+    res = as_user(c, root, "bob", "meta", "get", "app/config")
+    assert res.returncode == 0 and "v1" in res.stdout, res.stderr
+    res = as_user(c, root, "bob", "meta", "put", "app/config", "v2")
+    assert res.returncode == 1 and "'bob' (readonly) may not" in res.stderr, res.stderr
+    assert "that needs readwrite" in res.stderr
+    res = as_user(c, root, "alice", "lock", "jobs/nightly", "--ttl", "2", "--", sys.executable,
+                  "-c", "import os; print(os.environ['KV_FENCE'])")
+    assert res.returncode == 0 and res.stdout.startswith("jobs/nightly:"), res.stderr
+    for args in (("meta", "get", "auth/users/root"), ("meta", "get", "", "--prefix"),
+                 ("meta", "put", "auth/users/eve", "{}")):
+        res = as_user(c, root, "alice", *args)
+        assert res.returncode == 1 and "that needs admin" in res.stderr, (args, res.stderr)
+        assert "'auth/'" in res.stderr and "Traceback" not in res.stderr
+    res = as_user(c, root, "root", "meta", "get", "auth/", "--prefix", "--json")
+    assert res.returncode == 0 and "auth/users/alice" in res.stdout, res.stderr

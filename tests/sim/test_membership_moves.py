@@ -2,7 +2,9 @@
 
 Each seed builds a cluster of 3 or 4 nodes and starts clients that write new keys at
 QUORUM through random coordinators. In half the seeds a node is also killed for good
-and removed (`kv node remove`: its ranges copied from the survivors). The clients also
+and removed (`kv node remove`: its ranges copied from the survivors), and in half a node
+is killed for good and a new one takes its place (`--join --replace`: it takes the dead
+node's tokens and streams its ranges from the survivors). The clients also
 read back keys whose writes were acknowledged before the read started. Then, in a
 seeded order, a node joins (`--join`: it streams the ranges it will own) and another is
 decommissioned (it streams its ranges out; in half the seeds it crashes part way, comes
@@ -124,6 +126,8 @@ async def scenario(seed: int, move_dir: Path) -> Outcome:
     if rng.random() < 0.5:  # and a node dies for good and is removed (with 4+ nodes)
         earliest = 0 if size >= 4 else order.index("join") + 1
         order.insert(rng.randrange(earliest, len(order) + 1), "remove")
+    if rng.random() < 0.5:  # and a node dies for good and a new one takes its place
+        order.insert(rng.randrange(0, len(order) + 1), "replace")
     for step in order:
         if step == "remove" and len(serving) < 4:
             order_note = "remove skipped (fewer than 4 nodes)"
@@ -138,6 +142,21 @@ async def scenario(seed: int, move_dir: Path) -> Outcome:
             assert progress.state == "done", f"seed {seed}: join failed: {progress.error}"
             serving.append(new)
             out.moves.append(f"join {new}: {progress.ranges_total} ranges, {progress.keys} keys")
+        elif step == "replace":
+            dead = rng.choice([n for n in serving if n != cluster.ids[0]])
+            serving.remove(dead)
+            cluster.kill(dead)
+            out.removed = True  # its copies are gone: a QUORUM of final owners is the bar
+            new = f"n{len(cluster.ids) + 1}"
+            node = await cluster.join(new, [f"{cluster.ids[0]}:1"], join=True, replace=dead)
+            await wait_for(f"{new} replacing {dead}",
+                           lambda node=node: node.streamer.progress is not None
+                           and node.streamer.progress.state in ("done", "failed"))
+            progress = node.streamer.progress
+            assert progress.state == "done", f"seed {seed}: replace failed: {progress.error}"
+            serving.append(new)
+            out.moves.append(f"replace {dead} with {new}: {progress.ranges_total} ranges, "
+                             f"{progress.keys} keys")
         elif step == "remove":
             dead = rng.choice([n for n in serving if n != cluster.ids[0]])
             serving.remove(dead)

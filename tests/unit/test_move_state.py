@@ -46,3 +46,32 @@ def test_a_damaged_move_file_is_reported_not_ignored(tmp_path):
 def test_no_move_file_is_a_plain_start(tmp_path):
     assert not RangeStreamer.was_leaving(tmp_path / "move.json")
     assert streamer(tmp_path / "move.json").load() == {}
+
+
+def test_replace_settings_are_checked():
+    from kvstore.node.config import NodeConfig
+
+    with pytest.raises(ValueError, match="--replace needs --join"):
+        NodeConfig(node_id="n6", listen="127.0.0.1:1", replace="n3").validate()
+    with pytest.raises(ValueError, match="cannot replace itself"):
+        NodeConfig(node_id="n6", listen="127.0.0.1:1", join=True, replace="n6").validate()
+
+
+def test_a_replacement_remembers_whom_it_replaced(tmp_path):
+    """A restart keeps the dead node's tokens without --replace, and refuses another one."""
+    from kvstore.node.config import NodeConfig
+    from kvstore.node.node import Node
+    from kvstore.transport.memory import MemoryNetwork
+
+    write_atomic(tmp_path / "move.json", json.dumps(
+        {"kind": "replace", "state": "done", "done": [], "replaces": "n3"}).encode())
+
+    def node(replace: str) -> Node:
+        config = NodeConfig(node_id="n6", listen="n6:1", seeds=["n1=n1:1"], join=True,
+                            replace=replace)
+        return Node(config, MemoryNetwork(0).transport("n6", "n6:1"), None,
+                    move_file=tmp_path / "move.json")
+
+    assert node("").replaces == "n3" and node("n3").replaces == "n3"
+    with pytest.raises(MoveRefused, match="took the place of n3"):
+        node("n4")
