@@ -218,8 +218,8 @@ class AsyncSagaClient:
         loop = asyncio.get_running_loop()
         began = loop.time()
         lease = (await self.meta.lease_grant(self.ttl)).id
-        lost = asyncio.Event()
-        keeper = asyncio.ensure_future(self._keepalive(lease, lost))
+        lost, stop = asyncio.Event(), asyncio.Event()
+        keeper = asyncio.ensure_future(self._keepalive(lease, lost, stop))
         try:
             try:
                 token = await self.meta.lock(f"{PREFIX}{saga_id}", lease,
@@ -260,6 +260,10 @@ class AsyncSagaClient:
             return SagaRecord(saga_id, defn, log)
         finally:
             self.stats.seconds += loop.time() - began
+            # `stop` as well as cancel: Python 3.11's wait_for can swallow a cancellation
+            # that arrives as its call completes (fixed in 3.12); the keeper then sees
+            # `stop` at its next turn instead of renewing the lease for ever
+            stop.set()
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
@@ -275,9 +279,11 @@ class AsyncSagaClient:
         st = engine.status(defn, log)
         return st.in_flight if st.state == engine.RUNNING else None
 
-    async def _keepalive(self, lease: int, lost: asyncio.Event) -> None:
+    async def _keepalive(self, lease: int, lost: asyncio.Event, stop: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
+            if stop.is_set():
+                return
             try:
                 await self.meta.lease_keepalive(lease)
             except LeaseNotFound:
