@@ -257,13 +257,16 @@ class Replica:
     # -- mints ---------------------------------------------------------------------------
     async def mint(
         self, key: bytes, context: Mapping[str, int] | versions.Context, value: bytes, *,
-        tombstone: bool = False, fence: versions.Fence | None = None
+        tombstone: bool = False, fence: versions.Fence | None = None,
+        wire: list[common_pb2.VersionSet] | None = None,
     ) -> list[Sibling]:
         """Coordinate a client write here: make a new version that supersedes `context`.
 
         Returns the key's siblings afterwards; the new version is the last. A guarded write
         (`fence`) whose token is below the highest this replica, the key's record or the
-        context knows of its lock raises Fenced and writes nothing.
+        context knows of its lock raises Fenced and writes nothing. `wire`: the siblings as
+        a VersionSet for the replicas is appended to it (made with the stored record, so
+        the coordinator does not encode them again).
         """
         out: list[list[Sibling]] = []
         now = self.clock_ms()
@@ -292,7 +295,9 @@ class Replica:
             rec.siblings, rec.counter = updated, new.counter
             self.fences.learn(new.fence_horizon())
             out.append(updated)
-            return versions.encode_record(rec)
+            if wire is not None:
+                wire.clear()  # a mutation run again replaces what an earlier run made
+            return versions.encode_record(rec, wire)
 
         # A damaged record counts as absent: it cannot be read, the write takes a fresh
         # epoch (nothing it minted before can be repeated), and repair brings back the
