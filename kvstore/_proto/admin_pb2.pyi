@@ -55,7 +55,7 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., replication_factor: _Optional[int] = ..., vnodes: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., version: _Optional[str] = ..., keys_stored: _Optional[int] = ..., data_dir: _Optional[str] = ..., max_key_bytes: _Optional[int] = ..., max_value_bytes: _Optional[int] = ..., move: _Optional[_Union[MoveProgress, _Mapping]] = ...) -> None: ...
 
 class MoveProgress(_message.Message):
-    __slots__ = ("node", "kind", "state", "ranges_done", "ranges_total", "keys", "bytes", "seconds", "eta_seconds", "error", "finished", "leaves_differing", "corrupt_skipped")
+    __slots__ = ("node", "kind", "state", "ranges_done", "ranges_total", "keys", "bytes", "seconds", "eta_seconds", "error", "finished", "leaves_differing", "corrupt_skipped", "replaces")
     NODE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class MoveProgress(_message.Message):
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     LEAVES_DIFFERING_FIELD_NUMBER: _ClassVar[int]
     CORRUPT_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
     node: str
     kind: str
     state: str
@@ -82,7 +83,8 @@ class MoveProgress(_message.Message):
     finished: bool
     leaves_differing: int
     corrupt_skipped: int
-    def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., ranges_done: _Optional[int] = ..., ranges_total: _Optional[int] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., error: _Optional[str] = ..., finished: _Optional[bool] = ..., leaves_differing: _Optional[int] = ..., corrupt_skipped: _Optional[int] = ...) -> None: ...
+    replaces: str
+    def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., ranges_done: _Optional[int] = ..., ranges_total: _Optional[int] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., error: _Optional[str] = ..., finished: _Optional[bool] = ..., leaves_differing: _Optional[int] = ..., corrupt_skipped: _Optional[int] = ..., replaces: _Optional[str] = ...) -> None: ...
 
 class RemoveRequest(_message.Message):
     __slots__ = ("node_id",)

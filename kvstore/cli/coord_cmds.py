@@ -18,7 +18,7 @@ import sys
 import click
 
 from kvstore._proto import meta_pb2 as mpb
-from kvstore.cli.output import console, print_json
+from kvstore.cli.output import console, print_json, table
 from kvstore.client.meta import (
     AsyncMetaClient,
     CompareFailed,
@@ -104,8 +104,11 @@ def meta_get(ctx: click.Context, key: str, prefix: bool, serializable: bool,
             if as_json:
                 print_json({"ok": True, "revision": rev, "kvs": [k.to_json() for k in keys]})
                 return
+            t = table("key", "value", "create rev", "mod rev", "version", "lease")
             for k in keys:
-                console.print(_show_key(k), markup=False)
+                t.add_row(k.key, k.value, str(k.create_revision), str(k.mod_revision),
+                          str(k.version), str(k.lease) if k.lease else "-")
+            console.print(t)
             return
         k, rev = await c.get(key, serializable=serializable)
         if as_json:
@@ -294,17 +297,13 @@ def lease_list(ctx: click.Context, as_json: bool) -> None:
         if as_json:
             print_json({"ok": True, "leases": [lease_json(i) for i in infos]})
             return
-        from rich.table import Table
-
-        table = Table()
-        for col in ("ID", "TTL", "REMAINING", "KEYS", "LOCKS"):
-            table.add_column(col)
+        t = table("id", "ttl", "remaining", "keys", "locks")
         for i in infos:
             j = lease_json(i)
-            table.add_row(str(j["id"]), f"{j['ttl']:g}s",
-                          "-" if j["remaining"] is None else f"{j['remaining']:.1f}s",
-                          str(len(j["keys"])), str(len(j["locks"])))
-        console.print(table)
+            t.add_row(str(j["id"]), f"{j['ttl']:g}s",
+                      "-" if j["remaining"] is None else f"{j['remaining']:.1f}s",
+                      str(len(j["keys"])), str(len(j["locks"])))
+        console.print(t)
 
     _run(ctx, as_json, go)
 

@@ -462,6 +462,7 @@ def _register_groups() -> None:
     membership = __import__("kvstore.cli.membership_cmds", fromlist=["decommission"])
     node.add_command(membership.decommission)
     node.add_command(membership.remove)
+    node.add_command(membership.replace)
     cli.add_command(node)
     cli.add_command(cluster)
     cli.add_command(__import__("kvstore.cli.bench_cmds", fromlist=["bench"]).bench)
@@ -481,6 +482,7 @@ def _register_groups() -> None:
     cli.add_command(certs_group, "certs")
     cli.add_command(__import__("kvstore.cli.user_cmds", fromlist=["user"]).user)
     cli.add_command(__import__("kvstore.cli.ring_cmd", fromlist=["ring"]).ring)
+    cli.add_command(__import__("kvstore.cli.saga_cmds", fromlist=["saga"]).saga)  # issue 12
 
 
 _register_groups()

@@ -10,6 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kvstore.cli import output
+from kvstore.core.errors import Unavailable
 
 MOVE_FIELDS = ("node", "kind", "state", "ranges_done", "ranges_total", "keys", "bytes",
                "seconds", "eta_seconds", "error", "leaves_differing", "corrupt_skipped")
@@ -94,4 +95,87 @@ def remove(s, node_id: str, endpoint: str | None, as_json: bool) -> None:
     if final.state != "done":
         click.echo(f"Error: removal of {node_id} failed: {final.error} (run the command "
                    "again)", err=True)
+        sys.exit(1)
+
+
+async def _follow_replacement(client, dead: str, new: str, endpoint: str | None, show: bool,
+                              wait_s: float = 30.0):
+    """Poll NEW's move until its replacement of DEAD finishes; None if NEW never showed
+    one within `wait_s` (it was not started with --replace DEAD)."""
+    import asyncio
+
+    if endpoint is None:
+        members = {m.id: m.address for m in (await client.info()).members}
+        if new not in members:
+            raise click.ClickException(
+                f"{new} is not known to the cluster yet: start it first with `kv node start "
+                f"--id {new} --join HOST:PORT --replace {dead} ...`")
+        endpoint = members[new]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s       # to show a replacement of DEAD
+    reach_by = deadline                   # to answer (it may be starting or restarting)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                  disable=not show) as bar:
+        task = bar.add_task(f"replace {dead} with {new}", total=None, detail="")
+        while True:
+            try:
+                info = await client.info(endpoint)
+            except Unavailable as exc:  # (still starting, or restarting to resume)
+                if loop.time() > reach_by:
+                    raise click.ClickException(f"cannot reach {new} at {endpoint}: "
+                                               f"{exc.message}") from None
+                await asyncio.sleep(0.5)
+                continue
+            reach_by = loop.time() + wait_s
+            move = info.move if info.HasField("move") else None
+            if move is not None and move.kind == "replace":
+                if move.replaces != dead:
+                    raise click.ClickException(f"{new} is replacing {move.replaces}, not {dead}")
+                bar.update(task, total=move.ranges_total or None, completed=move.ranges_done,
+                           description=f"replace {dead} with {new}: {move.state}",
+                           detail=f"{move.keys} keys, {move.bytes / 1e6:.1f} MB")
+                if move.finished:
+                    return move
+            elif loop.time() > deadline:
+                what = f"a {move.kind}" if move is not None else "no move"
+                raise click.ClickException(
+                    f"{new} shows {what}, not a replacement of {dead}: start it with an empty "
+                    f"data directory as `kv node start --id {new} --join HOST:PORT --replace "
+                    f"{dead} ...`")
+            await asyncio.sleep(0.5)
+
+
+@click.command()
+@click.argument("dead")
+@click.option("--with", "new", required=True, metavar="NODE_ID",
+              help="The replacement, started as `kv node start --id NODE_ID --join HOST:PORT "
+                   "--replace DEAD` with an empty data directory.")
+@click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
+              help="Where to reach the replacement (default: its address as the first "
+                   "endpoint reports it).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: " + ", ".join(MOVE_FIELDS) + ", replaces.")
+@click.pass_obj
+def replace(s, dead: str, new: str, endpoint: str | None, as_json: bool) -> None:
+    """Follow NODE_ID (--with) taking the place of DEAD, a member that is down for good,
+    until it is done: the replacement takes DEAD's tokens, so it owns exactly DEAD's ranges;
+    it streams them from the surviving replicas, then DEAD is marked LEFT.
+
+    The replacement does the work from its first start (`--replace DEAD`): it must know its
+    role before it tells the cluster anything, or it would join with tokens of its own.
+    Exits 1 if the replacement failed (restart the replacement to resume it)."""
+    client = s.client()
+    final = client.run(_follow_replacement(client.async_client, dead, new, endpoint,
+                                           not as_json))
+    data = {**move_json(final), "replaces": final.replaces}
+    if as_json:
+        output.print_json(data)
+    elif final.state == "done":
+        click.echo(f"{new} replaced {dead}: {final.ranges_total} ranges, {final.keys} keys "
+                   f"({final.bytes} bytes) streamed from the surviving replicas in "
+                   f"{final.seconds:.1f}s; {dead} is LEFT")
+    if final.state != "done":
+        click.echo(f"Error: {new} could not replace {dead}: {final.error} (restart {new} to "
+                   "resume)", err=True)
         sys.exit(1)

@@ -150,6 +150,11 @@ def node() -> None:
                    "JOINING, stream the ranges this node will own from their replicas, then "
                    "serve them (docs/membership.md). A node that already joined ignores it; "
                    "one that crashed while joining resumes. [env KV_JOIN]")
+@click.option("--replace", "replace", default="", metavar="NODE_ID", envvar="KV_REPLACE",
+              help="With --join: take the place of NODE_ID, a member that is down for good. "
+                   "This node takes its tokens, streams its ranges from the surviving "
+                   "replicas, then NODE_ID is marked LEFT (docs/membership.md; `kv node "
+                   "replace` follows it). [env KV_REPLACE]")
 @click.option("--ring-delay", type=float, default=None, envvar="KV_RING_DELAY",
               help="Seconds to wait after announcing a join or decommission before streaming, "
                    "so writes that started before every node knew have finished (default: "
@@ -164,7 +169,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           max_clock_skew: float = 60.0, join: str = "",
           ring_delay: float | None = None, metrics_port: int = 0, chaos: bool = False,
           log_format: str = "json", peer_listen: str = "", peer_advertise: str = "",
-          tls_dir: Path | None = None, auth: bool = False, token_ttl: float = 900.0) -> None:
+          tls_dir: Path | None = None, auth: bool = False, token_ttl: float = 900.0,
+          replace: str = "") -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -179,7 +185,8 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
     config = NodeConfig(
         node_id=node_id, listen=listen, advertise=advertise,
         seeds=[s for s in (seeds + "," + join).split(",") if s.strip()], data_dir=data_dir,
-        restored=restored, join=bool(join.strip()), ring_delay=ring_delay,
+        restored=restored, join=bool(join.strip()), replace=replace.strip(),
+        ring_delay=ring_delay,
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, sloppy_quorum=sloppy_quorum,

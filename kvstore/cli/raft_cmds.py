@@ -2,7 +2,10 @@
 answers (followers and non-voters forward to the leader). The metadata namespace, leases
 and locks are in coord_cmds.py.
 
-Exit codes: 0 ok, 1 failed (a membership change the group refused), 2 bad usage.
+Output: tables for people (the CLI's one style, cli/output.py), `--json` for scripts (one
+object; a failure is `{"ok": false, "error": ...}` too).
+Exit codes: 0 ok, 1 failed (a membership change the group refused, no node answered), 2
+bad usage, 5 a membership change's outcome is unknown (check `kv raft status`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import grpc
 
 from kvstore._proto import internode_pb2 as pb
 from kvstore._proto import internode_pb2_grpc as pb_grpc
+from kvstore.cli import output
+from kvstore.cli.output import print_json
 from kvstore.services.raft_driver import client_request
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
@@ -99,12 +104,14 @@ def raft() -> None:
 @click.pass_context
 def raft_status(ctx: click.Context, as_json: bool) -> None:
     """Term, leader, commit/applied index, and each member's match index and lag."""
-    r = meta_request(_endpoints(ctx), {"op": "status"}, _timeout(ctx))
+    r = _request(ctx, {"op": "status"}, as_json)
+    if as_json:
+        print_json(r)
+        if "ok" in r and not r["ok"]:
+            raise SystemExit(EXIT_FAILED)
+        return
     if "ok" in r and not r["ok"]:
         _fail(r.get("error", "failed"))
-    if as_json:
-        click.echo(json.dumps(r, indent=2, sort_keys=True))
-        return
     if r.get("voter") is False:
         click.echo(f"{r['node']} is not a raft voter; voters: {', '.join(r['voters'])}")
         return
@@ -113,8 +120,6 @@ def raft_status(ctx: click.Context, as_json: bool) -> None:
     if r.get("joining"):
         click.echo(f"{r['node']} is joining: it does not vote until it is added as a learner "
                    "and promoted")
-    from kvstore.cli import output
-
     table = output.table("member", "role", "match index", "lag")
     for m in r["members"]:
         match = "-" if m["match_index"] is None else m["match_index"]
@@ -126,18 +131,31 @@ def raft_status(ctx: click.Context, as_json: bool) -> None:
 def _conf(ctx: click.Context, change: str, node: str, as_json: bool, done: str) -> None:
     if not node or any(c.isspace() or c in "=,@" for c in node):
         _fail(f"{node!r} is not a node id (no spaces, '=', ',' or '@')", EXIT_USAGE)
-    r = meta_request(_endpoints(ctx), {"op": "conf", "change": change, "node": node},
-                     _timeout(ctx))
+    r = _request(ctx, {"op": "conf", "change": change, "node": node}, as_json)
     if as_json:
-        click.echo(json.dumps(r, sort_keys=True))
+        print_json(r)
         if not r.get("ok"):
             raise SystemExit(EXIT_FAILED)
         return
     if not r.get("ok"):
         _fail(r.get("error", "failed"))
-    learners = ",".join(r["learners"]) or "-"
-    click.echo(f"OK: {node} {done} (entry {r['index']}); voters {','.join(r['voters'])}; "
-               f"learners {learners}")
+    click.echo(f"OK: {node} {done} (entry {r['index']})")
+    t = output.table("member", "role")
+    for v in r["voters"]:
+        t.add_row(v, "voter")
+    for learner in r["learners"]:
+        t.add_row(learner, "learner")
+    output.console.print(t)
+
+
+def _request(ctx: click.Context, req: dict, as_json: bool) -> dict:
+    """meta_request; with --json a failure to reach any node is a JSON object too."""
+    try:
+        return meta_request(_endpoints(ctx), req, _timeout(ctx))
+    except click.ClickException as exc:
+        if as_json:
+            print_json({"ok": False, "error": exc.message})
+        raise
 
 
 @raft.command("remove")

@@ -47,6 +47,7 @@ class NodeConfig:
     auth: bool = False                # clients must authenticate (needs tls_dir and raft)
     token_ttl: float = 900.0          # seconds a login token is valid
     join: bool = False                # a new node: stream the ranges it will own first (--join)
+    replace: str = ""                 # with join: take this dead node's tokens (--replace)
     ring_delay: float | None = None   # wait after announcing a move; None: 2 gossip + 1 timeout
     verify_moves: bool = True         # a Merkle comparison with the sources after a join
 
@@ -110,6 +111,12 @@ class NodeConfig:
             raise ValueError("max key bytes must be 1..65535")
         if not 0 <= self.max_value_bytes <= 32 * 1024 * 1024:
             raise ValueError("max value bytes must be 0..33554432 (32 MiB)")
+        if self.replace and not self.join:
+            raise ValueError("--replace needs --join (the replacement joins a running "
+                             "cluster and streams the dead node's ranges)")
+        if self.replace and self.replace == self.node_id:
+            raise ValueError(f"--replace {self.replace}: a node cannot replace itself (start "
+                             "it with a new --id, or wipe it and start it with --join)")
         if self.ring_delay is not None and not 0 <= self.ring_delay <= 600:
             raise ValueError("--ring-delay must be 0..600 seconds")
         if self.antientropy_interval < 0:

@@ -20,6 +20,7 @@ from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.core.errors import KVError
 from kvstore.core.gossip import Status
+from kvstore.core.ring import node_tokens
 from kvstore.node.config import NodeConfig
 from kvstore.services.antientropy import AntiEntropyService
 from kvstore.services.coordinator import Coordinator, CoordinatorConfig
@@ -28,7 +29,7 @@ from kvstore.services.handoff import HandoffService, inline
 from kvstore.services.raft_driver import RaftDriver
 from kvstore.services.replica import Replica
 from kvstore.services.streaming import FILE_NAME as MOVE_FILE
-from kvstore.services.streaming import RangeStreamer
+from kvstore.services.streaming import MoveRefused, RangeStreamer
 from kvstore.storage.epochs import FILE_NAME as EPOCHS_FILE
 from kvstore.storage.epochs import EpochAllocator
 from kvstore.storage.hints import HintStore
@@ -67,9 +68,10 @@ class Node:
                  hints: HintStore | None = None,
                  epochs: EpochAllocator | None = None,
                  inline_io: bool = False,
-                 raft_files: Files | None = None) -> None:
+                 raft_files: Files | None = None, move_file: Path | None = None) -> None:
         """`inline_io` runs disk work inline (simulations); `raft_files` holds the raft
-        state (default `<data_dir>/raft`; simulations pass files that survive a restart)."""
+        state (default `<data_dir>/raft`; simulations pass files that survive a restart),
+        `move_file` a join's or decommission's progress when there is no data directory."""
         config.validate()
         self.config = config
         self.node_id = config.node_id
@@ -93,20 +95,30 @@ class Node:
                 request_timeout=max(2.0, config.timeout_ms / 1000),
                 snapshot_every=config.raft_snapshot_every,
                 rng=random.Random(rng.getrandbits(64)), offload=offload,
-                bootstrap=config.raft_bootstrap, join=config.raft_join)
+                bootstrap=config.raft_bootstrap, join=config.raft_join,
+                monotonic=monotonic)  # lease deadlines: the node's clock (virtual in sims)
             # First, before this run writes anything to the data directory: recover the raft
             # state and decide (a lost raft directory beside an old data directory refuses).
             self.raft.prepare(prior_life(config.data_dir),
                               str(config.data_dir or "its in-memory data"))
-        self.streamer_state = config.data_dir / MOVE_FILE if config.data_dir else None
+        self.streamer_state = config.data_dir / MOVE_FILE if config.data_dir else move_file
         self.joining = self._joining(config)
+        # A replacement carries the dead member's tokens, from its first start on (its
+        # move.json keeps whom it replaced, so a restart after --replace is dropped keeps
+        # them too).
+        self.replaces = self._replaces(config)
+        # crashed while leaving: come back LEAVING (never NORMAL, which would take its ranges
+        # back from their next owners' pending writes) and finish the decommission
+        self.leaving = not self.joining and RangeStreamer.was_leaving(self.streamer_state)
         self.membership = GossipMembership(
             config.node_id, config.peer_address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
             vnodes=config.vnodes, state_path=state_path, interval=config.gossip_interval,
             phi_threshold=config.phi_threshold, timeout=min(1.0, config.timeout_ms / 1000),
-            status=Status.JOINING if self.joining else Status.NORMAL,
+            status=(Status.JOINING if self.joining
+                    else Status.LEAVING if self.leaving else Status.NORMAL),
             ring_delay=config.ring_delay_s,
+            tokens=node_tokens(self.replaces, config.vnodes) if self.replaces else None,
         )
         if epochs is None:
             epochs = EpochAllocator(
@@ -168,8 +180,21 @@ class Node:
             return False
         saved = RangeStreamer.peek(self.streamer_state)
         if saved:
-            return saved.get("kind") == "join" and saved.get("state") != "done"
+            return saved.get("kind") in ("join", "replace") and saved.get("state") != "done"
         return not prior_life(config.data_dir)
+
+    def _replaces(self, config: NodeConfig) -> str:
+        saved = RangeStreamer.peek(self.streamer_state)
+        before = saved.get("replaces", "") if saved.get("kind") == "replace" else ""
+        if before and config.replace and config.replace != before:
+            raise MoveRefused(f"{config.node_id} took the place of {before} (its move.json "
+                              f"says so), not of {config.replace}: drop --replace, or start "
+                              "a new node for that")
+        if config.replace and not before and not self.joining:
+            raise MoveRefused(f"--replace {config.replace}: {config.node_id} already has "
+                              "data of its own (a replacement starts with an empty data "
+                              "directory)")
+        return before or config.replace
 
     def register(self, kind: str, handler: RawHandler) -> None:
         """Let a service own the `raft`, `gossip` or `extension` messages."""
@@ -183,7 +208,11 @@ class Node:
         self.handoff.start()
         self.antientropy.start()
         if self.joining:
-            self.streamer.start_join()
+            self.streamer.start_join(replaces=self.replaces)
+        elif self.leaving:
+            log.warning("%s was leaving the ring when it stopped: resuming the decommission",
+                        self.config.node_id)
+            self.streamer.start_decommission()
 
     async def stop(self) -> None:
         if self.raft is not None:

@@ -71,7 +71,10 @@ class GossipMembership:
         ready_after: float = 5.0,
         status: Status = Status.NORMAL,
         ring_delay: float = 0.0,
+        tokens: list[int] | None = None,
     ) -> None:
+        """`tokens`: this node's, when not the ones its id gives (it replaced a dead node
+        and took that node's tokens)."""
         self.node_id = node_id
         self.address = address
         self.transport = transport
@@ -98,11 +101,15 @@ class GossipMembership:
         # Members forced out (kv node remove) -> the generation they had: kept off the ring
         # until they come back JOINING with a newer one (wiped, streaming afresh).
         self.removed: dict[str, int] = {}
+        # Members whose tokens are not the ones their id gives (replacements), as last
+        # heard: a node that restarts places them right before it hears from them.
+        self.odd_tokens: dict[str, tuple[int, ...]] = {}
         saved_generation, saved = self._load()
         known = {k: v for k, v in {**saved, **known}.items() if k not in self.removed}
         generation = max(int(wall_clock()), saved_generation + 1, 1)
         self.gossiper = Gossiper(
-            node_id, address, generation, tokens=node_tokens(node_id, vnodes),
+            node_id, address, generation,
+            tokens=tokens if tokens is not None else node_tokens(node_id, vnodes),
             status=status,
             seeds=[self._seed_name(a) for a in self.seed_addresses if a != address],
         )
@@ -166,6 +173,13 @@ class GossipMembership:
                     isinstance(k, str) and isinstance(v, int) for k, v in removed.items()):
                 raise ValueError("removed is not a map of node id to generation")
             self.removed = dict(removed)
+            odd = saved.get("tokens", {})
+            if not isinstance(odd, dict) or not all(
+                    isinstance(k, str) and isinstance(v, list)
+                    and all(isinstance(t, int) and -2**63 <= t < 2**63 for t in v)
+                    for k, v in odd.items()):
+                raise ValueError("tokens is not a map of node id to a list of tokens")
+            self.odd_tokens = {k: tuple(v) for k, v in odd.items()}
         except (ValueError, KeyError, TypeError) as exc:
             reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
             raise StateFileError(
@@ -180,7 +194,8 @@ class GossipMembership:
         # Rare (start, stop, a membership change): done inline, one small fsync.
         write_atomic(self.state_path, json.dumps(
             {"generation": self.gossiper.local.generation, "members": self.members,
-             "removed": self.removed},
+             "removed": self.removed,
+             "tokens": {m: list(t) for m, t in sorted(self.odd_tokens.items())}},
             indent=2, sort_keys=True).encode())
 
     # -- the seam ---------------------------------------------------------------------
@@ -278,8 +293,17 @@ class GossipMembership:
                 if s.status in (Status.JOINING, Status.LEAVING)}
 
     def _rebuild(self) -> None:
-        tokens = {m: node_tokens(m, self.vnodes) for m in self.static}
+        tokens = {m: self.odd_tokens.get(m) or node_tokens(m, self.vnodes)
+                  for m in self.static}
         tokens.update(self.gossiper.ring_tokens())
+        for member, state in self.gossiper.endpoints.items():
+            if state.tokens and state.status != Status.LEFT:
+                if tuple(state.tokens) != tuple(node_tokens(member, self.vnodes)):
+                    self.odd_tokens[member] = tuple(state.tokens)
+                else:
+                    self.odd_tokens.pop(member, None)
+        for member in [m for m in self.odd_tokens if m in self.removed]:
+            del self.odd_tokens[member]
         joining: dict[str, tuple[int, ...]] = {}
         leaving: set[str] = set()
         for member in self.removed:

@@ -23,6 +23,9 @@ A decommission is the mirror image:
 3. it pushes each record of its ranges to the nodes that gain them;
 4. it turns LEFT and is no longer a member. A node that was decommissioned refuses to
    start again with the same data (`move.json`).
+A node that crashes while LEAVING starts again LEAVING and resumes: the ranges it had
+pushed (recorded in `move.json`) are skipped. A failed decommission is resumed the same
+way by running `kv node decommission` again.
 
 A removal (`kv node remove`) is a decommission run by another node on behalf of a member
 that is gone: it sets that member LEAVING (gossip `speak_for`), copies each of its ranges
@@ -58,6 +61,7 @@ MAX_PAGE = 1024       # the most a responder sends in one page
 PAGE_TRIES = 3        # a page that fails its CRC or its call is asked again this often
 SAVE_EVERY_S = 1.0    # progress is saved at most this often (and at the end)
 FILE_NAME = "move.json"
+REPLACE_DOWN_WAIT_S = 30.0  # how long a replacement waits to see the dead node marked down
 
 
 class MoveRefused(Exception):
@@ -84,6 +88,7 @@ class Progress:
     error: str = ""
     leaves_differing: int = 0
     corrupt_skipped: int = 0
+    replaces: str = ""  # a replacement: the dead member whose place (tokens) it takes
 
     def to_pb(self, node: str, now: float) -> admin_pb2.MoveProgress:
         seconds = (self.ended or now) - self.started
@@ -94,7 +99,8 @@ class Progress:
             ranges_total=self.ranges_total, keys=self.keys, bytes=self.bytes,
             seconds=seconds, eta_seconds=eta, error=self.error,
             finished=self.state in ("done", "failed"),
-            leaves_differing=self.leaves_differing, corrupt_skipped=self.corrupt_skipped)
+            leaves_differing=self.leaves_differing, corrupt_skipped=self.corrupt_skipped,
+            replaces=self.replaces)
 
 
 class RangeStreamer:
@@ -163,8 +169,10 @@ class RangeStreamer:
         if not force and now - self._saved_at < SAVE_EVERY_S:
             return
         self._saved_at = now
-        write_atomic(self.state_path, json.dumps(
-            {"kind": kind, "state": state, "done": sorted(self._done_ranges)}).encode())
+        record = {"kind": kind, "state": state, "done": sorted(self._done_ranges)}
+        if self.progress is not None and self.progress.replaces:
+            record["replaces"] = self.progress.replaces
+        write_atomic(self.state_path, json.dumps(record).encode())
 
     # -- responder ----------------------------------------------------------------------
     async def serve(self, source: str, req: pb.StreamRead) -> pb.StreamPage:
@@ -225,8 +233,12 @@ class RangeStreamer:
             await asyncio.sleep(max(0.0, 1.0 - (now - self._budget_start)))
 
     # -- join ---------------------------------------------------------------------------
-    def start_join(self) -> None:
-        self.progress = Progress("join", started=self.monotonic())
+    def start_join(self, replaces: str = "") -> None:
+        """Join; with `replaces`, in the place of that dead member (this node carries its
+        tokens: see Node): it is set LEAVING, its ranges are pulled from the surviving
+        replicas, and it is set LEFT as this node turns NORMAL."""
+        self.progress = Progress("replace" if replaces else "join", started=self.monotonic(),
+                                 replaces=replaces)
         self._task = asyncio.get_running_loop().create_task(self._join())
 
     async def _announce(self) -> None:
@@ -238,9 +250,12 @@ class RangeStreamer:
         await asyncio.sleep(self.ring_delay)
 
     async def _join(self) -> None:
+        kind, dead = self.progress.kind, self.progress.replaces
         try:
             while not self.membership.ready:
                 await asyncio.sleep(0.1)
+            if dead:
+                await self._take_place_of(dead)
             await self._announce()
             after = self.membership.pending_ring
             if after is None or self.node_id not in after.nodes:
@@ -248,14 +263,17 @@ class RangeStreamer:
             plan = [m for m in moves(self.membership.ring, after, self.n)
                     if self.node_id in m.gained]
             await self._pull_all(plan)
+            if dead:
+                self.membership.speak_for(dead, Status.LEFT)
             self.membership.set_status(Status.NORMAL)
-            self._save("join", "done", force=True)
+            self._save(kind, "done", force=True)
             await self.membership.announce()
             if self.verify:
                 await self._verify(plan)
             self.progress.state = "done"
-            log.info("%s joined: %d ranges, %d keys, %d bytes streamed", self.node_id,
-                     self.progress.ranges_total, self.progress.keys, self.progress.bytes)
+            log.info("%s joined%s: %d ranges, %d keys, %d bytes streamed", self.node_id,
+                     f" in place of {dead}" if dead else "", self.progress.ranges_total,
+                     self.progress.keys, self.progress.bytes)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the node stays JOINING; a restart resumes
@@ -268,7 +286,7 @@ class RangeStreamer:
         self.progress.state = "streaming"
         self.progress.ranges_total = len(plan)
         self.progress.ranges_done = sum((m.start, m.end) in self._done_ranges for m in plan)
-        self._save("join", "streaming", force=True)
+        self._save(self.progress.kind, "streaming", force=True)
         for move in plan:
             if (move.start, move.end) in self._done_ranges:
                 continue
@@ -280,7 +298,22 @@ class RangeStreamer:
                 await self._pull(source, move)
             self._done_ranges.add((move.start, move.end))
             self.progress.ranges_done += 1
-            self._save("join", "streaming")
+            self._save(self.progress.kind, "streaming")
+
+    async def _take_place_of(self, dead: str) -> None:
+        """Check that `dead` is a member and down (a live one leaves by decommission), then
+        set it LEAVING on its behalf: the pending ring gives its ranges to this node."""
+        if dead not in self.membership.members:
+            raise InvalidArgument(f"{dead} is not a member: nothing to replace")
+        # A member this node never heard from directly counts as up until the failure
+        # detector has seen its (relayed) heartbeats stop: give it that long.
+        deadline = self.monotonic() + REPLACE_DOWN_WAIT_S
+        while self.membership.is_up(dead):
+            if self.monotonic() > deadline:
+                raise InvalidArgument(f"{dead} is up: a live node leaves with `kv node "
+                                      f"decommission {dead}`; replace only a dead one")
+            await asyncio.sleep(0.2)
+        self.membership.speak_for(dead, Status.LEAVING)
 
     def _sources(self, move: Move) -> list[str]:
         """The replica the range is taken from, if up; else every live replica of it."""
@@ -347,19 +380,33 @@ class RangeStreamer:
 
     # -- decommission -------------------------------------------------------------------
     def start_decommission(self) -> Progress:
+        """Start leaving; on a node that is LEAVING already (a decommission that failed, or
+        one this node was running when it crashed) resume it: ranges recorded as pushed
+        are skipped."""
         if self._task is not None and not self._task.done():
+            if self.progress.kind == "decommission":
+                return self.progress  # resumed after a restart: follow it
             raise InvalidArgument(f"{self.node_id} is already moving ({self.progress.kind})")
-        if self.membership.status(self.node_id) != Status.NORMAL.name:
-            raise InvalidArgument(f"{self.node_id} is {self.membership.status(self.node_id)}, "
-                                  "not NORMAL: only a member on the ring can leave it")
+        status = self.membership.status(self.node_id)
+        if status not in (Status.NORMAL.name, Status.LEAVING.name):
+            raise InvalidArgument(f"{self.node_id} is {status}, not NORMAL: only a member "
+                                  "on the ring can leave it")
         self.progress = Progress("decommission", started=self.monotonic())
         self._task = asyncio.get_running_loop().create_task(self._decommission())
         return self.progress
+
+    @staticmethod
+    def was_leaving(path: Path | None) -> bool:
+        """An earlier run of this node started a decommission and did not finish it."""
+        saved = RangeStreamer.peek(path)
+        return saved.get("kind") == "decommission" and saved.get("state") == "leaving"
 
     async def _decommission(self) -> None:
         try:
             self.membership.set_status(Status.LEAVING)
             self._save("decommission", "leaving", force=True)
+            while not self.membership.ready:  # a resumed one: hear the ring first
+                await asyncio.sleep(0.1)
             await self._announce()
             after = self.membership.pending_ring
             if after is None or self.node_id in after.nodes:
@@ -368,12 +415,20 @@ class RangeStreamer:
                     if self.node_id in m.lost]
             self.progress.state = "streaming"
             self.progress.ranges_total = len(plan)
+            self.progress.ranges_done = sum((m.start, m.end) in self._done_ranges for m in plan)
             for move in plan:
+                if (move.start, move.end) in self._done_ranges:
+                    continue  # pushed before a crash (its receivers hold it durably)
                 await self._push(move)
+                self._done_ranges.add((move.start, move.end))
                 self.progress.ranges_done += 1
+                self._save("decommission", "leaving")
+            # LEFT is told to every member before it is recorded here: a crash in between
+            # restarts the node LEAVING and it finishes again (peers that heard LEFT keep
+            # it off the ring: only a JOINING node with a newer generation comes back)
             self.membership.set_status(Status.LEFT)
-            self._save("decommission", "left", force=True)
             await self.membership.announce()
+            self._save("decommission", "left", force=True)
             self.progress.state = "done"
             log.info("%s left the ring: %d ranges, %d keys, %d bytes streamed", self.node_id,
                      len(plan), self.progress.keys, self.progress.bytes)
@@ -495,6 +550,11 @@ class RangeStreamer:
         size = sum(e.ByteSize() for e in entries) * max(1, len(targets))
         self.progress.bytes += size
         await self._throttle(size)
+
+    def halt(self) -> None:
+        """Stop the move where it is, now (a crash; stop() then waits for it)."""
+        if self._task is not None:
+            self._task.cancel()
 
     async def stop(self) -> None:
         if self._task is not None:

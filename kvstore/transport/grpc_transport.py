@@ -41,6 +41,10 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
+    # A peer's name may not resolve yet (swarm publishes a task's DNS name only once its
+    # health check passes; a Kubernetes pod's record appears with the pod): look it up
+    # again within a second, not after gRPC's default 30 s between resolutions.
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
 ]
 
 

@@ -2,11 +2,14 @@
 
 Each seed builds a cluster of 3 or 4 nodes and starts clients that write new keys at
 QUORUM through random coordinators. In half the seeds a node is also killed for good
-and removed (`kv node remove`: its ranges copied from the survivors). The clients also
+and removed (`kv node remove`: its ranges copied from the survivors), and in half a node
+is killed for good and a new one takes its place (`--join --replace`: it takes the dead
+node's tokens and streams its ranges from the survivors). The clients also
 read back keys whose writes were acknowledged before the read started. Then, in a
 seeded order, a node joins (`--join`: it streams the ranges it will own) and another is
-decommissioned (it streams its ranges out). Faults are seeded as well: message loss,
-and jittered latency that reorders messages.
+decommissioned (it streams its ranges out; in half the seeds it crashes part way, comes
+back LEAVING and resumes, skipping the ranges it had pushed). Faults are seeded as well:
+message loss, and jittered latency that reorders messages.
 
 Anti-entropy is off, and so is the Merkle check after a join. Only streaming, pending
 ranges and the ring-change window carry the data, so the checks show that these alone
@@ -28,13 +31,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from simkit import vtime
 from simkit.cluster import SimCluster, values
 
 from kvstore.core.gossip import Status
+from kvstore.services.streaming import RangeStreamer
 
 SLOW = os.environ.get("KV_SLOW") == "1"
 SEEDS = int(os.environ.get("KV_MOVE_SEEDS", "300" if SLOW else "16"))
@@ -54,13 +60,14 @@ class Outcome:
     removed: bool = False  # a node died holding copies: a QUORUM of final owners is the bar
 
 
-async def scenario(seed: int) -> Outcome:
+async def scenario(seed: int, move_dir: Path) -> Outcome:
     rng = random.Random(seed)
     out = Outcome(seed)
     size = rng.choice([3, 4])
     cluster = await SimCluster(size, seed=seed, vnodes=8, timeout_ms=500,
                                antientropy_interval=0, ring_delay=0.6,
-                               verify_moves=False, gossip_interval=0.2).start()
+                               verify_moves=False, gossip_interval=0.2,
+                               move_dir=move_dir).start()
     network = cluster.network
     network.faults.drop = rng.choice([0.0, 0.0, 0.005, 0.02])
     lossless = network.faults.drop == 0.0
@@ -119,6 +126,8 @@ async def scenario(seed: int) -> Outcome:
     if rng.random() < 0.5:  # and a node dies for good and is removed (with 4+ nodes)
         earliest = 0 if size >= 4 else order.index("join") + 1
         order.insert(rng.randrange(earliest, len(order) + 1), "remove")
+    if rng.random() < 0.5:  # and a node dies for good and a new one takes its place
+        order.insert(rng.randrange(0, len(order) + 1), "replace")
     for step in order:
         if step == "remove" and len(serving) < 4:
             order_note = "remove skipped (fewer than 4 nodes)"
@@ -133,6 +142,21 @@ async def scenario(seed: int) -> Outcome:
             assert progress.state == "done", f"seed {seed}: join failed: {progress.error}"
             serving.append(new)
             out.moves.append(f"join {new}: {progress.ranges_total} ranges, {progress.keys} keys")
+        elif step == "replace":
+            dead = rng.choice([n for n in serving if n != cluster.ids[0]])
+            serving.remove(dead)
+            cluster.kill(dead)
+            out.removed = True  # its copies are gone: a QUORUM of final owners is the bar
+            new = f"n{len(cluster.ids) + 1}"
+            node = await cluster.join(new, [f"{cluster.ids[0]}:1"], join=True, replace=dead)
+            await wait_for(f"{new} replacing {dead}",
+                           lambda node=node: node.streamer.progress is not None
+                           and node.streamer.progress.state in ("done", "failed"))
+            progress = node.streamer.progress
+            assert progress.state == "done", f"seed {seed}: replace failed: {progress.error}"
+            serving.append(new)
+            out.moves.append(f"replace {dead} with {new}: {progress.ranges_total} ranges, "
+                             f"{progress.keys} keys")
         elif step == "remove":
             dead = rng.choice([n for n in serving if n != cluster.ids[0]])
             serving.remove(dead)
@@ -150,6 +174,27 @@ async def scenario(seed: int) -> Outcome:
             leaving = rng.choice([n for n in serving if n != cluster.ids[0]])
             node = cluster.nodes[leaving]
             progress = node.streamer.start_decommission()
+            crash = rng.random() < 0.5  # it crashes part way and comes back
+            if crash:
+                pushed = rng.randint(0, 3)
+                await wait_for(f"{pushed} ranges of {leaving}'s decommission",
+                               lambda p=progress, k=pushed: (p.ranges_done >= k
+                               and p.state == "streaming") or p.state in ("done", "failed"))
+            if crash and progress.state == "streaming":  # (one that finished is LEFT)
+                cluster.kill(leaving)
+                await asyncio.sleep(rng.uniform(0.1, 2.0))
+                if RangeStreamer.peek(move_dir / leaving / "move.json")["state"] == "left":
+                    # it had told every member it left, and recorded it: that one refuses
+                    # to start again with its data (tests/unit/test_move_state.py)
+                    out.moves.append(f"{leaving} crashed after it left")
+                    serving.remove(leaving)
+                    continue
+                node = await cluster.revive(leaving)
+                status = node.membership.status(leaving)
+                assert status == Status.LEAVING.name, \
+                    f"seed {seed}: {leaving} came back {status} during its decommission"
+                progress = node.streamer.progress
+                out.moves.append(f"{leaving} crashed after {pushed}+ ranges and resumed")
             await wait_for(f"decommission of {leaving}",
                            lambda p=progress: p.state in ("done", "failed"))
             assert progress.state == "done", f"seed {seed}: decommission failed: {progress.error}"
@@ -191,7 +236,8 @@ async def scenario(seed: int) -> Outcome:
 
 
 def run_seed(seed: int) -> Outcome:
-    return vtime.run(lambda: scenario(seed))
+    with tempfile.TemporaryDirectory(prefix="kv-moves-") as move_dir:
+        return vtime.run(lambda: scenario(seed, Path(move_dir)))
 
 
 def replay_command(seed: int) -> str:

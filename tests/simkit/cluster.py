@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 from kvstore._proto import client_pb2 as cpb
 from kvstore._proto import common_pb2
@@ -33,8 +34,10 @@ LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUOR
 class SimCluster:
     def __init__(self, size: int = 3, *, seed: int = 0, replication_factor: int = 3,
                  timeout_ms: int = 500, vnodes: int = 64, read_all_chance: float = 0.1,
-                 hinted_handoff: bool = True, **config) -> None:
+                 hinted_handoff: bool = True, move_dir: Path | None = None,
+                 **config) -> None:
         self.hinted_handoff = hinted_handoff
+        self.move_dir = move_dir  # each node's move.json (part of its disk) lives here
         self.config = config  # further NodeConfig fields for every node
         self.seed = seed
         self.read_all_chance = read_all_chance
@@ -90,10 +93,17 @@ class SimCluster:
         node = Node(config, transport, store, clock_ms=self._node_clock(node_id),
                     monotonic=lambda: asyncio.get_running_loop().time(),
                     rng=rng, hints=self.hints[node_id], epochs=self.epochs[node_id],
-                    inline_io=True, raft_files=self.raft_files.setdefault(node_id, MemoryFiles()))
+                    inline_io=True, raft_files=self.raft_files.setdefault(node_id, MemoryFiles()),
+                    move_file=self._move_file(node_id))
         node.coordinator.config.read_all_chance = self.read_all_chance
         self._observe(node_id, node)
         return node
+
+    def _move_file(self, node_id: str) -> Path | None:
+        if self.move_dir is None:
+            return None
+        (self.move_dir / node_id).mkdir(parents=True, exist_ok=True)
+        return self.move_dir / node_id / "move.json"
 
     def _observe(self, node_id: str, node: Node) -> None:
         """Wrap the replica's mint and guard to report to the observers (behaviour unchanged)."""
@@ -242,6 +252,7 @@ class SimCluster:
         self.network.crash(node_id)
         for task in list(self._inflight.get(node_id, ())):
             task.cancel()
+        self.nodes[node_id].streamer.halt()  # a join or decommission stops where it is
         self._stopping[node_id] = asyncio.ensure_future(self.nodes[node_id].stop())
 
     async def revive(self, node_id: str, *, lose_disk: bool = False) -> Node:
@@ -254,6 +265,8 @@ class SimCluster:
             self.hints[node_id] = HintStore(None)
             self.epochs.pop(node_id, None)
             self.raft_files[node_id] = MemoryFiles()
+            if self.move_dir is not None:
+                self._move_file(node_id).unlink(missing_ok=True)
         seeds = self.nodes[node_id].config.seeds
         self.incarnation[node_id] = self.incarnation.get(node_id, 0) + 1
         self.down.discard(node_id)
@@ -284,6 +297,8 @@ class SimCluster:
         self.hints[node_id] = HintStore(None)
         self.raft_files[node_id] = MemoryFiles()
         del self.epochs[node_id]
+        if self.move_dir is not None:
+            self._move_file(node_id).unlink(missing_ok=True)
         await self.restart(node_id)
 
     async def restore(self, node_id: str, backup: MemoryEngine) -> None:

@@ -106,6 +106,9 @@ def test_members_file_is_written_durably_and_remembers_generation_and_members(tm
     (b'{"generation": -1, "members": {}}', "generation -1"),
     (b'{"generation": 3, "members": {"n2": 7}}', "members is not a map"),
     (b'{"generation": 3, "members": {"n2": "no-port"}}', "members is not a map"),
+    (b'{"generation": 3, "members": {}, "tokens": {"n2": ["x"]}}', "tokens is not a map"),
+    (b'{"generation": 3, "members": {}, "tokens": {"n2": [18446744073709551615]}}',
+     "tokens is not a map"),
 ])
 def test_a_damaged_members_file_stops_the_node_instead_of_reading_as_empty(tmp_path, content,
                                                                             reason):
@@ -154,3 +157,37 @@ def test_a_member_that_left_stays_off_the_ring_across_restarts_until_it_rejoins_
     hear(again, Gossiper("n3", "n3:1", 700, tokens=node_tokens("n3", 8), status=Status.JOINING))
     assert "n3" in again.members and again.pending_ring is not None
     assert "n3" in again.pending_ring.nodes and "n3" not in again.removed
+
+
+def hear(m: GossipMembership, other) -> None:
+    """One gossip round other -> m, as the gossip service applies it."""
+    ack = m.gossiper.receive(other.make_syn(), 1000.0)
+    m._apply(ack.changes)
+    answer = other.receive(ack.reply, 1000.0)
+    if answer.reply:
+        m._apply(m.gossiper.receive(answer.reply, 1000.0).changes)
+
+
+def test_a_replacement_keeps_its_tokens_and_peers_remember_them_across_restarts(tmp_path):
+    """n6 took n3's tokens (kv node start --replace n3): a peer that restarts places n6 on
+    those tokens before it hears from n6 again, not on the ones n6's id would give."""
+    from kvstore.core.gossip import Gossiper, Status
+    from kvstore.core.ring import node_tokens
+
+    n3_tokens = node_tokens("n3", 8)
+    assert membership(None, "n6").gossiper.local.tokens == tuple(node_tokens("n6", 8))
+    n6 = GossipMembership(
+        "n6", "n6:1", ["n1=n1:1"], MemoryNetwork(0).transport("n6", "n6:1"),
+        wall_clock=lambda: 1000.0, monotonic=lambda: 0.0, rng=random.Random(0), vnodes=8,
+        tokens=n3_tokens)
+    assert n6.gossiper.local.tokens == tuple(n3_tokens)
+
+    path = tmp_path / "members.json"
+    peer = membership(path, seeds=["n1=n1:1", "n2=n2:1"])
+    hear(peer, Gossiper("n6", "n6:1", 700, tokens=n3_tokens, status=Status.NORMAL))
+    owners = dict(zip(peer.ring.tokens, peer.ring.owners, strict=True))
+    assert all(owners[t] == "n6" for t in n3_tokens)
+    assert json.loads(path.read_text())["tokens"] == {"n6": n3_tokens}
+    again = membership(path, seeds=["n1=n1:1"])  # restarted: n6 not heard from yet
+    owners = dict(zip(again.ring.tokens, again.ring.owners, strict=True))
+    assert all(owners[t] == "n6" for t in n3_tokens)

@@ -1,0 +1,77 @@
+"""What a node's move.json makes of its next start: a decommission that did not finish is
+resumed LEAVING; one that finished refuses to start with the same data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvstore.services.streaming import MoveRefused, RangeStreamer
+from kvstore.storage.durable import StateFileError, write_atomic
+
+
+def streamer(path) -> RangeStreamer:
+    return RangeStreamer("n2", None, None, None, None, None, replication_factor=3,
+                         ring_delay=0.0, rate_bytes_per_s=1, timeout=1.0, state_path=path)
+
+
+def test_an_unfinished_decommission_is_resumed_with_the_ranges_it_pushed(tmp_path):
+    path = tmp_path / "move.json"
+    write_atomic(path, json.dumps({"kind": "decommission", "state": "leaving",
+                                   "done": [[1, 5], [9, 12]]}).encode())
+    assert RangeStreamer.was_leaving(path)
+    s = streamer(path)
+    assert s.load() == {"kind": "decommission", "state": "leaving"}
+    assert s._done_ranges == {(1, 5), (9, 12)}
+
+
+@pytest.mark.parametrize("state", ["left", "done"])
+def test_a_node_that_left_refuses_to_start_with_its_data(tmp_path, state):
+    path = tmp_path / "move.json"
+    write_atomic(path, json.dumps({"kind": "decommission", "state": state}).encode())
+    assert not RangeStreamer.was_leaving(path)
+    with pytest.raises(MoveRefused, match="was decommissioned"):
+        streamer(path).load()
+
+
+def test_a_damaged_move_file_is_reported_not_ignored(tmp_path):
+    path = tmp_path / "move.json"
+    write_atomic(path, b'{"kind": "decommission"}')
+    assert not RangeStreamer.was_leaving(path)
+    with pytest.raises(StateFileError, match="damaged"):
+        streamer(path).load()
+
+
+def test_no_move_file_is_a_plain_start(tmp_path):
+    assert not RangeStreamer.was_leaving(tmp_path / "move.json")
+    assert streamer(tmp_path / "move.json").load() == {}
+
+
+def test_replace_settings_are_checked():
+    from kvstore.node.config import NodeConfig
+
+    with pytest.raises(ValueError, match="--replace needs --join"):
+        NodeConfig(node_id="n6", listen="127.0.0.1:1", replace="n3").validate()
+    with pytest.raises(ValueError, match="cannot replace itself"):
+        NodeConfig(node_id="n6", listen="127.0.0.1:1", join=True, replace="n6").validate()
+
+
+def test_a_replacement_remembers_whom_it_replaced(tmp_path):
+    """A restart keeps the dead node's tokens without --replace, and refuses another one."""
+    from kvstore.node.config import NodeConfig
+    from kvstore.node.node import Node
+    from kvstore.transport.memory import MemoryNetwork
+
+    write_atomic(tmp_path / "move.json", json.dumps(
+        {"kind": "replace", "state": "done", "done": [], "replaces": "n3"}).encode())
+
+    def node(replace: str) -> Node:
+        config = NodeConfig(node_id="n6", listen="n6:1", seeds=["n1=n1:1"], join=True,
+                            replace=replace)
+        return Node(config, MemoryNetwork(0).transport("n6", "n6:1"), None,
+                    move_file=tmp_path / "move.json")
+
+    assert node("").replaces == "n3" and node("n3").replaces == "n3"
+    with pytest.raises(MoveRefused, match="took the place of n3"):
+        node("n4")
