@@ -11,6 +11,8 @@ alternating the order (so a change in machine load hits both alike):
   harness last saw for the key, as `kv bench -w w`; etcd: `KV.Put`);
 * `get`: kvstore QUORUM reads; etcd linearizable `KV.Range` (its default, a ReadIndex
   round to the leader: the read guarantee closest to R + W > N);
+* `put ONE` / `get ONE`: the same kvstore load at consistency ONE (no etcd counterpart:
+  etcd has no weaker write, and its serializable read is not measured here);
 * `null`: kvstore's pipelined null request, the ceiling of its request path;
 * `meta put` (unless `--no-meta`): puts on kvstore's Raft metadata group, next to etcd's
   puts (both are replicated logs with fsync).
@@ -294,7 +296,7 @@ async def run(opts: argparse.Namespace, root: Path) -> dict[str, Any]:
                           concurrency=opts.concurrency, records=opts.records,
                           value_size=opts.value_size, probes=0, load_consistency="ALL",
                           timeout_s=timeout, seed=opts.seed)
-        quorum = Level.parse("QUORUM")
+        quorum, one = Level.parse("QUORUM"), Level.parse("ONE")
         async with AsyncClient(cluster.endpoints(), timeout=timeout) as kv_client:
             bench = Bench(cfg, kv_client, cluster=cluster)
             await bench.load()
@@ -320,6 +322,8 @@ async def run(opts: argparse.Namespace, root: Path) -> dict[str, Any]:
                 ("kvstore put QUORUM", lambda: kv("put QUORUM", "w", quorum)),
                 ("kvstore get QUORUM", lambda: kv("get QUORUM", "c", quorum)),
                 ("etcd get", lambda: closed_loop("get", etcd_get, pids=etcd_pids, **common)),
+                ("kvstore put ONE", lambda: kv("put ONE", "w", one)),
+                ("kvstore get ONE", lambda: kv("get ONE", "c", one)),
                 ("kvstore null ceiling", lambda: kv("ceiling:null", "null", None)),
             ]
             if opts.meta:

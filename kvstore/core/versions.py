@@ -560,12 +560,20 @@ def marker_from_pb(state: pb.VersionSet) -> tuple[Clock, int]:
     return _clock_from_pb(state.purged), state.purged_at_ms
 
 
-def encode_record(rec: Record) -> bytes:
+def encode_record(rec: Record, wire: list[pb.VersionSet] | None = None) -> bytes:
+    """The stored bytes of a record. `wire`: also append the record's versions as a peer
+    gets them (a VersionSet without this replica's own bookkeeping or marker), built in the
+    same pass rather than encoded again."""
     state = to_pb(rec.siblings)
     state.actor_epoch = rec.epoch
     state.actor_counter = rec.counter
     marker_to_pb(state, rec.purged, rec.purged_at_ms)
-    return state.SerializeToString(deterministic=True)
+    record = state.SerializeToString(deterministic=True)
+    if wire is not None:
+        for name in ("actor_epoch", "actor_counter", "purged", "purged_at_ms"):
+            state.ClearField(name)
+        wire.append(state)
+    return record
 
 
 def encode_context(context: Mapping[str, int] | Context) -> bytes:

@@ -615,8 +615,9 @@ class Coordinator:
                 return await self._write_unowned(key, value, seen, tombstone, pref, trace,
                                                  down + exc.reasons)
         verb = "delete" if tombstone else "write"
+        wire: list[common_pb2.VersionSet] = []
         local = await self._local(
-            self.replica.mint(key, seen, value, tombstone=tombstone, fence=fence))
+            self.replica.mint(key, seen, value, tombstone=tombstone, fence=fence, wire=wire))
         trace.replica(self.node_id, self._address(self.node_id), local.ok, local.latency_ms,
                       local.siblings, "" if local.ok else local.describe(), local=True,
                       counted=local.ok)
@@ -630,15 +631,20 @@ class Coordinator:
                     + (f" under fence {versions.format_fence(fence)}" if fence else "")
                     + (f"; {concurrent} concurrent sibling(s) the writer had not seen are kept"
                        if concurrent else ""))
-        state = versions.to_pb(local.siblings)
+        # the siblings as the mint encoded them for its record (one encoding per write)
+        state = wire[-1] if wire else versions.to_pb(local.siblings)
         traced = trace.pb is not None
         message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced,
                                                        fence=fence_pb if fence else None))
         others = [node for node in pref if node != self.node_id]
         other_sets = self._other_owners(key, pref, trace)
         hinting = self.config.hinted_handoff
-        fallbacks = (node for node in self.membership.ring.walk(token_of(key))
-                     if node not in pref and self.membership.is_up(node))
+        def fallback_nodes():  # walked only when a hint is needed
+            for node in self.membership.ring.walk(token_of(key)):
+                if node not in pref and self.membership.is_up(node):
+                    yield node
+
+        fallbacks = fallback_nodes()
         tasks: dict[str, asyncio.Task] = {}
         hinted: dict[str, str] = {}  # owner -> fallback holding its hint
         counting = "counts towards W (sloppy)" if sloppy else "does not count towards W (strict)"
@@ -734,7 +740,7 @@ class Coordinator:
         # never the concurrent siblings kept beside it (they are in `stored`).
         after = versions.context_after_write(seen, local.siblings, new)
         return cpb.ClientReply(put=cpb.PutResult(
-            stored=[versions.sibling_to_pb(s) for s in local.siblings],
+            stored=state.versions,  # local.siblings, encoded once above
             context=versions.encode_context(after),
             concurrent=concurrent,
         ))

@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 
 from kvstore._proto import common_pb2
 from kvstore.core import tombstones, versions
-from kvstore.core.errors import Conflict, Corruption, Fenced, Internal
+from kvstore.core.errors import Conflict, Corruption, Fenced, Internal, KVError
 from kvstore.core.merkle import version_digest
 from kvstore.core.versions import Record, Sibling
 from kvstore.storage import DELETE, OverwriteCorrupt
@@ -53,6 +53,11 @@ def _horizon(context: Mapping[str, int] | versions.Context) -> versions.Clock:
     if isinstance(context, versions.Context):
         return context.horizon()
     return dict(context)
+
+
+# One replicated write for `Replica.merge_many`: key, incoming versions, the peer's purge
+# marker and its time, and the write's fence (None: not guarded).
+MergeItem = tuple[bytes, list[Sibling], Mapping[str, int] | None, int, versions.Fence | None]
 
 
 class Replica:
@@ -146,8 +151,10 @@ class Replica:
                             "epoch", self.node_id, name, rec.counter, counter)
                 rec.epoch = rec.counter = 0
 
-    def _admit(self, rec: Record, incoming: list[Sibling], now_ms: int) -> list[Sibling]:
-        """Refuse exactly the versions a purged tombstone here covered."""
+    def _admit(self, rec: Record, incoming: list[Sibling], now_ms: int,
+               key: bytes = b"") -> list[Sibling]:
+        """Refuse exactly the versions a purged tombstone here covered (`key`: whose record
+        it is, for observers; merges of several keys run in one storage call)."""
         if not self._marker_live(rec, now_ms):
             return incoming
         accepted, refused = tombstones.split_purged(rec.purged, incoming)
@@ -178,7 +185,50 @@ class Replica:
         replace it).
         """
         out: list[list[Sibling]] = []
+        mutation = self._merge_mutation(key, incoming, marker, marker_at_ms, replace_damaged,
+                                         fence, self.clock_ms(), out)
+        # A damaged local record is replaced by what the merge makes of nothing: the
+        # incoming versions are authoritative copies from another replica.
+        await self._update(key, OverwriteCorrupt(mutation))
+        return out[-1]
+
+    async def merge_many(self, items: list[MergeItem]) -> list[list[Sibling] | KVError]:
+        """Several replicated writes (one inbound peer batch) as ONE storage call: one
+        queue item, one future and one group commit for all of them, instead of a task and
+        a future each. Per item: its siblings afterwards, or the error `merge` would have
+        raised (Fenced, Corruption, Internal); a failed item does not fail the others."""
         now = self.clock_ms()
+        self.metrics["merges_batched"] += len(items)
+        outs: list[list[list[Sibling]]] = [[] for _ in items]
+        steps = [(key, OverwriteCorrupt(self._merge_mutation(
+                      key, incoming, marker, marker_at_ms, False, fence, now, out)))
+                 for (key, incoming, marker, marker_at_ms, fence), out
+                 in zip(items, outs, strict=True)]
+        try:
+            results = await self.store.update_many(steps)
+        except StorageError as exc:  # the whole batch failed: nothing is durable
+            error = Internal(f"{self.node_id}: storage failed: {exc}")
+            return [error for _ in items]
+        answers: list[list[Sibling] | KVError] = []
+        for (key, *_), result, out in zip(items, results, outs, strict=True):
+            if isinstance(result, KVError):
+                answers.append(result)
+            elif isinstance(result, CorruptRecordError):
+                answers.append(Corruption(f"{self.node_id}: {result}; the record was not "
+                                          "changed (repair restores it)"))
+            elif isinstance(result, Exception):
+                answers.append(Internal(f"{self.node_id}: storage failed: {result}"))
+            else:
+                assert out, f"the merge of {key!r} succeeded without running its mutation"
+                answers.append(out[-1])
+        return answers
+
+    def _merge_mutation(self, key: bytes, incoming: list[Sibling],
+                        marker: Mapping[str, int] | None, marker_at_ms: int,
+                        replace_damaged: bool, fence: versions.Fence | None, now: int,
+                        out: list[list[Sibling]]) -> Callable[[bytes | None], bytes | None]:
+        """The storage mutation of one merge (see `merge`); appends the merged set to
+        `out` when it runs."""
 
         def mutation(record: bytes | None) -> bytes | None:
             rec = _decode(key, record)
@@ -191,7 +241,7 @@ class Replica:
                 live = self._marker_live(rec, now)
                 rec.purged = versions.join(rec.purged if live else {}, marker)
                 rec.purged_at_ms = max(rec.purged_at_ms if live else 0, marker_at_ms)
-            merged = versions.sync(rec.siblings, self._admit(rec, incoming, now))
+            merged = versions.sync(rec.siblings, self._admit(rec, incoming, now, key))
             if self._marker_live(rec, now):
                 merged, _ = tombstones.split_purged(rec.purged, merged)
             self.fences.learn(versions.fences_of(merged))
@@ -205,21 +255,21 @@ class Replica:
             rec.siblings = merged
             return versions.encode_record(rec)
 
-        # A damaged local record is replaced by what the merge makes of nothing: the
-        # incoming versions are authoritative copies from another replica.
-        await self._update(key, OverwriteCorrupt(mutation))
-        return out[-1]
+        return mutation
 
     # -- mints ---------------------------------------------------------------------------
     async def mint(
         self, key: bytes, context: Mapping[str, int] | versions.Context, value: bytes, *,
-        tombstone: bool = False, fence: versions.Fence | None = None
+        tombstone: bool = False, fence: versions.Fence | None = None,
+        wire: list[common_pb2.VersionSet] | None = None,
     ) -> list[Sibling]:
         """Coordinate a client write here: make a new version that supersedes `context`.
 
         Returns the key's siblings afterwards; the new version is the last. A guarded write
         (`fence`) whose token is below the highest this replica, the key's record or the
-        context knows of its lock raises Fenced and writes nothing.
+        context knows of its lock raises Fenced and writes nothing. `wire`: the siblings as
+        a VersionSet for the replicas is appended to it (made with the stored record, so
+        the coordinator does not encode them again).
         """
         out: list[list[Sibling]] = []
         now = self.clock_ms()
@@ -255,7 +305,9 @@ class Replica:
             rec.siblings, rec.counter = updated, new.counter
             self.fences.learn(new.fence_horizon())
             out.append(updated)
-            return versions.encode_record(rec)
+            if wire is not None:
+                wire.clear()  # a mutation run again replaces what an earlier run made
+            return versions.encode_record(rec, wire)
 
         # A damaged record counts as absent: it cannot be read, the write takes a fresh
         # epoch (nothing it minted before can be repeated), and repair brings back the

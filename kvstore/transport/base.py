@@ -8,13 +8,17 @@ most of the throughput comes from (see docs/architecture.md).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from kvstore._proto import internode_pb2 as pb
 
 # Handles one inbound message from `source` and returns its result.
 Handler = Callable[[str, pb.PeerMessage], Awaitable[pb.PeerResult]]
+# Handles one inbound batch from `source`: a result per message, in order (the node merges
+# a batch's replica writes with one storage call). Optional: without one, each message
+# goes to the Handler on its own.
+BatchHandler = Callable[[str, Sequence[pb.PeerMessage]], Awaitable[list[pb.PeerResult]]]
 
 
 class TransportError(Exception):
@@ -56,8 +60,9 @@ class Lane(Protocol):
 class Transport(Protocol):
     node_id: str
 
-    async def start(self, handler: Handler) -> None:
-        """Begin delivering inbound messages to `handler`."""
+    async def start(self, handler: Handler, batch_handler: BatchHandler | None = None) -> None:
+        """Begin delivering inbound messages to `handler`, or whole batches to
+        `batch_handler` when given."""
         ...
 
     async def call(self, peer: str, message: pb.PeerMessage, timeout: float) -> pb.PeerResult:

@@ -18,6 +18,7 @@ from kvstore._proto import common_pb2
 from kvstore._proto import internode_pb2 as pb
 from kvstore._proto import internode_pb2_grpc as pb_grpc
 from kvstore.transport.base import (
+    BatchHandler,
     Handler,
     PeerTimeout,
     PeerUnreachable,
@@ -64,6 +65,10 @@ class _InternodeServicer(pb_grpc.InternodeServicer):
         handler = self.transport.handler
         if handler is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "node is starting")
+        batch_handler = self.transport.batch_handler
+        if batch_handler is not None:
+            return pb.PeerBatchReply(results=await batch_handler(request.source,
+                                                                 request.messages))
         results = await asyncio.gather(
             *(_safe(handler, request.source, m) for m in request.messages)
         )
@@ -108,6 +113,7 @@ class GrpcTransport:
         self.tls = tls
         self.admit = admit
         self.handler: Handler | None = None
+        self.batch_handler: BatchHandler | None = None
         self.addresses: dict[str, str] = {}
         self.channels: dict[str, tuple[tuple[str, int], grpc.aio.Channel,
                                        pb_grpc.InternodeStub]] = {}
@@ -122,8 +128,9 @@ class GrpcTransport:
         pb_grpc.add_InternodeServicer_to_server(_InternodeServicer(self, client_port=True),
                                                 server)
 
-    async def start(self, handler: Handler) -> None:
+    async def start(self, handler: Handler, batch_handler: BatchHandler | None = None) -> None:
         self.handler = handler
+        self.batch_handler = batch_handler
 
     def set_address(self, peer: str, address: str) -> None:
         self.addresses[peer] = address

@@ -49,6 +49,7 @@ def test_a_short_run_measures_both_systems(tmp_path) -> None:
     assert (out / "results.png").stat().st_size > 10_000
     phases = results["phases"]
     assert set(phases) == {"etcd put", "kvstore put QUORUM", "kvstore get QUORUM", "etcd get",
+                           "kvstore put ONE", "kvstore get ONE",
                            "kvstore null ceiling", "kvstore meta put",
                            "etcd put (again, beside meta)"}
     for name, phase in phases.items():

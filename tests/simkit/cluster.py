@@ -141,7 +141,10 @@ class SimCluster:
             if self.on_refused is not None and len(accepted) < len(incoming):
                 kept = {s.dot for s in accepted}
                 refused = [s for s in incoming if s.dot not in kept]
-                self.on_refused(node_id, current_key[0], refused)
+                # Replica._admit names its key (merge_many runs several keys' merges in one
+                # storage call); the cell is for a guard that does not
+                key = args[3] if len(args) > 3 and args[3] else current_key[0]
+                self.on_refused(node_id, key, refused)
             return accepted
 
         replica.merge = keyed_merge
@@ -182,6 +185,25 @@ class SimCluster:
                 running.pop(task, None)
 
         self.network.handlers[node_id] = guarded
+        batch_handler = self.network.batch_handlers.get(node_id)
+        if batch_handler is None:
+            return
+
+        async def guarded_batch(source: str, messages: list) -> list[pb.PeerResult]:
+            # the network runs each batch in its own task: a crash cancels it where it
+            # waits (the messages it hands to handle_peer run inside it)
+            task = asyncio.current_task()
+            running[task] = None
+            try:
+                return await batch_handler(source, messages)
+            except asyncio.CancelledError:
+                if node_id not in self.down:
+                    raise
+                return [pb.PeerResult() for _ in messages]  # never seen: the reply is lost
+            finally:
+                running.pop(task, None)
+
+        self.network.batch_handlers[node_id] = guarded_batch
 
     async def start(self) -> SimCluster:
         for node_id in self.ids:
