@@ -145,9 +145,11 @@ class EtcdClient:
 class EtcdCluster:
     """A 3-member etcd on 127.0.0.1 in `root`, started and stopped by this process."""
 
-    def __init__(self, root: Path, binary: str, size: int = 3) -> None:
+    def __init__(self, root: Path, binary: str, ports: list[int]) -> None:
+        """`ports`: 2 per member (client, peer), from the same free_ports call as the
+        kvstore nodes' ports, so the two clusters never pick the same one."""
+        size = len(ports) // 2
         self.root, self.binary, self.size = root, binary, size
-        ports = free_ports(2 * size)
         self.client_urls = [f"http://127.0.0.1:{p}" for p in ports[:size]]
         self.peer_urls = [f"http://127.0.0.1:{p}" for p in ports[size:]]
         self.endpoints = [u.removeprefix("http://") for u in self.client_urls]
@@ -260,12 +262,15 @@ async def run(opts: argparse.Namespace, root: Path) -> dict[str, Any]:
                                "machine": machine_info(), "versions": versions(),
                                "config": {k: v for k, v in vars(opts).items() if k != "out"},
                                "phases": {}}
-    etcd = EtcdCluster(root / "etcd", binary)
+    # one call for both clusters: ports from separate calls can repeat (a CI run had a
+    # kvstore node's port taken by etcd: "unknown service kvstore.KV")
+    ports = free_ports(6 + 3)
+    etcd = EtcdCluster(root / "etcd", binary, ports[:6])
     (root / "etcd").mkdir()
     kv_args = ["--sync", opts.sync]
     if opts.meta:
         kv_args += ["--raft-voters", "n1,n2,n3"]
-    cluster = LocalCluster(root / "kv", nodes=3, ports=free_ports(3), replication_factor=3,
+    cluster = LocalCluster(root / "kv", nodes=3, ports=ports[6:], replication_factor=3,
                            extra_args=kv_args, raft_bootstrap=opts.meta)
     results["versions"]["etcd"] = etcd.version()
     try:

@@ -135,11 +135,13 @@ def print_cluster_status(data: dict[str, Any]) -> None:
     console = output.console
     console.print(f"cluster as its members see it (asked {data['node']}), "
                   f"N={data['replication_factor']}")
-    table = Table()
-    for col in ("member", "up", "phi", "owns", "hints", "hint ETA",
-                "repair: age, ranges, keys", "keys", "tombstones", "disk",
-                "fsync p99", "clock"):
-        table.add_column(col)
+    # Two tables, each fitting an 80-column terminal (one with every column did not)
+    health, storage = Table(), Table(title="storage and repair debt", title_justify="left")
+    for col in ("member", "up", "phi", "owns", "hints", "hint ETA", "clock"):
+        health.add_column(col)
+    for col in ("member", "keys", "tombstones", "disk", "fsync p99",
+                "repair: age, ranges, keys"):
+        storage.add_column(col)
     for m in data["members"]:
         if not m["reachable"]:
             up = "[red]DOWN[/red]" + (f" (by {','.join(m['down_by'])})" if m["down_by"] else
@@ -158,11 +160,12 @@ def print_cluster_status(data: dict[str, Any]) -> None:
         disk = "-" if st is None or st["census_age_s"] < 0 else _size(st["disk_bytes"])
         fsync = "-" if st is None or not st["fsync_p99_ms"] else f"{st['fsync_p99_ms']:g} ms"
         offset = "-" if m["clock_offset_ms"] is None else f"{m['clock_offset_ms']:+.1f} ms"
-        table.add_row(m["id"], up, f"{m['phi']:.2f}",
-                      f"{m['ownership'] * 100:.1f}%", str(m["hints_pending"]), eta, repair,
-                      "-" if m["keys_stored"] is None else str(m["keys_stored"]), tombstones,
-                      disk, fsync, offset)
-    console.print(table)
+        health.add_row(m["id"], up, f"{m['phi']:.2f}", f"{m['ownership'] * 100:.1f}%",
+                       str(m["hints_pending"]), eta, offset)
+        storage.add_row(m["id"], "-" if m["keys_stored"] is None else str(m["keys_stored"]),
+                        tombstones, disk, fsync, repair)
+    console.print(health)
+    console.print(storage)
     raft = data["raft"]
     if raft is None:
         console.print("raft: no leader visible (electing, or no Raft group)")

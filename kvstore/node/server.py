@@ -55,6 +55,12 @@ from kvstore.transport.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
+# gRPC servers set SO_REUSEPORT by default: a second process could then bind a node's port
+# too and the kernel would split connections between them (seen when two test runs on one
+# machine picked the same free port: some requests met a server without the KV service).
+# Off, a port that is taken fails the start with "address in use".
+SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+
 
 class KVServicer(client_pb2_grpc.KVServicer):
     def __init__(self, node: Node, observer: Observer, guard: Guard | None = None) -> None:
@@ -278,9 +284,9 @@ class NodeServer:
         config.validate()
         self.config = config
         self.tls = TlsFiles(config.tls_dir, config.node_id) if config.tls_dir else None
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.separate = bool(config.peer_listen) and config.peer_listen != config.listen
-        self.peer_server = (grpc.aio.server(options=CHANNEL_OPTIONS) if self.separate
+        self.peer_server = (grpc.aio.server(options=SERVER_OPTIONS) if self.separate
                             else self.server)
         self.transport = GrpcTransport(config.node_id, self.peer_server, tls=self.tls)
         if self.separate:
