@@ -443,7 +443,8 @@ class TxnService:
         must answer. ("committed", the version it wrote to `key`, or None if it only
         checked the key): merge it; ("open", None): PENDING within its deadline or aborted
         (an expired PENDING one is aborted here, through Raft): the older value is right;
-        ("gone", None): the record was forgotten, so every replica resolved: read again.
+        ("gone", None): the record was forgotten (gone, or its versions dropped), so every
+        replica resolved it: read again.
         Raises KVError if the record cannot be read (the read cannot answer safely)."""
         deadline = self.monotonic() + timeout
         rec = await self.record(txn_id, timeout)
@@ -465,6 +466,8 @@ class TxnService:
                 lambda _t: self._finishing.discard(txn_id))
         if rec.state != tpb.TXN_COMMITTED:
             return "aborted", None
+        if not rec.versions:  # forgotten (core/txn.py drops them once every replica
+            return "gone", None  # resolved): the replicas hold the version now
         mine = [v.version for v in rec.versions if v.key == key]
         return "committed", versions.sibling_from_pb(mine[0]) if mine else None
 
