@@ -122,6 +122,9 @@ class GossipMembership:
         for member, member_address in self.static.items():
             transport.set_address(member, member_address)
         self._members: dict[str, str] | None = None
+        self._settled = False  # `ready_after` has passed since start
+        # (members dict it was computed from, before ready_after?, unresolved seeds)
+        self._seeds_cache: tuple[dict[str, str], bool, frozenset[str]] | None = None
         self._ring_key: tuple = ()
         self.ring = Ring()
         # The ring after the moves under way (members JOINING added, LEAVING removed), or
@@ -215,10 +218,31 @@ class GossipMembership:
     def unresolved_seeds(self) -> set[str]:
         """Seed addresses not yet known as members, or (for `ready_after` seconds after
         start) not yet heard from by gossip."""
-        known = set(self.members.values())
-        if self.monotonic() - self.started < self.ready_after:
+        return set(self._unresolved())
+
+    def _unresolved(self) -> frozenset[str]:
+        """`unresolved_seeds`, cached: it is asked on every request. It depends on the
+        members (ids, addresses, statuses: every change of those resets `_members`, so the
+        `members` dict object is the cache key), on `removed` (changed only together with a
+        `_members` reset, or while `members` is rebuilt), and on time only through whether
+        `ready_after` has passed since start, which, once true, stays true."""
+        members = self.members
+        early = not self._settled
+        if early and self.monotonic() - self.started >= self.ready_after:
+            self._settled = True
+            early = False
+        cached = self._seeds_cache
+        if cached is not None and cached[0] is members and cached[1] == early:
+            return cached[2]
+        result = frozenset(self._compute_unresolved(members, early))
+        self._seeds_cache = (members, early, result)
+        return result
+
+    def _compute_unresolved(self, members: dict[str, str], early: bool) -> set[str]:
+        known = set(members.values())
+        if early:
             heard = self.gossiper.endpoints
-            known = {a for m, a in self.members.items() if m in heard}
+            known = {a for m, a in members.items() if m in heard}
         # a seed that left the ring (decommissioned) is resolved: it will not come back
         known |= {s.address for m, s in self.gossiper.endpoints.items()
                   if s.status == Status.LEFT or m in self.removed}
@@ -227,7 +251,7 @@ class GossipMembership:
 
     @property
     def ready(self) -> bool:
-        ready = not self.unresolved_seeds()
+        ready = not self._unresolved()
         self._was_ready = self._was_ready or ready
         return ready
 
