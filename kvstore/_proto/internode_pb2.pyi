@@ -132,7 +132,7 @@ class PeerMessage(_message.Message):
     def __init__(self, read: _Optional[_Union[ReplicaRead, _Mapping]] = ..., write: _Optional[_Union[ReplicaWrite, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raft: _Optional[bytes] = ..., gossip: _Optional[bytes] = ..., extension: _Optional[bytes] = ..., antientropy: _Optional[_Union[AntiEntropyStep, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaRequest, _Mapping]] = ..., stream: _Optional[_Union[StreamRead, _Mapping]] = ..., txn: _Optional[_Union[_txn_pb2.TxnPeer, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PeerResult(_message.Message):
-    __slots__ = ("state", "reply", "hello", "raw", "error", "meta", "page", "txn", "found")
+    __slots__ = ("state", "reply", "hello", "raw", "error", "meta", "page", "txn", "found", "intent_txn")
     STATE_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class PeerResult(_message.Message):
     PAGE_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
+    INTENT_TXN_FIELD_NUMBER: _ClassVar[int]
     state: _common_pb2.VersionSet
     reply: _client_pb2.ClientReply
     hello: Hello
@@ -151,7 +152,8 @@ class PeerResult(_message.Message):
     page: StreamPage
     txn: _txn_pb2.TxnPeerReply
     found: bool
-    def __init__(self, state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., reply: _Optional[_Union[_client_pb2.ClientReply, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raw: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaReply, _Mapping]] = ..., page: _Optional[_Union[StreamPage, _Mapping]] = ..., txn: _Optional[_Union[_txn_pb2.TxnPeerReply, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
+    intent_txn: str
+    def __init__(self, state: _Optional[_Union[_common_pb2.VersionSet, _Mapping]] = ..., reply: _Optional[_Union[_client_pb2.ClientReply, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., raw: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., meta: _Optional[_Union[_meta_pb2.MetaReply, _Mapping]] = ..., page: _Optional[_Union[StreamPage, _Mapping]] = ..., txn: _Optional[_Union[_txn_pb2.TxnPeerReply, _Mapping]] = ..., found: _Optional[bool] = ..., intent_txn: _Optional[str] = ...) -> None: ...
 
 class PeerBatch(_message.Message):
     __slots__ = ("source", "messages")

@@ -17,10 +17,17 @@ import grpc
 
 from kvstore._proto import txn_pb2 as tpb
 from kvstore._proto import txn_pb2_grpc
-from kvstore.client.core import OPTIONS, parse_endpoints
+from kvstore.client.core import OPTIONS, AsyncClient, parse_endpoints
 from kvstore.client.meta import OutcomeUnknown
 from kvstore.core import versions
-from kvstore.core.errors import InvalidArgument, KVError, Unavailable, from_pb
+from kvstore.core.errors import (
+    InvalidArgument,
+    KVError,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    from_pb,
+)
 from kvstore.core.hlc import Timestamp
 from kvstore.core.txn import state_name
 
@@ -95,6 +102,12 @@ class AsyncTxnClient:
         self.credentials = credentials
         self._stubs: dict[str, tuple[grpc.aio.Channel, txn_pb2_grpc.TxnStub]] = {}
         self._next = secrets.randbelow(len(self.endpoints))
+        # With a user (--user/--password), calls carry its login token, as the KV client's
+        # do (that client logs in and renews the token); a certificate needs none.
+        self._login: AsyncClient | None = None
+        if credentials is not None and credentials.user is not None and not credentials.cert:
+            self._login = AsyncClient(self.endpoints, timeout=min(timeout, 5.0),
+                                      credentials=credentials)
 
     def _stub(self, ep: str) -> txn_pb2_grpc.TxnStub:
         if ep not in self._stubs:
@@ -107,6 +120,8 @@ class AsyncTxnClient:
         for ch, _ in self._stubs.values():
             await ch.close()
         self._stubs.clear()
+        if self._login is not None:
+            await self._login.close()
 
     async def __aenter__(self) -> AsyncTxnClient:
         return self
@@ -120,16 +135,27 @@ class AsyncTxnClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         errors: list[str] = []
+        renewed = False
         for _ in range(2 * len(self.endpoints)):
             left = deadline - loop.time()
             if left <= 0:
                 break
             ep = self.endpoints[self._next % len(self.endpoints)]
             self._next += 1
+            metadata = await self._login.metadata() if self._login is not None else ()
             try:
-                return await getattr(self._stub(ep), method)(req, timeout=left)
+                return await getattr(self._stub(ep), method)(req, timeout=left,
+                                                             metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 details = (exc.details() or "").lower()
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    if self._login is not None and "expired" in details and not renewed:
+                        self._login._token = None  # refused before it ran: log in, resend
+                        renewed = True
+                        continue
+                    raise Unauthenticated(f"{ep}: {exc.details()}") from None
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    raise PermissionDenied(f"{ep}: {exc.details()}") from None
                 refused = exc.code() == grpc.StatusCode.UNAVAILABLE and (
                     "connect" in details or "refused" in details)
                 errors.append(f"{ep}: {exc.code().name}")

@@ -187,6 +187,7 @@ class Node:
             timeout=max(2.0, config.timeout_ms / 1000), offload=offload)
         if self.raft is not None:
             self.txn.live_records = self._live_txn_records
+        self.coordinator.resolve_intent = self.txn.read_intent  # plain reads meet intents
         self.raw_handlers: dict[str, RawHandler] = {"gossip": self.membership.on_message}
         if self.raft is not None:
             self.raft.address_of = lambda peer: (
@@ -330,8 +331,14 @@ class Node:
             if kind == "read":
                 # the stored bytes as they are (a live purge marker included: anti-entropy
                 # spreads purges; coordinators ignore it)
+                # a transaction's intent, looked up before the read (resolution merges the
+                # version before it drops the intent: the reply shows one or the other)
+                txn_id = self.replica.read_intent_of(message.read.key)
                 state = await self.replica.read_state(message.read.key)
-                return pb.PeerResult(state=state, found=bool(state.versions))
+                result = pb.PeerResult(state=state, found=bool(state.versions))
+                if txn_id:  # the read's coordinator resolves it first (services/txn.py)
+                    result.intent_txn = txn_id
+                return result
             if kind == "write":
                 write = message.write
                 incoming = versions.from_pb(write.state)

@@ -1,6 +1,7 @@
 """The `Txn` gRPC service (proto/kvstore/_proto/txn.proto): a thin servicer handing each
-request to the node's TxnService (services/txn.py), which coordinates it. With --auth the
-service is an admin's, as the metadata service is (transaction records live there)."""
+request to the node's TxnService (services/txn.py), which coordinates it. With --auth a
+transaction needs the readwrite role, an atomic read or a status query readonly (the
+node's own Raft session writes the records, so callers need no metadata rights)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from kvstore._proto import txn_pb2 as tpb
 from kvstore._proto import txn_pb2_grpc
 from kvstore.core.errors import KVError
 from kvstore.node.node import Node
-from kvstore.node.security import ADMIN, Guard
+from kvstore.node.security import READONLY, READWRITE, Guard
 
 
 class TxnServicer(txn_pb2_grpc.TxnServicer):
@@ -16,26 +17,26 @@ class TxnServicer(txn_pb2_grpc.TxnServicer):
         self.node = node
         self.guard = guard
 
-    async def _allow(self, context, what: str) -> None:
+    async def _allow(self, context, needed: str, what: str) -> None:
         if self.guard.auth is not None:
-            await self.guard.client(context, ADMIN, what)
+            await self.guard.client(context, needed, what)
 
     async def Put(self, request: tpb.TxnPutRequest, context) -> tpb.TxnPutReply:
-        await self._allow(context, "run transactions")
+        await self._allow(context, READWRITE, "run transactions")
         try:
             return await self.node.txn.put(request)
         except KVError as exc:
             return tpb.TxnPutReply(error=exc.to_pb(), txn_id=request.txn_id)
 
     async def Get(self, request: tpb.TxnGetRequest, context) -> tpb.TxnGetReply:
-        await self._allow(context, "run transactions")
+        await self._allow(context, READONLY, "read keys atomically")
         try:
             return await self.node.txn.get(request)
         except KVError as exc:
             return tpb.TxnGetReply(error=exc.to_pb())
 
     async def Status(self, request: tpb.TxnStatusRequest, context) -> tpb.TxnStatusReply:
-        await self._allow(context, "read transaction records")
+        await self._allow(context, READONLY, "read transaction records")
         try:
             rec = await self.node.txn.status(request.txn_id)
         except KVError as exc:

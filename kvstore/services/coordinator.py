@@ -167,6 +167,7 @@ class _Answer:
     siblings: list[Sibling] | None = None
     error: KVError | TransportError | None = None
     hint_for: str = ""
+    intent_txn: str = ""  # a read's: the transaction whose intent the replica holds
 
     def describe(self) -> str:
         if self.hint_for:
@@ -223,6 +224,12 @@ class Coordinator:
         self.background: set[asyncio.Task] = set()
         # acks by kind (replica / hint, counted or not) and read repairs, for /metrics
         self.metrics: Counter[str] = Counter()
+        # Resolves a transaction's intent met by a plain read (services/txn.py sets it):
+        # (txn id, key, timeout) -> ("committed", its version) / ("open" or "aborted",
+        # None): not committed, the older value is right / ("gone", None): the record was
+        # forgotten (every replica resolved): read again.
+        self.resolve_intent: Callable[[str, bytes, float],
+                                      Awaitable[tuple[str, Sibling | None]]] | None = None
 
     # -- entry point -----------------------------------------------------------------
     async def execute(
@@ -375,16 +382,16 @@ class Coordinator:
         if result.HasField("error"):
             return _Answer(node, False, latency, error=from_pb(result.error), hint_for=hint_for)
         return _Answer(node, True, latency, siblings=versions.from_pb(result.state),
-                       hint_for=hint_for)
+                       hint_for=hint_for, intent_txn=result.intent_txn)
 
-    async def _local(self, action) -> _Answer:
+    async def _local(self, action, intent_txn: str | None = None) -> _Answer:
         started = self.monotonic()
         try:
             siblings = await action
         except KVError as exc:
             return _Answer(self.node_id, False, (self.monotonic() - started) * 1000, error=exc)
         return _Answer(self.node_id, True, (self.monotonic() - started) * 1000,
-                       siblings=siblings)
+                       siblings=siblings, intent_txn=intent_txn or "")
 
     async def _gather(
         self, tasks: dict[str, asyncio.Task], need: int, timeout: float, trace: Trace,
@@ -460,7 +467,8 @@ class Coordinator:
                 + (f" ({'; '.join(reasons)})" if reasons else ""))
 
     # -- get -------------------------------------------------------------------------
-    async def _get(self, get: cpb.GetRequest, trace: Trace, timeout: float) -> cpb.ClientReply:
+    async def _get(self, get: cpb.GetRequest, trace: Trace, timeout: float,
+                   again: bool = False) -> cpb.ClientReply:
         key = get.key
         self._check_key(key)
         n = self.config.replication_factor
@@ -472,7 +480,10 @@ class Coordinator:
 
         def ask(node: str) -> asyncio.Task:
             task = asyncio.create_task(
-                self._local(self.replica.read(key)) if node == self.node_id
+                # (the intent is looked up before the read: resolution merges the
+                # version before it drops the intent, so the read meets one or the other)
+                self._local(self.replica.read(key), self.replica.read_intent_of(key))
+                if node == self.node_id
                 else self._call(node, message, timeout))
             tasks[node] = task
             return task
@@ -518,6 +529,10 @@ class Coordinator:
         for answer in ok:
             merged = versions.sync(merged, answer.siblings or [])
         trace.event(f"R={need} reached; {len(merged)} version(s) after merge")
+        if any(answer.intent_txn for answer in ok):
+            merged, gone = await self._resolve_intents(key, ok, merged, trace, timeout)
+            if gone and not again:
+                return await self._get(get, trace, timeout, again=True)
         await self._read_repair(key, merged, ok, failed, waiting, tasks, need, n, trace,
                                 timeout)
         values = versions.live(merged)
@@ -527,6 +542,25 @@ class Coordinator:
             siblings=[versions.sibling_to_pb(s) for s in values],
             context=context,
         ))
+
+    async def _resolve_intents(self, key: bytes, ok: list[_Answer], merged: list[Sibling],
+                               trace: Trace, timeout: float) -> tuple[list[Sibling], bool]:
+        """Replicas hold transactions' intents on the key: ask each transaction's record
+        (docs/transactions.md, "Isolation") so that a transaction committed before this
+        read began is never missed. Returns the versions with the committed ones merged,
+        and whether a record was already forgotten (every replica resolved: read again)."""
+        if self.resolve_intent is None:
+            raise Unavailable(f"{self.node_id} cannot resolve the transaction intents on "
+                              f"{key!r} (it runs no transaction service)")
+        gone = False
+        for txn_id in sorted({answer.intent_txn for answer in ok if answer.intent_txn}):
+            outcome, version = await self.resolve_intent(txn_id, key, timeout)
+            trace.event(f"intent of transaction {txn_id}: {outcome}")
+            self.metrics[f"read_intents_{outcome}"] += 1
+            if version is not None:
+                merged = versions.sync(merged, [version])
+            gone = gone or outcome == "gone"
+        return merged, gone
 
     # -- read repair -----------------------------------------------------------------
     async def _read_repair(self, key: bytes, merged: list[Sibling], ok: list[_Answer],

@@ -73,6 +73,9 @@ class Replica:
         # The transaction holding an intent on a key, if any (services/txn.py sets it):
         # a plain write to such a key is refused (docs/transactions.md).
         self.intent_of: Callable[[bytes], str | None] = lambda key: None
+        # The same for reads: a Raft-decided transaction's intent on the key, reported to
+        # a plain read's coordinator, which resolves it before answering.
+        self.read_intent_of: Callable[[bytes], str | None] = lambda key: None
 
     @property
     def fences(self) -> FenceTable:

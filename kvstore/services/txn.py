@@ -96,7 +96,9 @@ class TxnService:
         self._register = asyncio.Lock()
         self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        self._finishing: set[str] = set()  # resolutions started by plain reads (one each)
         replica.intent_of = intents.txn_of
+        replica.read_intent_of = intents.record_txn_of
         # Transactions are ordered by hybrid logical timestamps: every txn message carries
         # the sender's, so a commit is stamped above everything its coordinator heard of.
         self.hlc = HLC(clock_ms)
@@ -130,11 +132,12 @@ class TxnService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
 
     # ---- Raft (the records) -----------------------------------------------------------
     def _need_raft(self) -> MetaSend:
@@ -433,6 +436,40 @@ class TxnService:
             if rec.state == tpb.TXN_PENDING:
                 return None
         return rec
+
+    async def read_intent(self, txn_id: str, key: bytes, timeout: float
+                          ) -> tuple[str, versions.Sibling | None]:
+        """A plain read met `txn_id`'s intent on `key` (coordinator.py): what the read
+        must answer. ("committed", the version it wrote to `key`, or None if it only
+        checked the key): merge it; ("open", None): PENDING within its deadline or aborted
+        (an expired PENDING one is aborted here, through Raft): the older value is right;
+        ("gone", None): the record was forgotten (gone, or its versions dropped), so every
+        replica resolved it: read again.
+        Raises KVError if the record cannot be read (the read cannot answer safely)."""
+        deadline = self.monotonic() + timeout
+        rec = await self.record(txn_id, timeout)
+        if rec is None:
+            return "gone", None
+        if rec.state == tpb.TXN_PENDING:
+            if self.clock_ms() <= rec.deadline_ms:
+                return "open", None
+            rec = await self.decide(txn_id, tpb.TXN_ABORTED,
+                                    f"expired: found PENDING past its deadline by "
+                                    f"{self.node_id} (a plain read)", deadline)
+            if rec.state == tpb.TXN_UNKNOWN:
+                return "gone", None
+            if rec.state == tpb.TXN_PENDING:
+                return "open", None
+        if txn_id not in self._finishing:  # resolve it everywhere, in the background, once
+            self._finishing.add(txn_id)
+            self._spawn(self.finish(rec, timeout)).add_done_callback(
+                lambda _t: self._finishing.discard(txn_id))
+        if rec.state != tpb.TXN_COMMITTED:
+            return "aborted", None
+        if not rec.versions:  # forgotten (core/txn.py drops them once every replica
+            return "gone", None  # resolved): the replicas hold the version now
+        mine = [v.version for v in rec.versions if v.key == key]
+        return "committed", versions.sibling_from_pb(mine[0]) if mine else None
 
     async def resolve_foreign(self, txn_id: str, timeout: float) -> bool:
         """Finish another transaction whose intent we met; True if it is decided now."""

@@ -52,6 +52,12 @@ class IntentStore:
         intent = self.table.get(key)
         return None if intent is None else intent.txn_id
 
+    def record_txn_of(self, key: bytes) -> str | None:
+        """The transaction of the key's intent if a Raft record decides it (not 3PC): what a
+        replica reports in a plain read's reply, so the read's coordinator resolves it."""
+        intent = self.table.get(key)
+        return None if intent is None or intent.protocol == "3pc" else intent.txn_id
+
     def place(self, key: bytes, intent: tpb.TxnIntent) -> None:
         """In memory (call inside the key's storage mutation); `persist` makes it durable."""
         if key not in self.table and len(self.table) >= self.max_intents:

@@ -377,3 +377,21 @@ def test_metadata_roles_per_prefix(secure):
         assert "'auth/'" in res.stderr and "Traceback" not in res.stderr
     res = as_user(c, root, "root", "meta", "get", "auth/", "--prefix", "--json")
     assert res.returncode == 0 and "auth/users/alice" in res.stdout, res.stderr
+
+
+def test_transactions_need_readwrite_and_atomic_reads_readonly(secure):
+    """The transaction client logs in as the user and sends its token (issue 12): a
+    readwrite user runs transactions, a readonly one reads atomically but may not write."""
+    c, root = secure
+    res = kv(c, "--tls", str(root / "certs"), "txn", "get", "ta", "tb")
+    assert res.returncode == 1 and "no credentials" in res.stderr, res.stderr
+    res = as_user(c, root, "alice", "txn", "put", "ta=1", "tb=2", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["state"] == "COMMITTED", res.stderr
+    res = as_user(c, root, "bob", "txn", "get", "ta", "tb", "--json")
+    assert res.returncode == 0 and '"1"' in res.stdout and '"2"' in res.stdout, res.stderr
+    res = as_user(c, root, "bob", "txn", "put", "ta=3")
+    assert res.returncode == 1 and "(readonly) may not run transactions" in res.stderr, \
+        res.stderr
+    assert "that needs readwrite" in res.stderr and "Traceback" not in res.stderr
+    res = as_user(c, root, "bob", "get", "ta")
+    assert res.returncode == 0 and "1" in res.stdout  # bob's refused transaction wrote nothing
