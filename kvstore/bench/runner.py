@@ -470,6 +470,13 @@ class Bench:
         kind = self.config.fault_kind
         info = await self.client.info()
         members = {m.id: m.address for m in info.members}
+        # Reach each member through the endpoint given for it where there is one: from a
+        # host, a compose node's own address (nN:7001) does not resolve.
+        for ep in self.client.endpoints:
+            try:
+                members[(await self.client.info(ep.address)).node_id] = ep.address
+            except KVError:
+                continue
         node = self.config.fault_node or sorted(members)[-1]
         if node not in members:
             raise ValueError(f"fault node {node!r} is not a member ({sorted(members)})")

@@ -52,9 +52,13 @@ class Duration(click.ParamType):
 
 
 def _members(s) -> dict[str, str]:
-    """id -> address of every member, as the first endpoint that answers knows them."""
+    """id -> where this CLI reaches every member: the endpoint given for it when there is
+    one (from a host, a compose node's own address nN:7001 does not resolve), else the
+    address the first answering endpoint knows it by."""
+    from kvstore.cli.observe_cmds import reachable_addresses
+
     info = s.client().info()
-    return {m.id: m.address for m in info.members}
+    return reachable_addresses(s, {m.id: m.address for m in info.members})
 
 
 def _ids(text: str, members: dict[str, str], what: str) -> list[str]:

@@ -230,8 +230,9 @@ def _local_log_lines(request_id: str, node_ids: set[str]) -> dict[str, list[str]
               help="The request id (shown by --trace, or given by the client).")
 @click.option("--limit", type=click.IntRange(1, 20_000), default=1000, show_default=True,
               help="At most this many lines per node.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"request_id", "nodes": {id: '
-                                                      '[line objects]}, "unreachable"}.')
+@click.option("--json", "as_json", is_flag=True, help='Print {"request_id", "lines": [line '
+                                                      'objects, each with its "node"], '
+                                                      '"unreachable": [ids]}.')
 @click.pass_obj
 def logs(s, request_id: str, limit: int, as_json: bool) -> None:
     """Every node's log lines for one request, merged in time order.

@@ -10,7 +10,8 @@ The session fixture `e2e_image`:
   4. at the end removes that image and the dangling images the build left, and asserts
      that none is left.
 The module fixture `compose_cluster` (on that image; torn down before the next module's
-cluster comes up, so two clusters never share the machine's two cores):
+cluster comes up, so two clusters never share the machine's two cores; a module's
+COMPOSE_ENV dict adds docker-compose.yml variables, e.g. KV_CHAOS=1):
   1. runs the README's docker command, `make docker-up` (scripts/docker_cluster.sh: picks
      the compose front-end, creates the Raft group, waits until every node is healthy; the
      build is e2e_image's) on free 127.0.0.1 host ports, under a compose project unique to
@@ -251,9 +252,13 @@ def e2e_image() -> Iterator[E2EImage]:
 
 
 @pytest.fixture(scope="module")  # down before the next module's cluster comes up
-def compose_cluster(e2e_image: E2EImage) -> Iterator[ComposeCluster]:
+def compose_cluster(e2e_image: E2EImage,
+                    request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
     session_start = time.monotonic()
     env = {**e2e_image.env, "COMPOSE_PROJECT_NAME": PROJECT, "KV_NO_BUILD": "1"}
+    # A module may set docker-compose.yml variables for its own cluster, e.g.
+    # COMPOSE_ENV = {"KV_CHAOS": "1"} (nodes that accept `kv chaos`).
+    env.update(getattr(request.module, "COMPOSE_ENV", {}))
     ports = dict(zip(("n1", "n2", "n3", "n4", "n5"), free_ports(5), strict=True))
     env["KV_BIND"] = "127.0.0.1"
     env.update({f"KV_{s.upper()}_PORT": str(p) for s, p in ports.items()})

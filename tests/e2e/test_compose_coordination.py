@@ -1,6 +1,9 @@
-"""Coordination (issue 11) and transactions (issue 12) against the compose cluster, from the
-host, as a user types them: `kv lease/lock/elect/meta`, `kv txn`, `kv saga run` and the bank
-workload, through the published ports only (--endpoints or KV_ENDPOINTS).
+"""Coordination (issue 11), transactions (issue 12) and observability and chaos (issue 14)
+against the compose cluster, from the host, as a user types them: `kv lease/lock/elect/meta`,
+`kv txn`, `kv saga run`, the bank workload, `kv status`, `kv chaos partition/heal`,
+`kv put --trace` with `kv logs --request`, and `kv bench --fault partition`, through the
+published ports only (--endpoints or KV_ENDPOINTS). The nodes run with KV_CHAOS=1
+(COMPOSE_ENV below), as a user enables `kv chaos` on compose.
 
 The compose cluster runs the Raft metadata group on n1..n3 (make docker-up creates it), which
 every one of these commands goes through; the nodes' own addresses (nN:7001) do not resolve
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -21,6 +25,8 @@ import pytest
 from .conftest import ROOT, ComposeCluster, kv_command, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+COMPOSE_ENV = {"KV_CHAOS": "1"}  # conftest's compose_cluster: nodes accept `kv chaos`
 
 LEADER_TIMEOUT = 60.0
 
@@ -195,3 +201,96 @@ def test_bank_workload_keeps_the_total(cluster: ComposeCluster) -> None:
     assert result["total_ok"] and result["reflected_ok"], result
     assert result["total"] == result["expected_total"], result
     assert result["committed"] > 0, result
+
+
+# -- observability and chaos (issue 14) ---------------------------------------------------
+def status(c: ComposeCluster) -> dict:
+    return json.loads(ok(c.kv("status", "--json")))
+
+
+def wait_for(what: str, check, timeout: float, step: float = 0.5):
+    """Poll `check` until it returns something true; that value (fails after timeout)."""
+    start = time.monotonic()
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() - start < timeout, f"{what}: not within {timeout:.0f}s"
+        time.sleep(step)
+
+
+def test_status_shows_every_member_up_and_the_raft_leader(cluster: ComposeCluster) -> None:
+    c = cluster
+    data = status(c)
+    members = {m["id"]: m for m in data["members"]}
+    assert set(members) == {"n1", "n2", "n3"}, data
+    for m in members.values():
+        assert m["reachable"] and m["up"] and m["down_by"] == [], m
+        assert sorted(m["up_by"]) == sorted(set(members) - {m["id"]}), m
+        assert m["clock_offset_ms"] is not None, m
+    assert data["raft"] and data["raft"]["leader"] in members, data["raft"]
+    text = ok(c.kv("status"))
+    shown = re.search(r"raft: leader (n\d), term \d+", text)
+    assert shown and shown.group(1) in members, text
+    assert "DOWN" not in text and "suspected" not in text, text
+
+
+def test_trace_request_id_and_logs_from_several_nodes(cluster: ComposeCluster) -> None:
+    c = cluster
+    put = ok(c.kv("put", "e2e:obs:log", "v", "--consistency", "ALL", "--blind", "--trace"))
+    # the trace's title names the id (rich may wrap it: compare on whitespace-joined text)
+    found = re.search(r"request (\S+) \(kv logs --request (\S+)\)", " ".join(put.split()))
+    assert found and found.group(1) == found.group(2), put
+    request_id = found.group(1)
+    text = ok(c.kv("logs", "--request", request_id))
+    assert "not reachable" not in text, text
+    data = json.loads(ok(c.kv("logs", "--request", request_id, "--json")))
+    nodes = {line["node"] for line in data["lines"]}
+    assert len(nodes) >= 2 and data["unreachable"] == [], data
+    assert all(line["request_id"] == request_id for line in data["lines"]), data
+    assert data["lines"][0]["msg"] == "put b'e2e:obs:log': coordinating", data["lines"][0]
+    assert c.kv("logs", "--request", "nope-000").returncode == 1
+
+
+def test_chaos_partition_fails_minority_quorum_and_hints_drain(cluster: ComposeCluster) -> None:
+    c = cluster
+    cut = c.kv("chaos", "partition", "n1,n2", "/", "n3", "--for", "60s", "--json")
+    assert set(json.loads(ok(cut))["nodes"]) == {"n1", "n2", "n3"}, cut.stdout
+    try:
+        minority = c.kv("put", "e2e:part:minority", "x", "--consistency", "QUORUM",
+                        via=["n3"])
+        assert minority.returncode == 1 and "Unavailable" in minority.stderr, \
+            (minority.returncode, minority.stdout, minority.stderr)
+        for i in range(5):
+            ok(c.kv("put", f"e2e:part:{i}", "v", "--consistency", "QUORUM", via=["n1"]))
+        down = wait_for("n1 and n2 mark n3 down", lambda: next(
+            (m for m in status(c)["members"]
+             if m["id"] == "n3" and set(m["down_by"]) == {"n1", "n2"}), None), timeout=15)
+        assert down["hints_pending"] >= 5, down
+    finally:
+        healed = json.loads(ok(c.kv("chaos", "heal", "--json")))
+    assert sum(healed["healed"].values()) == 3 and healed["errors"] == {}, healed
+    started = time.monotonic()
+    wait_for("hints drain after heal", lambda: all(
+        m["hints_pending"] == 0 and m["up"] for m in status(c)["members"]), timeout=30)
+    print(f"\ncompose: hints drained, all up {time.monotonic() - started:.1f} s after heal")
+    got = c.kv("get", "e2e:part:4", "--consistency", "ONE", via=["n3"])
+    assert ok(got).strip() == "v", got.stdout
+    faults = json.loads(ok(c.kv("chaos", "status", "--json")))["nodes"]
+    assert all(n["faults"] == [] for n in faults.values()), faults
+
+
+def test_bench_drives_a_partition_through_the_chaos_api(cluster: ComposeCluster) -> None:
+    c = cluster
+    proc = c.kv("bench", "--endpoints", c.endpoints(), "--fault", "partition", "-c", "ALL",
+                "-d", "4.5s", "--warmup", "0.3s", "--concurrency", "4", "--records", "50",
+                "--interval", "0.25s", "--no-ceiling", "--probes", "0", "--seed", "5",
+                "--no-live", "--json", timeout=120)
+    fault = json.loads(ok(proc))["levels"][0]["fault"]
+    print(f"\ncompose bench --fault partition at ALL: {fault}")
+    assert fault["kind"] == "partition" and fault["node"] == "n3", fault
+    assert "fault_errors" not in fault, fault  # every node accepted the fault and the heal
+    assert 1.3 <= fault["kill_s"] < fault["restart_s"] < 4.5, fault
+    assert fault["errors_after_kill"] > 0, fault  # ALL needs n3, cut off meanwhile
+    faults = json.loads(ok(c.kv("chaos", "status", "--json")))["nodes"]
+    assert all(n["faults"] == [] for n in faults.values()), faults
