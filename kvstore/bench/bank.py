@@ -210,7 +210,8 @@ async def run_bank(endpoints: list[str], *, accounts: int, duration_s: float,
 async def _run_saga_bank(client: AsyncTxnClient, sagas: AsyncSagaClient, names: list[str], *,
                          seed: int, duration_s: float, concurrency: int, cluster,
                          fault: bool, note) -> dict[str, Any]:
-    """The bank through sagas: read both balances (two QUORUM reads), then one saga per
+    """The bank through sagas: read both balances (two QUORUM reads at once; not an atomic
+    read: sagas have none), then one saga per
     transfer. Counts COMMITTED, COMPENSATED and unknown (the run raised: resumed at the end,
     then counted by the state its log gives)."""
     store = sagas.store
@@ -238,7 +239,7 @@ async def _run_saga_bank(client: AsyncTxnClient, sagas: AsyncSagaClient, names: 
             amount = wrng.randint(1, 50)
             started = time.perf_counter()
             try:
-                (va, _), (vb, _) = await store.read(a), await store.read(b)
+                (va, _), (vb, _) = await asyncio.gather(store.read(a), store.read(b))
             except KVError:
                 counts["read_errors"] += 1
                 await asyncio.sleep(0.05)
