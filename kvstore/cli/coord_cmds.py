@@ -18,56 +18,42 @@ import sys
 import click
 
 from kvstore._proto import meta_pb2 as mpb
+from kvstore.cli import async_cmd
+from kvstore.cli.async_cmd import EXIT_NOT_FOUND, EXIT_USAGE
 from kvstore.cli.output import console, print_json, table
 from kvstore.client.meta import (
     AsyncMetaClient,
     CompareFailed,
     LeaseNotFound,
     MetaKey,
-    OutcomeUnknown,
     lease_json,
 )
-from kvstore.core.errors import InvalidArgument, KVError
+from kvstore.core.errors import KVError
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNKNOWN = 1, 2, 3, 5
 LEASE_ID = click.IntRange(min=1)
 
 
 def _client(ctx: click.Context) -> AsyncMetaClient:
-    from kvstore.cli.main import default_endpoints
-
-    raw = getattr(ctx.obj, "endpoints", None) or default_endpoints()
-    eps = [e.strip().split("=", 1)[-1] for e in raw.split(",") if e.strip()]
-    return AsyncMetaClient(eps, timeout=float(getattr(ctx.obj, "timeout", 5.0) or 5.0),
-                           credentials=getattr(ctx.find_root().obj, "credentials", None))
+    obj = async_cmd.settings(ctx)
+    return AsyncMetaClient(async_cmd.endpoints(ctx),
+                           timeout=float(getattr(obj, "timeout", 5.0) or 5.0),
+                           credentials=getattr(obj, "credentials", None))
 
 
 def _run(ctx: click.Context, as_json: bool, fn) -> None:
     """Run `fn(client)` (a coroutine function) and turn errors into exit codes."""
-    debug = bool(getattr(ctx.obj, "debug", False))
 
     async def main():
         async with _client(ctx) as c:
             return await fn(c)
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except KVError as exc:
-        if debug:
-            raise
-        outcome = "unknown" if isinstance(exc, OutcomeUnknown) else "failed"
-        code = (EXIT_UNKNOWN if isinstance(exc, OutcomeUnknown) else
-                EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_FAILED)
-        if as_json:
-            out = {"ok": False, "outcome": outcome, "error": exc.message}
-            if isinstance(exc, CompareFailed):
-                out["current"] = exc.current.to_json() if exc.current else None
-                out["revision"] = exc.revision
-            print_json(out)
-        click.echo(f"Error: {exc.message}", err=True)
-        sys.exit(code)
+    def extra(exc: Exception) -> dict:
+        if not isinstance(exc, CompareFailed):
+            return {}
+        return {"current": exc.current.to_json() if exc.current else None,
+                "revision": exc.revision}
+
+    async_cmd.run(ctx, as_json, main, extra_json=extra)
 
 
 def _show_key(k: MetaKey) -> str:

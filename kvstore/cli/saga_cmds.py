@@ -11,15 +11,15 @@ coordinator drives the saga (this one stopped without writing more).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
 import click
 
+from kvstore.cli import async_cmd
+from kvstore.cli.async_cmd import EXIT_NOT_FOUND, EXIT_USAGE
 from kvstore.cli.output import console, print_json, table
 from kvstore.client.core import AsyncClient
-from kvstore.client.meta import OutcomeUnknown
 from kvstore.client.saga import (
     AsyncSagaClient,
     ClientStore,
@@ -31,7 +31,6 @@ from kvstore.client.saga import (
 from kvstore.core import saga as engine
 from kvstore.core.errors import InvalidArgument, KVError
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNKNOWN = 1, 2, 3, 5
 EXIT_COMPENSATED, EXIT_CONFLICT = 6, 7
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -43,11 +42,8 @@ ttl_option = click.option("--ttl", type=click.FloatRange(min=0.5, max=3600), def
 
 def _run(ctx: click.Context, as_json: bool, fn, ttl: float = 5.0) -> None:
     """Run `fn(saga_client)` and turn errors into exit codes (one line, no traceback)."""
-    from kvstore.cli.main import default_endpoints
-
-    root = ctx.find_root().obj
-    raw = getattr(root, "endpoints", None) or default_endpoints()
-    eps = [e.strip().split("=", 1)[-1] for e in raw.split(",") if e.strip()]
+    root = async_cmd.settings(ctx)
+    eps = async_cmd.endpoints(ctx)
     timeout = float(getattr(root, "timeout", 5.0) or 5.0)
     creds = getattr(root, "credentials", None)
 
@@ -62,27 +58,14 @@ def _run(ctx: click.Context, as_json: bool, fn, ttl: float = 5.0) -> None:
             await meta.close()
             await data.close()
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (KVError, TimeoutError) as exc:
-        if getattr(root, "debug", False):
-            raise
-        message = getattr(exc, "message", None) or str(exc)
-        code, outcome = EXIT_FAILED, "failed"
-        if isinstance(exc, OutcomeUnknown):
-            code, outcome = EXIT_UNKNOWN, "unknown"
-        elif isinstance(exc, InvalidArgument):
-            code = EXIT_USAGE
-        elif isinstance(exc, SagaNotFound):
-            code, outcome = EXIT_NOT_FOUND, "not_found"
-        elif isinstance(exc, SagaConflict):
-            code, outcome = EXIT_CONFLICT, "conflict"
-        if as_json:
-            print_json({"ok": False, "outcome": outcome, "error": message})
-        click.echo(f"Error: {message}", err=True)
-        sys.exit(code)
+    def classify(exc: Exception) -> tuple[int, str]:
+        if isinstance(exc, SagaNotFound):
+            return EXIT_NOT_FOUND, "not_found"
+        if isinstance(exc, SagaConflict):
+            return EXIT_CONFLICT, "conflict"
+        return async_cmd.classify(exc)
+
+    async_cmd.run(ctx, as_json, main, errors=(KVError, TimeoutError), classify=classify)
 
 
 def _print_record(rec: SagaRecord, as_json: bool, stats=None) -> None:

@@ -13,59 +13,40 @@ reachable; 2 bad usage (duplicate keys, too many keys, a condition without a con
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import UTC, datetime
 
 import click
 
+from kvstore.cli import async_cmd
+from kvstore.cli.async_cmd import EXIT_NOT_FOUND
 from kvstore.cli.output import print_json
-from kvstore.client.meta import OutcomeUnknown
 from kvstore.client.txn import AsyncTxnClient, TxnAborted
-from kvstore.core.errors import InvalidArgument, KVError
-
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNKNOWN = 1, 2, 3, 5
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
 def _client(ctx: click.Context) -> AsyncTxnClient:
-    from kvstore.cli.main import default_endpoints
-
-    raw = getattr(ctx.obj, "endpoints", None) or default_endpoints()
-    eps = [e.strip().split("=", 1)[-1] for e in raw.split(",") if e.strip()]
-    return AsyncTxnClient(eps, timeout=max(10.0, float(getattr(ctx.obj, "timeout", 5.0) or 5)),
-                          credentials=getattr(ctx.find_root().obj, "credentials", None))
+    obj = async_cmd.settings(ctx)
+    return AsyncTxnClient(async_cmd.endpoints(ctx),
+                          timeout=max(10.0, float(getattr(obj, "timeout", 5.0) or 5)),
+                          credentials=getattr(obj, "credentials", None))
 
 
 def _run(ctx: click.Context, as_json: bool, fn) -> None:
-    debug = bool(getattr(ctx.obj, "debug", False))
-
     async def main():
         async with _client(ctx) as c:
             return await fn(c)
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except KVError as exc:
-        if debug:
-            raise
-        unknown = isinstance(exc, OutcomeUnknown)
-        code = (EXIT_UNKNOWN if unknown else EXIT_USAGE if isinstance(exc, InvalidArgument)
-                else EXIT_FAILED)
-        if as_json:
-            out = {"ok": False, "outcome": "unknown" if unknown else "failed",
-                   "error": exc.message}
-            if isinstance(exc, TxnAborted):
-                out.update(exc.result.to_json())
-            print_json(out)
+    def extra(exc: Exception) -> dict:
+        return exc.result.to_json() if isinstance(exc, TxnAborted) else {}
+
+    def trace(exc: Exception) -> None:
         if isinstance(exc, TxnAborted) and exc.result.trace and not as_json:
             for line in exc.result.trace:
                 click.echo(line)
-        click.echo(f"Error: {exc.message}", err=True)
-        sys.exit(code)
+
+    async_cmd.run(ctx, as_json, main, extra_json=extra, before_error=trace)
 
 
 def _ms(ms: int) -> str:

@@ -49,3 +49,22 @@ def shared_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
         yield c
     finally:
         c.stop()
+
+
+def kv_in_process(eps: str, *args: str):
+    """`kv --endpoints EPS ...` run in this process, as the entry point runs it (exit
+    code, stdout, stderr): saves a Python start per call. A CompletedProcess."""
+    import contextlib
+    import io
+    import subprocess
+
+    from kvstore.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(["--endpoints", eps, *args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

@@ -4,8 +4,6 @@ syntax) with clear errors and the documented exit codes. One cluster for the mod
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -14,9 +12,8 @@ import sys
 import time
 
 import pytest
+from conftest import kv_in_process as kv
 from conftest import start_cluster
-
-from kvstore.cli.main import main
 
 pytestmark = pytest.mark.integration
 
@@ -31,17 +28,6 @@ def eps(tmp_path_factory):
         cluster.stop()
 
 
-def kv(eps: str, *args: str) -> subprocess.CompletedProcess:
-    """`kv ...` in this process (as the entry point runs it: exit codes, stderr), which
-    saves a Python start per call."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(["--endpoints", eps, *args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def jkv(eps: str, *args: str) -> tuple[int, dict]:

@@ -6,8 +6,6 @@ their exit codes and --json."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import signal
 import subprocess
@@ -16,9 +14,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import kv_in_process as kv
 from conftest import start_cluster
 
-from kvstore.cli.main import main
 from kvstore.client import Client
 
 pytestmark = pytest.mark.integration
@@ -59,15 +57,6 @@ def eps(tmp_path_factory):
         cluster.stop()
 
 
-def kv(eps: str, *args: str) -> subprocess.CompletedProcess:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(["--endpoints", eps, *args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def jkv(eps: str, *args: str) -> tuple[int, dict]:

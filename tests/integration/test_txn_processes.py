@@ -6,29 +6,17 @@ every committed transfer is reflected."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
-import subprocess
 
 import pytest
+from conftest import kv_in_process as kv
 from conftest import start_cluster
 
 from kvstore.bench.bank import run_bank
-from kvstore.cli.main import main
 
 pytestmark = pytest.mark.integration
 
 
-def kv(eps: str, *args: str) -> subprocess.CompletedProcess:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(["--endpoints", eps, *args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def jkv(eps: str, *args: str) -> tuple[int, dict]:
