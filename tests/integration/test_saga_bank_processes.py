@@ -11,23 +11,11 @@ import io
 import json
 
 import pytest
-from conftest import start_cluster
+from conftest import kv_in_process, start_cluster
 
 from kvstore.cli.bank_cmd import _report_all
-from kvstore.cli.main import main
 
 pytestmark = pytest.mark.integration
-
-
-def kv(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_saga_bank_one_at_a_time_keeps_the_total(tmp_path) -> None:
@@ -35,13 +23,13 @@ def test_saga_bank_one_at_a_time_keeps_the_total(tmp_path) -> None:
                             raft_bootstrap=True)
     try:
         eps = ",".join(cluster.endpoints())
-        code, out, err = kv("--endpoints", eps, "bench", "--workload", "bank",
-                            "--txn-protocol", "saga", "--accounts", "4", "--concurrency", "1",
-                            "--duration", "3s", "--seed", "7", "--json")
+        run = kv_in_process(eps, "bench", "--workload", "bank", "--txn-protocol", "saga",
+                            "--accounts", "4", "--concurrency", "1", "--duration", "3s",
+                            "--seed", "7", "--json")
     finally:
         cluster.stop()
-    assert code == 0, (out, err)
-    r = json.loads(out)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    r = json.loads(run.stdout)
     assert r["protocol"] == "saga" and r["isolation"] is False and r["concurrency"] == 1
     assert r["committed"] > 0, r
     # alone, no saga meets another's write: none compensates, none is left unknown
