@@ -244,12 +244,13 @@ async def _run_saga_bank(client: AsyncTxnClient, sagas: AsyncSagaClient, names: 
                 counts["read_errors"] += 1
                 await asyncio.sleep(0.05)
                 continue
-            reads += 2
             if len(va) != 1 or len(vb) != 1:
-                # concurrent plain writes left siblings: no balance to condition on
+                # two sagas' writes raced on an account and left siblings (concurrent
+                # versions): no balance to condition on
                 counts["sibling_reads"] += 1
                 await asyncio.sleep(0.05)
                 continue
+            reads += 2
             saga_id = f"b{seed}w{wid}s{wrng.getrandbits(40):010x}"
             try:
                 record = await sagas.run(_transfer_saga(a, b, int(va[0]), int(vb[0]), amount),
@@ -315,7 +316,9 @@ async def _run_saga_bank(client: AsyncTxnClient, sagas: AsyncSagaClient, names: 
         "reflected_ok": not missing, "mismatched": missing, "siblings": siblings,
         "isolation": False,
         "note": None if total_ok and not missing else (
-            SAGA_NOTE if concurrency > 1 else
+            SAGA_NOTE + ("; and two sagas' writes that raced on one account left it with "
+                         f"siblings (concurrent versions): {sorted(siblings)}"
+                         if siblings else "") if concurrency > 1 else
             "the total changed with one transfer at a time: that is a bug, not the "
             "missing isolation of sagas"),
     }
