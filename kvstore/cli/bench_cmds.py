@@ -45,9 +45,11 @@ def _levels(ctx, param, value):
                    "(docs/transactions.md).")
 @click.option("--accounts", type=click.IntRange(min=2, max=10_000), default=20,
               show_default=True, help="Accounts of the bank workload.")
-@click.option("--txn-protocol", type=click.Choice(["raft", "3pc"]), default="raft",
-              show_default=True, help="The bank workload's commit protocol (kv txn put "
-                                      "--protocol).")
+@click.option("--txn-protocol", type=click.Choice(["raft", "3pc", "saga", "all"]),
+              default="raft", show_default=True,
+              help="The bank workload's protocol: raft or 3pc (kv txn put --protocol), saga "
+                   "(each transfer a two-step saga: no isolation, the total may change), or "
+                   "all three back to back on one cluster with one table.")
 @click.option("--consistency", "-c", "levels", default="ONE,QUORUM,ALL", show_default=True,
               callback=_levels,
               help="Comma-separated levels to compare; READ/WRITE pairs such as ONE/ALL too.")
