@@ -127,7 +127,9 @@ def test_elect_campaign_and_observe_bounded(cluster: ComposeCluster) -> None:
         # a second candidate waits in line while the first leads; an observer sees the
         # current leader first
         second = elect("4", "--value", "host-b")
-        observer = elect("4", "--observe")
+        # 8 s: the observer's CLI start-up and first answer took over 4 s on the loaded
+        # 2-core machine once (it printed nothing within the bound)
+        observer = elect("8", "--observe")
         second_out, second_err = second.communicate(timeout=30)
         seen, seen_err = observer.communicate(timeout=30)
         assert second.returncode == 124 and second_out == "", \
