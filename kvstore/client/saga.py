@@ -317,8 +317,10 @@ class AsyncSagaClient:
                 values, context = await self.store.read(op.key)
                 self.stats.store_calls += 1
                 target = [] if op.kind == "delete" else [op.value]
-                if resumed and not action.compensate and values == target:
-                    # a dead coordinator's write of this step is in place already
+                if (resumed or attempt) and not action.compensate and values == target:
+                    # a dead coordinator's write of this step, or this one's write whose
+                    # answer was lost (a timeout), is in place already: not a failed
+                    # condition, so no compensation for it
                     self.stats.executed += 1
                     return True, ""
                 why = _condition(op, values, context)
