@@ -172,7 +172,10 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
 
 
 def _data_dir_arg(data_dir: Path) -> str:
-    return "" if data_dir == Path("data") else f" --data-dir {data_dir}"
+    """` --data-dir D` as the user must type it (quoted for a shell), '' for the default."""
+    import shlex
+
+    return "" if data_dir == Path("data") else f" --data-dir {shlex.quote(str(data_dir))}"
 
 
 def _down_command(data_dir: Path) -> str:
@@ -299,7 +302,8 @@ def status(data_dir: Path, as_json: bool) -> None:
 
     path = data_dir / "cluster.json"
     if not path.exists():
-        raise click.ClickException(f"no cluster recorded in {path}; start one with `kv cluster up`")
+        raise click.ClickException(f"no cluster recorded in {path}; start one with "
+                                   f"`kv cluster up{_data_dir_arg(data_dir)}`")
     nodes = json.loads(path.read_text())["nodes"]
     rows = [{"id": n["id"], "address": n["address"], "pid": n["pid"],
              "up": is_serving(n["address"])} for n in nodes]
