@@ -100,3 +100,13 @@ def test_consistency_levels_are_shown_upper_case() -> None:
                 if isinstance(p.type, click.Choice) and "QUORUM" in p.type.choices}:
         assert typ.convert("quorum", None, None) == "QUORUM"
         assert {c.lower() for c in typ.choices} <= levels
+
+
+def test_one_table_style() -> None:
+    """Tables are made by output.table (rich's default box, left-aligned title), nowhere
+    else in the CLI."""
+    made_elsewhere = [f"{p.relative_to(ROOT)}:{n}"
+                      for p in (ROOT / "kvstore" / "cli").glob("*.py") if p.name != "output.py"
+                      for n, line in enumerate(p.read_text().splitlines(), 1)
+                      if re.search(r"\bTable\(", line)]
+    assert not made_elsewhere, made_elsewhere
