@@ -22,8 +22,8 @@
 #   4. `compose up -d --no-build`, waits (bounded) until every started node's healthcheck
 #      says healthy, and prints the endpoints.
 #
-# Env: COMPOSE_PROJECT_NAME (default: this directory's name, as docker-compose v1 forms
-#      it), KV_COMPOSE (force a front-end, e.g. "docker-compose"), KV_IMAGE, KV_BASE_IMAGE,
+# Env: COMPOSE_PROJECT_NAME (default: this directory's name, as compose forms it),
+#      KV_COMPOSE (force a front-end, e.g. "docker-compose"), KV_IMAGE, KV_BASE_IMAGE,
 #      KV_NO_BUILD=1, KV_PROFILE (e.g. five), KV_HEALTHY_TIMEOUT (seconds, default 180),
 #      and every variable docker-compose.yml reads (KV_BIND, KV_N1_PORT, ...).
 set -euo pipefail
@@ -41,8 +41,9 @@ else
   log "neither \`docker compose\` nor \`docker-compose\` answers: install one of them"
   exit 3
 fi
-# docker-compose v1's default project name: the directory name, lower case, [a-z0-9] only.
-project="${COMPOSE_PROJECT_NAME:-$(basename "$PWD" | tr 'A-Z' 'a-z' | tr -cd 'a-z0-9')}"
+# compose's default project name: the directory name, lower case, [-_a-z0-9] only (as
+# docker-compose 1.29 and compose v2 form it; kv chaos --compose forms it the same way).
+project="${COMPOSE_PROJECT_NAME:-$(basename "$PWD" | tr 'A-Z' 'a-z' | tr -cd -- '-_a-z0-9')}"
 project="${project:-kvstore}"
 export COMPOSE_PROJECT_NAME="$project"
 image="${KV_IMAGE:-kvstore:latest}"

@@ -308,13 +308,14 @@ def compose_front_end(forced: str | None = None) -> list[str]:
 
 
 def compose_project(compose_file: Path) -> str:
-    """COMPOSE_PROJECT_NAME, else the compose file's directory name lower case with
-    letters and digits only: the project `make docker-up` (docker_cluster.sh) creates."""
+    """COMPOSE_PROJECT_NAME, else the compose file's directory name as compose forms it
+    (lower case; letters, digits, '-' and '_'): the project `make docker-up`
+    (docker_cluster.sh) and a plain compose command in that directory address."""
     named = os.environ.get("COMPOSE_PROJECT_NAME", "").strip()
     if named:
         return named
     directory = compose_file.resolve().parent.name
-    return re.sub(r"[^a-z0-9]", "", directory.lower()) or "kvstore"
+    return re.sub(r"[^-_a-z0-9]", "", directory.lower()) or "kvstore"
 
 
 def _compose(compose_file: Path, forced: str | None, *args: str) -> list[str]:

@@ -75,7 +75,16 @@ def test_the_project_is_the_one_make_docker_up_creates(tmp_path, monkeypatch,
                              "compose", "ps"], capture_output=True, text=True, timeout=30,
                             env={**env, "KV_COMPOSE": "echo"}, check=True)
     monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
-    assert script.stdout.split()[:2] == ["-p", compose_project(checkout / "docker-compose.yml")]
+    ours = compose_project(checkout / "docker-compose.yml")
+    assert script.stdout.split()[:2] == ["-p", ours]
+    # ... and the one docker-compose v1 itself forms there (its Python package, where
+    # installed: no engine needed), so plain docker-compose commands address it too
+    v1 = subprocess.run(["/usr/bin/python3", "-c", "import sys; from compose.cli.command "
+                         "import get_project_name; print(get_project_name(sys.argv[1]))",
+                         str(checkout)], capture_output=True, text=True, timeout=30,
+                        env={k: v for k, v in env.items() if k != "COMPOSE_PROJECT_NAME"})
+    if v1.returncode == 0:
+        assert v1.stdout.strip() == ours
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", "kv-e2e-1")
     assert compose_project(checkout / "docker-compose.yml") == "kv-e2e-1"
 
@@ -91,12 +100,12 @@ def test_kill_pause_resume_run_the_chosen_front_end(tmp_path, monkeypatch, v2: b
     killed = runner.invoke(cli, ["chaos", "kill", "n2", "--compose", file, "--json"])
     assert killed.exit_code == 0, killed.output
     front = "docker compose" if v2 else "docker-compose"
-    assert json.loads(killed.output)["start"] == f"{front} -p mykv -f {file} start n2"
+    assert json.loads(killed.output)["start"] == f"{front} -p my-kv -f {file} start n2"
     assert runner.invoke(cli, ["chaos", "resume", "n2", "--compose", file]).exit_code == 0
     calls = [line for line in log.read_text().splitlines() if "version" not in line]
-    assert calls == [f"{front} -p mykv -f {file} kill n2",
-                     f"{front} -p mykv -f {file} unpause n2"]
+    assert calls == [f"{front} -p my-kv -f {file} kill n2",
+                     f"{front} -p my-kv -f {file} unpause n2"]
     # KV_COMPOSE (or --compose-cli) names the front-end, as for make docker-up
     monkeypatch.setenv("KV_COMPOSE", "docker-compose")
     assert runner.invoke(cli, ["chaos", "kill", "n3", "--compose", file]).exit_code == 0
-    assert log.read_text().splitlines()[-1] == f"docker-compose -p mykv -f {file} kill n3"
+    assert log.read_text().splitlines()[-1] == f"docker-compose -p my-kv -f {file} kill n3"
