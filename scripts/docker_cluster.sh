@@ -126,7 +126,7 @@ case "${1:-}" in
   build) build ;;
   down) shift; cmd_down "$@" ;;
   compose) shift; run_compose "$@" ;;
-  -h|--help|help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" ;;
   *) echo "usage: scripts/docker_cluster.sh up [SERVICE...] | build | down [-v] | compose ARGS..." >&2
      exit 2 ;;
 esac
