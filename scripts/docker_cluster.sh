@@ -43,6 +43,7 @@ else
 fi
 # compose's default project name: the directory name, lower case, [-_a-z0-9] only (as
 # docker-compose 1.29 and compose v2 form it; kv chaos --compose forms it the same way).
+named_project="${COMPOSE_PROJECT_NAME:-}"
 project="${COMPOSE_PROJECT_NAME:-$(basename "$PWD" | tr 'A-Z' 'a-z' | tr -cd -- '-_a-z0-9')}"
 project="${project:-kvstore}"
 export COMPOSE_PROJECT_NAME="$project"
@@ -106,7 +107,7 @@ cmd_up() {
     fi
   done
   [ "$bind" = "0.0.0.0" ] && endpoints="${endpoints//0.0.0.0/127.0.0.1}"
-  log "project $project is up (${compose[*]}); from the host:"
+  log "project $project is up (${compose[*]}); stop it with: ${named_project:+COMPOSE_PROJECT_NAME=$named_project }make docker-down (data kept; V=1 deletes it); from the host:"
   printf 'kv --endpoints %s status\n' "$endpoints"
 }
 

@@ -272,6 +272,9 @@ def compose_cluster(e2e_image: E2EImage,
         up = run(["make", "--no-print-directory", "docker-up"], timeout=1500, env=env)
         TIMINGS["make docker-up (up, healthy)"] = time.monotonic() - t
         assert "kv --endpoints 127.0.0.1:" in up.stdout, up.stdout
+        # the stop hint names the exact command, with the project this cluster runs under
+        assert f"stop it with: COMPOSE_PROJECT_NAME={PROJECT} make docker-down" in up.stderr, \
+            up.stderr
         cluster.wait_healthy()
         networks = json.loads(run(["docker", "inspect", "--format",
                                    "{{json .NetworkSettings.Networks}}",
