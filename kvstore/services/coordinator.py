@@ -408,45 +408,85 @@ class Coordinator:
         ok: list[_Answer] = []
         failed: list[_Answer] = []
         covered: set[str] = set()
-        pending = set(tasks.values())
-        started = list(tasks.values())  # answers are handled in this order, not set order
+        # Quorum counting by callbacks: each task reports its completion once into
+        # `arrived` and wakes the one waiter; one timer (speculation, then the deadline)
+        # instead of an asyncio.wait, with its waiter, callbacks and timer, per answer.
+        order: dict[asyncio.Future, int] = {}  # answers are handled in start order
+        pending: set[asyncio.Future] = set()
+        arrived: list[asyncio.Future] = []
+        waker: list[asyncio.Future | None] = [None]
+
+        def on_done(task: asyncio.Future) -> None:
+            if task in pending:
+                arrived.append(task)
+                waiter = waker[0]
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+        def watch(new: list[asyncio.Task]) -> None:
+            for task in new:
+                order[task] = len(order)
+                pending.add(task)
+                task.add_done_callback(on_done)
+
+        def wake() -> None:
+            waiter = waker[0]
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        watch(list(tasks.values()))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         speculate_at = loop.time() + timeout / 4 if spares is not None else deadline
-        while pending and len(covered) < need:
-            now = loop.time()
-            remaining = deadline - now
-            if remaining <= 0:
-                break
-            if speculate_at <= now:
-                speculate_at = deadline
-                more = spares(None)
-                started += more
-                pending.update(more)
-            wait_for = min(remaining, speculate_at - now) if speculate_at > now else remaining
-            done, pending = await asyncio.wait(pending, timeout=wait_for,
-                                               return_when=asyncio.FIRST_COMPLETED)
-            for task in [t for t in started if t in done]:
-                answer: _Answer = task.result()
-                owner = counts_for(answer) if answer.ok else None
-                if answer.ok:
-                    ok.append(answer)
-                    if owner is not None:
-                        covered.add(owner)
-                    self.metrics[f"ack_{'hint' if answer.hint_for else 'replica'}"
-                                 f"_{'counted' if owner is not None else 'extra'}"] += 1
-                else:
-                    failed.append(answer)
-                    if spares is not None:
-                        more = spares(answer)
-                        started += more
-                        pending.update(more)
-                if trace.pb is not None:
-                    trace.replica(answer.node, self._address(answer.node), answer.ok,
-                                  answer.latency_ms, answer.siblings,
-                                  "" if answer.ok else answer.describe(),
-                                  local=answer.node == self.node_id, hint_for=answer.hint_for,
-                                  counted=owner is not None)
+        timer: asyncio.TimerHandle | None = None
+        timer_at = 0.0
+        try:
+            while pending and len(covered) < need:
+                if not arrived:
+                    now = loop.time()
+                    if deadline - now <= 0:
+                        break
+                    if speculate_at <= now:
+                        speculate_at = deadline
+                        watch(spares(None))
+                    wake_at = min(deadline, speculate_at)
+                    if timer is None or timer_at != wake_at:
+                        if timer is not None:
+                            timer.cancel()
+                        timer, timer_at = loop.call_at(wake_at, wake), wake_at
+                    waiter = waker[0] = loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        waker[0] = None
+                    continue
+                batch = sorted(arrived, key=order.__getitem__) if len(arrived) > 1 \
+                    else list(arrived)
+                arrived.clear()
+                for task in batch:
+                    pending.discard(task)
+                    answer: _Answer = task.result()
+                    owner = counts_for(answer) if answer.ok else None
+                    if answer.ok:
+                        ok.append(answer)
+                        if owner is not None:
+                            covered.add(owner)
+                        self.metrics[f"ack_{'hint' if answer.hint_for else 'replica'}"
+                                     f"_{'counted' if owner is not None else 'extra'}"] += 1
+                    else:
+                        failed.append(answer)
+                        if spares is not None:
+                            watch(spares(answer))
+                    if trace.pb is not None:
+                        trace.replica(answer.node, self._address(answer.node), answer.ok,
+                                      answer.latency_ms, answer.siblings,
+                                      "" if answer.ok else answer.describe(),
+                                      local=answer.node == self.node_id,
+                                      hint_for=answer.hint_for, counted=owner is not None)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        # (answers that arrived but were not handled are still in `pending`)
         waiting = [label for label, task in tasks.items() if task in pending]
         for task in pending:
             self._keep(task)
