@@ -131,12 +131,13 @@ def thread_split(before: dict, after: dict, ops: int) -> dict[str, float]:
     return dict(split)
 
 
-def spy(pids: list[int], seconds: float, out: Path, gil: bool) -> list[subprocess.Popen]:
+def spy(pids: list[int], seconds: float, out: Path, gil: bool, native: bool) -> list[subprocess.Popen]:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     procs = []
     for pid in pids:
         procs.append(subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--nonblocking", "--format", "raw",
+            [exe, "record", "--pid", str(pid), *(["--native"] if native else ["--nonblocking"]),
+             "--format", "raw",
              "--rate", "200", *(["--gil"] if gil else []), "--duration", str(max(1, int(seconds))), "--output",
              str(out / f"{pid}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
@@ -173,7 +174,7 @@ async def run(opts: argparse.Namespace, root: Path) -> dict[str, Any]:
                 if have_spy:
                     spy_dir.mkdir()
                     asyncio.get_running_loop().call_later(opts.warmup, lambda d=spy_dir: spies.extend(
-                        spy(pids, opts.duration, d, opts.gil)))
+                        spy(pids, opts.duration, d, opts.gil, opts.native)))
                 load_before = os.getloadavg()
                 threads: list[dict] = []
                 loop = asyncio.get_running_loop()
@@ -230,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-spy", dest="spy", action="store_false", help="no py-spy profile")
     p.add_argument("--gil", action="store_true",
                    help="sample only the thread holding the GIL (Python CPU)")
+    p.add_argument("--native", action="store_true",
+                   help="also sample C frames (grpc core, uvloop, protobuf); pauses the "
+                        "nodes at each sample, so their CPU per operation rises")
     p.add_argument("--out", type=Path, default=Path("bench/out/request-path"))
     opts = p.parse_args(argv)
     loop_factory = None

@@ -478,7 +478,7 @@ def fence_from_pb(f: pb.Fence) -> Fence | None:
     return (f.lock, f.token) if f.token else None
 
 
-def _fill_version(v: pb.Version, s: Sibling) -> pb.Version:
+def fill_version(v: pb.Version, s: Sibling) -> pb.Version:
     """Write sibling `s` into the empty Version `v` (a fresh one or a repeated field's)."""
     dot = v.dot
     dot.node, dot.counter = s.node, s.counter
@@ -504,7 +504,7 @@ def _fill_version(v: pb.Version, s: Sibling) -> pb.Version:
 
 
 def sibling_to_pb(s: Sibling) -> pb.Version:
-    return _fill_version(pb.Version(), s)
+    return fill_version(pb.Version(), s)
 
 
 _NO_DOTS: frozenset[Dot] = frozenset()
@@ -529,7 +529,7 @@ def to_pb(siblings: Iterable[Sibling]) -> pb.VersionSet:
     state = pb.VersionSet()
     add = state.versions.add
     for s in siblings:
-        _fill_version(add(), s)
+        fill_version(add(), s)
     return state
 
 

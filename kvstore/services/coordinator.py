@@ -576,12 +576,14 @@ class Coordinator:
         await self._read_repair(key, merged, ok, failed, waiting, tasks, need, n, trace,
                                 timeout)
         values = versions.live(merged)
-        context = versions.encode_context(versions.read_context(merged))
-        return cpb.ClientReply(get=cpb.GetResult(
-            found=bool(values),
-            siblings=[versions.sibling_to_pb(s) for s in values],
-            context=context,
-        ))
+        reply = cpb.ClientReply()  # filled in place: a constructor would copy each part
+        result = reply.get
+        result.found = bool(values)
+        add = result.siblings.add
+        for s in values:
+            versions.fill_version(add(), s)
+        result.context = versions.encode_context(versions.read_context(merged))
+        return reply
 
     async def _resolve_intents(self, key: bytes, ok: list[_Answer], merged: list[Sibling],
                                trace: Trace, timeout: float) -> tuple[list[Sibling], bool]:
@@ -708,8 +710,14 @@ class Coordinator:
         # the siblings as the mint encoded them for its record (one encoding per write)
         state = wire[-1] if wire else versions.to_pb(local.siblings)
         traced = trace.pb is not None
-        message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced,
-                                                       fence=fence_pb if fence else None))
+        message = pb.PeerMessage()  # filled in place: a constructor would copy `state`
+        replica_write = message.write
+        replica_write.key = key
+        replica_write.state.CopyFrom(state)
+        if traced:
+            replica_write.reply_state = True
+        if fence:
+            replica_write.fence.CopyFrom(fence_pb)
         others = [node for node in pref if node != self.node_id]
         other_sets = self._other_owners(key, pref, trace)
         hinting = self.config.hinted_handoff
@@ -813,11 +821,13 @@ class Coordinator:
         # The reply context is what this writer has seen: its own context plus this write,
         # never the concurrent siblings kept beside it (they are in `stored`).
         after = versions.context_after_write(seen, local.siblings, new)
-        return cpb.ClientReply(put=cpb.PutResult(
-            stored=state.versions,  # local.siblings, encoded once above
-            context=versions.encode_context(after),
-            concurrent=concurrent,
-        ))
+        reply = cpb.ClientReply()
+        result = reply.put
+        result.stored.extend(state.versions)  # local.siblings, encoded once above
+        result.context = versions.encode_context(after)
+        if concurrent:
+            result.concurrent = concurrent
+        return reply
 
     @staticmethod
     def _check_fence(fence_pb: common_pb2.Fence | None, strict: bool, sloppy: bool,
