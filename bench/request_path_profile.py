@@ -14,6 +14,9 @@ that does not depend on machine load) and the load average. With py-spy installe
 window (`py-spy record --nonblocking --format raw`: the nodes are not paused) and sorts
 each sample by the innermost frame that says what it is doing:
 
+* C: loop + gRPC core: no Python frame below the event loop's `run` (uvloop, grpc's
+  Cython aio poller and callbacks, the C task/future machinery, protobuf parsing of the
+  RPC messages);
 * transport: grpc's Python and Cython layers (grpc/, grpc/aio), the peer coalescer, the
   internode servicer (kvstore/transport);
 * asyncio: the event loop, tasks, futures, handles (asyncio/, uvloop);
@@ -53,8 +56,9 @@ from kvstore.client import AsyncClient
 from kvstore.node.local_cluster import LocalCluster
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-PARTS = ("transport", "asyncio", "codecs", "versions", "storage", "request logic", "other")
-_CODEC_NAMES = ("_pb", "encode_", "decode_", "parse_context", "_clock_to", "_clock_from",
+PARTS = ("C: loop + gRPC core", "transport", "asyncio", "codecs", "versions", "storage",
+         "request logic", "other")
+_CODEC_NAMES = ("_pb", "fill_", "encode_", "decode_", "parse_context", "_clock_to", "_clock_from",
                 "marker_from", "fence_from", "fence_to")
 
 
@@ -63,15 +67,18 @@ def classify(frame: str) -> str | None:
     out."""
     name, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0]
+    if path.endswith("asyncio/runners.py") or name in ("run_forever", "run_until_complete"):
+        return "C: loop + gRPC core"
     if "google/protobuf" in path or path.endswith("_pb2.py") or "_pb2_grpc" in path:
         return "codecs"
     if "kvstore/core/versions.py" in path:
         return "codecs" if any(c in name for c in _CODEC_NAMES) else "versions"
-    if "/grpc/" in path or "grpc/_cython" in path or "kvstore/transport/" in path:
+    top = path.split("/", 1)[0]
+    if top == "grpc" or "/grpc/" in path or "kvstore/transport/" in path:
         return "transport"
-    if "/asyncio/" in path or "uvloop" in path:
+    if top in ("asyncio", "uvloop") or "/asyncio/" in path or "/uvloop/" in path:
         return "asyncio"
-    if "kvstore/storage/" in path or "sqlite3" in path or "queue.py" in path:
+    if "kvstore/storage/" in path or "sqlite3" in path or path.endswith("queue.py"):
         return "storage"
     if any(p in path for p in ("kvstore/services/coordinator.py", "kvstore/services/replica.py",
                                "kvstore/node/node.py", "kvstore/core/ring.py",
@@ -131,15 +138,16 @@ def thread_split(before: dict, after: dict, ops: int) -> dict[str, float]:
     return dict(split)
 
 
-def spy(pids: list[int], seconds: float, out: Path, gil: bool, native: bool) -> list[subprocess.Popen]:
+def spy(pids: list[int], seconds: float, out: Path, gil: bool,
+        native: bool) -> list[subprocess.Popen]:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     procs = []
     for pid in pids:
         procs.append(subprocess.Popen(
             [exe, "record", "--pid", str(pid), *(["--native"] if native else ["--nonblocking"]),
-             "--format", "raw",
-             "--rate", "200", *(["--gil"] if gil else []), "--duration", str(max(1, int(seconds))), "--output",
-             str(out / f"{pid}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             "--format", "raw", "--rate", "200", *(["--gil"] if gil else []),
+             "--duration", str(max(1, int(seconds))), "--output", str(out / f"{pid}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
 
 
@@ -173,8 +181,9 @@ async def run(opts: argparse.Namespace, root: Path) -> dict[str, Any]:
                     ")", "")
                 if have_spy:
                     spy_dir.mkdir()
-                    asyncio.get_running_loop().call_later(opts.warmup, lambda d=spy_dir: spies.extend(
-                        spy(pids, opts.duration, d, opts.gil, opts.native)))
+                    asyncio.get_running_loop().call_later(
+                        opts.warmup, lambda d=spy_dir, started=spies: started.extend(
+                            spy(pids, opts.duration, d, opts.gil, opts.native)))
                 load_before = os.getloadavg()
                 threads: list[dict] = []
                 loop = asyncio.get_running_loop()
@@ -210,8 +219,9 @@ async def run(opts: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def line(name: str, p: dict[str, Any]) -> str:
     text = (f"{name}: {p['ops_per_s']:,.0f} ops/s, p50 {p['p50_ms']:.1f} ms, node CPU "
-            f"{p['node_cpu_us_per_op'] or 0:,.0f} us/op, client {p['client_cpu_us_per_op'] or 0:,.0f}"
-            f" us/op, errors {p['errors']}, load {p['loadavg_start']} -> {p['loadavg_end']}")
+            f"{p['node_cpu_us_per_op'] or 0:,.0f} us/op, client "
+            f"{p['client_cpu_us_per_op'] or 0:,.0f} us/op, errors {p['errors']}, "
+            f"load {p['loadavg_start']} -> {p['loadavg_end']}")
     split = p.get("threads_us_per_op")
     if split:
         text += "\n    us/op by thread: " + ", ".join(f"{k} {v:.0f}" for k, v in split.items())
