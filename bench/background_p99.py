@@ -9,15 +9,17 @@ Starts a 3-node local cluster (`--sync full`, N=3, anti-entropy off: interval 0,
 handoff on) with /metrics on every node, loads `--keys` records at ALL, then runs
 `--rounds` rounds of four phases, the order rotated each round so the machine's load
 falls on all alike. Every phase is the same foreground load: `kv bench`'s closed-loop
-runner (workload A: 50% QUORUM reads, 50% QUORUM read-modify-writes, 100-byte values,
+runner (workload A: 50% QUORUM reads, 50% QUORUM updates, 100-byte values,
 `--concurrency` in flight, uniform over the records) from this process for `--duration`
 measured seconds, with no warm-up by default (the client's connections are warm from the
 load; a warm-up would hide the start of the background work). Before every phase n3 is
 restarted (so each phase starts from the same cold n3), and what differs is the state it
 comes back to:
 
-* baseline: nothing to do in the background (no hints pending, replicas agree, no
-  anti-entropy schedule);
+* baseline: n3 restarted, then every record rewritten at QUORUM with n3 up (the same
+  writes the other phases do before they start, so the store's after-effects of them,
+  e.g. WAL checkpoints, fall on the baseline too), leaving nothing to do in the
+  background (no hints pending, replicas agree, no anti-entropy schedule);
 * hints: n3 was stopped while every record was rewritten at QUORUM through n1 and n2,
   so their coordinators hold a hint for n3 per record; n3 starts just before the phase
   and handoff delivers them during it;
@@ -165,32 +167,37 @@ class Harness:
         self.cluster.start_node("n3", extra)
         self.cluster.wait_healthy(timeout=60, nodes=["n3"])
 
-    async def rewrite(self) -> None:
-        """Rewrite every record at QUORUM through n1 and n2 only (n3 coordinates none)."""
+    async def rewrite(self, bench: Bench) -> None:
+        """Rewrite every record at QUORUM through n1 and n2 only (n3 coordinates none).
+        The foreground takes the new contexts, so its updates supersede these writes
+        rather than stand beside them as siblings."""
         cfg = self.config(load_consistency="QUORUM")
         async with AsyncClient([n.address for n in self.cluster.nodes[:2]],
                                timeout=5.0) as client:
-            await Bench(cfg, client).load()
+            writer = Bench(cfg, client)
+            await writer.load()
+        bench.contexts.update(writer.contexts)
 
-    async def prepare(self, kind: str) -> None:
+    async def prepare(self, bench: Bench, kind: str) -> None:
         """Bring n3 back in the state the phase needs (see the module docstring)."""
         await asyncio.to_thread(self.stop_n3)
         if kind == "hints":
-            await self.rewrite()  # n3 down: the coordinators keep a hint per record for it
+            await self.rewrite(bench)  # n3 down: the coordinators keep a hint per record for it
             await asyncio.to_thread(self.start_n3)
         elif kind in ("anti-entropy", "read repair"):
             shutil.rmtree(self.snapshot, ignore_errors=True)
             shutil.copytree(self.n3.data_dir, self.snapshot)
             await asyncio.to_thread(self.start_n3)
-            await self.rewrite()  # n3 up: it takes every write, no hints
+            await self.rewrite(bench)  # n3 up: it takes every write, no hints
             await asyncio.to_thread(self.stop_n3)
             shutil.rmtree(self.n3.data_dir)
             shutil.copytree(self.snapshot, self.n3.data_dir)
             extra = (["--antientropy-interval", str(self.opts.ae_interval)]
                      if kind == "anti-entropy" else None)
             await asyncio.to_thread(self.start_n3, extra)
-        else:
+        else:  # baseline: the same rewrite with n3 up, so nothing is left to do after it
             await asyncio.to_thread(self.start_n3)
+            await self.rewrite(bench)
 
     async def settle(self) -> None:
         """Make the replicas agree again: hints drained, then a repair from n3."""
@@ -210,7 +217,7 @@ class Harness:
                            probes=0, timeout_s=5.0, seed=1, **kw)
 
     async def phase(self, bench: Bench, kind: str, round_index: int) -> dict[str, Any]:
-        await self.prepare(kind)
+        await self.prepare(bench, kind)
         loop = asyncio.get_running_loop()
         ready = await asyncio.to_thread(self.counters)  # n3 serving, phase not begun
         marks: list[asyncio.Future] = []
