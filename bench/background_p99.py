@@ -16,10 +16,11 @@ load; a warm-up would hide the start of the background work). Before every phase
 restarted (so each phase starts from the same cold n3), and what differs is the state it
 comes back to:
 
-* baseline: n3 restarted, then every record rewritten at QUORUM with n3 up (the same
-  writes the other phases do before they start, so the store's after-effects of them,
-  e.g. WAL checkpoints, fall on the baseline too), leaving nothing to do in the
-  background (no hints pending, replicas agree, no anti-entropy schedule);
+* baseline: the steps of the anti-entropy and read repair phases below (n3's data
+  directory copied, every record rewritten at QUORUM with n3 up, n3 stopped and started)
+  but the copy is not put back, so the phase starts as long after the same writes (the
+  store's after-effects of them, e.g. WAL checkpoints, fall on it too) and nothing is
+  left to do in the background (no hints pending, replicas agree, no anti-entropy);
 * hints: n3 was stopped while every record was rewritten at QUORUM through n1 and n2,
   so their coordinators hold a hint for n3 per record; n3 starts just before the phase
   and handoff delivers them during it;
@@ -184,20 +185,20 @@ class Harness:
         if kind == "hints":
             await self.rewrite(bench)  # n3 down: the coordinators keep a hint per record for it
             await asyncio.to_thread(self.start_n3)
-        elif kind in ("anti-entropy", "read repair"):
+        else:
+            # baseline: the same steps without putting the copy back, so the phase starts
+            # as long after the rewrite, with nothing left to do
             shutil.rmtree(self.snapshot, ignore_errors=True)
             shutil.copytree(self.n3.data_dir, self.snapshot)
             await asyncio.to_thread(self.start_n3)
             await self.rewrite(bench)  # n3 up: it takes every write, no hints
             await asyncio.to_thread(self.stop_n3)
-            shutil.rmtree(self.n3.data_dir)
-            shutil.copytree(self.snapshot, self.n3.data_dir)
+            if kind != "baseline":
+                shutil.rmtree(self.n3.data_dir)
+                shutil.copytree(self.snapshot, self.n3.data_dir)
             extra = (["--antientropy-interval", str(self.opts.ae_interval)]
                      if kind == "anti-entropy" else None)
             await asyncio.to_thread(self.start_n3, extra)
-        else:  # baseline: the same rewrite with n3 up, so nothing is left to do after it
-            await asyncio.to_thread(self.start_n3)
-            await self.rewrite(bench)
 
     async def settle(self) -> None:
         """Make the replicas agree again: hints drained, then a repair from n3."""
