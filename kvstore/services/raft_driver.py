@@ -586,6 +586,9 @@ class RaftDriver:
         if kind == "read" and req.read.serializable and core is not None:
             return mpb.MetaReply(result=mpb.MetaResult(revision=self.sm.applied),
                                  kvs=self.sm.read(req.read.key, req.read.prefix))
+        if kind == "ring_read" and req.ring_read.serializable and core is not None:
+            return mpb.MetaReply(result=mpb.MetaResult(revision=self.sm.applied),
+                                 ring=self.sm.ring.records(), ring_epoch=self.sm.ring.epoch)
         if core is not None and core.role is Role.LEADER:
             try:
                 reply = await self._serve_meta(kind, req)
@@ -608,6 +611,9 @@ class RaftDriver:
                               leader=self.node_id)
         if kind == "read":
             reply.kvs.extend(self.sm.read(req.read.key, req.read.prefix))
+        elif kind == "ring_read":
+            reply.ring.extend(self.sm.ring.records())
+            reply.ring_epoch = self.sm.ring.epoch
         elif kind == "txn_query":
             rec = self.sm.txns.get(req.txn_query.txn_id)
             if rec is None:

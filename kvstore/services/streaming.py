@@ -49,7 +49,7 @@ from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.core.errors import InvalidArgument, KVError, Unavailable
 from kvstore.core.gossip import Status
-from kvstore.core.ring import Move, moves, token_of
+from kvstore.core.ring import Move, moves, node_tokens, token_of
 from kvstore.storage.durable import StateFileError, read_state, write_atomic
 from kvstore.storage.engine import CorruptRecordError
 from kvstore.transport.base import Transport, TransportError
@@ -127,6 +127,22 @@ class RangeStreamer:
         self._saved_at = 0.0
         self._budget_start = 0.0
         self._budget_bytes = 0
+        # Ring changes are recorded through the Raft group before gossip announces them
+        # (services/ring_log.py; without a group, `commit` does nothing). `tokens`: the
+        # ones this node claims when it joins (its own, or those of the member it replaces).
+        self.ring_log = None
+        self.tokens: tuple[int, ...] = ()
+
+    async def _commit(self, node: str, status: Status, tokens=(), **kw) -> None:
+        if self.ring_log is not None:
+            await self.ring_log.commit(node, int(status), tokens, **kw)
+
+    async def _claim(self, dead: str = "") -> None:
+        """Record this node JOINING with its tokens (in place of `dead`), then gossip the
+        tokens: a node of a cluster with a Raft group starts JOINING without any."""
+        await self._commit(self.node_id, Status.JOINING, self.tokens, replaces=dead)
+        if tuple(self.membership.gossiper.local.tokens) != tuple(sorted(self.tokens)):
+            self.membership.set_tokens(self.tokens)
 
     # -- saved state --------------------------------------------------------------------
     @staticmethod
@@ -256,6 +272,8 @@ class RangeStreamer:
                 await asyncio.sleep(0.1)
             if dead:
                 await self._take_place_of(dead)
+            else:
+                await self._claim()
             await self._announce()
             after = self.membership.pending_ring
             if after is None or self.node_id not in after.nodes:
@@ -263,6 +281,7 @@ class RangeStreamer:
             plan = [m for m in moves(self.membership.ring, after, self.n)
                     if self.node_id in m.gained]
             await self._pull_all(plan)
+            await self._commit(self.node_id, Status.NORMAL)  # and `dead` LEFT, in one entry
             if dead:
                 self.membership.speak_for(dead, Status.LEFT)
             self.membership.set_status(Status.NORMAL)
@@ -313,6 +332,7 @@ class RangeStreamer:
                 raise InvalidArgument(f"{dead} is up: a live node leaves with `kv node "
                                       f"decommission {dead}`; replace only a dead one")
             await asyncio.sleep(0.2)
+        await self._claim(dead)  # recorded: this node JOINING, `dead` LEAVING (replaced)
         self.membership.speak_for(dead, Status.LEAVING)
 
     def _sources(self, move: Move) -> list[str]:
@@ -403,6 +423,8 @@ class RangeStreamer:
 
     async def _decommission(self) -> None:
         try:
+            await self._commit(self.node_id, Status.LEAVING,
+                               self.membership.gossiper.local.tokens)
             self.membership.set_status(Status.LEAVING)
             self._save("decommission", "leaving", force=True)
             while not self.membership.ready:  # a resumed one: hear the ring first
@@ -426,6 +448,7 @@ class RangeStreamer:
             # LEFT is told to every member before it is recorded here: a crash in between
             # restarts the node LEAVING and it finishes again (peers that heard LEFT keep
             # it off the ring: only a JOINING node with a newer generation comes back)
+            await self._commit(self.node_id, Status.LEFT)
             self.membership.set_status(Status.LEFT)
             await self.membership.announce()
             self._save("decommission", "left", force=True)
@@ -460,6 +483,10 @@ class RangeStreamer:
 
     async def _remove(self, member: str) -> None:
         try:
+            state = self.membership.gossiper.endpoints.get(member)
+            tokens = (state.tokens if state is not None and state.tokens
+                      else node_tokens(member, self.membership.vnodes))
+            await self._commit(member, Status.LEAVING, tokens, by=self.node_id)
             self.membership.speak_for(member, Status.LEAVING)
             await self._announce()
             after = self.membership.pending_ring
@@ -476,6 +503,7 @@ class RangeStreamer:
                 for source in sources:  # every surviving copy: the dead one's is gone
                     await self._relay(source, move)
                 self.progress.ranges_done += 1
+            await self._commit(member, Status.LEFT, by=self.node_id)
             self.membership.speak_for(member, Status.LEFT)
             await self.membership.announce()
             self.progress.state = "done"
