@@ -143,8 +143,9 @@ class RingTable:
             if c.replaces:
                 dead = self.members.get(c.replaces)
                 if dead is not None and dead.status not in (NORMAL, LEAVING):
-                    raise RingRefused(f"{c.replaces} is {STATUS_NAMES[dead.status]}: there "
-                                      "is no place on the ring to take")
+                    by = f" (replaced by {dead.replaced_by})" if dead.replaced_by else ""
+                    raise RingRefused(f"{c.replaces} is {STATUS_NAMES[dead.status]}{by}: "
+                                      "there is no place on the ring to take")
                 if dead is not None and dead.replaced_by:
                     raise RingRefused(f"{c.replaces} is being replaced by {dead.replaced_by} "
                                       f"already (revision {dead.revision})")
