@@ -460,10 +460,12 @@ class GossipMembership:
                                           self.timeout)
         return True
 
-    async def announce(self) -> set[str]:
+    async def announce(self, only: set[str] | None = None) -> set[str]:
         """Exchange state with every known member now (not only this round's targets), so
-        a status change reaches each of them directly; returns the members reached."""
-        peers = sorted(m for m in self.members if m != self.node_id)
+        a status change reaches each of them directly; returns the members reached.
+        `only`: just these members (those an earlier announcement missed)."""
+        peers = sorted(m for m in self.members if m != self.node_id
+                       and (only is None or m in only))
         results = await asyncio.gather(*(self._exchange(p) for p in peers))
         return {peer for peer, ok in zip(peers, results, strict=True) if ok}
 

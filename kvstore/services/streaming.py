@@ -62,6 +62,7 @@ PAGE_TRIES = 3        # a page that fails its CRC or its call is asked again thi
 SAVE_EVERY_S = 1.0    # progress is saved at most this often (and at the end)
 FILE_NAME = "move.json"
 REPLACE_DOWN_WAIT_S = 30.0  # how long a replacement waits to see the dead node marked down
+ANNOUNCE_WAIT_S = 30.0  # how long a move waits for its announcement to reach every live member
 
 
 class MoveRefused(Exception):
@@ -258,9 +259,28 @@ class RangeStreamer:
         self._task = asyncio.get_running_loop().create_task(self._join())
 
     async def _announce(self) -> None:
-        """Tell every member of the change directly, then let old writes finish."""
+        """Tell every member of the change directly, then let old writes finish.
+
+        Every member the failure detector holds up must be reached (a node cut off from
+        this one, or this one cut off from all, is tried again every 0.2 s, for at most
+        ANNOUNCE_WAIT_S): a coordinator that has not heard of the move would send the
+        writes of the moving ranges to the old owners only. A member that goes down
+        meanwhile hears of the change by gossip when it is back."""
         self.progress.state = "announcing"
         reached = await self.membership.announce()
+        deadline = self.monotonic() + ANNOUNCE_WAIT_S
+        while True:
+            missing = {m for m in self.membership.members
+                       if m != self.node_id and m not in reached and self.membership.is_up(m)}
+            if not missing:
+                break
+            if self.monotonic() > deadline:
+                log.warning("%s: the %s announcement did not reach %s within %.0fs; going "
+                            "on (gossip will tell them)", self.node_id, self.progress.kind,
+                            ", ".join(sorted(missing)), ANNOUNCE_WAIT_S)
+                break
+            await asyncio.sleep(0.2)
+            reached |= await self.membership.announce(only=missing)
         log.info("%s announced its %s to %s; waiting %.1fs (ring delay)", self.node_id,
                  self.progress.kind, ", ".join(sorted(reached)) or "nobody", self.ring_delay)
         await asyncio.sleep(self.ring_delay)
