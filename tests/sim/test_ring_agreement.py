@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
+import pytest
 from simkit import vtime
 from simkit.cluster import SimCluster
 from simkit.ringcheck import committed as committed_by
@@ -89,6 +91,13 @@ def test_two_racing_replacements_of_one_dead_node_one_is_refused():
         vtime.run(lambda seed=seed: racing_replacements(seed))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("KV_SLOW") != "1", reason="slow: set KV_SLOW=1")
+@pytest.mark.parametrize("seed", range(3, 33))
+def test_racing_replacements_more_seeds(seed):
+    vtime.run(lambda: racing_replacements(seed))
+
+
 async def changes_recorded_first(seed: int) -> list[str]:
     cluster = await SimCluster(4, seed=seed, vnodes=8, raft_voters=VOTERS,
                                antientropy_interval=0, ring_delay=0.5, verify_moves=False,
@@ -144,3 +153,33 @@ async def changes_recorded_first(seed: int) -> list[str]:
 def test_every_ring_change_is_recorded_before_gossip_announces_it():
     violations = vtime.run(lambda: changes_recorded_first(3))
     assert not violations, violations
+
+
+async def clients_cannot_forge(seed: int) -> None:
+    from kvstore._proto import meta_pb2 as mpb
+    from kvstore.node.meta_service import MetaServicer
+
+    cluster = await SimCluster(3, seed=seed, vnodes=8, raft_voters=VOTERS,
+                               antientropy_interval=0, gossip_interval=0.2).start()
+    try:
+        await cluster.wait_raft_leader()
+        await wait_for("every member recorded NORMAL", lambda: all(
+            committed(cluster).get(n, ("",))[0] == "NORMAL" for n in cluster.ids))
+        servicer = MetaServicer(cluster.nodes["n2"])
+        forged = mpb.MetaRequest(command=mpb.MetaCommand(
+            session=mpb.Session(client_id=1, seq=1),
+            ring_change=mpb.RingChange(node="n3", status=4)))
+        reply = await servicer.Call(forged, None)
+        assert reply.result.code == mpb.META_BAD_REQUEST, reply
+        assert "not sent by clients" in reply.result.error
+        assert committed(cluster)["n3"][0] == "NORMAL"
+        read = await servicer.Call(mpb.MetaRequest(ring_read=mpb.RingRead()), None)
+        assert read.result.code == mpb.META_OK, read
+        assert sorted(r.node for r in read.ring) == ["n1", "n2", "n3"]
+        assert read.ring_epoch == max(r.revision for r in read.ring) > 0
+    finally:
+        await cluster.stop()
+
+
+def test_clients_read_the_committed_ring_but_cannot_change_it():
+    vtime.run(lambda: clients_cannot_forge(4))
