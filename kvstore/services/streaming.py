@@ -31,6 +31,11 @@ A removal (`kv node remove`) is a decommission run by another node on behalf of 
 that is gone: it sets that member LEAVING (gossip `speak_for`), copies each of its ranges
 from every surviving replica to the nodes that gain it, and sets it LEFT. Peers keep a
 member that left off the ring until it comes back JOINING with a newer generation.
+
+With a Raft group, every one of these status changes (and a join's claim on its tokens)
+is committed there first (`ring_log`, services/ring_log.py) and gossiped only after; a
+change the committed ring refuses fails the move with the group's reason. An
+announcement is repeated until every member the failure detector holds up was reached.
 """
 
 from __future__ import annotations
