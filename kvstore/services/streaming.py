@@ -293,6 +293,9 @@ class RangeStreamer:
     async def _join(self) -> None:
         kind, dead = self.progress.kind, self.progress.replaces
         try:
+            # recorded before anything is claimed: a node restarted after its join failed
+            # early (e.g. its claim was refused) joins again, never starts NORMAL
+            self._save(kind, "claiming", force=True)
             while not self.membership.ready:
                 await asyncio.sleep(0.1)
             if dead:

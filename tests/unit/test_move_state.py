@@ -75,3 +75,32 @@ def test_a_replacement_remembers_whom_it_replaced(tmp_path):
     assert node("").replaces == "n3" and node("n3").replaces == "n3"
     with pytest.raises(MoveRefused, match="took the place of n3"):
         node("n4")
+
+
+def test_a_join_that_failed_before_streaming_joins_again_on_restart(tmp_path):
+    """The join is recorded before the node claims anything, so a restart after an early
+    failure (a claim the Raft group refused) joins again instead of starting NORMAL."""
+    import asyncio
+
+    from kvstore.node.config import NodeConfig
+    from kvstore.node.node import Node
+    from kvstore.transport.memory import MemoryNetwork
+
+    config = NodeConfig(node_id="n6", listen="n6:1", seeds=["n1=n1:1"], join=True,
+                        data_dir=tmp_path)
+
+    def node() -> Node:
+        return Node(config, MemoryNetwork(0).transport("n6", "n6:1"), None, inline_io=True)
+
+    first = node()
+    assert first.joining
+
+    async def start_join() -> None:  # the seed never answers: the join waits at its start
+        first.streamer.start_join()
+        await asyncio.sleep(0.05)
+        await first.streamer.stop()
+
+    asyncio.run(start_join())
+    assert RangeStreamer.peek(tmp_path / "move.json")["state"] == "claiming"
+    assert (tmp_path / "members.json").exists()  # an earlier life, yet:
+    assert node().joining
