@@ -229,7 +229,9 @@ class Node:
 
     def _replaces(self, config: NodeConfig) -> str:
         saved = RangeStreamer.peek(self.streamer_state)
-        before = saved.get("replaces", "") if saved.get("kind") == "replace" else ""
+        # (a later decommission of a replacement keeps the record of whom it replaced)
+        before = saved.get("replaces", "") if saved.get("kind") in ("replace",
+                                                                    "decommission") else ""
         if before and config.replace and config.replace != before:
             raise MoveRefused(f"{config.node_id} took the place of {before} (its move.json "
                               f"says so), not of {config.replace}: drop --replace, or start "

@@ -138,6 +138,9 @@ class RangeStreamer:
         # ones this node claims when it joins (its own, or those of the member it replaces).
         self.ring_log = None
         self.tokens: tuple[int, ...] = ()
+        # A replacement carries the tokens of the member it replaced, for good: the saved
+        # record keeps whom, also once a later decommission of this node writes it.
+        self.replaced = ""
 
     async def _commit(self, node: str, status: Status, tokens=(), **kw) -> None:
         if self.ring_log is not None:
@@ -182,6 +185,7 @@ class RangeStreamer:
                 "Its data is no longer its to serve: to bring this machine back, start it "
                 "with an empty data directory (and a new --id, or the same one with --join)")
         self._done_ranges = {(int(a), int(b)) for a, b in done}
+        self.replaced = str(saved.get("replaces", ""))
         return {"kind": kind, "state": state}
 
     def _save(self, kind: str, state: str, force: bool = False) -> None:
@@ -192,8 +196,10 @@ class RangeStreamer:
             return
         self._saved_at = now
         record = {"kind": kind, "state": state, "done": sorted(self._done_ranges)}
-        if self.progress is not None and self.progress.replaces:
-            record["replaces"] = self.progress.replaces
+        replaces = (self.progress.replaces if self.progress is not None else "") or \
+            self.replaced
+        if replaces:  # kept by every later move: it says which tokens this node carries
+            record["replaces"] = replaces
         write_atomic(self.state_path, json.dumps(record).encode())
 
     # -- responder ----------------------------------------------------------------------
@@ -261,6 +267,7 @@ class RangeStreamer:
         replicas, and it is set LEFT as this node turns NORMAL."""
         self.progress = Progress("replace" if replaces else "join", started=self.monotonic(),
                                  replaces=replaces)
+        self.replaced = replaces or self.replaced
         self._task = asyncio.get_running_loop().create_task(self._join())
 
     async def _announce(self) -> None:

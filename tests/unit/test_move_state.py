@@ -104,3 +104,26 @@ def test_a_join_that_failed_before_streaming_joins_again_on_restart(tmp_path):
     assert RangeStreamer.peek(tmp_path / "move.json")["state"] == "claiming"
     assert (tmp_path / "members.json").exists()  # an earlier life, yet:
     assert node().joining
+
+
+def test_a_replacement_that_is_decommissioned_keeps_the_tokens_it_took(tmp_path):
+    """move.json keeps whom a replacement replaced when a later decommission rewrites it:
+    a crash while LEAVING brings it back with the tokens it owns, not its id's."""
+    from kvstore.core.ring import node_tokens
+    from kvstore.node.config import NodeConfig
+    from kvstore.node.node import Node
+    from kvstore.transport.memory import MemoryNetwork
+
+    path = tmp_path / "move.json"
+    write_atomic(path, json.dumps(
+        {"kind": "replace", "state": "done", "done": [], "replaces": "n3"}).encode())
+    s = streamer(path)
+    s.load()
+    s._save("decommission", "leaving", force=True)
+    assert RangeStreamer.peek(path) == {"kind": "decommission", "state": "leaving",
+                                        "done": [], "replaces": "n3"}
+    config = NodeConfig(node_id="n6", listen="n6:1", seeds=["n1=n1:1"], vnodes=8)
+    node = Node(config, MemoryNetwork(0).transport("n6", "n6:1"), None, move_file=path)
+    assert node.leaving and node.replaces == "n3"
+    assert node.membership.gossiper.local.tokens == tuple(node_tokens("n3", 8))
+    assert node.membership.status("n6") == "LEAVING"
