@@ -446,6 +446,11 @@ class RangeStreamer:
         if status not in (Status.NORMAL.name, Status.LEAVING.name):
             raise InvalidArgument(f"{self.node_id} is {status}, not NORMAL: only a member "
                                   "on the ring can leave it")
+        if status == Status.NORMAL.name:
+            # a new decommission: the ranges recorded done are an earlier join's (pulled
+            # in); a replacement gives away exactly the ranges it took, so they would all
+            # be skipped, and nothing pushed
+            self._done_ranges = set()
         self.progress = Progress("decommission", started=self.monotonic())
         self._task = asyncio.get_running_loop().create_task(self._decommission())
         return self.progress

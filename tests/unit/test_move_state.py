@@ -127,3 +127,32 @@ def test_a_replacement_that_is_decommissioned_keeps_the_tokens_it_took(tmp_path)
     assert node.leaving and node.replaces == "n3"
     assert node.membership.gossiper.local.tokens == tuple(node_tokens("n3", 8))
     assert node.membership.status("n6") == "LEAVING"
+
+
+def test_a_new_decommission_does_not_skip_ranges_an_earlier_join_pulled(tmp_path):
+    """The ranges a join recorded done are the ones it pulled in; a replacement gives away
+    exactly those when it is decommissioned later, so they must not count as pushed
+    (the membership simulation lost writes this way: seed 45 of KV_MOVE_SEEDS=48)."""
+    import asyncio
+    import random
+
+    from kvstore.services.gossip import GossipMembership
+    from kvstore.transport.memory import MemoryNetwork
+
+    path = tmp_path / "move.json"
+    write_atomic(path, json.dumps({"kind": "replace", "state": "done", "done": [[1, 5]],
+                                   "replaces": "n3"}).encode())
+    transport = MemoryNetwork(0).transport("n2", "n2:1")
+    membership = GossipMembership("n2", "n2:1", [], transport, wall_clock=lambda: 1000.0,
+                                  monotonic=lambda: 0.0, rng=random.Random(0), vnodes=8)
+    s = RangeStreamer("n2", None, transport, membership, None, None, replication_factor=3,
+                      ring_delay=0.0, rate_bytes_per_s=1, timeout=1.0, state_path=path)
+    s.load()
+    assert s._done_ranges == {(1, 5)}
+
+    async def decommission() -> None:
+        s.start_decommission()
+        assert s._done_ranges == set()
+        await s.stop()
+
+    asyncio.run(decommission())
