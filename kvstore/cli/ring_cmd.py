@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from kvstore.cli import output
 from kvstore.client import KVError
@@ -65,9 +64,7 @@ def print_ring(data: dict[str, Any]) -> None:
     output.console.print(
         f"ring changes recorded by the raft group: epoch {data['epoch']}" if data["agreed"]
         else "no raft group: ring changes travel by gossip only")
-    table = Table()
-    for col in ("member", "status", "up", "vnodes", "leads", "stores a replica of"):
-        table.add_column(col)
+    table = output.table("member", "status", "up", "vnodes", "leads", "stores a replica of")
     for m in data["members"]:
         leads = f"{m['ownership'] * 100:.1f}%"
         if not m["agrees"]:
