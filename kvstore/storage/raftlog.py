@@ -469,7 +469,10 @@ class RaftLog:
                 raise self._damage(pos, "fails its checksum; it was written completely (its "
                                         "length and end marker are intact), so this is "
                                         "damage to data that was fsynced, not a torn write")
-        elif not any(data[pos : pos + len(MAGIC)]):
+        elif not any(data[pos : pos + len(MAGIC)]) or not any(
+                data[pos : min(len(data), (pos // SECTOR + 1) * SECTOR)]):
+            # Its header reads zero - or, for a record that starts in the last bytes of a
+            # sector, its part in that sector does (the next sector may have been written).
             why = "a record whose first sector was never written"
         else:
             raise self._damage(pos, "is neither a record nor zero-filled space; no crash "
