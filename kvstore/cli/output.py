@@ -16,6 +16,21 @@ from kvstore.core import versions
 console = Console(highlight=False, soft_wrap=True)
 
 
+class Choice(click.Choice):
+    """click.Choice, accepted in any case, shown in --help as written (`[ONE|QUORUM|...]`,
+    as the docs and the output spell them): click 8.2+ shows a case-insensitive choice
+    casefolded (`[one|quorum|...]`)."""
+
+    def __init__(self, choices, case_sensitive: bool = False) -> None:
+        super().__init__(choices, case_sensitive=case_sensitive)
+
+    def get_metavar(self, param, ctx) -> str | None:
+        shown = "|".join(str(c) for c in self.choices)
+        if param.required and param.param_type_name == "argument":
+            return f"{{{shown}}}"
+        return f"[{shown}]"
+
+
 def table(*columns: str, title: str | None = None) -> Table:
     """The one table style of the CLI (rich's default box, left-aligned title)."""
     t = Table(title=title, title_justify="left")

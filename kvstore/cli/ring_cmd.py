@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from kvstore.cli import output
 from kvstore.client import KVError
@@ -54,9 +53,7 @@ def print_ring(data: dict[str, Any]) -> None:
         f"ring as seen by {data['node']}: {data['ranges']} ranges, N={data['replication_factor']}, "
         f"{data['vnodes']} vnodes per node, balance (largest/smallest share) "
         f"{data['balance'] if data['balance'] is not None else 'n/a'}")
-    table = Table()
-    for col in ("member", "status", "up", "vnodes", "leads", "stores a replica of"):
-        table.add_column(col)
+    table = output.table("member", "status", "up", "vnodes", "leads", "stores a replica of")
     for m in data["members"]:
         leads = f"{m['ownership'] * 100:.1f}%"
         if not m["agrees"]:

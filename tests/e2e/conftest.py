@@ -41,13 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from run_summary import E2E_TIMINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
 PROJECT = f"kvstore-e2e-{CHECKOUT}"  # unique per checkout: parallel checkouts never collide
 SERVICES = ("n1", "n2", "n3")
 HEALTHY_TIMEOUT = 180.0  # seconds; the nodes report healthy in ~10 s on an idle machine
-TIMINGS: dict[str, float] = {}
+TIMINGS = E2E_TIMINGS  # printed at the end of the run by tests/conftest.py
 
 
 def run(cmd: Sequence[str], *, timeout: float = 120, env: dict[str, str] | None = None,
@@ -272,6 +273,9 @@ def compose_cluster(e2e_image: E2EImage,
         up = run(["make", "--no-print-directory", "docker-up"], timeout=1500, env=env)
         TIMINGS["make docker-up (up, healthy)"] = time.monotonic() - t
         assert "kv --endpoints 127.0.0.1:" in up.stdout, up.stdout
+        # the stop hint names the exact command, with the project this cluster runs under
+        assert f"stop it with: COMPOSE_PROJECT_NAME={PROJECT} make docker-down" in up.stderr, \
+            up.stderr
         cluster.wait_healthy()
         networks = json.loads(run(["docker", "inspect", "--format",
                                    "{{json .NetworkSettings.Networks}}",
@@ -298,11 +302,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(item.fspath).parents and item.get_closest_marker("e2e"):
             item.add_marker(skip)
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    """Print what the e2e session measured, also without -s."""
-    if TIMINGS:
-        terminalreporter.section("kvstore e2e timings")
-        for name, seconds in TIMINGS.items():
-            terminalreporter.write_line(f"{name:<34} {seconds:7.1f} s")

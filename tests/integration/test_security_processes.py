@@ -65,7 +65,7 @@ def secure(tmp_path_factory):
     certs.issue(other, certs.KIND_NODE, "n2")  # the right name, the wrong CA
     ports = free_ports(9)
     c = LocalCluster(root / "data", ports=ports[:3], peer_ports=ports[3:6], tls_dir=good,
-                     raft_bootstrap=True, metrics_ports=ports[6:],
+                     raft_bootstrap=True, metrics_ports=ports[6:], chaos=True,
                      extra_args=["--raft-voters", "n1,n2,n3", "--auth",
                                  "--token-ttl", str(TOKEN_TTL)])
     c.start()
@@ -403,3 +403,19 @@ def test_transactions_need_readwrite_and_atomic_reads_readonly(secure):
     assert "that needs readwrite" in res.stderr and "Traceback" not in res.stderr
     res = as_user(c, root, "bob", "get", "ta")
     assert res.returncode == 0 and "1" in res.stdout  # bob's refused transaction wrote nothing
+
+
+def test_bench_network_faults_use_the_clis_tls_and_login(secure):
+    """`kv bench --fault partition` against a TLS + --auth cluster: its chaos calls go
+    with kv's --tls and --user like every other command (issue 14: they were plaintext,
+    and each was refused, reported as fault_errors, with no fault injected)."""
+    c, root = secure
+    r = as_user(c, root, "root", "bench", "--fault", "partition", "-c", "ALL", "-d", "3s",
+                "--warmup", "0.2s", "--concurrency", "2", "--records", "20", "--interval",
+                "0.25s", "--no-ceiling", "--probes", "0", "--seed", "5", "--no-live", "--json")
+    assert r.returncode == 0, r.stderr
+    fault = json.loads(r.stdout)["levels"][0]["fault"]
+    assert "fault_errors" not in fault and "heal_errors" not in fault, fault
+    assert fault["kind"] == "partition" and fault["errors_after_kill"] > 0, fault  # ALL failed
+    chaos = json.loads(as_user(c, root, "root", "chaos", "status", "--json").stdout)["nodes"]
+    assert all(n.get("faults") == [] for n in chaos.values()), chaos  # healed
