@@ -157,9 +157,12 @@ def info_json(node) -> dict[str, Any]:
         "max_value_bytes": node.max_value_bytes,
         "members": [
             {"id": m.id, "address": m.address, "status": m.status, "up": m.up,
-             "phi": m.phi, "ownership": m.ownership, "hints_pending": m.hints_pending}
+             "phi": m.phi, "ownership": m.ownership, "hints_pending": m.hints_pending,
+             "committed_status": m.committed_status}
             for m in node.members
         ],
+        "ring_agreed": node.ring_agreed,
+        "ring_epoch": node.ring_epoch,
         "move": _move_json(node.move) if node.HasField("move") else None,
     }
 
