@@ -492,14 +492,19 @@ class Bench:
         events: dict[str, Any] = {"node": node, "kind": kind, **params}
 
         async def each(method: str, requests: dict[str, Any]) -> list[str]:
+            # with the client's TLS and credentials (kv --tls/--user): a secure cluster
+            # refuses a plaintext or anonymous chaos call
             errors = []
             for member, request in requests.items():
-                async with grpc.aio.insecure_channel(members[member]) as channel:
+                async with self.client.credentials.aio_channel(members[member],
+                                                               None) as channel:
                     try:
                         await getattr(chaos_pb2_grpc.ChaosStub(channel), method)(
-                            request, timeout=5)
+                            request, timeout=5, metadata=await self.client.metadata())
                     except grpc.aio.AioRpcError as exc:
                         errors.append(f"{member}: {exc.code().name}: {exc.details()}")
+                    except KVError as exc:  # no login (metadata) possible
+                        errors.append(f"{member}: {exc}")
             return errors
 
         await asyncio.sleep(max(0.0, measure_start + duration_s / 3 - now()))

@@ -10,7 +10,9 @@ One cluster of three nodes with separate peer listeners, --tls and --auth, then:
 * rotation: new certificate files + SIGHUP are served to new connections, and the cluster
   keeps working;
 * the dashboard: a node gathers every member's state over mutual TLS with its own node
-  certificate (on the peer port), as `kv status` does with a user's credentials.
+  certificate (on the peer port), as `kv status` does with a user's credentials;
+* `kv bench --fault partition` drives the chaos API with the CLI's TLS and admin token
+  (the nodes run with --chaos).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def secure(tmp_path_factory):
     certs.issue(other, certs.KIND_NODE, "n2")  # the right name, the wrong CA
     ports = free_ports(9)
     c = LocalCluster(root / "data", ports=ports[:3], peer_ports=ports[3:6], tls_dir=good,
-                     raft_bootstrap=True, metrics_ports=ports[6:],
+                     raft_bootstrap=True, metrics_ports=ports[6:], chaos=True,
                      extra_args=["--raft-voters", "n1,n2,n3", "--auth",
                                  "--token-ttl", str(TOKEN_TTL)])
     c.start()
@@ -403,3 +405,21 @@ def test_transactions_need_readwrite_and_atomic_reads_readonly(secure):
     assert "that needs readwrite" in res.stderr and "Traceback" not in res.stderr
     res = as_user(c, root, "bob", "get", "ta")
     assert res.returncode == 0 and "1" in res.stdout  # bob's refused transaction wrote nothing
+
+
+def test_bench_fault_drives_the_chaos_api_with_tls_and_a_token(secure):
+    """`kv --tls --user root bench --fault partition`: the fault and the heal reach every
+    node over TLS with the admin's token (they went in plaintext, without a token, before:
+    every node refused them, and the secure compose e2e run showed it)."""
+    c, root = secure
+    res = as_user(c, root, "root", "bench", "--fault", "partition", "-c", "ALL", "-d", "3s",
+                  "--warmup", "0.2s", "--concurrency", "2", "--records", "20",
+                  "--interval", "0.25s", "--no-ceiling", "--probes", "0", "--seed", "3",
+                  "--no-live", "--json")
+    assert res.returncode == 0, res.stderr
+    fault = json.loads(res.stdout)["levels"][0]["fault"]
+    assert fault["kind"] == "partition" and "fault_errors" not in fault, fault
+    assert fault["errors_after_kill"] > 0, fault  # ALL needs the node cut off meanwhile
+    res = as_user(c, root, "root", "chaos", "status", "--json")
+    assert res.returncode == 0, res.stderr
+    assert all(n["faults"] == [] for n in json.loads(res.stdout)["nodes"].values()), res.stdout
