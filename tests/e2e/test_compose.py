@@ -3,8 +3,8 @@ containers, a stopped node, and a node cut off the network.
 
 Each test runs on both compose profiles (conftest's compose_cluster, ids [default] and
 [secure]: on the secure cluster every kv command goes over TLS as an authenticated admin).
-The default CI run (KV_E2E=1) runs all of them on "default" and those marked `secure_ci`
-on "secure"; KV_SLOW=1 runs all of them on both. Both profiles' clusters are shared with
+The default CI run (KV_E2E=1) runs all of them on both; KV_E2E_SECURE=subset runs only
+those marked `secure_ci` on "secure". Both profiles' clusters are shared with
 test_compose_coordination.py for the whole session.
 
 Each test leaves every node running and connected (also when it fails; conftest checks

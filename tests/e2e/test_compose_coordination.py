@@ -11,8 +11,8 @@ on the host, so a command that followed a node-reported address instead of the e
 was given fails here. The clusters are conftest's, shared with test_compose.py for the
 session; each test runs on both profiles ([default], [secure]: TLS and an admin's token on
 every command, also those that reach each node, such as `kv chaos`, `kv logs` and `kv bench
---fault`). The default CI run (KV_E2E=1) runs all of them on "default" and those marked
-`secure_ci` on "secure"; KV_SLOW=1 runs all of them on both.
+--fault`). The default CI run (KV_E2E=1) runs all of them on both; KV_E2E_SECURE=subset
+runs only those marked `secure_ci` on "secure".
 """
 
 from __future__ import annotations
