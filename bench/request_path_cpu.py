@@ -3,6 +3,7 @@ the replicas of a 3-node in-process cluster, without gRPC, threads, disks or oth
 processes.
 
     python bench/request_path_cpu.py [--ops 3000] [--concurrency 64] [--rounds 3]
+                                     [--profile DIR]
 
 The nodes are real `Node`s on the simulation's in-memory network and inline memory
 engine (tests/simkit), driven in virtual time, so a run is deterministic and its process
@@ -11,13 +12,15 @@ encoding, the coalescer, the peer handlers, merges, quorum counting and the repl
 the figure to watch for changes to that Python, and it is robust to a busy machine
 (the end-to-end `kv bench` CPU per op moves +-15% with the load). It does not include
 the gRPC and storage-thread costs the real node adds (docs/benchmarks.md).
-Nothing here asserts a speed.
+`--profile DIR` also writes a cProfile of each measured phase (DIR/<phase>.prof, the last
+round's) for `python -m pstats`. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import random
 import sys
 import time
@@ -46,9 +49,17 @@ def measure(args) -> dict[str, float]:
                     left[0] -= 1
                     await op(nodes[w % len(nodes)], keys[rng.randrange(len(keys))])
 
+            profiler = cProfile.Profile() if args.profile and "warm" not in name else None
             started = time.process_time()
+            if profiler is not None:
+                profiler.enable()
             await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
+            if profiler is not None:
+                profiler.disable()
             results[name] = (time.process_time() - started) / args.ops * 1e6
+            if profiler is not None:
+                Path(args.profile).mkdir(parents=True, exist_ok=True)
+                profiler.dump_stats(Path(args.profile) / f"{name.replace(' ', '_')}.prof")
             await c.settle()
 
         async def put(via: str, key: bytes) -> None:
@@ -61,9 +72,14 @@ def measure(args) -> dict[str, float]:
             reply = await c.get(via, key, "QUORUM")
             assert not reply.HasField("error"), reply.error.message
 
+        async def get_one(via: str, key: bytes) -> None:
+            reply = await c.get(via, key, "ONE")
+            assert not reply.HasField("error"), reply.error.message
+
         await phase("warm-up put", put)
         await phase("QUORUM put", put)
         await phase("QUORUM get", get)
+        await phase("ONE get", get_one)
 
     run(scenario, seed=1, antientropy_interval=0)
     return results
@@ -75,6 +91,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", metavar="DIR", default="",
+                        help="write a cProfile of each measured phase to DIR/<phase>.prof")
     args = parser.parse_args()
     for r in range(args.rounds):
         out = measure(args)

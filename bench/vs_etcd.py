@@ -15,7 +15,8 @@ alternating the order (so a change in machine load hits both alike):
   etcd has no weaker write, and its serializable read is not measured here);
 * `null`: kvstore's pipelined null request, the ceiling of its request path;
 * `meta put` (unless `--no-meta`): puts on kvstore's Raft metadata group, next to etcd's
-  puts (both are replicated logs with fsync).
+  puts (both are replicated logs with fsync). `--meta-only` runs just etcd put, meta put
+  and etcd put again (the ratio uses the etcd phase run right after meta put).
 
 Load generator: this one Python process (asyncio, uvloop when installed), `concurrency`
 closed-loop workers per phase. kvstore goes through its own pipelining `AsyncClient`;
@@ -331,6 +332,8 @@ async def run(opts: argparse.Namespace, root: Path) -> dict[str, Any]:
                 ("kvstore get ONE", lambda: kv("get ONE", "c", one)),
                 ("kvstore null ceiling", lambda: kv("ceiling:null", "null", None)),
             ]
+            if opts.meta_only:  # etcd put, meta put, etcd put again: the Raft-to-Raft pair
+                steps = steps[:1]
             if opts.meta:
                 steps += [("kvstore meta put", lambda: meta_phase(cluster, kv_pids, opts)),
                           ("etcd put (again, beside meta)",
@@ -472,6 +475,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="kvstore durability (etcd always fsyncs)")
     p.add_argument("--no-meta", dest="meta", action="store_false",
                    help="skip the Raft metadata puts")
+    p.add_argument("--meta-only", action="store_true",
+                   help="only etcd put, kvstore meta put, etcd put again (skip the other "
+                        "kvstore phases)")
     p.add_argument("--timeout", type=float, default=5.0, help="per-request deadline, seconds")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--etcd", default=None, help="etcd binary (default: `etcd` on PATH)")

@@ -23,8 +23,8 @@
 #   4. `compose up -d --no-build`, waits (bounded) until every started node's healthcheck
 #      says healthy, and prints the endpoints.
 #
-# Env: COMPOSE_PROJECT_NAME (default: this directory's name, as docker-compose v1 forms
-#      it), KV_COMPOSE (force a front-end, e.g. "docker-compose"), KV_IMAGE, KV_BASE_IMAGE,
+# Env: COMPOSE_PROJECT_NAME (default: this directory's name, as compose forms it),
+#      KV_COMPOSE (force a front-end, e.g. "docker-compose"), KV_IMAGE, KV_BASE_IMAGE,
 #      KV_NO_BUILD=1, KV_PROFILE (e.g. five), KV_HEALTHY_TIMEOUT (seconds, default 180),
 #      and every variable docker-compose.yml reads (KV_BIND, KV_N1_PORT, ...).
 set -euo pipefail
@@ -42,8 +42,10 @@ else
   log "neither \`docker compose\` nor \`docker-compose\` answers: install one of them"
   exit 3
 fi
-# docker-compose v1's default project name: the directory name, lower case, [a-z0-9] only.
-project="${COMPOSE_PROJECT_NAME:-$(basename "$PWD" | tr 'A-Z' 'a-z' | tr -cd 'a-z0-9')}"
+# compose's default project name: the directory name, lower case, [-_a-z0-9] only (as
+# docker-compose 1.29 and compose v2 form it; kv chaos --compose forms it the same way).
+named_project="${COMPOSE_PROJECT_NAME:-}"
+project="${COMPOSE_PROJECT_NAME:-$(basename "$PWD" | tr 'A-Z' 'a-z' | tr -cd -- '-_a-z0-9')}"
 project="${project:-kvstore}"
 export COMPOSE_PROJECT_NAME="$project"
 image="${KV_IMAGE:-kvstore:latest}"
@@ -110,7 +112,7 @@ cmd_up() {
     fi
   done
   [ "$bind" = "0.0.0.0" ] && endpoints="${endpoints//0.0.0.0/127.0.0.1}"
-  log "project $project is up (${compose[*]}); from the host:"
+  log "project $project is up (${compose[*]}); stop it with: ${named_project:+COMPOSE_PROJECT_NAME=$named_project }make docker-down (data kept; V=1 deletes it); from the host:"
   printf 'kv --endpoints %s status\n' "$endpoints"
 }
 
@@ -130,7 +132,7 @@ case "${1:-}" in
   build) build ;;
   down) shift; cmd_down "$@" ;;
   compose) shift; run_compose "$@" ;;
-  -h|--help|help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" ;;
   *) echo "usage: scripts/docker_cluster.sh up [SERVICE...] | build | down [-v] | compose ARGS..." >&2
      exit 2 ;;
 esac

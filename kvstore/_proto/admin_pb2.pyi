@@ -11,7 +11,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("id", "address", "status", "up", "phi", "ownership", "hints_pending")
+    __slots__ = ("id", "address", "status", "up", "phi", "ownership", "hints_pending", "committed_status")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class Member(_message.Message):
     PHI_FIELD_NUMBER: _ClassVar[int]
     OWNERSHIP_FIELD_NUMBER: _ClassVar[int]
     HINTS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_STATUS_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     status: str
@@ -26,10 +27,11 @@ class Member(_message.Message):
     phi: float
     ownership: float
     hints_pending: int
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., status: _Optional[str] = ..., up: _Optional[bool] = ..., phi: _Optional[float] = ..., ownership: _Optional[float] = ..., hints_pending: _Optional[int] = ...) -> None: ...
+    committed_status: str
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., status: _Optional[str] = ..., up: _Optional[bool] = ..., phi: _Optional[float] = ..., ownership: _Optional[float] = ..., hints_pending: _Optional[int] = ..., committed_status: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "replication_factor", "vnodes", "members", "version", "keys_stored", "data_dir", "max_key_bytes", "max_value_bytes", "move")
+    __slots__ = ("node_id", "address", "replication_factor", "vnodes", "members", "version", "keys_stored", "data_dir", "max_key_bytes", "max_value_bytes", "move", "ring_agreed", "ring_epoch")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +43,8 @@ class NodeInfo(_message.Message):
     MAX_KEY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MOVE_FIELD_NUMBER: _ClassVar[int]
+    RING_AGREED_FIELD_NUMBER: _ClassVar[int]
+    RING_EPOCH_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     replication_factor: int
@@ -52,7 +56,9 @@ class NodeInfo(_message.Message):
     max_key_bytes: int
     max_value_bytes: int
     move: MoveProgress
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., replication_factor: _Optional[int] = ..., vnodes: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., version: _Optional[str] = ..., keys_stored: _Optional[int] = ..., data_dir: _Optional[str] = ..., max_key_bytes: _Optional[int] = ..., max_value_bytes: _Optional[int] = ..., move: _Optional[_Union[MoveProgress, _Mapping]] = ...) -> None: ...
+    ring_agreed: bool
+    ring_epoch: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., replication_factor: _Optional[int] = ..., vnodes: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., version: _Optional[str] = ..., keys_stored: _Optional[int] = ..., data_dir: _Optional[str] = ..., max_key_bytes: _Optional[int] = ..., max_value_bytes: _Optional[int] = ..., move: _Optional[_Union[MoveProgress, _Mapping]] = ..., ring_agreed: _Optional[bool] = ..., ring_epoch: _Optional[int] = ...) -> None: ...
 
 class MoveProgress(_message.Message):
     __slots__ = ("node", "kind", "state", "ranges_done", "ranges_total", "keys", "bytes", "seconds", "eta_seconds", "error", "finished", "leaves_differing", "corrupt_skipped", "replaces")

@@ -139,8 +139,46 @@ class LockRelease(_message.Message):
     token: int
     def __init__(self, name: _Optional[str] = ..., lease: _Optional[int] = ..., token: _Optional[int] = ...) -> None: ...
 
+class RingChange(_message.Message):
+    __slots__ = ("node", "status", "tokens", "replaces", "by")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    status: int
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    replaces: str
+    by: str
+    def __init__(self, node: _Optional[str] = ..., status: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., replaces: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...
+
+class RingRecord(_message.Message):
+    __slots__ = ("node", "status", "tokens", "revision", "replaces", "replaced_by", "by")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_BY_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    status: int
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    revision: int
+    replaces: str
+    replaced_by: str
+    by: str
+    def __init__(self, node: _Optional[str] = ..., status: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., revision: _Optional[int] = ..., replaces: _Optional[str] = ..., replaced_by: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...
+
+class RingRead(_message.Message):
+    __slots__ = ("serializable",)
+    SERIALIZABLE_FIELD_NUMBER: _ClassVar[int]
+    serializable: bool
+    def __init__(self, serializable: _Optional[bool] = ...) -> None: ...
+
 class MetaCommand(_message.Message):
-    __slots__ = ("session", "put", "delete", "cas", "register", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "lease_checkpoint", "lock_acquire", "lock_release", "txn_begin", "txn_decide", "txn_forget")
+    __slots__ = ("session", "put", "delete", "cas", "register", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "lease_checkpoint", "lock_acquire", "lock_release", "txn_begin", "txn_decide", "txn_forget", "ring_change")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +194,7 @@ class MetaCommand(_message.Message):
     TXN_BEGIN_FIELD_NUMBER: _ClassVar[int]
     TXN_DECIDE_FIELD_NUMBER: _ClassVar[int]
     TXN_FORGET_FIELD_NUMBER: _ClassVar[int]
+    RING_CHANGE_FIELD_NUMBER: _ClassVar[int]
     session: Session
     put: MetaPut
     delete: MetaDelete
@@ -171,7 +210,8 @@ class MetaCommand(_message.Message):
     txn_begin: _txn_pb2.TxnBegin
     txn_decide: _txn_pb2.TxnDecide
     txn_forget: _txn_pb2.TxnForget
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., put: _Optional[_Union[MetaPut, _Mapping]] = ..., delete: _Optional[_Union[MetaDelete, _Mapping]] = ..., cas: _Optional[_Union[MetaCas, _Mapping]] = ..., register: _Optional[_Union[RegisterClient, _Mapping]] = ..., lease_grant: _Optional[_Union[LeaseGrant, _Mapping]] = ..., lease_keepalive: _Optional[_Union[LeaseKeepAlive, _Mapping]] = ..., lease_revoke: _Optional[_Union[LeaseRevoke, _Mapping]] = ..., lease_expire: _Optional[_Union[LeaseExpire, _Mapping]] = ..., lease_checkpoint: _Optional[_Union[LeaseCheckpoint, _Mapping]] = ..., lock_acquire: _Optional[_Union[LockAcquire, _Mapping]] = ..., lock_release: _Optional[_Union[LockRelease, _Mapping]] = ..., txn_begin: _Optional[_Union[_txn_pb2.TxnBegin, _Mapping]] = ..., txn_decide: _Optional[_Union[_txn_pb2.TxnDecide, _Mapping]] = ..., txn_forget: _Optional[_Union[_txn_pb2.TxnForget, _Mapping]] = ...) -> None: ...
+    ring_change: RingChange
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., put: _Optional[_Union[MetaPut, _Mapping]] = ..., delete: _Optional[_Union[MetaDelete, _Mapping]] = ..., cas: _Optional[_Union[MetaCas, _Mapping]] = ..., register: _Optional[_Union[RegisterClient, _Mapping]] = ..., lease_grant: _Optional[_Union[LeaseGrant, _Mapping]] = ..., lease_keepalive: _Optional[_Union[LeaseKeepAlive, _Mapping]] = ..., lease_revoke: _Optional[_Union[LeaseRevoke, _Mapping]] = ..., lease_expire: _Optional[_Union[LeaseExpire, _Mapping]] = ..., lease_checkpoint: _Optional[_Union[LeaseCheckpoint, _Mapping]] = ..., lock_acquire: _Optional[_Union[LockAcquire, _Mapping]] = ..., lock_release: _Optional[_Union[LockRelease, _Mapping]] = ..., txn_begin: _Optional[_Union[_txn_pb2.TxnBegin, _Mapping]] = ..., txn_decide: _Optional[_Union[_txn_pb2.TxnDecide, _Mapping]] = ..., txn_forget: _Optional[_Union[_txn_pb2.TxnForget, _Mapping]] = ..., ring_change: _Optional[_Union[RingChange, _Mapping]] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "create_revision", "mod_revision", "lease", "version")
@@ -298,13 +338,14 @@ class MetaEvent(_message.Message):
     def __init__(self, type: _Optional[_Union[MetaEvent.Type, str]] = ..., revision: _Optional[int] = ..., kv: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
 
 class MetaRequest(_message.Message):
-    __slots__ = ("command", "read", "lease_query", "lock_wait", "watch", "txn_query", "hops")
+    __slots__ = ("command", "read", "lease_query", "lock_wait", "watch", "txn_query", "ring_read", "hops")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
     LEASE_QUERY_FIELD_NUMBER: _ClassVar[int]
     LOCK_WAIT_FIELD_NUMBER: _ClassVar[int]
     WATCH_FIELD_NUMBER: _ClassVar[int]
     TXN_QUERY_FIELD_NUMBER: _ClassVar[int]
+    RING_READ_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     command: MetaCommand
     read: MetaRead
@@ -312,11 +353,12 @@ class MetaRequest(_message.Message):
     lock_wait: LockWait
     watch: MetaWatch
     txn_query: _txn_pb2.TxnQuery
+    ring_read: RingRead
     hops: int
-    def __init__(self, command: _Optional[_Union[MetaCommand, _Mapping]] = ..., read: _Optional[_Union[MetaRead, _Mapping]] = ..., lease_query: _Optional[_Union[LeaseQuery, _Mapping]] = ..., lock_wait: _Optional[_Union[LockWait, _Mapping]] = ..., watch: _Optional[_Union[MetaWatch, _Mapping]] = ..., txn_query: _Optional[_Union[_txn_pb2.TxnQuery, _Mapping]] = ..., hops: _Optional[int] = ...) -> None: ...
+    def __init__(self, command: _Optional[_Union[MetaCommand, _Mapping]] = ..., read: _Optional[_Union[MetaRead, _Mapping]] = ..., lease_query: _Optional[_Union[LeaseQuery, _Mapping]] = ..., lock_wait: _Optional[_Union[LockWait, _Mapping]] = ..., watch: _Optional[_Union[MetaWatch, _Mapping]] = ..., txn_query: _Optional[_Union[_txn_pb2.TxnQuery, _Mapping]] = ..., ring_read: _Optional[_Union[RingRead, _Mapping]] = ..., hops: _Optional[int] = ...) -> None: ...
 
 class MetaReply(_message.Message):
-    __slots__ = ("result", "kvs", "leases", "lock", "leader", "events", "compact_revision", "leader_address")
+    __slots__ = ("result", "kvs", "leases", "lock", "leader", "events", "compact_revision", "leader_address", "ring", "ring_epoch")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     KVS_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +367,8 @@ class MetaReply(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
+    RING_EPOCH_FIELD_NUMBER: _ClassVar[int]
     result: MetaResult
     kvs: _containers.RepeatedCompositeFieldContainer[KeyValue]
     leases: _containers.RepeatedCompositeFieldContainer[LeaseInfo]
@@ -333,7 +377,9 @@ class MetaReply(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[MetaEvent]
     compact_revision: int
     leader_address: str
-    def __init__(self, result: _Optional[_Union[MetaResult, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[LeaseInfo, _Mapping]]] = ..., lock: _Optional[_Union[LockInfo, _Mapping]] = ..., leader: _Optional[str] = ..., events: _Optional[_Iterable[_Union[MetaEvent, _Mapping]]] = ..., compact_revision: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
+    ring: _containers.RepeatedCompositeFieldContainer[RingRecord]
+    ring_epoch: int
+    def __init__(self, result: _Optional[_Union[MetaResult, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[LeaseInfo, _Mapping]]] = ..., lock: _Optional[_Union[LockInfo, _Mapping]] = ..., leader: _Optional[str] = ..., events: _Optional[_Iterable[_Union[MetaEvent, _Mapping]]] = ..., compact_revision: _Optional[int] = ..., leader_address: _Optional[str] = ..., ring: _Optional[_Iterable[_Union[RingRecord, _Mapping]]] = ..., ring_epoch: _Optional[int] = ...) -> None: ...
 
 class MetaBatch(_message.Message):
     __slots__ = ("requests",)

@@ -492,8 +492,8 @@ class Bench:
         events: dict[str, Any] = {"node": node, "kind": kind, **params}
 
         async def each(method: str, requests: dict[str, Any]) -> list[str]:
-            # with the client's TLS and credentials (kv --tls/--user): a secure cluster
-            # refuses a plaintext or anonymous chaos call
+            # The benchmark's own credentials (kv --tls/--cert/--user, as every other
+            # command): a secure cluster's nodes refuse a plaintext or anonymous chaos call.
             errors = []
             for member, request in requests.items():
                 async with self.client.credentials.aio_channel(members[member],
@@ -503,8 +503,8 @@ class Bench:
                             request, timeout=5, metadata=await self.client.metadata())
                     except grpc.aio.AioRpcError as exc:
                         errors.append(f"{member}: {exc.code().name}: {exc.details()}")
-                    except KVError as exc:  # no login (metadata) possible
-                        errors.append(f"{member}: {exc}")
+                    except KVError as exc:  # could not log in
+                        errors.append(f"{member}: {type(exc).__name__}: {exc}")
             return errors
 
         await asyncio.sleep(max(0.0, measure_start + duration_s / 3 - now()))
@@ -517,7 +517,9 @@ class Bench:
                                + (f" (refused: {errors[0]})" if errors else ""))
         await asyncio.sleep(max(0.0, measure_start + 2 * duration_s / 3 - now()))
         events["restart_s"] = now() - measure_start
-        await each("Heal", {m: chaos_pb2.HealRequest() for m in members})
+        heal_errors = await each("Heal", {m: chaos_pb2.HealRequest() for m in members})
+        if heal_errors:  # the fault then ends when it expires (duration / 3 + 5 s)
+            events["heal_errors"] = heal_errors
         events["healthy_s"] = now() - measure_start
         if self.progress:
             self.progress.note(f"fault: healed at {events['restart_s']:.1f} s")

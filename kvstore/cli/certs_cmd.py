@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from kvstore.cli.output import console, print_json
+from kvstore.cli.output import table as new_table
 from kvstore.transport import certs
 
 
@@ -36,9 +36,7 @@ def _done(path: Path, as_json: bool) -> None:
     if as_json:
         print_json(info)
         return
-    table = Table()
-    for col in ("file", "kind", "name", "names", "valid until"):
-        table.add_column(col)
+    table = new_table("file", "kind", "name", "names", "valid until")
     table.add_row(info["file"], info["kind"], info["name"] or "-",
                   ", ".join(info["names"]) or "-", info["not_after"])
     console.print(table)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,11 +233,7 @@ def chaos_status(s, as_json: bool) -> None:
     if as_json:
         output.print_json({"nodes": out})
         return
-    from rich.table import Table
-
-    table = Table(title="chaos")
-    for col in ("node", "active faults", "last event"):
-        table.add_column(col)
+    table = output.table("node", "active faults", "last event", title="chaos")
     for node_id, st in out.items():
         if "error" in st:
             table.add_row(node_id, f"[red]{st['error']}[/red]", "")
@@ -252,7 +250,7 @@ def _local_pid(data_dir: Path, node: str) -> int:
     if not path.exists():
         raise click.ClickException(
             f"no local cluster recorded in {path}: kill and pause act on the processes of "
-            "`kv cluster up` (for docker compose use `docker compose kill/pause`)")
+            "`kv cluster up` (for a compose cluster add --compose docker-compose.yml)")
     nodes = {n["id"]: n for n in json.loads(path.read_text())["nodes"]}
     if node not in nodes:
         raise click.BadParameter(f"no node {node!r} in {path}; nodes are "
@@ -272,26 +270,66 @@ def _alive(pid: int) -> bool:
 
 
 def data_dir_option(fn):
+    fn = click.option("--compose-cli", "compose_cli", envvar="KV_COMPOSE", default=None,
+                      metavar="COMMAND",
+                      help="With --compose: the compose front-end to run, e.g. "
+                           "docker-compose (default: `docker compose` if it answers, else "
+                           "`docker-compose`, as make docker-up picks).")(fn)
     fn = click.option("--compose", "compose_file", type=click.Path(path_type=Path),
                       default=None, metavar="FILE",
                       help="Act on the docker compose service NODE of this compose file "
-                           "(docker compose kill / pause / unpause) instead of a local "
-                           "cluster's process.")(fn)
+                           "(compose kill / pause / unpause) instead of a local cluster's "
+                           "process. The project is COMPOSE_PROJECT_NAME, else the file's "
+                           "directory name as make docker-up forms it.")(fn)
     return click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"),
                         show_default=True,
                         help="The local cluster's directory (its cluster.json).")(fn)
 
 
-def _compose(compose_file: Path, *args: str) -> list[str]:
-    """The docker compose command line for `args` on `compose_file`."""
+def _answers(command: list[str]) -> bool:
+    try:
+        return subprocess.run([*command, "version"], capture_output=True, stdin=subprocess.DEVNULL,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def compose_front_end(forced: str | None = None) -> list[str]:
+    """The compose command, chosen as scripts/docker_cluster.sh (make docker-up) chooses:
+    `forced` (KV_COMPOSE) if given, else `docker compose` (the v2 plugin) if it answers,
+    else `docker-compose` (v1)."""
+    if forced and forced.strip():
+        return forced.split()
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) and _answers(command):
+            return command
+    raise click.ClickException("neither `docker compose` nor `docker-compose` answers: "
+                               "install one of them (or name it with --compose-cli)")
+
+
+def compose_project(compose_file: Path) -> str:
+    """COMPOSE_PROJECT_NAME, else the compose file's directory name as compose forms it
+    (lower case; letters, digits, '-' and '_'): the project `make docker-up`
+    (docker_cluster.sh) and a plain compose command in that directory address."""
+    named = os.environ.get("COMPOSE_PROJECT_NAME", "").strip()
+    if named:
+        return named
+    directory = compose_file.resolve().parent.name
+    return re.sub(r"[^-_a-z0-9]", "", directory.lower()) or "kvstore"
+
+
+def _compose(compose_file: Path, forced: str | None, *args: str) -> list[str]:
+    """The compose command line for `args` on `compose_file`."""
     if not compose_file.exists():
         raise click.BadParameter(f"{compose_file} does not exist", param_hint="--compose")
-    return ["docker", "compose", "-f", str(compose_file), *args]
+    return [*compose_front_end(forced), "-p", compose_project(compose_file),
+            "-f", str(compose_file), *args]
 
 
 def _run_compose(command: list[str]) -> None:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise click.ClickException(f"{' '.join(command)}: {exc}") from None
     if done.returncode != 0:
@@ -299,25 +337,34 @@ def _run_compose(command: list[str]) -> None:
                                    f"{(done.stderr or done.stdout).strip()}")
 
 
+def _restart_hint(node: str, data_dir: Path) -> str:
+    arg = "" if data_dir == Path("data") else f" --data-dir {shlex.quote(str(data_dir))}"
+    return f"kv cluster start {node}{arg}"
+
+
 @chaos.command()
 @click.argument("node")
 @data_dir_option
 @json_option
-def kill(node: str, data_dir: Path, compose_file: Path | None, as_json: bool) -> None:
-    """SIGKILL a node of the local cluster (restart it with `kv cluster up` on the same
-    data directory after `kv cluster down`, or by hand), or with --compose its container
-    (docker compose kill; `docker compose start NODE` brings it back)."""
+def kill(node: str, data_dir: Path, compose_file: Path | None, compose_cli: str | None,
+         as_json: bool) -> None:
+    """SIGKILL a node of the local cluster (`kv cluster start NODE` brings it back), or
+    with --compose its container (compose kill; compose start NODE brings it back)."""
     if compose_file is not None:
-        _run_compose(_compose(compose_file, "kill", node))
-        output.print_json({"killed": node, "compose": str(compose_file)}) if as_json else \
-            click.echo(f"OK: killed container {node}")
+        command = _compose(compose_file, compose_cli, "kill", node)
+        _run_compose(command)
+        start = " ".join(shlex.quote(a) for a in [*command[:-2], "start", node])
+        output.print_json({"killed": node, "compose": str(compose_file), "start": start}) \
+            if as_json else click.echo(f"OK: killed container {node}; start it again with: "
+                                       f"{start}")
         return
     pid = _local_pid(data_dir, node)
     os.kill(pid, signal.SIGKILL)
+    start = _restart_hint(node, data_dir)
     if as_json:
-        output.print_json({"killed": node, "pid": pid})
+        output.print_json({"killed": node, "pid": pid, "start": start})
     else:
-        click.echo(f"OK: killed {node} (pid {pid})")
+        click.echo(f"OK: killed {node} (pid {pid}); start it again with: {start}")
 
 
 @chaos.command()
@@ -327,12 +374,12 @@ def kill(node: str, data_dir: Path, compose_file: Path | None, as_json: bool) ->
 @data_dir_option
 @json_option
 def pause(node: str, seconds: float, data_dir: Path, compose_file: Path | None,
-          as_json: bool) -> None:
+          compose_cli: str | None, as_json: bool) -> None:
     """SIGSTOP a node of the local cluster (or with --compose pause its container), and
     resume it after --for."""
     if compose_file is not None:
-        _run_compose(_compose(compose_file, "pause", node))
-        unpause = _compose(compose_file, "unpause", node)
+        _run_compose(_compose(compose_file, compose_cli, "pause", node))
+        unpause = _compose(compose_file, compose_cli, "unpause", node)
         subprocess.Popen([sys.executable, "-c",
                           "import subprocess, sys, time; time.sleep(float(sys.argv[1])); "
                           "subprocess.run(sys.argv[2:], capture_output=True)", str(seconds),
@@ -359,10 +406,11 @@ def pause(node: str, seconds: float, data_dir: Path, compose_file: Path | None,
 @click.argument("node")
 @data_dir_option
 @json_option
-def resume(node: str, data_dir: Path, compose_file: Path | None, as_json: bool) -> None:
+def resume(node: str, data_dir: Path, compose_file: Path | None, compose_cli: str | None,
+           as_json: bool) -> None:
     """SIGCONT a paused node of the local cluster now (--compose: unpause its container)."""
     if compose_file is not None:
-        _run_compose(_compose(compose_file, "unpause", node))
+        _run_compose(_compose(compose_file, compose_cli, "unpause", node))
         output.print_json({"resumed": node}) if as_json else \
             click.echo(f"OK: resumed container {node}")
         return

@@ -52,7 +52,7 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
 
     In the foreground (default) Ctrl-C stops the cluster cleanly; data is kept.
     """
-    from kvstore.node.local_cluster import LocalCluster, is_serving
+    from kvstore.node.local_cluster import Interrupted, LocalCluster, is_serving
 
     if as_json and not detach:
         raise click.UsageError("--json needs --detach (a foreground cluster prints a table)")
@@ -110,29 +110,31 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
     down_cmd = _down_command(data_dir)
     # From here on, Ctrl-C (SIGINT) or SIGTERM (`kv cluster down` from another terminal
     # signals the recorded supervisor) stops every node this command started and removes
-    # cluster.json, whether it comes during the spinner or later.
+    # cluster.json, whether it comes during the spinner or later. The handlers only record
+    # the signal: a KeyboardInterrupt raised at an arbitrary point (inside Popen, after the
+    # child was forked but before it was recorded) would lose that node and leave it running.
     stop: list[int] = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     if not detach:
         local.supervisor = os.getpid()
     try:
-        local.start({node_id: ["--raft-join"] for node_id in joining})
+        local.start({node_id: ["--raft-join"] for node_id in joining},
+                    cancelled=lambda: bool(stop))
         with console.status(f"starting {nodes} nodes...") as status:
             ready: list[str] = []
 
             def progress(node_id: str) -> None:
-                if stop:
-                    raise KeyboardInterrupt
                 ready.append(node_id)
                 status.update(f"healthy: {len(ready)}/{nodes} ({', '.join(sorted(ready))})")
 
-            local.wait_healthy(timeout=60, progress=progress)
+            local.wait_healthy(timeout=60, progress=progress, cancelled=lambda: bool(stop))
             if stop:
-                raise KeyboardInterrupt
+                raise Interrupted
     except (RuntimeError, TimeoutError) as exc:
         local.stop()
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         console.print("interrupted: stopping the nodes started...")
         local.stop()
         console.print("cluster stopped.")
@@ -170,7 +172,10 @@ def up(nodes: int, data_dir: Path, host: str, base_port: int, replication_factor
 
 
 def _data_dir_arg(data_dir: Path) -> str:
-    return "" if data_dir == Path("data") else f" --data-dir {data_dir}"
+    """` --data-dir D` as the user must type it (quoted for a shell), '' for the default."""
+    import shlex
+
+    return "" if data_dir == Path("data") else f" --data-dir {shlex.quote(str(data_dir))}"
 
 
 def _down_command(data_dir: Path) -> str:
@@ -297,7 +302,8 @@ def status(data_dir: Path, as_json: bool) -> None:
 
     path = data_dir / "cluster.json"
     if not path.exists():
-        raise click.ClickException(f"no cluster recorded in {path}; start one with `kv cluster up`")
+        raise click.ClickException(f"no cluster recorded in {path}; start one with "
+                                   f"`kv cluster up{_data_dir_arg(data_dir)}`")
     nodes = json.loads(path.read_text())["nodes"]
     rows = [{"id": n["id"], "address": n["address"], "pid": n["pid"],
              "up": is_serving(n["address"])} for n in nodes]

@@ -34,7 +34,7 @@ CLUSTER_FILE = Path("data") / "cluster.json"
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_FENCED = 1, 2, 3, 4
 
 
-class _ReadLevel(click.Choice):
+class _ReadLevel(output.Choice):
     """The read levels; ANY (a write level) is refused with the reason."""
 
     def convert(self, value, param, ctx):
@@ -44,9 +44,8 @@ class _ReadLevel(click.Choice):
         return super().convert(value, param, ctx)
 
 
-LEVEL_CHOICE = _ReadLevel(["ONE", "TWO", "THREE", "QUORUM", "ALL"], case_sensitive=False)
-WRITE_LEVEL_CHOICE = click.Choice(["ONE", "TWO", "THREE", "QUORUM", "ALL", "ANY"],
-                                  case_sensitive=False)
+LEVEL_CHOICE = _ReadLevel(["ONE", "TWO", "THREE", "QUORUM", "ALL"])
+WRITE_LEVEL_CHOICE = output.Choice(["ONE", "TWO", "THREE", "QUORUM", "ALL", "ANY"])
 
 
 def default_endpoints() -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
+
+from kvstore.cli import output
 
 
 class InvalidConfig(click.ClickException):
@@ -111,7 +112,8 @@ def node() -> None:
               help="json: one JSON object a line (ts, level, node, logger, msg, request_id); "
                    "text: plain lines. [env KV_LOG_FORMAT]")
 @click.option("--log-level", envvar="KV_LOG_LEVEL", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+              type=output.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              help="Log records at this level and above (any case).")
 @click.option("--raft-voters", envvar="KV_RAFT_VOTERS", default="",
               help="Node ids of the Raft metadata group, e.g. n1,n2,n3 (same on every node; "
                    "other nodes forward metadata requests to its leader). It seeds a new "
@@ -155,6 +157,10 @@ def node() -> None:
                    "This node takes its tokens, streams its ranges from the surviving "
                    "replicas, then NODE_ID is marked LEFT (docs/membership.md; `kv node "
                    "replace` follows it). [env KV_REPLACE]")
+@click.option("--raft-snapshot-every", envvar="KV_RAFT_SNAPSHOT_EVERY", default=1000,
+              show_default=True, type=click.IntRange(min=1), metavar="ENTRIES",
+              help="Snapshot the Raft state machine (and compact the log) every ENTRIES "
+                   "applied entries (docs/raft.md). [env KV_RAFT_SNAPSHOT_EVERY]")
 @click.option("--ring-delay", type=float, default=None, envvar="KV_RING_DELAY",
               help="Seconds to wait after announcing a join or decommission before streaming, "
                    "so writes that started before every node knew have finished (default: "
@@ -170,7 +176,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
           ring_delay: float | None = None, metrics_port: int = 0, chaos: bool = False,
           log_format: str = "json", peer_listen: str = "", peer_advertise: str = "",
           tls_dir: Path | None = None, auth: bool = False, token_ttl: float = 900.0,
-          replace: str = "") -> None:
+          replace: str = "", raft_snapshot_every: int = 1000) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Exits 1 with one line if the node must not start (e.g. a Raft voter that lost its raft
@@ -197,7 +203,7 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         read_all_chance=read_all_chance,
         raft_voters=[v.strip() for v in raft_voters.split(",") if v.strip()],
         raft_bootstrap=raft_bootstrap, raft_join=raft_join,
-        raft_snapshot_every=int(os.environ.get("KV_RAFT_SNAPSHOT_EVERY", "1000")),
+        raft_snapshot_every=raft_snapshot_every,
         metrics_port=metrics_port, chaos=chaos,
         peer_listen=peer_listen, peer_advertise=peer_advertise, tls_dir=tls_dir, auth=auth,
         token_ttl=token_ttl,

@@ -130,18 +130,13 @@ def _size(n: int) -> str:
 
 
 def print_cluster_status(data: dict[str, Any]) -> None:
-    from rich.table import Table
-
     console = output.console
     console.print(f"cluster as its members see it (asked {data['node']}), "
                   f"N={data['replication_factor']}")
     # Two tables, each fitting an 80-column terminal (one with every column did not)
-    health, storage = Table(), Table(title="storage and repair debt", title_justify="left")
-    for col in ("member", "up", "phi", "owns", "hints", "hint ETA", "clock"):
-        health.add_column(col)
-    for col in ("member", "keys", "tombstones", "disk", "fsync p99",
-                "repair: age, ranges, keys"):
-        storage.add_column(col)
+    health = output.table("member", "up", "phi", "owns", "hints", "hint ETA", "clock")
+    storage = output.table("member", "keys", "tombstones", "disk", "fsync p99",
+                           "repair: age, ranges, keys", title="storage and repair debt")
     for m in data["members"]:
         if not m["reachable"]:
             up = "[red]DOWN[/red]" + (f" (by {','.join(m['down_by'])})" if m["down_by"] else

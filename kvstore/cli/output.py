@@ -16,6 +16,21 @@ from kvstore.core import versions
 console = Console(highlight=False, soft_wrap=True)
 
 
+class Choice(click.Choice):
+    """click.Choice, accepted in any case, shown in --help as written (`[ONE|QUORUM|...]`,
+    as the docs and the output spell them): click 8.2+ shows a case-insensitive choice
+    casefolded (`[one|quorum|...]`)."""
+
+    def __init__(self, choices, case_sensitive: bool = False) -> None:
+        super().__init__(choices, case_sensitive=case_sensitive)
+
+    def get_metavar(self, param, ctx) -> str | None:
+        shown = "|".join(str(c) for c in self.choices)
+        if param.required and param.param_type_name == "argument":
+            return f"{{{shown}}}"
+        return f"[{shown}]"
+
+
 def table(*columns: str, title: str | None = None) -> Table:
     """The one table style of the CLI (rich's default box, left-aligned title)."""
     t = Table(title=title, title_justify="left")
@@ -142,9 +157,12 @@ def info_json(node) -> dict[str, Any]:
         "max_value_bytes": node.max_value_bytes,
         "members": [
             {"id": m.id, "address": m.address, "status": m.status, "up": m.up,
-             "phi": m.phi, "ownership": m.ownership, "hints_pending": m.hints_pending}
+             "phi": m.phi, "ownership": m.ownership, "hints_pending": m.hints_pending,
+             "committed_status": m.committed_status}
             for m in node.members
         ],
+        "ring_agreed": node.ring_agreed,
+        "ring_epoch": node.ring_epoch,
         "move": _move_json(node.move) if node.HasField("move") else None,
     }
 

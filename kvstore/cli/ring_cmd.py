@@ -1,5 +1,9 @@
 """`kv ring`: how the token space is divided, as one node sees it.
 
+With a Raft group, it also shows the committed ring's epoch and, for a member whose
+gossiped status differs from the one the group records, the recorded one (a change is
+recorded first and gossiped after, so a difference is brief; a lasting one is a problem).
+
 Tokens are derived from node ids (core/ring.py), so the command rebuilds the ring that node
 uses from its member list and vnode count, and shows for each member: its status, vnodes,
 the share it leads (primary ownership, which the node also reports: a mismatch means the
@@ -12,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from kvstore.cli import output
 from kvstore.client import KVError
@@ -37,6 +40,8 @@ def ring_json(info: dict[str, Any]) -> dict[str, Any]:
             "replicated": round(replicated.get(m["id"], 0.0), 6),
             "reported_ownership": m["ownership"],
             "agrees": abs(primary.get(m["id"], 0.0) - m["ownership"]) < 1e-4,
+            # the status the Raft group records ("" without a group, or not recorded yet)
+            "committed_status": m.get("committed_status", ""),
         })
     shares = [primary[m] for m in ring.nodes] or [0.0]
     return {
@@ -44,6 +49,8 @@ def ring_json(info: dict[str, Any]) -> dict[str, Any]:
         "ranges": len(ring.tokens),
         "balance": round(max(shares) / min(shares), 4) if min(shares) > 0 else None,
         "members": members,
+        "agreed": info.get("ring_agreed", False),
+        "epoch": info.get("ring_epoch", 0),
         "pending": [m["id"] for m in info["members"]
                     if m["status"] in (Status.JOINING.name, Status.LEAVING.name)],
     }
@@ -54,14 +61,18 @@ def print_ring(data: dict[str, Any]) -> None:
         f"ring as seen by {data['node']}: {data['ranges']} ranges, N={data['replication_factor']}, "
         f"{data['vnodes']} vnodes per node, balance (largest/smallest share) "
         f"{data['balance'] if data['balance'] is not None else 'n/a'}")
-    table = Table()
-    for col in ("member", "status", "up", "vnodes", "leads", "stores a replica of"):
-        table.add_column(col)
+    output.console.print(
+        f"ring changes recorded by the raft group: epoch {data['epoch']}" if data["agreed"]
+        else "no raft group: ring changes travel by gossip only")
+    table = output.table("member", "status", "up", "vnodes", "leads", "stores a replica of")
     for m in data["members"]:
         leads = f"{m['ownership'] * 100:.1f}%"
         if not m["agrees"]:
             leads += f" [red](node reports {m['reported_ownership'] * 100:.1f}%)[/red]"
-        table.add_row(m["id"], m["status"],
+        status = m["status"]
+        if data["agreed"] and m["committed_status"] != m["status"]:
+            status += f" [yellow](raft: {m['committed_status'] or 'not recorded'})[/yellow]"
+        table.add_row(m["id"], status,
                       "[green]up[/green]" if m["up"] else "[red]DOWN[/red]", str(m["vnodes"]),
                       leads, f"{m['replicated'] * 100:.1f}%")
     output.console.print(table)
@@ -81,8 +92,9 @@ def print_ring(data: dict[str, Any]) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"node", "replication_factor", "vnodes", "ranges", "balance", '
-                   '"members": [{"id", "status", "up", "vnodes", "ownership", "replicated", '
-                   '...}], "pending": [ids joining or leaving], "moves": {id: progress}}.')
+                   '"agreed", "epoch", "members": [{"id", "status", "committed_status", '
+                   '"up", "vnodes", "ownership", "replicated", ...}], "pending": [ids '
+                   'joining or leaving], "moves": {id: progress}}.')
 @click.option("--node", "endpoint", default=None, metavar="HOST:PORT",
               help="The node whose view to show (default: the first endpoint that answers).")
 @click.pass_obj

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from kvstore.cli.output import console, print_json
+from kvstore.cli.output import table as new_table
 from kvstore.cli.raft_cmds import _endpoints, _timeout
 from kvstore.client import read_password_file
 from kvstore.core.auth import ROLES, AuthError
@@ -72,9 +72,7 @@ def _show(name: str, record, as_json: bool, action: str) -> None:
     if as_json:
         print_json(data)
         return
-    table = Table()
-    for col in ("user", "role", "generation", "done"):
-        table.add_column(col)
+    table = new_table("user", "role", "generation", "done")
     table.add_row(name, data["role"] or "-", str(data["generation"] or "-"), action)
     console.print(table)
 

@@ -77,6 +77,8 @@ def meta_needed(req: mpb.MetaRequest) -> tuple[str, str]:
         return READONLY, f"{body} metadata keys"
     if body == "lease_query":
         return READONLY, "query leases"
+    if body == "ring_read":
+        return READONLY, "read the committed ring"
     if body == "lock_wait":
         return READWRITE, "wait for a lock"
     if body == "command":

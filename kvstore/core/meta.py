@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from kvstore._proto import meta_pb2 as mpb
+from kvstore.core import ringlog
 from kvstore.core import txn as txncore
 
 __all__ = [
@@ -119,6 +120,8 @@ def validate_command(cmd: mpb.MetaCommand) -> None:
             raise ValueError("a lock is held under a lease: give its lease id")
     elif op in ("txn_begin", "txn_decide", "txn_forget"):
         txncore.validate(op, getattr(cmd, op))
+    elif op == "ring_change":
+        ringlog.validate_change(cmd.ring_change)
     if op not in ("register", "lease_expire", "lease_checkpoint") and not (
             cmd.session.client_id and cmd.session.seq):
         raise ValueError(f"a {op} command needs a client session (client id and seq)")
@@ -173,6 +176,7 @@ class MetaStateMachine:
         self.events: deque[mpb.MetaEvent] = deque()
         self.events_from = 1
         self.txns = txncore.TxnTable()  # transaction records (issue 12)
+        self.ring = ringlog.RingTable()  # the committed ring (issue 15)
 
     @property
     def data(self) -> dict[str, str]:
@@ -291,6 +295,12 @@ class MetaStateMachine:
         if op == "lock_release":
             r = cmd.lock_release
             return self._release(index, r.name, r.lease, r.token)
+        if op == "ring_change":
+            try:
+                self.ring.apply(index, cmd.ring_change)
+            except ringlog.RingRefused as exc:
+                return self._res(mpb.META_COMPARE_FAILED, str(exc))
+            return self._res(OK)
         if op in ("txn_begin", "txn_decide", "txn_forget"):
             body = getattr(cmd, op)
             if op == "txn_begin":
@@ -463,6 +473,7 @@ class MetaStateMachine:
                           {str(q): base64.b64encode(r).decode() for q, r in s.results.items()}]
                          for cid, s in self.sessions.items()],
             "txns": self.txns.snapshot(),
+            "ring": self.ring.snapshot(),
         }, sort_keys=True, separators=(",", ":")).encode()
 
     def restore(self, image: bytes, index: int) -> None:
@@ -477,6 +488,8 @@ class MetaStateMachine:
         self.applied_ops = obj.get("ops", 0)
         self.txns = txncore.TxnTable()
         self.txns.restore(obj.get("txns", {}))
+        self.ring = ringlog.RingTable()
+        self.ring.restore(obj.get("ring", {}))
         self.applied = index
         self.events = deque()
         self.events_from = index + 1

@@ -13,11 +13,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class Interrupted(Exception):
+    """Start-up was cancelled (`cancelled()` turned true) at a point where every process
+    started so far is recorded in `procs`, so `stop()` finds them all."""
 
 
 @dataclass
@@ -102,10 +108,14 @@ class LocalCluster:
         self.procs[node_id] = proc
         self.save()
 
-    def start(self, node_args: dict[str, list[str]] | None = None) -> None:
-        """Start every node; `node_args` adds arguments for some nodes (this start only)."""
+    def start(self, node_args: dict[str, list[str]] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> None:
+        """Start every node; `node_args` adds arguments for some nodes (this start only).
+        `cancelled` is checked between nodes: Interrupted when it turns true."""
         self.data_root.mkdir(parents=True, exist_ok=True)
         for node in self.nodes:
+            if cancelled and cancelled():
+                raise Interrupted
             self.start_node(node.id, (node_args or {}).get(node.id))
 
     def node(self, node_id: str) -> NodeProcess:
@@ -127,12 +137,15 @@ class LocalCluster:
         tmp.replace(self.file)
 
     def wait_healthy(self, timeout: float = 30.0, nodes: list[str] | None = None,
-                     progress=None) -> None:
-        """Block until every node reports SERVING; raise TimeoutError naming the laggards."""
+                     progress=None, cancelled: Callable[[], bool] | None = None) -> None:
+        """Block until every node reports SERVING; raise TimeoutError naming the laggards,
+        Interrupted as soon as `cancelled()` is true (checked before every probe)."""
         deadline = time.monotonic() + timeout
         waiting = set(nodes or [n.id for n in self.nodes])
         while waiting:
             for node_id in sorted(waiting):
+                if cancelled and cancelled():
+                    raise Interrupted
                 proc = self.procs.get(node_id)
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"node {node_id} exited with code {proc.returncode}; "

@@ -25,6 +25,15 @@ class MetaServicer(meta_pb2_grpc.MetaServicer):
                 error=f"{self.node.node_id} does not run the raft metadata group (start it "
                       "with --raft-voters)"))
         request.hops = 0  # hops count forwards between nodes; a client cannot preset them
+        if request.WhichOneof("body") == "command" and \
+                request.command.WhichOneof("op") == "ring_change":
+            # The committed ring is changed by nodes only, over the internode transport, as
+            # they move (docs/membership.md): a client must not forge a member's state.
+            return mpb.MetaReply(result=mpb.MetaResult(
+                code=mpb.META_BAD_REQUEST,
+                error="ring changes are made by the nodes as they join, leave or are "
+                      "removed (kv node start --join, kv node decommission, kv node "
+                      "remove), not sent by clients"))
         return await self.node.raft.handle_meta(request)
 
     async def CallBatch(self, request: mpb.MetaBatch, context) -> mpb.MetaBatchReply:

@@ -28,6 +28,7 @@ from kvstore.services.gossip import GossipMembership
 from kvstore.services.handoff import HandoffService, inline
 from kvstore.services.raft_driver import RaftDriver
 from kvstore.services.replica import Replica
+from kvstore.services.ring_log import RingLog
 from kvstore.services.streaming import FILE_NAME as MOVE_FILE
 from kvstore.services.streaming import MoveRefused, RangeStreamer
 from kvstore.services.txn import TxnService
@@ -122,6 +123,14 @@ class Node:
         # crashed while leaving: come back LEAVING (never NORMAL, which would take its ranges
         # back from their next owners' pending writes) and finish the decommission
         self.leaving = not self.joining and RangeStreamer.was_leaving(self.streamer_state)
+        # With a Raft group, ring changes are recorded there before gossip announces them
+        # (services/ring_log.py): a joining node gossips its tokens only once its claim on
+        # them is committed. Without one, gossip alone carries them.
+        self.ring_log = RingLog(config.node_id,
+                                self.raft.handle_meta if self.raft is not None else None,
+                                monotonic=monotonic,
+                                timeout=max(30.0, 10 * config.timeout_ms / 1000))
+        self.ring_tokens = tuple(node_tokens(self.replaces or config.node_id, config.vnodes))
         self.membership = GossipMembership(
             config.node_id, config.peer_address, config.seeds, transport,
             wall_clock=lambda: clock_ms() / 1000, monotonic=monotonic, rng=rng,
@@ -130,7 +139,8 @@ class Node:
             status=(Status.JOINING if self.joining
                     else Status.LEAVING if self.leaving else Status.NORMAL),
             ring_delay=config.ring_delay_s,
-            tokens=node_tokens(self.replaces, config.vnodes) if self.replaces else None,
+            tokens=(() if self.joining and self.ring_log.enabled
+                    else list(self.ring_tokens)),
         )
         if epochs is None:
             epochs = EpochAllocator(
@@ -177,6 +187,7 @@ class Node:
             timeout=max(5.0, config.timeout_ms / 1000), state_path=self.streamer_state,
             monotonic=monotonic, verify=config.verify_moves)
         self.streamer.load()  # refuses a decommissioned node; picks up a join's progress
+        self.streamer.ring_log, self.streamer.tokens = self.ring_log, self.ring_tokens
         if intents is None:  # transaction intents (services/txn.py): durable with the data
             intents = IntentStore(config.data_dir / "intents.db" if config.data_dir else None)
         self.txn = TxnService(
@@ -218,7 +229,9 @@ class Node:
 
     def _replaces(self, config: NodeConfig) -> str:
         saved = RangeStreamer.peek(self.streamer_state)
-        before = saved.get("replaces", "") if saved.get("kind") == "replace" else ""
+        # (a later decommission of a replacement keeps the record of whom it replaced)
+        before = saved.get("replaces", "") if saved.get("kind") in ("replace",
+                                                                    "decommission") else ""
         if before and config.replace and config.replace != before:
             raise MoveRefused(f"{config.node_id} took the place of {before} (its move.json "
                               f"says so), not of {config.replace}: drop --replace, or start "
@@ -241,6 +254,10 @@ class Node:
         self.handoff.start()
         self.antientropy.start()
         self.txn.start()
+        if not self.joining:  # a member: make sure the Raft group records its place
+            self.ring_log.start(self._record_place, self._on_committed_ring)
+        else:
+            self.ring_log.start(None, self._on_committed_ring)
         if self.joining:
             self.streamer.start_join(replaces=self.replaces)
         elif self.leaving:
@@ -248,7 +265,29 @@ class Node:
                         self.config.node_id)
             self.streamer.start_decommission()
 
+    async def _record_place(self) -> None:
+        """A member that starts NORMAL (or LEAVING, resuming a decommission) is recorded
+        so, with its tokens: a cluster created together, or before its ring was recorded,
+        records each member on its first start (repeats are accepted)."""
+        status = Status.LEAVING if self.leaving else Status.NORMAL
+        await self.ring_log.commit(self.node_id, int(status), self.ring_tokens)
+
+    def _on_committed_ring(self, view) -> None:
+        """Trust the committed ring over gossip for members that left: a member the group
+        records LEFT stays off this node's ring (once its replacement, if any, is NORMAL
+        here, so its tokens never go unowned in between)."""
+        left = {}
+        for node, record in view.items():
+            if record.status != int(Status.LEFT) or node == self.node_id:
+                continue
+            if record.replaced_by and \
+                    self.membership.status(record.replaced_by) != Status.NORMAL.name:
+                continue
+            left[node] = record.revision
+        self.membership.trust_committed_left(left)
+
     async def stop(self) -> None:
+        await self.ring_log.stop()
         await self.txn.stop()
         if self.raft is not None:
             await self.raft.stop()

@@ -169,7 +169,8 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
                          up=membership.is_up(member),
                          phi=round(membership.phi(member), 3),
                          ownership=round(shares.get(member, 0.0), 6),
-                         hints_pending=hints.get(member, 0))
+                         hints_pending=hints.get(member, 0),
+                         committed_status=node.ring_log.status(member))
         for member, address in sorted(membership.members.items())
     ]
     return admin_pb2.NodeInfo(
@@ -180,6 +181,7 @@ async def node_info(node: Node) -> admin_pb2.NodeInfo:
         max_value_bytes=config.max_value_bytes,
         move=(node.streamer.progress.to_pb(node.node_id, node.streamer.monotonic())
               if node.streamer.progress else None),
+        ring_agreed=node.ring_log.enabled, ring_epoch=node.ring_log.epoch,
     )
 
 

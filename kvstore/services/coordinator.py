@@ -408,45 +408,85 @@ class Coordinator:
         ok: list[_Answer] = []
         failed: list[_Answer] = []
         covered: set[str] = set()
-        pending = set(tasks.values())
-        started = list(tasks.values())  # answers are handled in this order, not set order
+        # Quorum counting by callbacks: each task reports its completion once into
+        # `arrived` and wakes the one waiter; one timer (speculation, then the deadline)
+        # instead of an asyncio.wait, with its waiter, callbacks and timer, per answer.
+        order: dict[asyncio.Future, int] = {}  # answers are handled in start order
+        pending: set[asyncio.Future] = set()
+        arrived: list[asyncio.Future] = []
+        waker: list[asyncio.Future | None] = [None]
+
+        def on_done(task: asyncio.Future) -> None:
+            if task in pending:
+                arrived.append(task)
+                waiter = waker[0]
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+        def watch(new: list[asyncio.Task]) -> None:
+            for task in new:
+                order[task] = len(order)
+                pending.add(task)
+                task.add_done_callback(on_done)
+
+        def wake() -> None:
+            waiter = waker[0]
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        watch(list(tasks.values()))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         speculate_at = loop.time() + timeout / 4 if spares is not None else deadline
-        while pending and len(covered) < need:
-            now = loop.time()
-            remaining = deadline - now
-            if remaining <= 0:
-                break
-            if speculate_at <= now:
-                speculate_at = deadline
-                more = spares(None)
-                started += more
-                pending.update(more)
-            wait_for = min(remaining, speculate_at - now) if speculate_at > now else remaining
-            done, pending = await asyncio.wait(pending, timeout=wait_for,
-                                               return_when=asyncio.FIRST_COMPLETED)
-            for task in [t for t in started if t in done]:
-                answer: _Answer = task.result()
-                owner = counts_for(answer) if answer.ok else None
-                if answer.ok:
-                    ok.append(answer)
-                    if owner is not None:
-                        covered.add(owner)
-                    self.metrics[f"ack_{'hint' if answer.hint_for else 'replica'}"
-                                 f"_{'counted' if owner is not None else 'extra'}"] += 1
-                else:
-                    failed.append(answer)
-                    if spares is not None:
-                        more = spares(answer)
-                        started += more
-                        pending.update(more)
-                if trace.pb is not None:
-                    trace.replica(answer.node, self._address(answer.node), answer.ok,
-                                  answer.latency_ms, answer.siblings,
-                                  "" if answer.ok else answer.describe(),
-                                  local=answer.node == self.node_id, hint_for=answer.hint_for,
-                                  counted=owner is not None)
+        timer: asyncio.TimerHandle | None = None
+        timer_at = 0.0
+        try:
+            while pending and len(covered) < need:
+                if not arrived:
+                    now = loop.time()
+                    if deadline - now <= 0:
+                        break
+                    if speculate_at <= now:
+                        speculate_at = deadline
+                        watch(spares(None))
+                    wake_at = min(deadline, speculate_at)
+                    if timer is None or timer_at != wake_at:
+                        if timer is not None:
+                            timer.cancel()
+                        timer, timer_at = loop.call_at(wake_at, wake), wake_at
+                    waiter = waker[0] = loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        waker[0] = None
+                    continue
+                batch = sorted(arrived, key=order.__getitem__) if len(arrived) > 1 \
+                    else list(arrived)
+                arrived.clear()
+                for task in batch:
+                    pending.discard(task)
+                    answer: _Answer = task.result()
+                    owner = counts_for(answer) if answer.ok else None
+                    if answer.ok:
+                        ok.append(answer)
+                        if owner is not None:
+                            covered.add(owner)
+                        self.metrics[f"ack_{'hint' if answer.hint_for else 'replica'}"
+                                     f"_{'counted' if owner is not None else 'extra'}"] += 1
+                    else:
+                        failed.append(answer)
+                        if spares is not None:
+                            watch(spares(answer))
+                    if trace.pb is not None:
+                        trace.replica(answer.node, self._address(answer.node), answer.ok,
+                                      answer.latency_ms, answer.siblings,
+                                      "" if answer.ok else answer.describe(),
+                                      local=answer.node == self.node_id,
+                                      hint_for=answer.hint_for, counted=owner is not None)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        # (answers that arrived but were not handled are still in `pending`)
         waiting = [label for label, task in tasks.items() if task in pending]
         for task in pending:
             self._keep(task)
@@ -536,12 +576,14 @@ class Coordinator:
         await self._read_repair(key, merged, ok, failed, waiting, tasks, need, n, trace,
                                 timeout)
         values = versions.live(merged)
-        context = versions.encode_context(versions.read_context(merged))
-        return cpb.ClientReply(get=cpb.GetResult(
-            found=bool(values),
-            siblings=[versions.sibling_to_pb(s) for s in values],
-            context=context,
-        ))
+        reply = cpb.ClientReply()  # filled in place: a constructor would copy each part
+        result = reply.get
+        result.found = bool(values)
+        add = result.siblings.add
+        for s in values:
+            versions.fill_version(add(), s)
+        result.context = versions.encode_context(versions.read_context(merged))
+        return reply
 
     async def _resolve_intents(self, key: bytes, ok: list[_Answer], merged: list[Sibling],
                                trace: Trace, timeout: float) -> tuple[list[Sibling], bool]:
@@ -668,8 +710,14 @@ class Coordinator:
         # the siblings as the mint encoded them for its record (one encoding per write)
         state = wire[-1] if wire else versions.to_pb(local.siblings)
         traced = trace.pb is not None
-        message = pb.PeerMessage(write=pb.ReplicaWrite(key=key, state=state, reply_state=traced,
-                                                       fence=fence_pb if fence else None))
+        message = pb.PeerMessage()  # filled in place: a constructor would copy `state`
+        replica_write = message.write
+        replica_write.key = key
+        replica_write.state.CopyFrom(state)
+        if traced:
+            replica_write.reply_state = True
+        if fence:
+            replica_write.fence.CopyFrom(fence_pb)
         others = [node for node in pref if node != self.node_id]
         other_sets = self._other_owners(key, pref, trace)
         hinting = self.config.hinted_handoff
@@ -773,11 +821,13 @@ class Coordinator:
         # The reply context is what this writer has seen: its own context plus this write,
         # never the concurrent siblings kept beside it (they are in `stored`).
         after = versions.context_after_write(seen, local.siblings, new)
-        return cpb.ClientReply(put=cpb.PutResult(
-            stored=state.versions,  # local.siblings, encoded once above
-            context=versions.encode_context(after),
-            concurrent=concurrent,
-        ))
+        reply = cpb.ClientReply()
+        result = reply.put
+        result.stored.extend(state.versions)  # local.siblings, encoded once above
+        result.context = versions.encode_context(after)
+        if concurrent:
+            result.concurrent = concurrent
+        return reply
 
     @staticmethod
     def _check_fence(fence_pb: common_pb2.Fence | None, strict: bool, sloppy: bool,

@@ -293,6 +293,40 @@ class GossipMembership:
         self._rebuild()
         self._save()
 
+    def set_tokens(self, tokens) -> None:
+        """Announce this node's tokens by gossip (a joining node with a Raft group starts
+        without any, and claims them here once the group has recorded its join)."""
+        self.gossiper.update(tokens=tokens)
+        self._members = None
+        self._rebuild()
+
+    def trust_committed_left(self, left: dict[str, int]) -> list[str]:
+        """Members the Raft group records as LEFT (id -> revision) stay off the ring
+        whatever gossip says of them (a node that restarts after missing the LEFT, or
+        a stale gossip state): they come back only JOINING afresh. Returns those newly
+        kept off."""
+        out = []
+        for member in left:
+            if member == self.node_id or member in self.removed:
+                continue
+            state = self.gossiper.endpoints.get(member)
+            if state is None and member not in self.static:
+                continue
+            if state is not None and state.status == Status.LEFT:
+                continue
+            if state is not None and state.status == Status.JOINING:
+                continue  # joining afresh (its new record is read on the next refresh)
+            self.removed[member] = state.generation if state is not None else 0
+            self.static.pop(member, None)
+            out.append(member)
+        if out:
+            log.warning("the raft group records %s as LEFT: kept off the ring",
+                        ", ".join(out))
+            self._members = None
+            self._rebuild()
+            self._save()
+        return out
+
     def set_status(self, status: Status) -> None:
         """Announce this node's lifecycle change (joining done, leaving, left) by gossip."""
         self.gossiper.update(status=status)
@@ -340,7 +374,8 @@ class GossipMembership:
                     self.removed.setdefault(member, state.generation)
             elif state.status == Status.JOINING:
                 tokens.pop(member, None)
-                joining[member] = state.tokens
+                if state.tokens:  # none yet: its claim is not recorded (ring_log.py)
+                    joining[member] = state.tokens
             elif state.status == Status.LEAVING:
                 leaving.add(member)
         key = (tuple(sorted((m, len(t), t[:1]) for m, t in tokens.items())),
@@ -425,10 +460,12 @@ class GossipMembership:
                                           self.timeout)
         return True
 
-    async def announce(self) -> set[str]:
+    async def announce(self, only: set[str] | None = None) -> set[str]:
         """Exchange state with every known member now (not only this round's targets), so
-        a status change reaches each of them directly; returns the members reached."""
-        peers = sorted(m for m in self.members if m != self.node_id)
+        a status change reaches each of them directly; returns the members reached.
+        `only`: just these members (those an earlier announcement missed)."""
+        peers = sorted(m for m in self.members if m != self.node_id
+                       and (only is None or m in only))
         results = await asyncio.gather(*(self._exchange(p) for p in peers))
         return {peer for peer, ok in zip(peers, results, strict=True) if ok}
 

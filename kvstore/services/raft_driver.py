@@ -4,7 +4,11 @@ It runs the ordering contract of `kvstore.core.raft` (persist, then send, then a
 advance) over the node's `Transport`: raft messages ride in `PeerMessage.raft`, so the
 transport's per-peer coalescing batches them, and the core pipelines AppendEntries (up to
 `max_inflight` per follower). Persistence runs in a worker thread; messages keep being
-stepped into the core meanwhile (the contract allows it).
+stepped into the core meanwhile (the contract allows it), and proposals made meanwhile are
+batched into the next Ready (one write, one fsync for all of them). On the leader, a Ready
+marked `send_first` is sent before it is persisted: the leader's fsync runs in parallel
+with the followers' (the leader counts itself toward the commit quorum only once its own
+write is durable, see `RaftNode.advance`).
 
 `PeerMessage.raft` bytes start with a tag: RAFT (a core message, one way) or CLIENT (a JSON
 admin request from another node or from `kv raft`: status, and conf - one membership
@@ -295,10 +299,17 @@ class RaftDriver:
             try:
                 while core.has_ready():
                     rd = core.ready()
+                    if rd.send_first:
+                        # A leader's appends leave now and its own write (below) overlaps
+                        # with the followers' (thesis 10.2.1); the core counts the leader
+                        # toward the commit quorum only at advance(), after the fsync.
+                        for m in rd.messages:
+                            self._send(m)
                     if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
                         await self.offload(self._persist, rd)  # 1. persist (+fsync)
-                    for m in rd.messages:  # 2. send
-                        self._send(m)
+                    if not rd.send_first:
+                        for m in rd.messages:  # 2. send: a follower acks what is durable
+                            self._send(m)
                     self._apply(rd)  # 3. apply
                     core.advance(rd)  # 4. advance
                     self._track_leadership(core)
@@ -586,6 +597,9 @@ class RaftDriver:
         if kind == "read" and req.read.serializable and core is not None:
             return mpb.MetaReply(result=mpb.MetaResult(revision=self.sm.applied),
                                  kvs=self.sm.read(req.read.key, req.read.prefix))
+        if kind == "ring_read" and req.ring_read.serializable and core is not None:
+            return mpb.MetaReply(result=mpb.MetaResult(revision=self.sm.applied),
+                                 ring=self.sm.ring.records(), ring_epoch=self.sm.ring.epoch)
         if core is not None and core.role is Role.LEADER:
             try:
                 reply = await self._serve_meta(kind, req)
@@ -608,6 +622,9 @@ class RaftDriver:
                               leader=self.node_id)
         if kind == "read":
             reply.kvs.extend(self.sm.read(req.read.key, req.read.prefix))
+        elif kind == "ring_read":
+            reply.ring.extend(self.sm.ring.records())
+            reply.ring_epoch = self.sm.ring.epoch
         elif kind == "txn_query":
             rec = self.sm.txns.get(req.txn_query.txn_id)
             if rec is None:

@@ -31,6 +31,11 @@ A removal (`kv node remove`) is a decommission run by another node on behalf of 
 that is gone: it sets that member LEAVING (gossip `speak_for`), copies each of its ranges
 from every surviving replica to the nodes that gain it, and sets it LEFT. Peers keep a
 member that left off the ring until it comes back JOINING with a newer generation.
+
+With a Raft group, every one of these status changes (and a join's claim on its tokens)
+is committed there first (`ring_log`, services/ring_log.py) and gossiped only after; a
+change the committed ring refuses fails the move with the group's reason. An
+announcement is repeated until every member the failure detector holds up was reached.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from kvstore._proto import internode_pb2 as pb
 from kvstore.core import versions
 from kvstore.core.errors import InvalidArgument, KVError, Unavailable
 from kvstore.core.gossip import Status
-from kvstore.core.ring import Move, moves, token_of
+from kvstore.core.ring import Move, moves, node_tokens, token_of
 from kvstore.storage.durable import StateFileError, read_state, write_atomic
 from kvstore.storage.engine import CorruptRecordError
 from kvstore.transport.base import Transport, TransportError
@@ -62,6 +67,7 @@ PAGE_TRIES = 3        # a page that fails its CRC or its call is asked again thi
 SAVE_EVERY_S = 1.0    # progress is saved at most this often (and at the end)
 FILE_NAME = "move.json"
 REPLACE_DOWN_WAIT_S = 30.0  # how long a replacement waits to see the dead node marked down
+ANNOUNCE_WAIT_S = 30.0  # how long a move waits for its announcement to reach every live member
 
 
 class MoveRefused(Exception):
@@ -127,6 +133,25 @@ class RangeStreamer:
         self._saved_at = 0.0
         self._budget_start = 0.0
         self._budget_bytes = 0
+        # Ring changes are recorded through the Raft group before gossip announces them
+        # (services/ring_log.py; without a group, `commit` does nothing). `tokens`: the
+        # ones this node claims when it joins (its own, or those of the member it replaces).
+        self.ring_log = None
+        self.tokens: tuple[int, ...] = ()
+        # A replacement carries the tokens of the member it replaced, for good: the saved
+        # record keeps whom, also once a later decommission of this node writes it.
+        self.replaced = ""
+
+    async def _commit(self, node: str, status: Status, tokens=(), **kw) -> None:
+        if self.ring_log is not None:
+            await self.ring_log.commit(node, int(status), tokens, **kw)
+
+    async def _claim(self, dead: str = "") -> None:
+        """Record this node JOINING with its tokens (in place of `dead`), then gossip the
+        tokens: a node of a cluster with a Raft group starts JOINING without any."""
+        await self._commit(self.node_id, Status.JOINING, self.tokens, replaces=dead)
+        if tuple(self.membership.gossiper.local.tokens) != tuple(sorted(self.tokens)):
+            self.membership.set_tokens(self.tokens)
 
     # -- saved state --------------------------------------------------------------------
     @staticmethod
@@ -160,6 +185,7 @@ class RangeStreamer:
                 "Its data is no longer its to serve: to bring this machine back, start it "
                 "with an empty data directory (and a new --id, or the same one with --join)")
         self._done_ranges = {(int(a), int(b)) for a, b in done}
+        self.replaced = str(saved.get("replaces", ""))
         return {"kind": kind, "state": state}
 
     def _save(self, kind: str, state: str, force: bool = False) -> None:
@@ -170,8 +196,10 @@ class RangeStreamer:
             return
         self._saved_at = now
         record = {"kind": kind, "state": state, "done": sorted(self._done_ranges)}
-        if self.progress is not None and self.progress.replaces:
-            record["replaces"] = self.progress.replaces
+        replaces = (self.progress.replaces if self.progress is not None else "") or \
+            self.replaced
+        if replaces:  # kept by every later move: it says which tokens this node carries
+            record["replaces"] = replaces
         write_atomic(self.state_path, json.dumps(record).encode())
 
     # -- responder ----------------------------------------------------------------------
@@ -239,12 +267,32 @@ class RangeStreamer:
         replicas, and it is set LEFT as this node turns NORMAL."""
         self.progress = Progress("replace" if replaces else "join", started=self.monotonic(),
                                  replaces=replaces)
+        self.replaced = replaces or self.replaced
         self._task = asyncio.get_running_loop().create_task(self._join())
 
     async def _announce(self) -> None:
-        """Tell every member of the change directly, then let old writes finish."""
+        """Tell every member of the change directly, then let old writes finish.
+
+        Every member the failure detector holds up must be reached (a node cut off from
+        this one, or this one cut off from all, is tried again every 0.2 s, for at most
+        ANNOUNCE_WAIT_S): a coordinator that has not heard of the move would send the
+        writes of the moving ranges to the old owners only. A member that goes down
+        meanwhile hears of the change by gossip when it is back."""
         self.progress.state = "announcing"
         reached = await self.membership.announce()
+        deadline = self.monotonic() + ANNOUNCE_WAIT_S
+        while True:
+            missing = {m for m in self.membership.members
+                       if m != self.node_id and m not in reached and self.membership.is_up(m)}
+            if not missing:
+                break
+            if self.monotonic() > deadline:
+                log.warning("%s: the %s announcement did not reach %s within %.0fs; going "
+                            "on (gossip will tell them)", self.node_id, self.progress.kind,
+                            ", ".join(sorted(missing)), ANNOUNCE_WAIT_S)
+                break
+            await asyncio.sleep(0.2)
+            reached |= await self.membership.announce(only=missing)
         log.info("%s announced its %s to %s; waiting %.1fs (ring delay)", self.node_id,
                  self.progress.kind, ", ".join(sorted(reached)) or "nobody", self.ring_delay)
         await asyncio.sleep(self.ring_delay)
@@ -252,10 +300,15 @@ class RangeStreamer:
     async def _join(self) -> None:
         kind, dead = self.progress.kind, self.progress.replaces
         try:
+            # recorded before anything is claimed: a node restarted after its join failed
+            # early (e.g. its claim was refused) joins again, never starts NORMAL
+            self._save(kind, "claiming", force=True)
             while not self.membership.ready:
                 await asyncio.sleep(0.1)
             if dead:
                 await self._take_place_of(dead)
+            else:
+                await self._claim()
             await self._announce()
             after = self.membership.pending_ring
             if after is None or self.node_id not in after.nodes:
@@ -263,6 +316,7 @@ class RangeStreamer:
             plan = [m for m in moves(self.membership.ring, after, self.n)
                     if self.node_id in m.gained]
             await self._pull_all(plan)
+            await self._commit(self.node_id, Status.NORMAL)  # and `dead` LEFT, in one entry
             if dead:
                 self.membership.speak_for(dead, Status.LEFT)
             self.membership.set_status(Status.NORMAL)
@@ -313,6 +367,7 @@ class RangeStreamer:
                 raise InvalidArgument(f"{dead} is up: a live node leaves with `kv node "
                                       f"decommission {dead}`; replace only a dead one")
             await asyncio.sleep(0.2)
+        await self._claim(dead)  # recorded: this node JOINING, `dead` LEAVING (replaced)
         self.membership.speak_for(dead, Status.LEAVING)
 
     def _sources(self, move: Move) -> list[str]:
@@ -391,6 +446,11 @@ class RangeStreamer:
         if status not in (Status.NORMAL.name, Status.LEAVING.name):
             raise InvalidArgument(f"{self.node_id} is {status}, not NORMAL: only a member "
                                   "on the ring can leave it")
+        if status == Status.NORMAL.name:
+            # a new decommission: the ranges recorded done are an earlier join's (pulled
+            # in); a replacement gives away exactly the ranges it took, so they would all
+            # be skipped, and nothing pushed
+            self._done_ranges = set()
         self.progress = Progress("decommission", started=self.monotonic())
         self._task = asyncio.get_running_loop().create_task(self._decommission())
         return self.progress
@@ -403,6 +463,8 @@ class RangeStreamer:
 
     async def _decommission(self) -> None:
         try:
+            await self._commit(self.node_id, Status.LEAVING,
+                               self.membership.gossiper.local.tokens)
             self.membership.set_status(Status.LEAVING)
             self._save("decommission", "leaving", force=True)
             while not self.membership.ready:  # a resumed one: hear the ring first
@@ -426,6 +488,7 @@ class RangeStreamer:
             # LEFT is told to every member before it is recorded here: a crash in between
             # restarts the node LEAVING and it finishes again (peers that heard LEFT keep
             # it off the ring: only a JOINING node with a newer generation comes back)
+            await self._commit(self.node_id, Status.LEFT)
             self.membership.set_status(Status.LEFT)
             await self.membership.announce()
             self._save("decommission", "left", force=True)
@@ -460,6 +523,10 @@ class RangeStreamer:
 
     async def _remove(self, member: str) -> None:
         try:
+            state = self.membership.gossiper.endpoints.get(member)
+            tokens = (state.tokens if state is not None and state.tokens
+                      else node_tokens(member, self.membership.vnodes))
+            await self._commit(member, Status.LEAVING, tokens, by=self.node_id)
             self.membership.speak_for(member, Status.LEAVING)
             await self._announce()
             after = self.membership.pending_ring
@@ -476,6 +543,7 @@ class RangeStreamer:
                 for source in sources:  # every surviving copy: the dead one's is gone
                     await self._relay(source, move)
                 self.progress.ranges_done += 1
+            await self._commit(member, Status.LEFT, by=self.node_id)
             self.membership.speak_for(member, Status.LEFT)
             await self.membership.announce()
             self.progress.state = "done"

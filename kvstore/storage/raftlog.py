@@ -446,6 +446,8 @@ class RaftLog:
         if rest < _HDR.size:
             return "a record header cut short"
         magic, length, crc = _HDR.unpack_from(data, pos)
+        head_end = min(len(data), (pos // SECTOR + 1) * SECTOR)  # its first sector's end
+        straddles = head_end - pos < len(MAGIC)  # the magic spans two sectors
         if magic in (MAGIC, MAGIC_V1):
             end = _record_end(magic, pos, length)
             if end > len(data):
@@ -469,8 +471,16 @@ class RaftLog:
                 raise self._damage(pos, "fails its checksum; it was written completely (its "
                                         "length and end marker are intact), so this is "
                                         "damage to data that was fsynced, not a torn write")
-        elif not any(data[pos : pos + len(MAGIC)]):
+        elif not any(data[pos : pos + len(MAGIC)]) or (
+                straddles and not any(data[pos:head_end])):
+            # Its magic reads zero - or, for a record that starts in the last bytes of a
+            # sector, its part in that sector does (the next sector may have been written).
             why = "a record whose first sector was never written"
+        elif straddles and (MAGIC.startswith(data[pos:head_end]) or MAGIC_V1.startswith(
+                data[pos:head_end])) and not any(data[head_end : head_end + SECTOR]):
+            # The magic's first bytes end a sector that was written; the next sector, with
+            # the rest of it, never was.
+            why = "a record whose second sector was never written"
         else:
             raise self._damage(pos, "is neither a record nor zero-filled space; no crash "
                                     "leaves that, so this is damage, not a torn write")

@@ -98,8 +98,10 @@ def _transport_error(peer: str, exc: grpc.aio.AioRpcError, timeout: float) -> Tr
     if _not_delivered(exc):
         return PeerUnreachable(peer, f"unreachable ({exc.details()})")
     if code == grpc.StatusCode.UNAVAILABLE:
+        # Delivered or not, nobody knows: the caller says what that means for its request
+        # (a write "may have been applied"; a read never says so, issue 17).
         return TransportError(peer, f"connection lost during the call ({exc.details()}); "
-                                    "the message may have been applied")
+                                    "it may have been delivered")
     return TransportError(peer, f"{code.name}: {exc.details()}")
 
 

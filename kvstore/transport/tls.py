@@ -35,7 +35,6 @@ class TlsFiles:
         self.name = name
         self._lock = threading.Lock()
         self.generation = 0
-        self._served = -1  # generation last handed to the server credentials
         self.root, self.key, self.chain = self._read()
 
     def _read(self) -> tuple[bytes, bytes, bytes]:
@@ -83,19 +82,32 @@ class TlsFiles:
     def _config(self):
         return grpc.ssl_server_certificate_configuration([(self.key, self.chain)], self.root)
 
-    def _fetch(self):
-        # Called by gRPC (on its own threads) before each handshake: None means no change.
-        with self._lock:
-            if self._served == self.generation:
-                return None
-            self._served = self.generation
-            return self._config()
+    def _fetcher(self):
+        """A certificate callback for one server credential (one listener).
+
+        gRPC calls it (on its own threads) before each handshake on that listener; None
+        means no change. Each listener remembers the generation it last served: with one
+        shared mark, the first listener to handshake after a reload would take the new
+        certificate and the other (a node with separate client and peer ports) would keep
+        serving the old one until the next reload.
+        """
+        served = self.generation
+
+        def fetch():
+            nonlocal served
+            with self._lock:
+                if served == self.generation:
+                    return None
+                served = self.generation
+                return self._config()
+
+        return fetch
 
     def server_credentials(self, require_client_auth: bool) -> grpc.ServerCredentials:
         with self._lock:
-            self._served = self.generation
             initial = self._config()
-        return grpc.dynamic_ssl_server_credentials(initial, self._fetch,
+            fetch = self._fetcher()
+        return grpc.dynamic_ssl_server_credentials(initial, fetch,
                                                    require_client_authentication=
                                                    require_client_auth)
 

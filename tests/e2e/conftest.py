@@ -72,6 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from run_summary import E2E_TIMINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
@@ -88,7 +89,7 @@ HEALTHY_TIMEOUT = 180.0  # seconds; the nodes report healthy in ~10 s on an idle
 LEADER_TIMEOUT = 60.0
 # "subset": only the tests marked secure_ci run on the secure profile
 SECURE_SUBSET = os.environ.get("KV_E2E_SECURE") == "subset"
-TIMINGS: dict[str, float] = {}
+TIMINGS = E2E_TIMINGS  # printed at the end of the run by tests/conftest.py
 
 
 def run(cmd: Sequence[str], *, timeout: float = 120, env: dict[str, str] | None = None,
@@ -470,6 +471,9 @@ class Clusters:
                 # until they are healthy (the image is e2e_image's, built by the same script).
                 up = run(["make", "--no-print-directory", "docker-up"], timeout=1500, env=env)
                 assert "kv --endpoints 127.0.0.1:" in up.stdout, up.stdout
+                # the stop hint names the exact command, with the project it runs under
+                assert (f"stop it with: COMPOSE_PROJECT_NAME={PROJECT} make docker-down"
+                        in up.stderr), up.stderr
                 TIMINGS["default: make docker-up (healthy)"] = time.monotonic() - t
             else:
                 # a new cluster: n1..n3 create the Raft group (only this first `up`)
@@ -588,10 +592,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if items[i].get_closest_marker("e2e"):
             items[i].add_marker(skip)
 
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    """Print what the e2e session measured, also without -s."""
-    if TIMINGS:
-        terminalreporter.section("kvstore e2e timings")
-        for name, seconds in TIMINGS.items():
-            terminalreporter.write_line(f"{name:<38} {seconds:7.1f} s")

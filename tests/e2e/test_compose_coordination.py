@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -295,3 +296,35 @@ def test_bench_drives_a_partition_through_the_chaos_api(cluster: ComposeCluster)
     assert fault["errors_after_kill"] > 0, fault  # ALL needs n3, cut off meanwhile
     faults = json.loads(ok(c.kv("chaos", "status", "--json")))["nodes"]
     assert all(n["faults"] == [] for n in faults.values()), faults
+
+
+def test_chaos_kill_and_pause_containers_with_the_front_end_make_docker_up_picks(
+        cluster: ComposeCluster) -> None:
+    """`kv chaos kill|pause --compose FILE` (issue 14): with no KV_COMPOSE, kv picks the
+    compose front-end itself as make docker-up does (`docker compose`, else the standalone
+    `docker-compose`), in the project make docker-up created (COMPOSE_PROJECT_NAME)."""
+    c = cluster
+    env = {k: v for k, v in c.env.items() if k != "KV_COMPOSE"}
+    compose_file = str(ROOT / "docker-compose.yml")
+
+    def chaos(*args: str) -> subprocess.CompletedProcess[str]:
+        return run([*kv_command(), "chaos", *args, "--compose", compose_file, "--json"],
+                   env=env, timeout=120, check=False)
+
+    killed = json.loads(ok(chaos("kill", "n3")))
+    assert killed["start"].split()[-2:] == ["start", "n3"], killed
+    assert c.health(["n3"])["n3"].startswith("exited"), c.health(["n3"])
+    wait_for("n1 and n2 see n3 down", lambda: not next(
+        m for m in status(c)["members"] if m["id"] == "n3")["up"], timeout=30)
+    ok(c.kv("put", "e2e:chaos:kill", "v", "--consistency", "QUORUM", via=["n1", "n2"]))
+    run(shlex.split(killed["start"]), env=env, timeout=120)  # the command kill printed
+    print(f"\ncompose: n3 healthy {c.wait_healthy(['n3']):.1f} s after `{killed['start']}`")
+
+    paused = json.loads(ok(chaos("pause", "n2", "--for", "3s")))
+    assert paused["resume_in_s"] == 3, paused
+    assert c.health(["n2"])["n2"].startswith("paused"), c.health(["n2"])
+    wait_for("the helper unpauses n2", lambda: c.health(["n2"])["n2"].startswith("running"),
+             timeout=30)
+    c.wait_healthy()
+    got = c.kv("get", "e2e:chaos:kill", "--consistency", "ALL")
+    assert ok(got).strip() == "v", got.stdout

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from run_summary import FUZZ_COUNTS
 
 from fuzz import targets
-from fuzz.conftest import FUZZ_COUNTS
 
 HERE = Path(__file__).parent
 REGRESSIONS = HERE / "regressions"

@@ -1,7 +1,9 @@
 """The live dashboard in a real browser: headless Chromium (Debian's `chromium` package),
-driven over the DevTools protocol. The page loads from a node, shows every member, and
-reacts to a node being killed without a reload. Screenshots are kept as test artifacts
-(KV_TEST_ARTIFACTS, default: the test's tmp directory)."""
+driven over the DevTools protocol. The page loads from a node, shows every member, shows
+a partition under write load (PARTITIONED / DOWN, hints held for the cut-off node) and its
+heal, and reacts to a node being killed, all without a reload. Screenshots are kept as
+test artifacts (KV_TEST_ARTIFACTS, default: the test's tmp directory);
+docs/dashboard.png is dashboard-partition.png."""
 
 from __future__ import annotations
 
@@ -14,12 +16,15 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from conftest import free_ports, start_cluster
 
+from kvstore._proto import chaos_pb2, chaos_pb2_grpc
 from kvstore.client import Client
 
 pytestmark = pytest.mark.integration
@@ -70,6 +75,34 @@ def states_js() -> str:
             "[data-node]')].map(r => [r.dataset.node, r.dataset.state])))")
 
 
+def partition(cluster, left: list[str], right: list[str], seconds: float) -> None:
+    """`kv chaos partition LEFT / RIGHT` through the nodes' chaos API."""
+    for side, other in ((left, right), (right, left)):
+        for node in side:
+            with grpc.insecure_channel(cluster.node(node).address) as channel:
+                chaos_pb2_grpc.ChaosStub(channel).Inject(chaos_pb2.FaultRequest(
+                    kind="partition", peers=other, duration_s=seconds,
+                    note=f"{','.join(left)} / {','.join(right)}"), timeout=5)
+
+
+def heal(cluster) -> None:
+    for node in cluster.nodes:
+        with grpc.insecure_channel(node.address) as channel:
+            chaos_pb2_grpc.ChaosStub(channel).Heal(chaos_pb2.HealRequest(), timeout=5)
+
+
+def write_load(endpoint: str, stop: threading.Event) -> None:
+    """QUORUM writes and ONE reads through one node until stopped (errors are expected
+    while a partition lasts: they are what the page shows)."""
+    with Client([endpoint], timeout=2) as client:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            with contextlib.suppress(Exception):
+                client.put(f"load:{i}", "v", consistency="QUORUM")
+                client.get(f"load:{i}", consistency="ONE")
+
+
 @pytest.mark.skipif(BROWSER is None, reason="no chromium binary (Debian package `chromium`; "
                                             ".ci/run installs it)")
 def test_dashboard_shows_the_nodes_and_reacts_to_a_kill(tmp_path):
@@ -77,7 +110,7 @@ def test_dashboard_shows_the_nodes_and_reacts_to_a_kill(tmp_path):
 
     artifacts = Path(os.environ.get("KV_TEST_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
-    cluster = start_cluster(tmp_path / "c", metrics_ports=free_ports(3),
+    cluster = start_cluster(tmp_path / "c", metrics_ports=free_ports(3), chaos=True,
                             extra_args=["--raft-voters", "n1,n2,n3"], raft_bootstrap=True)
     with Client(cluster.endpoints(), timeout=5) as client:  # before the storage census
         for i in range(6):
@@ -132,6 +165,32 @@ def test_dashboard_shows_the_nodes_and_reacts_to_a_kill(tmp_path):
                     assert re.fullmatch(r"\d+(\.\d)? (B|KiB|MiB)", disk), disk
                     assert repair == "never" or re.fullmatch(r"\d+ s, \d+/\d+, \d+", repair)
                 await page.screenshot(artifacts / "dashboard-healthy.png")
+                # a partition under load: n3 cut from n1 and n2; writes through n1 leave
+                # hints for n3 (docs/dashboard.png is this screenshot)
+                partition(cluster, ["n1", "n2"], ["n3"], seconds=60)
+                stop = threading.Event()
+                load = threading.Thread(target=write_load, daemon=True,
+                                        args=(cluster.node("n1").address, stop))
+                load.start()
+                try:
+                    await page.wait_for("the partition", f"(s => s.n1 === 'partitioned' && "
+                                        f"s.n2 === 'partitioned' && s.n3 === 'suspect')"
+                                        f"(JSON.parse({states_js()}))", 20)
+                    hints = "document.querySelector('#members tr[data-node=n3]').cells[4]"
+                    await page.wait_for("hints held for n3", f"Number({hints}.innerText) > 20",
+                                        20)
+                    text = await page.eval("document.body.innerText")
+                    assert "PARTITIONED" in text and "marked down by n1,n2" in text, text
+                    assert "cut from n1,n2" in await page.eval(
+                        "document.getElementById('faults').innerText")
+                    await asyncio.sleep(3)  # a few seconds of load in the sparklines
+                    await page.screenshot(artifacts / "dashboard-partition.png")
+                finally:
+                    stop.set()
+                    load.join(timeout=10)
+                    heal(cluster)
+                await page.wait_for("every member up after the heal", f"Object.values(JSON"
+                                    f".parse({states_js()})).every(s => s === 'up')", 30)
                 cluster.kill("n3", signal.SIGKILL)
                 killed = time.monotonic()
                 await page.wait_for("n3 down", f"JSON.parse({states_js()}).n3 === 'down'", 15)

@@ -216,6 +216,7 @@ def test_stop_kill_and_start_one_node(tmp_path: Path) -> None:
         kv("cluster", "down", "--data-dir", "d", cwd=tmp_path)
     assert not file.exists()
     assert not any(alive(p) for p in [*before, new_pid])
+    assert started_under(tmp_path) == []
 
 
 def _spawn_up(cwd: Path, base: int) -> subprocess.Popen:
@@ -224,21 +225,49 @@ def _spawn_up(cwd: Path, base: int) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
-def test_ctrl_c_during_start_up_stops_everything_it_started(tmp_path: Path) -> None:
+def started_under(directory: Path) -> list[int]:
+    """Live processes (not zombies) run from `directory` or naming it on their command
+    line: every node a `kv cluster up` run there started, whatever cluster.json says."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone, or not ours
+        inside = cwd == str(directory) or cwd.startswith(f"{directory}/")
+        if (inside or str(directory).encode() in cmdline) and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("moment", ["spawning", "spinner"])
+def test_ctrl_c_during_start_up_stops_everything_it_started(tmp_path: Path,
+                                                           moment: str) -> None:
+    """SIGINT while the node processes are being spawned (a node forked but not yet
+    recorded was once left running), or during the "healthy: k/3" spinner: no process the
+    command started survives, found by pid and by working directory in /proc."""
     file = tmp_path / "data" / "cluster.json"
     proc = _spawn_up(tmp_path, free_base())
-    deadline = time.monotonic() + 30
-    while not file.exists():  # the nodes are spawned: the spinner is (about to be) shown
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.01)
-    pids = recorded_pids(file)
-    while len(pids) < 3:
-        pids = recorded_pids(file)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=60)[0].decode()
-    assert proc.returncode in (0, 130), out  # 130: interrupted before all were healthy
-    assert not file.exists(), out
-    assert not [p for p in pids if alive(p)], out
+    try:
+        deadline = time.monotonic() + 30
+        while not file.exists():  # n1 is spawned; n2 and n3 are being spawned
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.005)
+        if moment == "spinner":
+            while not all(recorded_pids(file)):  # all three spawned, none healthy yet
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode in (0, 130), out  # 130: interrupted before all were healthy
+        assert not file.exists(), out
+        assert started_under(tmp_path) == [], out
+    finally:
+        for pid in started_under(tmp_path):  # a failure must not leak into later tests
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_cluster_down_from_another_terminal_ends_a_foreground_up(tmp_path: Path) -> None:
@@ -260,6 +289,7 @@ def test_cluster_down_from_another_terminal_ends_a_foreground_up(tmp_path: Path)
         proc.wait(timeout=30)
         assert not file.exists()
         assert not [p for p in [*pids, restarted] if alive(p)]
+        assert started_under(tmp_path) == []
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

@@ -72,3 +72,38 @@ def test_cli(tmp_path):
     assert res.exit_code == 1 and "--force" in res.output
     res = runner.invoke(cli, ["certs", "show", str(tmp_path / "c" / "alice.crt"), "--json"])
     assert res.exit_code == 0 and '"name": "alice"' in res.output
+
+
+def test_a_reload_reaches_every_listener(tmp_path):
+    """A node with separate client and peer ports has two server credentials on one
+    TlsFiles: after a reload, each listener serves the new certificate (both used to share
+    one 'last served' mark, so only the first listener to handshake switched)."""
+    import ssl
+    from concurrent import futures
+
+    import grpc
+
+    certs.init_ca(tmp_path)
+    certs.issue(tmp_path, certs.KIND_NODE, "n1")
+    files = TlsFiles(tmp_path, "n1")
+    servers, ports = [], []
+    for require in (False, True):  # the client port, then the peer port
+        server = grpc.server(futures.ThreadPoolExecutor(1))
+        ports.append(server.add_secure_port("127.0.0.1:0", files.server_credentials(require)))
+        server.start()
+        servers.append(server)
+    try:
+        def served(port: int) -> str:
+            return ssl.get_server_certificate(("127.0.0.1", port), timeout=10)
+
+        old = [served(p) for p in ports]
+        assert old[0] == old[1]
+        certs.issue(tmp_path, certs.KIND_NODE, "n1", force=True)
+        assert files.reload() is True
+        new = served(ports[1])  # the peer port handshakes first ...
+        assert new != old[1]
+        assert served(ports[0]) == new  # ... and the client port switches too
+        assert served(ports[1]) == new and served(ports[0]) == new
+    finally:
+        for server in servers:
+            server.stop(None)

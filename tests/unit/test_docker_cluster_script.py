@@ -37,8 +37,10 @@ def test_usage_and_bad_arguments() -> None:
 def test_compose_command_line_and_default_project_name(tmp_path: Path) -> None:
     checkout = tmp_path / "My-Kv_Store.2"
     out = run("compose", "ps", "-q", cwd_copy=checkout, KV_COMPOSE="echo")
-    # docker-compose v1's default: the directory name, lower case, letters and digits
-    assert out.stdout.split() == ["-p", "mykvstore2", "-f", "docker-compose.yml", "ps", "-q"]
+    # compose's default: the directory name, lower case; letters, digits, '-' and '_'
+    # (docker-compose >= 1.21 and v2 keep '-' and '_'; tests/unit/test_chaos_compose.py
+    # compares with v1's own function where it is installed)
+    assert out.stdout.split() == ["-p", "my-kv_store2", "-f", "docker-compose.yml", "ps", "-q"]
     named = run("compose", "ps", KV_COMPOSE="echo", COMPOSE_PROJECT_NAME="kv-e2e-1")
     assert named.stdout.split()[:2] == ["-p", "kv-e2e-1"]
 

@@ -154,6 +154,37 @@ def test_unwritten_sectors_in_the_last_record_are_a_torn_write(tmp_path: Path,
     assert len((tmp_path / LOG_FILE).read_bytes()) == start
 
 
+@pytest.mark.parametrize("unwritten", ["first_sector", "second_sector"])
+def test_a_record_whose_magic_spans_two_sectors_one_never_written(
+        tmp_path: Path, unwritten: str) -> None:
+    # The record's first 2 bytes are the last of sector 0, the rest of its header is in
+    # sector 1; either sector may have missed the disk (sectors are written in any order).
+    # Found by the Raft simulator (seed 9694), which saw both refused as damage.
+    def synced_prefix(d: Path, k: int) -> int:
+        log = RaftLog.open(d)
+        log.recover()
+        log.save(HardState(1, "a", 0), [Entry(1, 1, data=b"p" * k)], sync=True)
+        log.close()
+        return len((d / LOG_FILE).read_bytes())
+
+    (tmp_path / "probe").mkdir()
+    base = synced_prefix(tmp_path / "probe", 0)
+    assert synced_prefix(tmp_path, 510 - base) == 510
+    log = RaftLog.open(tmp_path)
+    log.recover()
+    log.save(HardState(1, "a", 1), [], sync=False)  # a commit-only record: not fsynced
+    log.close()
+    raw = bytearray((tmp_path / LOG_FILE).read_bytes())
+    if unwritten == "first_sector":
+        raw[510:512] = bytes(2)  # the end of sector 0 never written; sector 1 was
+    else:
+        raw[512:] = bytes(len(raw) - 512)  # sector 0 written, sector 1 never
+    (tmp_path / LOG_FILE).write_bytes(bytes(raw))
+    rec = RaftLog.open(tmp_path).recover()
+    assert [e.index for e in rec.entries] == [1] and rec.hard_state.commit == 0
+    assert len((tmp_path / LOG_FILE).read_bytes()) == 510
+
+
 def test_a_hole_before_a_record_that_was_fsynced_later_is_damage(tmp_path: Path) -> None:
     # Unwritten sectors can only follow the last completed fsync. A hole with a record
     # after it that was fsynced (and then followed by more writes) is damage, not a crash.

@@ -28,6 +28,18 @@ second `ready()` before `advance()` is a usage error. Messages in a Ready may de
 the entries and hard state in the same Ready (a vote, an append acknowledgement), which is
 why step 1 precedes step 2. Committed entries are applied only after they are durable.
 
+Exception, the leader's parallel write (Ongaro's thesis 10.2.1): when `rd.send_first` is
+set (a leader whose term and vote are already durable), step 2 may come before or during
+step 1, so the followers write the new entries while the leader does. The leader's own
+match index - its vote in the commit quorum - advances only in `advance()`, i.e. after its
+write is durable (asserted whenever the commit index is computed), so an entry is
+committed only once a quorum holds it durably, whether or not that quorum includes the
+leader. Followers never send first: an append acknowledgement promises durability.
+
+Batching: proposals made while a Ready is being persisted join the next Ready, so one
+write and one fsync carry all of them (group commit), and each follower gets them in as
+few appends as `max_entries_per_msg` allows.
+
 Snapshots: the driver calls `create_snapshot(state_machine_image)` at the applied index,
 persists the result, and then `compact(index)` to free log memory (keeping some trailing
 entries lets slightly lagging followers catch up without a snapshot).

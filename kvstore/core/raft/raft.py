@@ -101,7 +101,14 @@ class ReadState:
 class Ready:
     """Everything the driver must do, in this order: persist (snapshot, entries - replacing
     any stored entries at or after entries[0].index - and hard_state; fsync if must_sync),
-    then send messages, then apply committed entries / install snapshot, then advance()."""
+    then send messages, then apply committed entries / install snapshot, then advance().
+
+    `send_first`: the messages may leave before (or while) this Ready is persisted - it is
+    a leader's Ready whose term and vote are durable already, so its messages are appends,
+    heartbeats and the like that depend on no write in it (the leader writes to its disk in
+    parallel with its followers, Ongaro's thesis 10.2.1). Committed entries are still
+    applied only after the persist, and the leader counts its own entries toward the commit
+    quorum only once advance() reports them durable."""
 
     hard_state: HardState | None
     entries: list[Entry]
@@ -112,6 +119,7 @@ class Ready:
     must_sync: bool
     leader: str = ""
     role: Role = Role.FOLLOWER
+    send_first: bool = False
 
     @property
     def truncate_from(self) -> int:
@@ -246,6 +254,10 @@ class RaftNode:
         if index < self._offset or index > self._offset + len(self._ents):
             return None
         return self._ents[index - self._offset - 1].term
+
+    def stable_index(self) -> int:
+        """The last index known durable here (persisted by a Ready that was advanced)."""
+        return min(self._unstable - 1, self.last_index())
 
     def last_term(self) -> int:
         t = self.term_at(self.last_index())
@@ -440,8 +452,8 @@ class RaftNode:
         lo = max(self.applied, snap.index if snap else 0) + 1
         committed = self.entries_from(lo, self.commit) if self.commit >= lo else []
         changed = hs != self._prev_hs
-        must_sync = bool(entries) or snap is not None or (
-            changed and (hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote))
+        term_or_vote = hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote
+        must_sync = bool(entries) or snap is not None or (changed and term_or_vote)
         rd = Ready(
             hard_state=hs if changed else None,
             entries=entries,
@@ -452,6 +464,10 @@ class RaftNode:
             must_sync=must_sync,
             leader=self.lead,
             role=self.role,
+            # A leader's messages depend on no write in this Ready when its term and vote
+            # are durable already (always, except for a group of one that just elected
+            # itself): they may leave while its own entries are being written.
+            send_first=self.role is Role.LEADER and snap is None and not term_or_vote,
         )
         self._msgs = []
         self._read_states = []
@@ -473,6 +489,10 @@ class RaftNode:
             last = rd.entries[-1]
             if self.term_at(last.index) == last.term:
                 self._unstable = max(self._unstable, last.index + 1)
+            me = self.progress.get(self.id) if self.role is Role.LEADER else None
+            if me is not None and me.maybe_update(self.stable_index()):
+                # The leader's own write is durable: only now does it count itself.
+                self._maybe_commit()
         for e in rd.committed:
             if e.index <= self.applied:
                 continue
@@ -556,7 +576,9 @@ class RaftNode:
             self.progress[n] = Progress(last + 1, self.cfg.max_inflight)
         me = self.progress.get(self.id)
         if me is not None:
-            me.match = last
+            # Count only what is durable here: in a group of one, entries of a Ready still
+            # being written when the node elected itself are counted at its advance().
+            me.match = self.stable_index()
             me.become_replicate()
         self._pending_conf_index = last  # conservatively: an unapplied change may be there
         self._leader_append(EntryType.NORMAL, b"")  # commits earlier terms' entries
@@ -726,11 +748,10 @@ class RaftNode:
         index = self.last_index() + 1
         self._ents.append(Entry(index, self.term, etype, data))
         self._unstable = min(self._unstable, index)
-        me = self.progress.get(self.id)
-        if me is not None:
-            me.maybe_update(index)
-        if not self._maybe_commit():
-            self._need_bcast = True  # sent at the next ready(): one batch per follower
+        # The leader's own match index does not move here: the entry is not durable yet. It
+        # moves in advance(), once the Ready carrying the entry has been persisted; the
+        # followers get the entry meanwhile (Ready.send_first).
+        self._need_bcast = True  # sent at the next ready(): one batch per follower
         return index
 
     def _tick_leader(self) -> None:
@@ -798,6 +819,11 @@ class RaftNode:
         return True
 
     def _maybe_commit(self) -> bool:
+        me = self.progress.get(self.id)
+        if me is not None and me.match > self.stable_index():
+            raise AssertionError(
+                f"raft safety: leader {self.id} counts itself up to {me.match} toward the "
+                f"commit quorum, but only {self.stable_index()} is durable")
         matches = sorted(
             (self.progress[v].match if v in self.progress else 0 for v in self.conf.voters),
             reverse=True,

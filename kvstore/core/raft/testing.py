@@ -105,13 +105,11 @@ class MemCluster:
         node = self.nodes[nid]
         while nid not in self.down and node.has_ready():
             rd = node.ready()
+            if rd.send_first:  # a leader's appends may leave before its own write
+                self._send_all(rd.messages)
             self.durable[nid].save(rd.snapshot, rd.hard_state, rd.entries)  # 1. persist
-            for m in rd.messages:  # 2. send (through the codec, as on a real network)
-                m2 = decode_message(encode_message(m))
-                self.sent.append(m2)
-                if (m.frm, m.to) in self.cut or (self.drop and self.drop(m2)):
-                    continue
-                self.inflight.append(m2)
+            if not rd.send_first:
+                self._send_all(rd.messages)  # 2. send
             if rd.snapshot is not None:  # 3. apply
                 self.applied[nid] = _decode_image(rd.snapshot.data)
             self.applied[nid].extend(e for e in rd.committed if e.type is EntryType.NORMAL)
@@ -119,6 +117,14 @@ class MemCluster:
             node.advance(rd)  # 4. advance
             if nid in self.joining and not node.joining:
                 self.joining.discard(nid)  # promoted: the driver clears the durable flag
+
+    def _send_all(self, messages: list[Message]) -> None:
+        for m in messages:  # through the codec, as on a real network
+            m2 = decode_message(encode_message(m))
+            self.sent.append(m2)
+            if (m.frm, m.to) in self.cut or (self.drop and self.drop(m2)):
+                continue
+            self.inflight.append(m2)
 
     def deliver(self, filt: Callable[[Message], bool] | None = None) -> int:
         """Deliver in-flight messages (those matching `filt`, default all); return count."""

@@ -90,6 +90,10 @@ class Scenario:
     retries: int = 0  # times a client re-sends a write (same session seq) before giving up
     dup_cmd: float = 0.0  # chance a write is proposed twice (a forward re-sent mid-call)
     lock_clients: int = 0  # clients holding leases and locks (tests/sim/raft/locks.py)
+    # An fsync takes 1..fsync_ms ms. A leader sends its appends before its own fsync
+    # (Ready.send_first), so a slow disk lets followers acknowledge, and the group commit,
+    # before the leader's copy is durable; a crash then loses the leader's unsynced tail.
+    fsync_ms: int = 3
 
     @classmethod
     def from_seed(cls, seed: int, long: bool = False, wipe: bool = False) -> Scenario:
@@ -142,6 +146,8 @@ class Scenario:
             retries=r.choice((0, 2, 4)),
             dup_cmd=r.choice((0.0, 0.1, 0.3)),
             lock_clients=r.choice((0, 0, 2, 3)),
+            # drawn apart, so the scenarios of existing seeds stay as they were
+            fsync_ms=random.Random(f"fsync-{seed}").choice((3, 3, 10, 30)),
         )
 
     def describe(self) -> str:
@@ -151,7 +157,7 @@ class Scenario:
             f"long_delay_p={self.long_delay_p} snap_every={self.snap_every} "
             f"keep={self.keep_entries} clients={self.clients} keys={self.keys} "
             f"drift={self.drift} retries={self.retries} dup_cmd={self.dup_cmd} "
-            f"lock_clients={self.lock_clients} "
+            f"lock_clients={self.lock_clients} fsync<={self.fsync_ms}ms "
             f"heal_at={self.heal_at}ms "
             f"faults=[{' '.join(f.describe() for f in self.faults)}]"
         )
@@ -210,6 +216,9 @@ class SimNode:
         self.leader_term_checked = -1
         self.joining_on_disk = False
         self.wiped = False  # lost its disk; comes back only through --raft-join
+        self.durable_last = 0  # last log index fsynced here (what a power loss keeps)
+        self.disk_lost = False  # wiped once: its old acknowledgements promise nothing
+        self.commit_checked = (0, 0)  # (term, commit) last checked as leader
 
     def boot(self, voters: list[str], *, create: bool = False, join: bool = False
              ) -> list[str]:
@@ -236,6 +245,7 @@ class SimNode:
         self.sm = self.sm_factory()
         if rec.snapshot.index:
             self.sm.restore(rec.snapshot.data, rec.snapshot.index)
+        self.durable_last = self.raft.last_index()  # what it recovered is on its disk now
         self.up = True
         self.gen += 1
         self.pending = None
@@ -249,6 +259,8 @@ TICK, DELIVER, FSYNC, FAULT_ON, FAULT_OFF, CLIENT, OP_TIMEOUT, ADMIN, CHECK = ra
 
 
 class Simulation:
+    check_leader_match = True  # tests turn it off to show the commit check alone suffices
+
     def __init__(self, sc: Scenario, encode: bool = True, unsafe_rebootstrap: bool = False
                  ) -> None:
         """`unsafe_rebootstrap`: a wiped voter bootstraps a fresh copy of the group again
@@ -343,6 +355,10 @@ class Simulation:
             if node.up and node.gen == b and node.pending is not None:
                 node.files.sync(LOG_FILE)
                 rd, node.pending = node.pending, None
+                if rd.snapshot is not None:
+                    node.durable_last = rd.snapshot.index
+                if rd.entries:
+                    node.durable_last = rd.entries[-1].index
                 self.complete(node, rd)
                 self.drive(node)
         elif kind == FAULT_ON:
@@ -382,6 +398,8 @@ class Simulation:
 
     def drive(self, node: SimNode) -> None:
         raft = node.raft
+        if node.up and raft.role is Role.LEADER:
+            self.check_commit_durable(node, [raft.conf.voters])  # a commit made by step()
         while node.up and node.pending is None and raft.has_ready():
             rd = raft.ready()
             self.checker.on_ready(node.id, raft, rd)
@@ -394,19 +412,60 @@ class Simulation:
             if rd.snapshot is not None:
                 node.log.install_snapshot(rd.snapshot, rd.hard_state)
             node.log.save(rd.hard_state, rd.entries, sync=False)  # written, not yet durable
+            if rd.send_first:  # a leader's appends leave while its own fsync runs
+                if rd.role is not Role.LEADER:
+                    self.fail(f"{node.id}: a {rd.role.value}'s Ready may not send first")
+                for m in rd.messages:
+                    self.send(node.id, m)
             if rd.must_sync:
                 node.pending = rd
-                self.at(self.now + 1 + node.rng.randrange(3), FSYNC, node.id, node.gen)
+                delay = 1 + node.rng.randrange(self.sc.fsync_ms)
+                self.at(self.now + delay, FSYNC, node.id, node.gen)
                 break
             self.complete(node, rd)
-        if raft.role is Role.LEADER and node.leader_term_checked != raft.term:
-            node.leader_term_checked = raft.term
-            self.checker.on_leader(node.id, raft)
+        if raft.role is Role.LEADER:
+            me = raft.progress.get(node.id)
+            if self.check_leader_match and me is not None and me.match > node.durable_last:
+                self.fail(f"leader {node.id} counts itself up to {me.match} toward the commit "
+                          f"quorum but has fsynced only up to {node.durable_last}")
+            if node.leader_term_checked != raft.term:
+                node.leader_term_checked = raft.term
+                self.checker.on_leader(node.id, raft)
+
+    def check_commit_durable(self, lead: SimNode, confs: list[frozenset[str]]) -> None:
+        """The leader's commit index is on the disks of a quorum of voters: the followers
+        that acknowledged it (they fsync before acknowledging) and the leader itself only
+        once its own fsync completed (it sends before it syncs). `confs`: the voter sets
+        the new commit index may have been computed with (advance() applies a membership
+        change after counting the leader's own write)."""
+        raft, c = lead.raft, lead.raft.commit
+        if (raft.term, c) <= lead.commit_checked:
+            return
+        lead.commit_checked = (raft.term, c)
+        if raft.term_at(c) != raft.term:
+            return  # commits of earlier terms' entries come with one of this term
+        held = []
+        for v in sorted(set().union(*confs)):
+            node = self.nodes.get(v)
+            if node is None:
+                continue
+            if v == lead.id:
+                ok = node.durable_last >= c
+            else:
+                pr = raft.progress.get(v)
+                ok = pr is not None and pr.match >= c and (
+                    node.durable_last >= c or node.disk_lost)
+            if ok:
+                held.append(v)
+        if not any(sum(1 for v in held if v in conf) >= len(conf) // 2 + 1 for conf in confs):
+            self.fail(f"leader {lead.id} committed {c} (term {raft.term}) but only {held} "
+                      f"of voters {[sorted(conf) for conf in confs]} hold it durably")
 
     def complete(self, node: SimNode, rd: Ready) -> None:
-        """The Ready is durable: send, apply, advance."""
-        for m in rd.messages:
-            self.send(node.id, m)
+        """The Ready is durable: send (unless sent already), apply, advance."""
+        if not rd.send_first:
+            for m in rd.messages:
+                self.send(node.id, m)
         if rd.snapshot is not None:
             node.sm.restore(rd.snapshot.data, rd.snapshot.index)
             self.checker.on_install(node.id, rd.snapshot)
@@ -421,7 +480,10 @@ class Simulation:
             else:
                 node.sm.skip(e.index)
         node.read_waits.extend(rd.read_states)
+        conf_before = node.raft.conf.voters
         node.raft.advance(rd)
+        if node.raft.role is Role.LEADER:  # a commit made by advance(): own write counted
+            self.check_commit_durable(node, [conf_before, node.raft.conf.voters])
         if self.locks is not None:
             self.locks.after_apply(node)
         if node.joining_on_disk and not node.raft.joining:
@@ -497,6 +559,7 @@ class Simulation:
                 self.crashes += 1
             node.files = MemFiles()
             node.wiped = True
+            node.disk_lost = True
             self.rejoin, self.rejoin_done = node.id, False
             return
         if f.kind in ("crash", "power_loss"):
