@@ -14,8 +14,9 @@
 #   2. builds $KV_IMAGE unless KV_NO_BUILD=1: `docker build` on $KV_BASE_IMAGE when that
 #      image is in the engine or a registry answers a pull of it within 30 s, else the
 #      offline build (scripts/docker_build.sh offline: a Debian base image made with
-#      debootstrap, pre-downloaded wheels, `docker build --network none`); then removes
-#      the dangling intermediate images the build left (label kvstore.build);
+#      debootstrap, pre-downloaded wheels, `docker build --network none`), and that at
+#      once, with no pull attempt, when KV_BASE_IMAGE is that base (kvstore-base:bookworm);
+#      then removes the dangling intermediate images the build left (label kvstore.build);
 #   3. passes KV_RAFT_BOOTSTRAP=1 only when the project has no n1 data volume yet (a new
 #      cluster: the Raft voters n1..n3 create the group; never on a later `up`, see
 #      docs/raft.md);
@@ -55,7 +56,11 @@ run_compose() { "${compose[@]}" -p "$project" -f docker-compose.yml "$@"; }
 
 build() {
   local base="${KV_BASE_IMAGE:-python:3.11-slim}"
-  if docker image inspect "$base" >/dev/null 2>&1 \
+  if [ "$base" = "kvstore-base:bookworm" ]; then
+    # the offline build's own base (scripts/docker_base_image.sh): no registry to probe
+    log "building $image on $base offline (scripts/docker_build.sh offline)"
+    KV_BASE_IMAGE="$base" scripts/docker_build.sh offline
+  elif docker image inspect "$base" >/dev/null 2>&1 \
       || timeout 30 docker pull --quiet "$base" >/dev/null 2>&1; then
     log "building $image on $base (docker build)"
     docker build --quiet --force-rm --build-arg "BASE_IMAGE=$base" \

@@ -1,9 +1,17 @@
 """The compose cluster as a user meets it: the kv CLI from the host and from inside the
 containers, a stopped node, and a node cut off the network.
 
-Each test leaves every node running and connected (also when it fails), so one failure
-does not cascade. Reads that must come from one replica alone are done inside that
-node's container while it is cut off the network: only its own data can answer.
+Each test runs on both compose profiles (conftest's compose_cluster, ids [default] and
+[secure]: on the secure cluster every kv command goes over TLS as an authenticated admin).
+The default CI run (KV_E2E=1) runs all of them on both; KV_E2E_SECURE=subset runs only
+those marked `secure_ci` on "secure". Both profiles' clusters are shared with
+test_compose_coordination.py for the whole session.
+
+Each test leaves every node running and connected (also when it fails; conftest checks
+and restores that before each test), so one failure does not cascade. The five-node test
+leaves n4 and n5 as members: it runs last (`reshapes_cluster`). Reads that must come from
+one replica alone are done inside that node's container while it is cut off the network:
+only its own data can answer.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import pytest
 
 from .conftest import ComposeCluster, values
 
-# The first test's setup builds the images: minutes when nothing is cached.
+# The first test's setup builds the image: minutes when nothing is cached.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 # What `kv` documents for ALL when a replica is down in a 3-node cluster (no node outside
@@ -73,6 +81,7 @@ def wait_for(what: str, check, timeout: float = CONVERGE_TIMEOUT) -> float:
             time.sleep(1.0)
 
 
+@pytest.mark.secure_ci
 def test_put_get_each_consistency_from_the_host(compose_cluster: ComposeCluster) -> None:
     c = compose_cluster
     members = json.dumps(json.loads(ok(c.kv("status", "--json")))["members"])
@@ -100,6 +109,7 @@ def test_put_get_from_inside_containers(compose_cluster: ComposeCluster) -> None
     assert values(c.kv("get", "inside:k", "--consistency", "ONE", "--json")) == ["from-n1"]
 
 
+@pytest.mark.secure_ci
 def test_stopped_node_quorum_all_and_its_data_after_restart(
         compose_cluster: ComposeCluster) -> None:
     c = compose_cluster
@@ -178,6 +188,7 @@ def test_down_keeps_the_data_in_named_volumes(compose_cluster: ComposeCluster) -
     assert values(c.kv("get", "host:ALL", "--consistency", "ALL", "--json")) == ["value-all"]
 
 
+@pytest.mark.reshapes_cluster  # n4, n5 stay members: last, then a new cluster
 def test_five_node_profile_gossip_sloppy_quorum_and_handoff(
         compose_cluster: ComposeCluster) -> None:
     """`--profile five` adds n4 and n5, seeded with n1..n3 only; they join and serve. With
@@ -248,6 +259,7 @@ def test_both_compose_front_ends_drive_the_project(compose_cluster: ComposeClust
     assert expected <= set(ps.stdout.split()), (front_end, ps.stdout)
 
 
+@pytest.mark.secure_ci
 def test_raft_meta_repair_and_admin_commands_from_the_host(
         compose_cluster: ComposeCluster) -> None:
     """The compose cluster runs the Raft group on n1..n3; every kv command works from the
@@ -275,5 +287,5 @@ def test_raft_meta_repair_and_admin_commands_from_the_host(
                  ["repair", "--json", "--node", live.split(",")[0]],
                  ["raft", "status", "--json"], ["meta", "get", "e2e/k"]):
         proc = run([*kv_command(), "--endpoints", f"{dead},{live}", *args], timeout=120,
-                   check=False)
+                   env=c.host_env(), check=False)
         assert proc.returncode == 0, (args, proc.stderr)

@@ -4,7 +4,9 @@ Needs a docker engine that can enter swarm mode. The test initialises a single-n
 when the engine is in none (and leaves it again afterwards), deploys the stack under a
 name of its own on free host ports, writes and reads at QUORUM and ALL from the host, and
 removes the stack, its network and its volumes. Skips, saying why, where docker or swarm
-mode is unavailable. The image is the one the compose e2e tests build (offline, cached).
+mode is unavailable. The image is the session's (conftest's e2e_image, which the compose
+clusters run too: built once, removed at the end of the session); any compose cluster of
+the session is taken down first (the swarm runs after them: conftest orders the tests).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import CHECKOUT, ROOT, free_ports, kv_command, run
+from .conftest import ROOT, Clusters, E2EImage, free_ports, kv_command, run
 
-# The module fixture builds the image (minutes on a loaded machine when not cached) and
-# waits up to READY_TIMEOUT for the stack: more than the default 300 s test timeout.
+# The session's image may be built in this module's setup (minutes on a loaded machine
+# when not cached), then up to READY_TIMEOUT for the stack: more than the default 300 s.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 NODES = ("n1", "n2", "n3")
@@ -44,34 +46,18 @@ def _swarm_state() -> str:
     return out.strip()
 
 
-def _image() -> str:
-    """The kvstore image, built offline like the compose e2e tests (cached layers)."""
-    base = os.environ.get("KV_E2E_BASE_IMAGE", "kvstore-base:bookworm")
-    # a tag of its own, unique per checkout, removed afterwards (as the compose tests do)
-    image = os.environ.get("KV_E2E_IMAGE", f"kvstore:e2e-swarm-{CHECKOUT}")
-    env = {**os.environ, "KV_BASE_IMAGE": base, "KV_IMAGE": image}
-    if "KV_E2E_BASE_IMAGE" not in os.environ:
-        made = run([str(ROOT / "scripts/docker_base_image.sh"), base], timeout=900, env=env,
-                   check=False)
-        if made.returncode in (4, 5):
-            pytest.skip("cannot make the base image, debootstrap cannot run: "
-                        + made.stderr.strip()[-300:])
-        assert made.returncode == 0, f"docker_base_image.sh failed:\n{made.stderr}"
-    run([str(ROOT / "scripts/docker_build.sh"), "offline"], timeout=900, env=env)
-    return image
-
-
 def _kv(endpoints: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*kv_command(), "--endpoints", endpoints, *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def swarm_stack() -> Iterator[str]:
+def swarm_stack(e2e_image: E2EImage, e2e_clusters: Clusters) -> Iterator[tuple[str, str]]:
     why = _docker_ok()
     if why:
         pytest.skip(why)
-    image = _image()
+    e2e_clusters.release()  # no compose cluster shares the two cores with the stack
+    image = e2e_image.image
     initialised = False
     if _swarm_state() == "inactive":
         init = run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=False)
@@ -101,10 +87,6 @@ def swarm_stack() -> Iterator[str]:
             run(["docker", "volume", "rm", *volumes], check=False)
         if initialised:
             run(["docker", "swarm", "leave", "--force"], check=False, timeout=120)
-        if "KV_E2E_IMAGE" not in os.environ:
-            run(["docker", "image", "rm", "--force", image], check=False)
-            run(["docker", "image", "prune", "--force", "--filter", "label=kvstore.build"],
-                check=False)
         left = {what: run(["docker", what, "ls", "-q", "--filter", label] if what != "ps"
                           else ["docker", "ps", "-aq", "--filter", label],
                           check=False).stdout.split()
