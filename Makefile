@@ -41,10 +41,10 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-# Two workers: one runs every real-process test in turn (xdist group "processes", see
+# Two workers: one runs every real-process test in turn (one work unit of the scheduler in
 # tests/conftest.py), the other the simulations, unit, property and fuzz tests beside it.
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed-test
 	KV_SLOW=1 $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
