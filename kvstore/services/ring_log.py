@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from kvstore._proto import meta_pb2 as mpb
 from kvstore.core.errors import InvalidArgument, Unavailable
 from kvstore.core.ringlog import STATUS_NAMES
+from kvstore.services.meta_session import MetaSession
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,7 @@ class RingLog:
         self.epoch = 0
         self.commits = 0
         self.commit_seconds = 0.0  # total time spent committing (the Raft round trips)
-        self._client_id = 0
-        self._seq = 0
-        self._open: set[int] = set()
-        self._register = asyncio.Lock()
+        self._session = MetaSession(self._call)
         self._task: asyncio.Task | None = None
 
     @property
@@ -80,27 +78,12 @@ class RingLog:
 
     async def _command(self, deadline: float, **op) -> mpb.MetaResult:
         while True:
-            async with self._register:
-                if not self._client_id:
-                    reply = await self._call(mpb.MetaRequest(command=mpb.MetaCommand(
-                        register=mpb.RegisterClient())), deadline)
-                    if reply.result.code != mpb.META_OK:
-                        raise Unavailable(reply.result.error)
-                    self._client_id = reply.result.client_id
-            self._seq += 1
-            seq = self._seq
-            self._open.add(seq)
-            cmd = mpb.MetaCommand(session=mpb.Session(
-                client_id=self._client_id, seq=seq, acked=min(self._open) - 1), **op)
-            try:
-                reply = await self._call(mpb.MetaRequest(command=cmd), deadline)
-            finally:
-                self._open.discard(seq)
-            if reply.result.code != mpb.META_SESSION_EXPIRED:
-                return reply.result
+            result = await self._session.command(deadline, **op)
+            if result.code != mpb.META_SESSION_EXPIRED:
+                return result
             # The session was forgotten: a ring change repeats safely (the table accepts
             # the state a member is already in), so register again and send it again.
-            self._client_id = 0
+            self._session.forget()
 
     async def commit(self, node: str, status: int, tokens: Iterable[int] = (), *,
                      replaces: str = "", by: str = "") -> int:

@@ -33,6 +33,7 @@ from kvstore.core import txn as core
 from kvstore.core import versions
 from kvstore.core.errors import Conflict, InvalidArgument, KVError, NotReady, Timeout, Unavailable
 from kvstore.core.hlc import HLC
+from kvstore.services.meta_session import MetaSession
 from kvstore.services.replica import Replica
 from kvstore.storage.intents import IntentStore, IntentStoreFull
 from kvstore.transport.base import Transport, TransportError
@@ -90,10 +91,7 @@ class TxnService:
         self.timeout = timeout
         self.sweep_interval = sweep_interval
         self.offload = offload
-        self._client_id = 0
-        self._seq = 0
-        self._open: set[int] = set()
-        self._register = asyncio.Lock()
+        self._session = MetaSession(self._call_meta)
         self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._finishing: set[str] = set()  # resolutions started by plain reads (one each)
@@ -161,28 +159,12 @@ class TxnService:
             await asyncio.sleep(min(0.05, max(0.001, deadline - self.monotonic())))
 
     async def _command(self, deadline: float, **op) -> mpb.MetaResult:
-        async with self._register:
-            if not self._client_id:
-                reply = await self._call_meta(mpb.MetaRequest(command=mpb.MetaCommand(
-                    register=mpb.RegisterClient())), deadline)
-                if reply.result.code != mpb.META_OK:
-                    raise Unavailable(reply.result.error)
-                self._client_id = reply.result.client_id
-        self._seq += 1
-        seq = self._seq
-        self._open.add(seq)
-        acked = min(self._open) - 1
-        cmd = mpb.MetaCommand(session=mpb.Session(client_id=self._client_id, seq=seq,
-                                                  acked=acked), **op)
-        try:
-            reply = await self._call_meta(mpb.MetaRequest(command=cmd), deadline)
-        finally:
-            self._open.discard(seq)
-        if reply.result.code == mpb.META_SESSION_EXPIRED:
-            if "unknown" in reply.result.error:
-                self._client_id = 0  # evicted: register again next time
-            raise OutcomeUnknown(reply.result.error)
-        return reply.result
+        result = await self._session.command(deadline, **op)
+        if result.code == mpb.META_SESSION_EXPIRED:
+            if "unknown" in result.error:
+                self._session.forget()  # evicted: register again next time
+            raise OutcomeUnknown(result.error)
+        return result
 
     async def record(self, txn_id: str, timeout: float | None = None) -> tpb.TxnRecord | None:
         """The transaction's record (a linearizable read), None if there is none."""
