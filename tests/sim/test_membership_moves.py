@@ -196,6 +196,23 @@ async def scenario(seed: int, move_dir: Path) -> Outcome:
             await again()
         return progress_of()
 
+    async def start_and_stream(new: str, label: str, replace: str | None = None):
+        """Start `new` joining (in `replace`'s place, if given), cut a node off while the
+        move is announced, and follow the move to its end, restarting `new` if it fails."""
+        kwargs = {"replace": replace} if replace else {}
+        await cluster.join(new, [f"{cluster.ids[0]}:1"], join=True, **kwargs)
+        watch(new)
+        of = progress_of(new)
+        cut = asyncio.ensure_future(partition_during(new, of))
+
+        async def rejoin(n=new):
+            await cluster.restart(n)
+            watch(n)
+
+        progress = await resume(label, new, of, rejoin)
+        await cut
+        return progress
+
     for step in order:
         if step == "remove" and len(serving) < 4:
             order_note = "remove skipped (fewer than 4 nodes)"
@@ -203,18 +220,7 @@ async def scenario(seed: int, move_dir: Path) -> Outcome:
             continue
         if step == "join":
             new = f"n{len(cluster.ids) + 1}"
-            node = await cluster.join(new, [f"{cluster.ids[0]}:1"], join=True)
-            watch(new)
-            of = progress_of(new)
-            cut = asyncio.ensure_future(partition_during(new, of))
-
-            async def rejoin(n=new):
-                await cluster.restart(n)
-                watch(n)
-
-            progress = await resume(f"join of {new}", new, of, rejoin)
-            await cut
-            node = cluster.nodes[new]
+            progress = await start_and_stream(new, f"join of {new}")
             assert progress.state == "done", f"seed {seed}: join failed: {progress.error}"
             serving.append(new)
             out.moves.append(f"join {new}: {progress.ranges_total} ranges, {progress.keys} keys")
@@ -224,17 +230,7 @@ async def scenario(seed: int, move_dir: Path) -> Outcome:
             cluster.kill(dead)
             out.removed = True  # its copies are gone: a QUORUM of final owners is the bar
             new = f"n{len(cluster.ids) + 1}"
-            node = await cluster.join(new, [f"{cluster.ids[0]}:1"], join=True, replace=dead)
-            watch(new)
-            of = progress_of(new)
-            cut = asyncio.ensure_future(partition_during(new, of))
-
-            async def rejoin(n=new):
-                await cluster.restart(n)
-                watch(n)
-
-            progress = await resume(f"{new} replacing {dead}", new, of, rejoin)
-            await cut
+            progress = await start_and_stream(new, f"{new} replacing {dead}", replace=dead)
             assert progress.state == "done", f"seed {seed}: replace failed: {progress.error}"
             serving.append(new)
             out.moves.append(f"replace {dead} with {new}: {progress.ranges_total} ranges, "
