@@ -983,6 +983,7 @@ class Coordinator:
         node's default when the client gave neither), so the replica counts as asked.
         Raises `_NoReplica` when every replica refused the connection (nothing written).
         """
+        self.metrics["writes_forwarded"] += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         reasons = []
@@ -1010,6 +1011,7 @@ class Coordinator:
             if result.HasField("error"):
                 raise from_pb(result.error)
             reply = result.reply
+            reply.forwarded = True
             if reply.HasField("trace") and trace.pb is not None:
                 inner = reply.trace
                 merged = cpb.Trace()
