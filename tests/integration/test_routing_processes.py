@@ -1,0 +1,126 @@
+"""Token-aware routing against real processes: 5 nodes, N=3, so each key has two nodes
+that are not replicas and would forward a write to one.
+
+Checked through what the nodes themselves say: their forwarding counter in /metrics
+(`kv_coordinator_total{event="writes_forwarded"}`) and the trace of a write ("is not a
+replica; forwarding", `forwarded_to`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from conftest import free_ports, kv_in_process, start_cluster
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvstore.client import AsyncClient
+from kvstore.client.routing import RingView
+from kvstore.core.ring import Ring
+from kvstore.node.local_cluster import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+NODES = 5
+KEYS = [f"route-{i}" for i in range(60)]
+FORWARDING = "is not a replica; forwarding"
+
+
+@pytest.fixture(scope="module")
+def cluster5(tmp_path_factory) -> Iterator[LocalCluster]:
+    c = start_cluster(tmp_path_factory.mktemp("routing"), nodes=NODES, replication_factor=3,
+                      metrics_ports=free_ports(NODES))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def forwarded(cluster: LocalCluster) -> float:
+    """Writes forwarded by all nodes so far, from each node's /metrics."""
+    count = 0.0
+    for node in cluster.nodes:
+        url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "kv_coordinator_total" and s.labels.get("event") == \
+                        "writes_forwarded":
+                    count += s.value
+    return count
+
+
+async def put_all(cluster: LocalCluster, *, route: bool, trace: bool = False,
+                  prefix: str = "") -> list[dict]:
+    async with AsyncClient(cluster.endpoints(), route=route) as client:
+        if route:
+            view = await client.refresh_ring()
+            assert view is not None and len(view.ring.nodes) == NODES
+        results = await asyncio.gather(*(
+            client.put(prefix + k, "v", consistency="QUORUM", trace=trace) for k in KEYS))
+    return [r.trace for r in results]
+
+
+def test_routed_writes_are_never_forwarded(cluster5):
+    before = forwarded(cluster5)
+    traces = asyncio.run(put_all(cluster5, route=True, trace=True, prefix="a-"))
+    assert forwarded(cluster5) == before
+    for t in traces:
+        assert t["forwarded_to"] is None
+        assert t["coordinator"] == t["preference_list"][0]  # the first replica coordinates
+        assert not any(FORWARDING in e["event"] for e in t["events"])
+
+
+def test_unrouted_writes_are_forwarded_when_they_reach_a_non_replica(cluster5):
+    before = forwarded(cluster5)
+    traces = asyncio.run(put_all(cluster5, route=False, trace=True, prefix="b-"))
+    hops = [t for t in traces if t["forwarded_to"]]
+    # round-robin over 5 nodes with N=3: ~2 in 5 writes reach a non-replica
+    assert hops, "no unrouted write was forwarded"
+    assert forwarded(cluster5) - before == len(hops)
+    for t in hops:
+        assert t["coordinator"] not in t["preference_list"]
+        assert any(FORWARDING in e["event"] for e in t["events"])
+
+
+def test_the_cli_routes_and_no_route_turns_it_off(cluster5):
+    eps = ",".join(cluster5.endpoints())
+    first = cluster5.nodes[0].id  # an unrouted CLI request goes to the first endpoint
+    n1_ring = Ring.of_nodes([n.id for n in cluster5.nodes])
+    key = next(k for k in (f"cli-{i}" for i in range(100))
+               if first not in n1_ring.preference_list(k.encode(), 3))
+    routed = kv_in_process(eps, "put", key, "v", "--trace", "--json")
+    assert routed.returncode == 0, routed.stderr
+    assert json.loads(routed.stdout)["trace"]["forwarded_to"] is None
+    plain = kv_in_process(eps, "--no-route", "put", key, "v2", "--trace")
+    assert plain.returncode == 0, plain.stderr
+    assert FORWARDING in plain.stdout
+
+
+def test_a_stale_ring_still_writes_and_a_forwarded_reply_refreshes_it(cluster5):
+    async def run() -> None:
+        async with AsyncClient(cluster5.endpoints(), route_refresh=3600.0) as client:
+            view = await client.refresh_ring()
+            # a ring from before n4 and n5 joined: wrong for keys they now replicate
+            old = [n.id for n in cluster5.nodes[:3]]
+            client.ring = RingView(Ring.of_nodes(old), 3,
+                                   {n: view.addresses[n] for n in old})
+            key = next(k for k in (f"stale-{i}".encode() for i in range(100))
+                       if client.ring.replicas(k)[0] not in view.replicas(k))
+            reply = await client.put(key, "v", consistency="QUORUM", trace=True)
+            assert reply.trace["forwarded_to"]  # the node forwarded: written all the same
+            assert (await client.get(key, consistency="QUORUM")).value == b"v"
+            deadline = time.monotonic() + 10
+            while len(client.ring.ring.nodes) != NODES:  # refreshed soon, not in an hour
+                assert time.monotonic() < deadline, "the ring was not refreshed"
+                await asyncio.sleep(0.2)
+                await client.get(key)
+            second = await client.put(key, "v3", consistency="QUORUM", trace=True)
+            assert second.trace["forwarded_to"] is None
+
+    asyncio.run(run())
