@@ -90,10 +90,12 @@ def test_unrouted_writes_are_forwarded_when_they_reach_a_non_replica(cluster5):
 
 def test_the_cli_routes_and_no_route_turns_it_off(cluster5):
     eps = ",".join(cluster5.endpoints())
-    first = cluster5.nodes[0].id  # an unrouted CLI request goes to the first endpoint
-    n1_ring = Ring.of_nodes([n.id for n in cluster5.nodes])
-    key = next(k for k in (f"cli-{i}" for i in range(100))
-               if first not in n1_ring.preference_list(k.encode(), 3))
+    # Unrouted, a CLI command's requests go to the endpoints in turn from the first (`kv
+    # put` reads the key's context, then writes): a key the first two do not replicate
+    first_two = {n.id for n in cluster5.nodes[:2]}
+    ring = Ring.of_nodes([n.id for n in cluster5.nodes])
+    key = next(k for k in (f"cli-{i}" for i in range(200))
+               if not first_two & set(ring.preference_list(k.encode(), 3)))
     routed = kv_in_process(eps, "put", key, "v", "--trace", "--json")
     assert routed.returncode == 0, routed.stderr
     assert json.loads(routed.stdout)["trace"]["forwarded_to"] is None
@@ -106,17 +108,18 @@ def test_a_stale_ring_still_writes_and_a_forwarded_reply_refreshes_it(cluster5):
     async def run() -> None:
         async with AsyncClient(cluster5.endpoints(), route_refresh=3600.0) as client:
             view = await client.refresh_ring()
-            # a ring from before n4 and n5 joined: wrong for keys they now replicate
-            old = [n.id for n in cluster5.nodes[:3]]
-            client.ring = RingView(Ring.of_nodes(old), 3,
-                                   {n: view.addresses[n] for n in old})
+            # a wrong ring: every member's address taken for the next one's
+            ids = sorted(view.addresses)
+            client.ring = RingView(view.ring, 3, {n: view.addresses[ids[(i + 1) % len(ids)]]
+                                                  for i, n in enumerate(ids)})
             key = next(k for k in (f"stale-{i}".encode() for i in range(100))
                        if client.ring.replicas(k)[0] not in view.replicas(k))
+            assert client.ring.addresses != view.addresses
             reply = await client.put(key, "v", consistency="QUORUM", trace=True)
             assert reply.trace["forwarded_to"]  # the node forwarded: written all the same
             assert (await client.get(key, consistency="QUORUM")).value == b"v"
             deadline = time.monotonic() + 10
-            while len(client.ring.ring.nodes) != NODES:  # refreshed soon, not in an hour
+            while client.ring.addresses != view.addresses:  # refreshed soon, not in an hour
                 assert time.monotonic() < deadline, "the ring was not refreshed"
                 await asyncio.sleep(0.2)
                 await client.get(key)
