@@ -533,22 +533,39 @@ class AsyncClient:
         return [self._by_address[a] for a in addresses], replicas
 
     async def refresh_ring(self) -> RingView | None:
-        """Fetch the ring for routing now, from the first endpoint that answers; returns
-        the view in use (None: none usable, requests go in the usual order). A failed
-        fetch keeps the previous view; the next is due `route_refresh` seconds later."""
+        """Fetch the ring for routing now: every endpoint's `Info` at once (each says which
+        node answered, so endpoints are matched to members by id), the ring as the first
+        endpoint that answered reports it. Returns the view in use (None: none usable,
+        requests go in the usual order). When no endpoint answers the previous view is
+        kept; the next refresh is due `route_refresh` seconds later."""
         loop = asyncio.get_running_loop()
         self._ring_fetched = loop.time()
         self._ring_due = self._ring_fetched + self.route_refresh
-        try:
-            info = await self.info()
-        except KVError as exc:
-            log.debug("could not refresh the ring for routing: %s", exc)
+        endpoints = list(self.endpoints)
+        answers = await asyncio.gather(*(self._info_of(ep) for ep in endpoints))
+        identified: dict[str, str] = {}
+        first: admin_pb2.NodeInfo | None = None
+        for ep, info in zip(endpoints, answers, strict=True):
+            if info is not None:
+                identified.setdefault(info.node_id, ep.address)
+                first = first or info
+        if first is None:
             return self.ring
-        self.ring = RingView.from_info(info)
+        self.ring = RingView.from_info(first, identified)
         if self.ring is None:
             log.debug("the ring %s reports cannot be rebuilt here; not routing",
-                      info.node_id)
+                      first.node_id)
         return self.ring
+
+    async def _info_of(self, ep: _Endpoint) -> admin_pb2.NodeInfo | None:
+        try:
+            return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout,
+                                       metadata=await self.metadata(ep))
+        except grpc.aio.AioRpcError as exc:
+            log.debug("no ring from %s: %s", ep.address, self._rpc_error(ep, exc))
+        except KVError as exc:  # could not log in
+            log.debug("no ring from %s: %s", ep.address, exc)
+        return None
 
     def _order(self, now: float) -> list[_Endpoint]:
         start = next(self._next)

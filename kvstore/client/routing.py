@@ -8,7 +8,7 @@ node ids, mmh3 of the key), and sending the request to the first replica it has 
 endpoint for. Reads gain too: a replica coordinating a read answers its own copy locally.
 
 The ring comes from one node's `Info` (the call behind `kv ring`): its members, their
-advertised addresses, vnodes and N. Only members on the ring (NORMAL, LEAVING) own
+gossiped addresses, vnodes and N. Only members on the ring (NORMAL, LEAVING) own
 ranges, as on the nodes. A member whose tokens are not derived from its own id (a node
 that replaced another takes that one's tokens) would make the rebuilt ring differ from
 the node's; the node reports each member's primary ownership, so a view whose ownership
@@ -21,15 +21,18 @@ without routing. Routing only decides which node is asked first; the reply says 
 node forwarded (`ClientReply.forwarded`), and the client takes that as a sign to refresh
 its ring.
 
-Endpoints are matched to members by the address the member advertises (`--advertise`,
-else its listen address), exactly as written: a client that reaches the nodes under
-other names (a docker port mapping, a load balancer) finds no replica among its endpoints
-and keeps its usual order. Routing never adds endpoints the client was not given.
+Endpoints are matched to members by node id: the client asks each of its endpoints for
+its `Info`, which names the node that answered, so a node reached under another name than
+it gossips (a separate peer listener, `--peer-listen`, as in the secure profile; a docker
+port mapping) is still recognised. A member no endpoint answered for is matched by the
+address it gossips, exactly as written. Routing never adds endpoints the client was not
+given; an endpoint behind a load balancer (a different node each call) must not be used
+with routing (`route=False`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvstore._proto import admin_pb2
@@ -46,14 +49,18 @@ class RingView:
 
     ring: Ring
     replication_factor: int
-    addresses: dict[str, str]  # node id -> advertised address
+    addresses: dict[str, str]  # node id -> the endpoint that reaches it
     source: str = ""  # the node whose view it is
 
     @classmethod
-    def from_info(cls, info: admin_pb2.NodeInfo) -> RingView | None:
+    def from_info(cls, info: admin_pb2.NodeInfo,
+                  identified: Mapping[str, str] | None = None) -> RingView | None:
         """The view a node reports, or None when it cannot be used for routing: no member
         on the ring, or a rebuilt ring whose ownership differs from what the node reports
-        (tokens not derived from the member's id, or a different hash)."""
+        (tokens not derived from the member's id, or a different hash). `identified`:
+        node id -> the client's endpoint that answered as that node; other members are
+        reached at the address they gossip."""
+        identified = identified or {}
         on_ring = {m.id: m for m in info.members if m.status in ON_RING}
         if not on_ring or not info.vnodes or not info.replication_factor:
             return None
@@ -63,10 +70,11 @@ class RingView:
                for m, member in on_ring.items()):
             return None
         return cls(ring, info.replication_factor,
-                   {m: member.address for m, member in on_ring.items()}, info.node_id)
+                   {m: identified.get(m, member.address) for m, member in on_ring.items()},
+                   info.node_id)
 
     def replicas(self, key: bytes) -> list[str]:
-        """The advertised addresses of the key's replicas, in preference-list order."""
+        """The addresses of the key's replicas, in preference-list order."""
         return [self.addresses[node]
                 for node in self.ring.preference_list(key, self.replication_factor)]
 

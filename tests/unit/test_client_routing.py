@@ -87,6 +87,21 @@ def test_endpoints_named_otherwise_than_the_advertised_addresses_are_not_routed(
     assert route(view, b"k", order) == (order, 0)
 
 
+def test_endpoints_identified_by_the_node_that_answered_are_routed_whatever_their_name():
+    # the client's endpoints reach n1 and n2 under other names (a client port apart from
+    # the gossiped peer port, or a port mapping): their Info said which node answered
+    mapped = {"n1": "localhost:17001", "n2": "localhost:17002"}
+    view = RingView.from_info(info(), mapped)
+    order = ["localhost:17001", "localhost:17002"]
+    seen = set()
+    for key in KEYS:
+        pref = Ring.of_nodes(NODES, VNODES).preference_list(key, 3)
+        got, leading = route(view, key, order)
+        assert got[:leading] == [mapped[n] for n in pref if n in mapped]
+        seen.add(leading)
+    assert seen == {0, 1, 2}
+
+
 def test_only_members_on_the_ring_own_keys():
     status = {"n4": "JOINING", "n5": "LEFT"}
     view = RingView.from_info(info(status=status))
