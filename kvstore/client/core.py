@@ -57,6 +57,7 @@ MAX_PIPELINE = 512
 DOWN_FOR = 1.0  # seconds a node that refused a connection is skipped
 ROUTE_REFRESH = 10.0  # seconds between ring refreshes of a routing client that is in use
 ROUTE_SOON = 1.0  # after a forwarded reply: refresh again this long after the last one
+ROUTE_GRACE = 0.2  # after the first endpoint's ring: how long the others may still answer
 OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -534,23 +535,39 @@ class AsyncClient:
 
     async def refresh_ring(self) -> RingView | None:
         """Fetch the ring for routing now: every endpoint's `Info` at once (each says which
-        node answered, so endpoints are matched to members by id), the ring as the first
-        endpoint that answered reports it. Returns the view in use (None: none usable,
+        node answered, so endpoints are matched to members by id; those that have not
+        answered ROUTE_GRACE after the first are matched by the address they gossip), the
+        ring as the first endpoint in the list that answered reports it. Returns the view
+        in use (None: none usable,
         requests go in the usual order). When no endpoint answers the previous view is
         kept; the next refresh is due `route_refresh` seconds later."""
         loop = asyncio.get_running_loop()
         self._ring_fetched = loop.time()
         self._ring_due = self._ring_fetched + self.route_refresh
         endpoints = list(self.endpoints)
-        answers = await asyncio.gather(*(self._info_of(ep) for ep in endpoints))
-        identified: dict[str, str] = {}
-        first: admin_pb2.NodeInfo | None = None
-        for ep, info in zip(endpoints, answers, strict=True):
-            if info is not None:
-                identified.setdefault(info.node_id, ep.address)
-                first = first or info
-        if first is None:
+        tasks = {asyncio.ensure_future(self._info_of(ep)): i for i, ep in enumerate(endpoints)}
+        answers: dict[int, admin_pb2.NodeInfo] = {}
+        pending = set(tasks)
+        until = loop.time() + self.timeout  # then ROUTE_GRACE after the first answer
+        try:
+            while pending and (wait := until - loop.time()) > 0:
+                done, pending = await asyncio.wait(pending, timeout=wait,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.result() is not None:
+                        if not answers:  # a hung node (paused, cut off) must not hold it up
+                            until = min(until, loop.time() + ROUTE_GRACE)
+                        answers[tasks[task]] = task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not answers:
             return self.ring
+        identified: dict[str, str] = {}
+        for i in sorted(answers):
+            identified.setdefault(answers[i].node_id, endpoints[i].address)
+        first = answers[min(answers)]
         self.ring = RingView.from_info(first, identified)
         if self.ring is None:
             log.debug("the ring %s reports cannot be rebuilt here; not routing",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import pytest
 from conftest import free_ports, kv_in_process, start_cluster
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvstore.client import AsyncClient
+from kvstore.client import AsyncClient, Client
 from kvstore.client.routing import RingView
 from kvstore.core.ring import Ring
 from kvstore.node.local_cluster import LocalCluster
@@ -127,3 +129,26 @@ def test_a_stale_ring_still_writes_and_a_forwarded_reply_refreshes_it(cluster5):
             assert second.trace["forwarded_to"] is None
 
     asyncio.run(run())
+
+
+def test_a_hung_node_does_not_hold_up_the_first_routed_request(cluster5):
+    """A blocking client fetches the ring before its first request, from every endpoint
+    at once; a node that accepts connections but never answers (paused) must not make
+    it wait for its whole deadline (30 s here): the others' answers are used after a
+    short grace, and the write goes to a replica."""
+    hung = cluster5.nodes[-1]
+    ring = Ring.of_nodes([n.id for n in cluster5.nodes])
+    key = next(k for k in (f"hung-{i}" for i in range(100))
+               if hung.id not in ring.preference_list(k.encode(), 3))
+    os.kill(cluster5.procs[hung.id].pid, signal.SIGSTOP)
+    try:
+        with Client(cluster5.endpoints(), timeout=30.0) as client:
+            started = time.monotonic()
+            put = client.put(key, "v", consistency="ONE", trace=True)
+            assert time.monotonic() - started < 15.0
+            view = client.async_client.ring
+            assert view is not None
+            assert {view.addresses[n.id] for n in cluster5.nodes} == set(cluster5.endpoints())
+            assert put.trace["forwarded_to"] is None
+    finally:
+        os.kill(cluster5.procs[hung.id].pid, signal.SIGCONT)
