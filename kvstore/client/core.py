@@ -260,7 +260,8 @@ class AsyncClient:
 
     `route` (default on): send each get, put and delete to an endpoint that replicates its
     key (client/routing.py), so no write needs a forwarding hop. The ring is fetched from
-    a node in the background (the first requests go in the usual order until it arrives),
+    the endpoints in the background (the first requests go in the usual order until it
+    arrives; `await refresh_ring()` first to route from the first request),
     again every `route_refresh` seconds while the client sends requests, and soon after a
     node answers that it forwarded a write. A stale ring is never a correctness problem: a
     node that is not a replica of the key forwards the write to one, as without routing.
@@ -538,9 +539,9 @@ class AsyncClient:
         node answered, so endpoints are matched to members by id; those that have not
         answered ROUTE_GRACE after the first are matched by the address they gossip), the
         ring as the first endpoint in the list that answered reports it. Returns the view
-        in use (None: none usable,
-        requests go in the usual order). When no endpoint answers the previous view is
-        kept; the next refresh is due `route_refresh` seconds later."""
+        in use (None: none usable, requests go in the usual order). When no endpoint
+        answers, the previous view is kept; the next refresh is due `route_refresh`
+        seconds later."""
         loop = asyncio.get_running_loop()
         self._ring_fetched = loop.time()
         self._ring_due = self._ring_fetched + self.route_refresh
