@@ -177,7 +177,10 @@ class Replica:
 
     def _note_own_actors(self, rec: Record, clock: Mapping[str, int]) -> None:
         """Learn from `clock` what this node may have forgotten about its own actors."""
+        prefix = self.node_id + versions.ACTOR_SEPARATOR
         for name, counter in clock.items():
+            if not name.startswith(prefix):
+                continue  # not one of ours (`actor_epoch` would say 0): skip its parse
             epoch = versions.actor_epoch(name, self.node_id)
             if not epoch:
                 continue
