@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 
 from google.protobuf.message import DecodeError
 
@@ -65,7 +66,7 @@ def _sorted_antichain(incoming: list[Sibling]) -> bool:
     dot, no dot twice, and no sibling superseding another."""
     if not incoming:
         return False
-    for a, b in zip(incoming, incoming[1:]):
+    for a, b in pairwise(incoming):
         if (a.node, a.counter) >= (b.node, b.counter):
             return False
     if len(incoming) > 1:

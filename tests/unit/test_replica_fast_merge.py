@@ -27,7 +27,8 @@ def _replica() -> Replica:
 def _sibling(rng: random.Random) -> Sibling:
     node, counter = rng.choice(ACTORS), rng.randint(1, 6)
     past = {a: rng.randint(0, 6) for a in rng.sample(ACTORS, rng.randint(0, 3))}
-    seen = frozenset((rng.choice(ACTORS), rng.randint(1, 7)) for _ in range(rng.choice((0, 0, 1, 2))))
+    seen = frozenset((rng.choice(ACTORS), rng.randint(1, 7))
+                     for _ in range(rng.choice((0, 0, 1, 2))))
     fences = {"L": rng.randint(1, 9)} if rng.random() < 0.2 else {}
     fence = ("M", rng.randint(1, 9)) if rng.random() < 0.1 else None
     return Sibling(node, counter, past, rng.randbytes(rng.randint(0, 12)), rng.random() < 0.1,
