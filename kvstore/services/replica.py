@@ -295,8 +295,10 @@ class Replica:
         bytes followed by this replica's bookkeeping (epoch, counter). It does what the
         general path below does in that case, step for step: the same fresh-dot
         bookkeeping (`_note_own_actors`), the same fences learnt, the same merged set, and
-        the same bytes (a VersionSet of versions only serializes as its versions; the
-        stored record is those, then fields 2 and 3, as `encode_record` writes them).
+        a record that decodes to the same one (a VersionSet of versions only serializes as
+        its versions; the stored record is those, then fields 2 and 3, as `encode_record`
+        writes them: the same bytes when the peer encoded `state` as this code does; fields
+        this code does not know are kept instead of dropped).
         Anything else (a stored marker, a stored version not superseded, a record that
         does not decode) takes the general path."""
         fast = (state is not None and fence is None and not marker and not replace_damaged
