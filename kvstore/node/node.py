@@ -4,6 +4,7 @@ It has no grpc in it, so the same Node runs over the in-memory network in simula
 and over gRPC in real processes (server.py adds the servers around it). That includes the
 Raft metadata group: with `raft_voters` set, the Node builds the `RaftDriver`, gives it its
 own transport lane for forwarded metadata requests, and registers it for `raft` messages.
+Forwarded client writes get a lane of their own too (services/coordinator.py says why).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ class Node:
             ),
             monotonic=monotonic,
             rng=rng,
+            forward_transport=transport.new_lane(),
         )
         self.coordinator.config.hinted_handoff = config.hinted_handoff
         self.coordinator.config.sloppy_quorum = config.sloppy_quorum
