@@ -237,3 +237,29 @@ def test_the_tree_scan_yields_to_the_event_loop_every_slice():
         assert turns >= keys_n // ae.SCAN_SLICE - 1, turns
 
     run(scenario, seed=11)
+
+
+def test_a_session_moves_keys_no_faster_than_repair_rate_keys():
+    """Issue 13: the keys a session moves are paced to --repair-rate-keys (virtual time),
+    and every one of them still arrives."""
+    rate, keys_n = 50.0, 200
+
+    async def scenario(c: SimCluster):
+        c.network.isolate("n3", set(c.ids))
+        keys = [f"key-{i}".encode() for i in range(keys_n)]
+        for key in keys:
+            assert (await c.put("n1", key, b"v", "QUORUM")).HasField("put")
+        await c.settle()
+        c.network.heal()
+        assert all(c.stored("n3", k) == [] for k in keys)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await c.nodes["n3"].antientropy.repair_with("n1")
+        took = loop.time() - started
+        assert all([s.value for s in c.stored("n3", k)] == [b"v"] for k in keys)
+        # n3 fetches every key: it waits out the rate after every batch but its last
+        from kvstore.services.antientropy import MOVE_BATCH
+
+        assert took >= (keys_n - MOVE_BATCH) / rate, took
+
+    run(scenario, seed=12, hinted_handoff=False, repair_rate_keys=rate)
