@@ -72,6 +72,12 @@ def node() -> None:
               type=click.FloatRange(min=1),
               help="Seconds a hint is kept before it is dropped; must be below "
                    "--tombstone-grace minus --max-clock-skew. [env KV_HINT_MAX_AGE]")
+@click.option("--handoff-rate", envvar="KV_HANDOFF_RATE", default=500.0, show_default=True,
+              type=click.FloatRange(min=0), metavar="HINTS_PER_S",
+              help="Hints a node delivers per second at most (over all owners), in batches "
+                   "of 64, so a replica back from an outage catches up without taking the "
+                   "foreground's latency with it; 0: unpaced. Raised when needed so the "
+                   "hints pending drain within half --hint-max-age. [env KV_HANDOFF_RATE]")
 @click.option("--tombstone-grace", envvar="KV_TOMBSTONE_GRACE", default=10 * 24 * 3600.0,
               show_default=True, type=click.FloatRange(min=0),
               help="Seconds a delete's tombstone is kept before anti-entropy may collect it "
@@ -87,6 +93,12 @@ def node() -> None:
               help="Mean seconds between background anti-entropy sessions (one peer each); "
                    "0 turns them off (`kv repair` still runs them). "
                    "[env KV_ANTIENTROPY_INTERVAL]")
+@click.option("--repair-rate-keys", envvar="KV_REPAIR_RATE_KEYS", default=1000.0,
+              show_default=True, type=click.FloatRange(min=0), metavar="KEYS_PER_S",
+              help="Keys an anti-entropy session (background or `kv repair`) moves per "
+                   "second at most, 16 at a time, so repairing a diverged replica does not "
+                   "take the foreground's latency with it; 0: unpaced (the 8 MiB/s byte "
+                   "rate still applies). [env KV_REPAIR_RATE_KEYS]")
 @click.option("--gossip-interval", envvar="KV_GOSSIP_INTERVAL", default=0.15, show_default=True,
               type=click.FloatRange(0.01, 60),
               help="Seconds between gossip rounds (heartbeats). With the default phi "
@@ -168,7 +180,8 @@ def node() -> None:
 def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path | None,
           replication_factor: int, vnodes: int, sync: str, timeout_ms: int, max_key_bytes: int,
           max_value_bytes: int, no_hinted_handoff: bool, sloppy_quorum: bool,
-          hint_max_age: float, tombstone_grace: float, antientropy_interval: float,
+          hint_max_age: float, handoff_rate: float, tombstone_grace: float,
+          antientropy_interval: float, repair_rate_keys: float,
           gossip_interval: float, phi_threshold: float, read_all_chance: float,
           log_level: str, raft_voters: str = "", raft_bootstrap: bool = False,
           raft_join: bool = False, restored: bool = False,
@@ -196,8 +209,9 @@ def start(node_id: str, listen: str, advertise: str, seeds: str, data_dir: Path 
         replication_factor=replication_factor, vnodes=vnodes, sync=sync,
         timeout_ms=timeout_ms, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
         hinted_handoff=not no_hinted_handoff, sloppy_quorum=sloppy_quorum,
-        hint_max_age_ms=int(hint_max_age * 1000),
+        hint_max_age_ms=int(hint_max_age * 1000), handoff_rate=handoff_rate,
         tombstone_grace_ms=int(tombstone_grace * 1000), antientropy_interval=antientropy_interval,
+        repair_rate_keys=repair_rate_keys,
         max_clock_skew_ms=int(max_clock_skew * 1000),
         gossip_interval=gossip_interval, phi_threshold=phi_threshold,
         read_all_chance=read_all_chance,

@@ -28,11 +28,13 @@ class NodeConfig:
     sloppy_quorum: bool = False       # hints count towards W by default (--sloppy-quorum)
     hint_max_age_ms: int = 3 * 3600 * 1000
     handoff_interval: float = 1.0
+    handoff_rate: float = 500.0       # hints delivered per second (--handoff-rate); 0: unpaced
     gossip_interval: float = 1.0
     antientropy_interval: float = 60.0  # seconds between background sessions; 0: off
     tombstone_grace_ms: int = 10 * 24 * 3600 * 1000
     max_clock_skew_ms: int = 60_000   # the tombstone rules' margin for node clock differences
     repair_rate_bytes: int = 8 * 1024 * 1024
+    repair_rate_keys: float = 1000.0  # keys a repair session moves per s; 0: unpaced
     read_all_chance: float = 0.1        # reads that ask all N replicas, not just R
     raft_voters: list[str] = field(default_factory=list)  # the Raft metadata group; [] none
     raft_bootstrap: bool = False      # a voter with no raft state may create a new group
@@ -119,10 +121,14 @@ class NodeConfig:
                              "it with a new --id, or wipe it and start it with --join)")
         if self.ring_delay is not None and not 0 <= self.ring_delay <= 600:
             raise ValueError("--ring-delay must be 0..600 seconds")
+        if self.repair_rate_keys < 0:
+            raise ValueError("--repair-rate-keys must be >= 0 keys per second (0: unpaced)")
         if self.antientropy_interval < 0:
             raise ValueError("--antientropy-interval must be >= 0 seconds (0: off)")
         if self.hint_max_age_ms <= 0:
             raise ValueError("--hint-max-age must be positive")
+        if self.handoff_rate < 0:
+            raise ValueError("--handoff-rate must be >= 0 hints per second (0: unpaced)")
         # The tombstone rules (core/tombstones.py, with their clock-skew allowance): with
         # settings check_settings rejects, a hint could outlive the purge marker of the
         # delete that superseded it and bring deleted data back.

@@ -168,19 +168,24 @@ class Node:
         if hints is None:
             hints = HintStore(config.data_dir / "hints.db" if config.data_dir else None,
                               sync=config.sync)
+        # Background work gets lanes of its own (issue 13): a batch of hints, or an
+        # anti-entropy step whose answer waits on the peer's Merkle scan, never holds back
+        # the foreground's replica writes and gossip queued for the same peer.
         self.handoff = HandoffService(
-            config.node_id, hints, transport, self.membership, clock_ms=clock_ms,
+            config.node_id, hints, transport.new_lane(), self.membership, clock_ms=clock_ms,
             offload=offload,
             enabled=config.hinted_handoff, interval=config.handoff_interval,
+            rate=config.handoff_rate,
             max_age_ms=config.hint_max_age_ms, timeout=config.timeout_ms / 1000,
+            monotonic=monotonic,
         )
         self.coordinator.hint_sink = self.handoff.store
         self.antientropy = AntiEntropyService(
-            config.node_id, store, transport, self.membership, self.replica,
+            config.node_id, store, transport.new_lane(), self.membership, self.replica,
             replication_factor=config.replication_factor, clock_ms=clock_ms, rng=rng,
             interval=config.antientropy_interval, grace_ms=config.tombstone_grace_ms,
-            rate_bytes_per_s=config.repair_rate_bytes, timeout=max(5.0, config.timeout_ms / 1000),
-            monotonic=monotonic,
+            rate_bytes_per_s=config.repair_rate_bytes, rate_keys_per_s=config.repair_rate_keys,
+            timeout=max(5.0, config.timeout_ms / 1000), monotonic=monotonic,
         )
         self.streamer = RangeStreamer(
             config.node_id, store, transport, self.membership, self.replica, self.antientropy,

@@ -117,3 +117,34 @@ def test_hints_for_departed_or_expired_owners_are_dropped_logged_and_counted(cap
         assert "ghost" in caplog.text and "expired" in caplog.text
 
     run(scenario, seed=5)
+
+
+def test_handoff_is_paced_to_its_rate_and_still_drains_every_hint():
+    """Issue 13: delivery never runs ahead of --handoff-rate (virtual time), in batches of
+    at most `batch` writes, and every hint still arrives."""
+    rate, keys_n = 40.0, 300
+
+    async def scenario(c: SimCluster):
+        c.network.isolate("n3", set(c.ids))
+        keys = [f"key-{i}".encode() for i in range(keys_n)]
+        for i, key in enumerate(keys):
+            reply = await c.put("n1" if i % 2 else "n2", key, b"v-" + key, "QUORUM")
+            assert reply.HasField("put"), reply
+        await c.settle()
+        assert hints_total(c) == keys_n
+        held = {n: c.hints[n].count() for n in ("n1", "n2")}
+        assert min(held.values()) > 2 * c.nodes["n1"].handoff.batch
+        loop = asyncio.get_running_loop()
+        healed = loop.time()
+        c.network.heal()
+        await wait_for(lambda: hints_total(c) == 0, seconds=120)
+        took = loop.time() - healed
+        # each node sends `held` hints at `rate` a second: it waits out the rate after
+        # every batch but its last, i.e. at least (held - batch) / rate seconds
+        batch = c.nodes["n1"].handoff.batch
+        assert took >= (max(held.values()) - batch) / rate, (took, held)
+        for key in keys:
+            assert [s.value for s in c.stored("n3", key)] == [b"v-" + key], key
+        assert sum(n.handoff.metrics["delivered"] for n in c.nodes.values()) == keys_n
+
+    run(scenario, seed=6, handoff_rate=rate)
