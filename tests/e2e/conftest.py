@@ -49,7 +49,8 @@ ran them on the default profile alone); plus test_secure_compose.py's secure-onl
 KV_E2E_SECURE=subset (for a tighter CI budget, ~3 min less) runs on "secure" only the tests
 marked `secure_ci`: writes and reads at ONE/QUORUM/ALL, a stopped node and its data after
 restart, Raft/meta/repair and admin commands with a dead endpoint, lease and lock with
-fencing, txn, the chaos partition with hints draining, `kv bench --fault partition`.
+fencing, lease keepalive until Ctrl-C, txn, the chaos partition with hints draining,
+`kv bench --fault partition`.
 The tests are ordered: every test of the default cluster, then every test of the secure
 one, then the rest (the swarm stack, which takes any compose cluster down first).
 Measured durations are printed at the end of the run (terminal summary).

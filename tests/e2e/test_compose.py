@@ -242,7 +242,7 @@ def test_five_node_profile_gossip_sloppy_quorum_and_handoff(
     print(f"n5 alone holds them: check {len(attempts)} after it was healthy ({took:.1f}s)")
 
 
-def raft_status(c: ComposeCluster, via: tuple[str, ...] = ("n1", "n2", "n3")) -> dict:
+def raft_status(c: ComposeCluster, via: tuple[str, ...]) -> dict:
     return json.loads(ok(c.kv("raft", "status", "--json", via=via)))
 
 
@@ -292,22 +292,21 @@ def test_raft_membership_add_promote_and_replace_a_dead_voter(
     assert added["learners"] == ["n4"] and "n4" not in added["voters"], added
     assert "runs no raft member" in added.get("warning", ""), added
     assert "KV_RAFT_JOIN=1" in added["warning"], added
-    # the fix the warning names: n4 restarted with KV_RAFT_JOIN=1 (same volume)
+    # the fix the warning names: n4 restarted with KV_RAFT_JOIN=1 (same volume); catching
+    # up needs it serving, so no separate wait for its healthcheck
     run([*c.base, "--profile", "five", "up", "-d", "--no-build", "n4"], env=join_env,
         timeout=300)
     c.forget_containers()
-    c.wait_healthy(["n4"])
     took = wait_for("n4 catches up as a learner",
                     lambda: caught_up(c, "n4", added["index"], ("n1", "n2", "n3")))
-    print(f"\nn4 caught up as a learner {took:.1f}s after it was healthy with KV_RAFT_JOIN=1")
+    print(f"\nn4 caught up as a learner {took:.1f}s after `KV_RAFT_JOIN=1 ... up -d n4`")
     promoted = raft_change(c, "promote", "n4")
     assert promoted["voters"] == ["n1", "n2", "n3", "n4"] and promoted["learners"] == [], \
         promoted
     assert json.loads(ok(c.kv("meta", "put", "e2e/raft/a", "1", "--json")))["ok"]
 
     # a voter other than the leader dies with its volume (its disk is lost)
-    leader = raft_status(c)["leader"]
-    victim = next(n for n in ("n3", "n2") if n != leader)
+    victim = next(n for n in ("n3", "n2") if n != promoted["leader"])
     alive = tuple(n for n in ("n1", "n2", "n3", "n4") if n != victim)
     volume = volume_of(c, victim)
     c.compose("rm", "-s", "-f", victim, timeout=120)
@@ -318,9 +317,6 @@ def test_raft_membership_add_promote_and_replace_a_dead_voter(
     removed = raft_change(c, "remove", victim, via=alive)
     assert removed["voters"] == sorted(alive) and removed["learners"] == [], removed
     assert json.loads(ok(c.kv("meta", "put", "e2e/raft/c", "3", "--json", via=alive)))["ok"]
-    status = raft_status(c, alive)
-    assert {m["id"] for m in status["members"]} == set(alive), status
-    assert status["leader"] in alive, status
 
     # back on a new, empty volume: without KV_RAFT_JOIN it refuses, naming the way back
     c.compose("up", "-d", "--no-build", victim, timeout=300)
@@ -333,7 +329,6 @@ def test_raft_membership_add_promote_and_replace_a_dead_voter(
     wait_for(f"{victim} refuses to start as a voter", refused)
     run([*c.base, "up", "-d", "--no-build", victim], env=join_env, timeout=300)
     c.forget_containers()
-    c.wait_healthy([victim])
     readded = raft_change(c, "add", victim, "--learner", via=alive)
     assert readded["learners"] == [victim] and "warning" not in readded, readded
     wait_for(f"{victim} catches up as a learner",
@@ -342,12 +337,12 @@ def test_raft_membership_add_promote_and_replace_a_dead_voter(
     assert back["voters"] == ["n1", "n2", "n3", "n4"], back
 
     def holds_everything() -> None:  # its own state machine, not the leader's
-        for key, value in (("e2e/raft/a", "1"), ("e2e/raft/b", "2"), ("e2e/raft/c", "3")):
-            got = c.kv("meta", "get", key, "--serializable", via=(victim,))
-            assert ok(got).strip() == value, (key, got.stdout)
+        got = c.kv("meta", "get", "e2e/raft/", "--prefix", "--serializable", "--json",
+                   via=(victim,))
+        held = {k["key"]: k["value"] for k in json.loads(ok(got))["kvs"]}
+        assert held == {"e2e/raft/a": "1", "e2e/raft/b": "2", "e2e/raft/c": "3"}, held
 
     wait_for(f"{victim} applied every entry", holds_everything)
-    assert json.loads(ok(c.kv("meta", "put", "e2e/raft/d", "4", "--json")))["ok"]
     print(f"raft membership on compose: {time.monotonic() - started:.1f}s in all")
 
 
