@@ -162,16 +162,18 @@ class PutResult(_message.Message):
     def __init__(self, stored: _Optional[_Iterable[_Union[_common_pb2.Version, _Mapping]]] = ..., context: _Optional[bytes] = ..., concurrent: _Optional[int] = ...) -> None: ...
 
 class ClientReply(_message.Message):
-    __slots__ = ("get", "put", "error", "trace")
+    __slots__ = ("get", "put", "error", "trace", "forwarded")
     GET_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_FIELD_NUMBER: _ClassVar[int]
     get: GetResult
     put: PutResult
     error: _common_pb2.Error
     trace: Trace
-    def __init__(self, get: _Optional[_Union[GetResult, _Mapping]] = ..., put: _Optional[_Union[PutResult, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., trace: _Optional[_Union[Trace, _Mapping]] = ...) -> None: ...
+    forwarded: bool
+    def __init__(self, get: _Optional[_Union[GetResult, _Mapping]] = ..., put: _Optional[_Union[PutResult, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., trace: _Optional[_Union[Trace, _Mapping]] = ..., forwarded: _Optional[bool] = ...) -> None: ...
 
 class ClientBatch(_message.Message):
     __slots__ = ("requests",)

@@ -61,7 +61,8 @@ def results_table(results: dict[str, Any]) -> Table:
              f"{cluster['size']} nodes, N={cluster['replication_factor']}, "
              f"{cfg['records']} records x {cfg['value_size']} B, {cfg['distribution']}, "
              f"concurrency {cfg['concurrency']}"
-             + (f", fixed rate {cfg['rate']:.0f}/s" if cfg.get("rate") else ""))
+             + (f", fixed rate {cfg['rate']:.0f}/s" if cfg.get("rate") else "")
+             + ("" if cfg.get("route", True) else ", no routing (round-robin)"))
     table = Table(title=title, title_justify="left")
     for col in ("level", "R+W>N", "ops/s", "% of ceiling", "p50 ms", "p95 ms", "p99 ms",
                 "p99.9 ms", "errors", "stale (workload)", "stale (probes)",

@@ -91,6 +91,7 @@ class BenchConfig:
     interval_s: float = 1.0
     timeout_s: float = 5.0
     uvloop: bool = True
+    route: bool = True  # token-aware routing in the client (False: round-robin)
 
     def validate(self) -> None:
         get_workload(self.workload)
@@ -678,8 +679,10 @@ async def run_async(config: BenchConfig, *, progress: Progress | None = None,
     `credentials`: client/security.Credentials for a --tls/--auth cluster."""
     config.validate()
     endpoints = cluster.endpoints() if cluster is not None else config.endpoints
-    async with AsyncClient(endpoints, timeout=config.timeout_s,
-                           credentials=credentials) as client:
+    async with AsyncClient(endpoints, timeout=config.timeout_s, credentials=credentials,
+                           route=config.route) as client:
+        if config.route:
+            await client.refresh_ring()  # route from the first request on
         bench = Bench(config, client, cluster=cluster, progress=progress)
         results = await bench.run()
     if cluster is not None:

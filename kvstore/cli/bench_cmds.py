@@ -95,13 +95,17 @@ def _levels(ctx, param, value):
 @click.option("--no-live", is_flag=True, help="No live progress display.")
 @click.option("--uvloop/--no-uvloop", default=True, show_default=True,
               help="Run the client on uvloop when it is installed.")
+@click.option("--no-route", is_flag=True,
+              help="Spread requests round-robin over the endpoints instead of sending each "
+                   "to a replica of its key (token-aware routing; matters when there are "
+                   "more nodes than N: a node that is not a replica forwards a write).")
 @click.pass_context
 def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels: list[str],
           duration: float, warmup: float, concurrency: int, records: int, value_size: int,
           distribution: str, rate: float | None, no_load: bool, no_ceiling: bool,
           ceiling_duration: float | None, local_nodes: int, sync: str, fault_kind: str | None,
           probes: int, seed: int, interval: float, out_dir: Path | None, as_json: bool,
-          no_live: bool, uvloop: bool, accounts: int = 20,
+          no_live: bool, uvloop: bool, no_route: bool = False, accounts: int = 20,
           txn_protocol: str = "raft") -> None:
     """Measure throughput, latency and staleness per consistency level.
 
@@ -145,7 +149,8 @@ def bench(ctx: click.Context, bench_endpoints: str | None, workload: str, levels
         ceiling_duration_s=ceiling_duration, local_nodes=local_nodes, sync=sync,
         fault=fault_kind is not None, fault_kind=fault_kind or "kill",
         probes=probes, seed=seed, interval_s=interval or 1.0,
-        timeout_s=getattr(ctx.obj, "timeout", 5.0), uvloop=uvloop)
+        timeout_s=getattr(ctx.obj, "timeout", 5.0), uvloop=uvloop,
+        route=not no_route and getattr(ctx.obj, "route", True))
     try:
         config.validate()
     except ValueError as exc:

@@ -61,10 +61,11 @@ def default_endpoints() -> str:
 
 class Settings:
     def __init__(self, endpoints: str | None, timeout: float, debug: bool,
-                 credentials: Credentials | None = None) -> None:
+                 credentials: Credentials | None = None, route: bool = True) -> None:
         self.endpoints = endpoints
         self.timeout = timeout
         self.debug = debug
+        self.route = route
         self.credentials = credentials or Credentials()
         self._client: Client | None = None
         self._metadata: tuple | None = None
@@ -72,7 +73,8 @@ class Settings:
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(parse_endpoints(self.endpoints or default_endpoints()),
-                                  timeout=self.timeout, credentials=self.credentials)
+                                  timeout=self.timeout, credentials=self.credentials,
+                                  route=self.route)
         return self._client
 
     def channel(self, address: str):
@@ -100,11 +102,15 @@ class Settings:
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
               help="Request deadline in seconds.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--no-route", is_flag=True,
+              help="Send requests to the endpoints in turn instead of to a replica of the "
+                   "key (token-aware routing, on by default; a node that is not a replica "
+                   "forwards a write to one, one extra hop).")
 @security_options
 @click.version_option(package_name="kvstore", prog_name="kv")
 @click.pass_context
 def cli(ctx: click.Context, endpoints: str | None, timeout: float, debug: bool,
-        **security) -> None:
+        no_route: bool, **security) -> None:
     """kvstore: a replicated key-value store with tunable consistency.
 
     \b
@@ -114,7 +120,8 @@ def cli(ctx: click.Context, endpoints: str | None, timeout: float, debug: bool,
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = Settings(endpoints, timeout, debug, credentials_from(**security))
+    ctx.obj = Settings(endpoints, timeout, debug, credentials_from(**security),
+                       route=not no_route)
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -1,6 +1,10 @@
 """The Python client: async (`AsyncClient`) and blocking (`Client`).
 
-Requests go to any listed endpoint, spread round-robin; concurrent requests to one node
+Each key's request goes to a listed endpoint that replicates the key (token-aware
+routing, client/routing.py: the client keeps the ring, refreshed every ROUTE_REFRESH
+seconds while it sends requests and soon after a node says it forwarded a write); other
+requests, and keys whose replicas are not among the endpoints, are spread round-robin.
+`route=False` turns routing off. Concurrent requests to one node
 ride in one `Execute` call (one call in flight per node, the next batch fills meanwhile),
 which is how a single client process gets tens of thousands of requests per second out
 of Python. When a node cannot be reached the request moves on to the next endpoint, and
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +36,7 @@ from kvstore._proto import (
 )
 from kvstore._proto import client_pb2 as cpb
 from kvstore._proto import security_pb2 as spb
+from kvstore.client.routing import RingView, route
 from kvstore.client.security import Credentials
 from kvstore.core import errors, versions
 from kvstore.core.address import is_host_port
@@ -43,10 +49,15 @@ from kvstore.core.errors import (
     Unavailable,
 )
 
+log = logging.getLogger(__name__)
+
 LEVELS = {"ONE": cpb.ONE, "TWO": cpb.TWO, "THREE": cpb.THREE, "QUORUM": cpb.QUORUM,
           "ALL": cpb.ALL, "ANY": cpb.ANY}
 MAX_PIPELINE = 512
 DOWN_FOR = 1.0  # seconds a node that refused a connection is skipped
+ROUTE_REFRESH = 10.0  # seconds between ring refreshes of a routing client that is in use
+ROUTE_SOON = 1.0  # after a forwarded reply: refresh again this long after the last one
+ROUTE_GRACE = 0.2  # after the first endpoint's ring: how long the others may still answer
 OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -245,10 +256,20 @@ class _Refused(Exception):
 
 
 class AsyncClient:
-    """`credentials`: TLS and user/password or client certificate (client/security.py)."""
+    """`credentials`: TLS and user/password or client certificate (client/security.py).
+
+    `route` (default on): send each get, put and delete to an endpoint that replicates its
+    key (client/routing.py), so no write needs a forwarding hop. The ring is fetched from
+    the endpoints in the background (the first requests go in the usual order until it
+    arrives; `await refresh_ring()` first to route from the first request),
+    again every `route_refresh` seconds while the client sends requests, and soon after a
+    node answers that it forwarded a write. A stale ring is never a correctness problem: a
+    node that is not a replica of the key forwards the write to one, as without routing.
+    """
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0,
-                 pipeline: bool = True, credentials: Credentials | None = None) -> None:
+                 pipeline: bool = True, credentials: Credentials | None = None,
+                 route: bool = True, route_refresh: float = ROUTE_REFRESH) -> None:
         self.credentials = credentials or Credentials()
         self.endpoints = [_Endpoint(a, self.credentials) for a in parse_endpoints(endpoints)]
         self.timeout = timeout
@@ -256,6 +277,13 @@ class AsyncClient:
         self._login_lock: asyncio.Lock | None = None
         self.pipeline = pipeline
         self._next = itertools.cycle(range(len(self.endpoints)))
+        self.route = route
+        self.route_refresh = route_refresh
+        self.ring: RingView | None = None  # the ring routing uses (None: not known/usable)
+        self._ring_task: asyncio.Task | None = None
+        self._ring_due = 0.0  # loop time of the next refresh
+        self._ring_fetched = float("-inf")  # loop time the last refresh started
+        self._by_address: dict[str, _Endpoint] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -264,6 +292,9 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._ring_task is not None and not self._ring_task.done():
+            self._ring_task.cancel()
+            await asyncio.gather(self._ring_task, return_exceptions=True)
         for ep in self.endpoints:
             if ep.task and not ep.task.done():
                 ep.task.cancel()
@@ -470,18 +501,89 @@ class AsyncClient:
     async def execute(self, request: cpb.ClientRequest) -> cpb.ClientReply:
         """Send one request (failing over between endpoints); raise its error if it failed."""
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        order = self._order(now)
+        replicas = 0  # how many endpoints at the head of `order` replicate the key
+        if self.route:
+            if now >= self._ring_due and (self._ring_task is None or self._ring_task.done()):
+                self._ring_task = loop.create_task(self.refresh_ring())
+            if self.ring is not None:
+                op = request.WhichOneof("op")
+                if op is not None:
+                    order, replicas = self._route(getattr(request, op).key, order, now)
         refused: list[str] = []
-        for ep in self._order(loop.time()):
+        for i, ep in enumerate(order):
             try:
                 reply = await self._send(ep, request)
             except _Refused as exc:
                 ep.down_until = loop.time() + DOWN_FOR
                 refused.append(f"{ep.address}: {exc}")
                 continue
+            if reply.forwarded and i < replicas:  # our ring said it was a replica: stale
+                self._ring_due = min(self._ring_due, self._ring_fetched + ROUTE_SOON)
             if reply.HasField("error"):
                 raise errors.from_pb(reply.error)
             return reply
         raise ConnectionFailed(_none_answered(refused))
+
+    def _route(self, key: bytes, order: list[_Endpoint],
+               now: float) -> tuple[list[_Endpoint], int]:
+        if len(self._by_address) != len(self.endpoints):
+            self._by_address = {ep.address: ep for ep in self.endpoints}
+        addresses, replicas = route(self.ring, key, [ep.address for ep in order],
+                                    {ep.address for ep in order if ep.down_until > now})
+        return [self._by_address[a] for a in addresses], replicas
+
+    async def refresh_ring(self) -> RingView | None:
+        """Fetch the ring for routing now: every endpoint's `Info` at once (each says which
+        node answered, so endpoints are matched to members by id; those that have not
+        answered ROUTE_GRACE after the first are matched by the address they gossip), the
+        ring as the first endpoint in the list that answered reports it. Returns the view
+        in use (None: none usable, requests go in the usual order). When no endpoint
+        answers, the previous view is kept; the next refresh is due `route_refresh`
+        seconds later."""
+        loop = asyncio.get_running_loop()
+        self._ring_fetched = loop.time()
+        self._ring_due = self._ring_fetched + self.route_refresh
+        endpoints = list(self.endpoints)
+        tasks = {asyncio.ensure_future(self._info_of(ep)): i for i, ep in enumerate(endpoints)}
+        answers: dict[int, admin_pb2.NodeInfo] = {}
+        pending = set(tasks)
+        until = loop.time() + self.timeout  # then ROUTE_GRACE after the first answer
+        try:
+            while pending and (wait := until - loop.time()) > 0:
+                done, pending = await asyncio.wait(pending, timeout=wait,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.result() is not None:
+                        if not answers:  # a hung node (paused, cut off) must not hold it up
+                            until = min(until, loop.time() + ROUTE_GRACE)
+                        answers[tasks[task]] = task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not answers:
+            return self.ring
+        identified: dict[str, str] = {}
+        for i in sorted(answers):
+            identified.setdefault(answers[i].node_id, endpoints[i].address)
+        first = answers[min(answers)]
+        self.ring = RingView.from_info(first, identified)
+        if self.ring is None:
+            log.debug("the ring %s reports cannot be rebuilt here; not routing",
+                      first.node_id)
+        return self.ring
+
+    async def _info_of(self, ep: _Endpoint) -> admin_pb2.NodeInfo | None:
+        try:
+            return await ep.admin.Info(admin_pb2.InfoRequest(), timeout=self.timeout,
+                                       metadata=await self.metadata(ep))
+        except grpc.aio.AioRpcError as exc:
+            log.debug("no ring from %s: %s", ep.address, self._rpc_error(ep, exc))
+        except KVError as exc:  # could not log in
+            log.debug("no ring from %s: %s", ep.address, exc)
+        return None
 
     def _order(self, now: float) -> list[_Endpoint]:
         start = next(self._next)
@@ -586,13 +688,15 @@ class Client:
     """A blocking client for scripts and the CLI (owns a private event loop)."""
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0,
-                 credentials: Credentials | None = None) -> None:
+                 credentials: Credentials | None = None, route: bool = True) -> None:
         self._loop = asyncio.new_event_loop()
-        self._async = self._run(self._make(endpoints, timeout, credentials))
+        self._async = self._run(self._make(endpoints, timeout, credentials, route))
+        self._ring_tried = False
 
     @staticmethod
-    async def _make(endpoints, timeout, credentials) -> AsyncClient:
-        return AsyncClient(endpoints, timeout=timeout, pipeline=False, credentials=credentials)
+    async def _make(endpoints, timeout, credentials, route) -> AsyncClient:
+        return AsyncClient(endpoints, timeout=timeout, pipeline=False, credentials=credentials,
+                           route=route)
 
     def _run(self, coro):
         return self._loop.run_until_complete(coro)
@@ -606,19 +710,33 @@ class Client:
         return self._async
 
     def get(self, key, **kwargs) -> GetResult:
+        self._first_ring()
         return self._run(self._async.get(key, **kwargs))
 
     def put(self, key, value, **kwargs) -> PutResult:
+        self._first_ring()
         return self._run(self._async.put(key, value, **kwargs))
 
     def delete(self, key, **kwargs) -> PutResult:
+        self._first_ring()
         return self._run(self._async.delete(key, **kwargs))
+
+    def _first_ring(self) -> None:
+        """A blocking client makes few requests (a CLI command often one): fetch the ring
+        before the first, so that one is routed too (one Info call; a failure only means
+        the usual order). Later refreshes run in the background, as in AsyncClient."""
+        if self._async.route and self._async.ring is None and not self._ring_tried:
+            self._ring_tried = True
+            self._run(self._async.refresh_ring())
 
     def info(self, endpoint: str | None = None) -> admin_pb2.NodeInfo:
         return self._run(self._async.info(endpoint))
 
     def ping(self, payload: bytes = b"", endpoint: str | None = None) -> bytes:
         return self._run(self._async.ping(payload, endpoint))
+
+    def refresh_ring(self) -> RingView | None:
+        return self._run(self._async.refresh_ring())
 
     def close(self) -> None:
         self._run(self._async.close())

@@ -4,6 +4,7 @@ It has no grpc in it, so the same Node runs over the in-memory network in simula
 and over gRPC in real processes (server.py adds the servers around it). That includes the
 Raft metadata group: with `raft_voters` set, the Node builds the `RaftDriver`, gives it its
 own transport lane for forwarded metadata requests, and registers it for `raft` messages.
+Forwarded client writes get a lane of their own too (services/coordinator.py says why).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ class Node:
             ),
             monotonic=monotonic,
             rng=rng,
+            forward_transport=transport.new_lane(),
         )
         self.coordinator.config.hinted_handoff = config.hinted_handoff
         self.coordinator.config.sloppy_quorum = config.sloppy_quorum
@@ -312,13 +314,14 @@ class Node:
         chosen = set(plain)
         others = [i for i in range(len(messages)) if i not in chosen]
         rest = asyncio.gather(*(self._safe_peer(source, messages[i]) for i in others))
-        items, decoded = [], []
+        items, states, decoded = [], [], []
         for i in plain:
             write = messages[i].write
             try:
                 purged, purged_at = versions.marker_from_pb(write.state)
                 items.append((write.key, versions.from_pb(write.state), purged, purged_at,
                               versions.fence_from_pb(write.fence)))
+                states.append(write.state)
                 decoded.append(i)
             except KVError as exc:
                 results[i] = pb.PeerResult(error=exc.to_pb())
@@ -327,7 +330,7 @@ class Node:
                 results[i] = pb.PeerResult(error=common_pb2.Error(
                     code=common_pb2.INTERNAL, message=repr(exc)))
         try:
-            merged = await self.replica.merge_many(items) if items else []
+            merged = await self.replica.merge_many(items, states) if items else []
         except asyncio.CancelledError:
             rest.cancel()
             raise
@@ -388,7 +391,8 @@ class Node:
                 purged, purged_at = versions.marker_from_pb(write.state)
                 merged = await self.replica.merge(write.key, incoming, marker=purged,
                                                   marker_at_ms=purged_at,
-                                                  fence=versions.fence_from_pb(write.fence))
+                                                  fence=versions.fence_from_pb(write.fence),
+                                                  state=write.state)
                 if not write.reply_state:
                     return pb.PeerResult(found=True)
                 return pb.PeerResult(state=versions.to_pb(merged), found=True)

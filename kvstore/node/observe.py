@@ -340,7 +340,8 @@ class NodeCollector:
              "Anti-entropy events (sessions, keys_pushed, keys_fetched, tombstones_purged)"),
             ("kv_gossip", membership.metrics, "Gossip events (rounds, marked_down, ...)"),
             ("kv_coordinator", node.coordinator.metrics,
-             "Quorum acks (replica or hint, counted or extra) and read repairs"),
+             "Quorum acks (replica or hint, counted or extra), read repairs and writes "
+             "forwarded to a replica"),
         ):
             family = CounterMetricFamily(name, help_text, labels=["event"])
             for event, value in sorted(source.items()):

@@ -211,6 +211,7 @@ class Coordinator:
         config: CoordinatorConfig,
         monotonic: Callable[[], float] = time.perf_counter,
         rng: random.Random | None = None,
+        forward_transport: Transport | None = None,
     ) -> None:
         self.monotonic = monotonic  # for latencies; the sim passes its virtual clock
         self.rng = rng or random.Random()
@@ -219,6 +220,12 @@ class Coordinator:
         self.node_id = node_id
         self.membership = membership
         self.transport = transport
+        # Forwarded writes on a lane of their own: a forward's answer waits for the whole
+        # quorum round at the replica, and on the shared one-batch-in-flight queue it held
+        # back this node's replica acknowledgements to that peer; forwards in a cycle (n1 to
+        # n2, n2 to n3, n3 to n1, each coordinator needing an acknowledgement queued behind
+        # its own forward) then waited on each other until the deadline.
+        self.forward_transport = forward_transport or transport
         self.replica = replica
         self.config = config
         self.background: set[asyncio.Task] = set()
@@ -983,6 +990,7 @@ class Coordinator:
         node's default when the client gave neither), so the replica counts as asked.
         Raises `_NoReplica` when every replica refused the connection (nothing written).
         """
+        self.metrics["writes_forwarded"] += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         reasons = []
@@ -994,7 +1002,7 @@ class Coordinator:
             trace.event(f"{self.node_id} is not a replica; forwarding to {node}")
             message = pb.PeerMessage(forward=pb.Forward(request=request))
             try:
-                result = await self.transport.call(node, message, remaining)
+                result = await self.forward_transport.call(node, message, remaining)
             except PeerTimeout as exc:
                 raise Timeout(
                     f"forwarded the write to {node}, which did not answer within "
@@ -1010,6 +1018,7 @@ class Coordinator:
             if result.HasField("error"):
                 raise from_pb(result.error)
             reply = result.reply
+            reply.forwarded = True
             if reply.HasField("trace") and trace.pb is not None:
                 inner = reply.trace
                 merged = cpb.Trace()

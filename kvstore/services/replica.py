@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 
 from google.protobuf.message import DecodeError
 
@@ -58,6 +59,46 @@ def _horizon(context: Mapping[str, int] | versions.Context) -> versions.Clock:
 # One replicated write for `Replica.merge_many`: key, incoming versions, the peer's purge
 # marker and its time, and the write's fence (None: not guarded).
 MergeItem = tuple[bytes, list[Sibling], Mapping[str, int] | None, int, versions.Fence | None]
+
+
+def _sorted_antichain(incoming: list[Sibling]) -> bool:
+    """Whether `incoming` is what `versions.sync` makes of it alone: non-empty, sorted by
+    dot, no dot twice, and no sibling superseding another."""
+    if not incoming:
+        return False
+    for a, b in pairwise(incoming):
+        if (a.node, a.counter) >= (b.node, b.counter):
+            return False
+    if len(incoming) > 1:
+        for s in incoming:
+            for o in incoming:
+                if o is not s and o.supersedes(s.node, s.counter):
+                    return False
+    return True
+
+
+def _replaces_all(stored: common_pb2.VersionSet, incoming: list[Sibling],
+                  dots: set[tuple[str, int]]) -> bool:
+    """Whether `versions.sync(<stored siblings>, incoming)` is exactly `incoming`, read off
+    the parsed record without building its siblings: every stored version has a dot of its
+    own that an incoming sibling supersedes, and none supersedes an incoming one (pruned
+    clocks make supersession non-transitive, so both directions are checked). `incoming`
+    must be a sorted antichain (`_sorted_antichain`)."""
+    for v in stored.versions:
+        dot = v.dot
+        node, counter = dot.node, dot.counter
+        if (node, counter) in dots:
+            return False
+        if not any(s.supersedes(node, counter) for s in incoming):
+            return False
+        if len(v.past):
+            past = {e.node: e.counter for e in v.past}
+            if any(past.get(s.node, 0) >= s.counter for s in incoming):
+                return False
+        for e in v.seen:
+            if (e.node, e.counter) in dots:
+                return False
+    return True
 
 
 class Replica:
@@ -137,7 +178,10 @@ class Replica:
 
     def _note_own_actors(self, rec: Record, clock: Mapping[str, int]) -> None:
         """Learn from `clock` what this node may have forgotten about its own actors."""
+        prefix = self.node_id + versions.ACTOR_SEPARATOR
         for name, counter in clock.items():
+            if not name.startswith(prefix):
+                continue  # not one of ours (`actor_epoch` would say 0): skip its parse
             epoch = versions.actor_epoch(name, self.node_id)
             if not epoch:
                 continue
@@ -173,7 +217,8 @@ class Replica:
     async def merge(self, key: bytes, incoming: list[Sibling], *,
                     marker: Mapping[str, int] | None = None,
                     marker_at_ms: int = 0, replace_damaged: bool = False,
-                    fence: versions.Fence | None = None) -> list[Sibling]:
+                    fence: versions.Fence | None = None,
+                    state: common_pb2.VersionSet | None = None) -> list[Sibling]:
         """Merge versions from another replica (replication, repair, handoff).
 
         A purge marker from a peer (anti-entropy) is joined into ours: every version it
@@ -186,27 +231,36 @@ class Replica:
         state is a peer's whole copy; the damaged record is replaced by it, or dropped when
         the peer holds nothing (it cannot be read anyway, and nothing else would ever
         replace it).
+        `state`: the VersionSet `incoming` was decoded from, as received; when the merge
+        replaces every stored version by exactly `incoming`, the record is written from
+        its bytes instead of decoding the stored siblings and encoding the merged ones
+        (the same record either way; `_merge_mutation`).
         """
         out: list[list[Sibling]] = []
         mutation = self._merge_mutation(key, incoming, marker, marker_at_ms, replace_damaged,
-                                         fence, self.clock_ms(), out)
+                                         fence, self.clock_ms(), out, state)
         # A damaged local record is replaced by what the merge makes of nothing: the
         # incoming versions are authoritative copies from another replica.
         await self._update(key, OverwriteCorrupt(mutation))
         return out[-1]
 
-    async def merge_many(self, items: list[MergeItem]) -> list[list[Sibling] | KVError]:
+    async def merge_many(self, items: list[MergeItem],
+                         states: list[common_pb2.VersionSet | None] | None = None,
+                         ) -> list[list[Sibling] | KVError]:
         """Several replicated writes (one inbound peer batch) as ONE storage call: one
         queue item, one future and one group commit for all of them, instead of a task and
         a future each. Per item: its siblings afterwards, or the error `merge` would have
-        raised (Fenced, Corruption, Internal); a failed item does not fail the others."""
+        raised (Fenced, Corruption, Internal); a failed item does not fail the others.
+        `states`: per item the VersionSet it was decoded from, or None (see `merge`)."""
         now = self.clock_ms()
         self.metrics["merges_batched"] += len(items)
         outs: list[list[list[Sibling]]] = [[] for _ in items]
+        if states is None:
+            states = [None] * len(items)
         steps = [(key, OverwriteCorrupt(self._merge_mutation(
-                      key, incoming, marker, marker_at_ms, False, fence, now, out)))
-                 for (key, incoming, marker, marker_at_ms, fence), out
-                 in zip(items, outs, strict=True)]
+                      key, incoming, marker, marker_at_ms, False, fence, now, out, state)))
+                 for (key, incoming, marker, marker_at_ms, fence), out, state
+                 in zip(items, outs, states, strict=True)]
         try:
             results = await self.store.update_many(steps)
         except StorageError as exc:  # the whole batch failed: nothing is durable
@@ -229,11 +283,55 @@ class Replica:
     def _merge_mutation(self, key: bytes, incoming: list[Sibling],
                         marker: Mapping[str, int] | None, marker_at_ms: int,
                         replace_damaged: bool, fence: versions.Fence | None, now: int,
-                        out: list[list[Sibling]]) -> Callable[[bytes | None], bytes | None]:
+                        out: list[list[Sibling]],
+                        state: common_pb2.VersionSet | None = None,
+                        ) -> Callable[[bytes | None], bytes | None]:
         """The storage mutation of one merge (see `merge`); appends the merged set to
-        `out` when it runs."""
+        `out` when it runs.
+
+        The fast path (an unguarded write without a purge marker, the common replicated
+        put, whose versions supersede every stored one): the stored record is parsed but
+        its siblings are not built, nothing is synced, and the new record is `state`'s
+        bytes followed by this replica's bookkeeping (epoch, counter). It does what the
+        general path below does in that case, step for step: the same fresh-dot
+        bookkeeping (`_note_own_actors`), the same fences learnt, the same merged set, and
+        a record that decodes to the same one (a VersionSet of versions only serializes as
+        its versions; the stored record is those, then fields 2 and 3, as `encode_record`
+        writes them: the same bytes when the peer encoded `state` as this code does; fields
+        this code does not know are kept instead of dropped).
+        Anything else (a stored marker, a stored version not superseded, a record that
+        does not decode) takes the general path."""
+        fast = (state is not None and fence is None and not marker and not replace_damaged
+                and not (state.actor_epoch or state.actor_counter or len(state.purged)
+                         or state.purged_at_ms)
+                and _sorted_antichain(incoming))
+        dots = {s.dot for s in incoming} if fast else set()
+
+        def fast_merge(record: bytes | None) -> bytes | None:
+            """The new record, or None when the general path must run."""
+            stored = common_pb2.VersionSet()
+            if record:
+                try:
+                    stored.ParseFromString(record)
+                except DecodeError:
+                    return None  # the general path raises what a bad record raises
+            if len(stored.purged) or stored.purged_at_ms \
+                    or not _replaces_all(stored, incoming, dots):
+                return None
+            rec = Record([], stored.actor_epoch, stored.actor_counter)
+            self._note_own_actors(rec, versions.horizon(incoming))
+            self.fences.learn(versions.fences_of(incoming))
+            out.append(list(incoming))
+            self.metrics["merges_fast"] += 1
+            tail = common_pb2.VersionSet(actor_epoch=rec.epoch, actor_counter=rec.counter)
+            return state.SerializeToString(deterministic=True) + \
+                tail.SerializeToString(deterministic=True)
 
         def mutation(record: bytes | None) -> bytes | None:
+            if fast:
+                new = fast_merge(record)
+                if new is not None:
+                    return new
             rec = _decode(key, record)
             if fence is not None:
                 self._check_fence(fence, versions.fences_of(rec.siblings).get(fence[0], 0),

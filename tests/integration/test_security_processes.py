@@ -419,3 +419,30 @@ def test_bench_network_faults_use_the_clis_tls_and_login(secure):
     assert fault["kind"] == "partition" and fault["errors_after_kill"] > 0, fault  # ALL failed
     chaos = json.loads(as_user(c, root, "root", "chaos", "status", "--json").stdout)["nodes"]
     assert all(n.get("faults") == [] for n in chaos.values()), chaos  # healed
+
+
+def test_token_aware_routing_fetches_the_ring_over_tls_with_a_login(secure):
+    """Routing's ring comes from `Info` with the client's own TLS and token: a readwrite
+    user gets it, and writes go to a replica (here every node is one: N=3 on 3 nodes)."""
+    import asyncio
+
+    from kvstore.client import AsyncClient
+    from kvstore.client.security import Credentials
+
+    c, root = secure
+
+    async def run() -> None:
+        creds = Credentials(tls_dir=root / "certs", user="alice", password="pw-of-alice")
+        async with AsyncClient(c.endpoints(), credentials=creds) as client:
+            view = await client.refresh_ring()
+            assert view is not None and set(view.addresses.values()) == set(c.endpoints())
+            put = await client.put("routed-over-tls", "v", trace=True)
+            assert put.trace["forwarded_to"] is None
+            assert put.trace["coordinator"] == put.trace["preference_list"][0]
+        creds = Credentials(tls_dir=root / "certs", user="alice", password="not-it")
+        async with AsyncClient(c.endpoints(), credentials=creds) as client:
+            assert await client.refresh_ring() is None  # refused: no ring, no routing
+            with pytest.raises(Exception, match="wrong password"):
+                await client.put("routed-over-tls", "v")
+
+    asyncio.run(run())
