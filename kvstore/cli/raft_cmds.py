@@ -133,13 +133,15 @@ def _conf(ctx: click.Context, change: str, node: str, as_json: bool, done: str) 
         _fail(f"{node!r} is not a node id (no spaces, '=', ',' or '@')", EXIT_USAGE)
     r = _request(ctx, {"op": "conf", "change": change, "node": node}, as_json)
     if as_json:
-        print_json(r)
+        print_json(r)  # with "warning" when the leader found the node unable to follow
         if not r.get("ok"):
             raise SystemExit(EXIT_FAILED)
         return
     if not r.get("ok"):
         _fail(r.get("error", "failed"))
     click.echo(f"OK: {node} {done} (entry {r['index']})")
+    if r.get("warning"):
+        click.echo(f"Warning: {r['warning']}", err=True)
     t = output.table("member", "role")
     for v in r["voters"]:
         t.add_row(v, "voter")
@@ -183,8 +185,11 @@ def raft_remove(ctx: click.Context, node: str, as_json: bool) -> None:
 def raft_add(ctx: click.Context, node: str, learner: bool, as_json: bool) -> None:
     """Add NODE to the Raft group as a learner (it receives the log but does not vote).
 
-    NODE must be running: with an empty raft directory, start it with --raft-join. A
-    member cannot be added again: remove it first. Exit 1 if the group refused it.
+    NODE must be running: with an empty raft directory, start it with --raft-join (before
+    or after this command). If NODE answers that it runs no raft member (started without
+    --raft-join), it is added all the same and a warning says it will not catch up until
+    restarted so. A member cannot be added again: remove it first. Exit 1 if the group
+    refused it.
     """
     if not learner:
         _fail("a node joins as a learner first: `kv raft add NODE --learner`, then "

@@ -487,6 +487,7 @@ class RaftDriver:
         cc = ConfChange(CONF_CHANGES[change], node)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
+        warning = await self._no_raft_member(node) if change == "add_learner" else None
         while True:
             try:
                 index = core.propose_conf_change(cc)
@@ -509,7 +510,29 @@ class RaftDriver:
         conf = core.conf
         return {"ok": True, "change": change, "node": node, "index": index,
                 "voters": sorted(conf.voters), "learners": sorted(conf.learners),
-                "leader": self.node_id}
+                "leader": self.node_id, **({"warning": warning} if warning else {})}
+
+    async def _no_raft_member(self, node: str) -> str | None:
+        """A warning if `node` answers that it runs no raft member (started without
+        --raft-join and not in --raft-voters): added as a learner it would never catch up,
+        and its promotion would time out, until it is restarted with --raft-join. Adding it
+        first and restarting it after is allowed (etcd's order), so this only warns; a node
+        that does not answer (not started yet) gets no warning."""
+        if node == self.node_id:
+            return None
+        probe = pb.PeerMessage(raft=client_request({"op": "status", "leader_view": False}))
+        try:
+            res = await self.forward_transport.call(node, probe,
+                                                    timeout=min(1.0, self.request_timeout / 4))
+            view = json.loads(res.raw) if res.WhichOneof("body") == "raw" and res.raw else {}
+        except (TransportError, ValueError):
+            return None
+        if not isinstance(view, dict) or view.get("voter") is not False:
+            return None
+        return (f"{node} answers but runs no raft member (not in --raft-voters and started "
+                f"without --raft-join): it will not catch up, nor can it be promoted, until it "
+                f"is restarted with --raft-join (docker compose: `KV_RAFT_JOIN=1 docker compose "
+                f"up -d {node}`)")
 
     def _resolve_conf_waits(self, core: RaftNode) -> None:
         for index in [i for i in self._conf_waits if i <= core.applied]:

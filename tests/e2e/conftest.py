@@ -36,8 +36,10 @@ user's credentials (KV_USER, KV_PASSWORD_FILE: the CLI logs in and sends the tok
 the containers the secure profile's environment does the same for `kv_in(...)`. Before
 each test it checks that n1..n3 run, are healthy and on the cluster network, and restores
 whatever a failed test left stopped or cut off, so the order of the tests does not matter.
-A test marked `reshapes_cluster` (the five-node test: n4 and n5 stay members) runs last
-for its profile, and the next test that asks for that profile gets a new cluster.
+The tests marked `reshapes_cluster` (the five-node test: n4 and n5 stay members; the Raft
+membership test: n4 a voter, n3 replaced) run last for their profile, one after the other
+on the same cluster (each copes with what the one before left), and the next test that
+asks for that profile gets a new cluster.
 
 Which tests run on which profile (docs/docker.md, docs/security.md): every compose test
 (test_compose.py, test_compose_coordination.py) on both, in the default CI run too (KV_E2E=1:
@@ -47,7 +49,8 @@ ran them on the default profile alone); plus test_secure_compose.py's secure-onl
 KV_E2E_SECURE=subset (for a tighter CI budget, ~3 min less) runs on "secure" only the tests
 marked `secure_ci`: writes and reads at ONE/QUORUM/ALL, a stopped node and its data after
 restart, Raft/meta/repair and admin commands with a dead endpoint, lease and lock with
-fencing, txn, the chaos partition with hints draining, `kv bench --fault partition`.
+fencing, lease keepalive until Ctrl-C, txn, the chaos partition with hints draining,
+`kv bench --fault partition`.
 The tests are ordered: every test of the default cluster, then every test of the secure
 one, then the rest (the swarm stack, which takes any compose cluster down first).
 Measured durations are printed at the end of the run (terminal summary).
@@ -428,8 +431,12 @@ class Clusters:
         self.reshaped = False  # a `reshapes_cluster` test ran: the next test gets a new one
         self.failed: dict[str, str] = {}
 
-    def get(self, profile: str) -> ComposeCluster:
-        if self.current is not None and (self.current.profile != profile or self.reshaped):
+    def get(self, profile: str, reshaping: bool = False) -> ComposeCluster:
+        """The running cluster of `profile`, or a new one. A cluster a `reshapes_cluster`
+        test changed goes on serving the next such tests (they run last, one after the
+        other, each taking it as the one before left it); any other test gets a new one."""
+        if self.current is not None and (self.current.profile != profile
+                                         or (self.reshaped and not reshaping)):
             self.release()
         if profile in self.failed:
             pytest.fail(f"the {profile} cluster did not come up earlier in this session: "
@@ -530,12 +537,13 @@ def compose_cluster(e2e_clusters: Clusters, e2e_profile: str,
                     request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
     """The session's cluster of the test's profile (pytest_generate_tests parametrizes
     e2e_profile), whole: every node running, healthy and connected."""
-    c = e2e_clusters.get(e2e_profile)
+    reshaping = request.node.get_closest_marker("reshapes_cluster") is not None
+    c = e2e_clusters.get(e2e_profile, reshaping)
     done = c.ensure_whole()
     if done:
         print(f"\nrestored the {e2e_profile} cluster before the test: {', '.join(done)}")
     yield c
-    if request.node.get_closest_marker("reshapes_cluster"):
+    if reshaping:
         e2e_clusters.reshaped = True
 
 
@@ -551,7 +559,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "secure_ci: an e2e compose test that also runs on the "
                             "secure profile with KV_E2E_SECURE=subset (all do by default)")
     config.addinivalue_line("markers", "reshapes_cluster: an e2e compose test that leaves "
-                            "its cluster changed (runs last; the next test gets a new one)")
+                            "its cluster changed (runs last, after the others of its profile "
+                            "and before or after other such tests on the same cluster; the "
+                            "next test of another kind gets a new one)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -18,10 +18,13 @@ runs only those marked `secure_ci` on "secure".
 from __future__ import annotations
 
 import json
+import queue
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -328,3 +331,121 @@ def test_chaos_kill_and_pause_containers_with_the_front_end_make_docker_up_picks
     c.wait_healthy()
     got = c.kv("get", "e2e:chaos:kill", "--consistency", "ALL")
     assert ok(got).strip() == "v", got.stdout
+
+
+# -- long-running commands: watch and keepalive until Ctrl-C (issue 11) ----------------------
+class Lines:
+    """A long-running kv's stdout, read by a thread, so each line is awaited with a bound."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.queue.put(line)
+
+    def next_json(self, timeout: float = 60) -> dict:
+        try:
+            return json.loads(self.queue.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout:.0f}s (exit {self.proc.poll()})"
+                                 ) from None
+
+
+def interrupt(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Ctrl-C (SIGINT) to a long-running kv: its exit code and stderr."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise AssertionError("kv did not exit within 30 s of SIGINT") from None
+    return rc, proc.stderr.read() if proc.stderr else ""
+
+
+def test_meta_watch_prefix_from_a_revision_then_live_until_ctrl_c(
+        cluster: ComposeCluster) -> None:
+    """`kv meta watch config/ --prefix --rev N --json` (docs/coordination.md): the changes
+    since N in revision order, then new ones as they are made, until Ctrl-C (exit 130, no
+    traceback)."""
+    c = cluster
+    first = json.loads(ok(c.kv("meta", "put", "e2e/watch/config/a", "1", "--json")))
+    ok(c.kv("meta", "put", "e2e/watch/config/b", "2"))
+    ok(c.kv("meta", "put", "e2e/watch/other", "x"))  # outside the prefix: not shown
+    ok(c.kv("meta", "delete", "e2e/watch/config/a"))
+    proc = subprocess.Popen(c.kv_cmd("meta", "watch", "e2e/watch/config/", "--prefix",
+                                     "--rev", str(first["revision"]), "--json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=c.host_env())
+    try:
+        lines = Lines(proc)
+        past = [lines.next_json() for _ in range(3)]
+        assert [(e["type"], e["kv"]["key"]) for e in past] == [
+            ("PUT", "e2e/watch/config/a"), ("PUT", "e2e/watch/config/b"),
+            ("DELETE", "e2e/watch/config/a")], past
+        assert past[0]["revision"] == first["revision"], past
+        assert [e["revision"] for e in past] == sorted({e["revision"] for e in past}), past
+        # a change made while it watches (through another node) arrives too
+        live = json.loads(ok(c.kv("meta", "put", "e2e/watch/config/c", "3", "--json",
+                                  via=["n3"])))
+        seen = lines.next_json()
+        assert (seen["type"], seen["kv"]["key"], seen["kv"]["value"], seen["revision"]) == \
+            ("PUT", "e2e/watch/config/c", "3", live["revision"]), seen
+    finally:
+        rc, err = interrupt(proc)
+    assert rc == 130 and "Traceback" not in err, (rc, err)
+
+
+@pytest.mark.secure_ci
+def test_lease_keepalive_until_ctrl_c_then_the_lease_expires(cluster: ComposeCluster) -> None:
+    """`kv lease keepalive ID` keeps a lease (and its key) alive past its TTL until Ctrl-C
+    (exit 130, no traceback); `kv lease list` shows it meanwhile; after Ctrl-C it expires
+    within about its TTL and takes its key with it."""
+    c = cluster
+    ttl = 4
+    lease_id = str(json.loads(ok(c.kv("lease", "grant", str(ttl), "--json")))["id"])
+    granted_at = time.monotonic()  # the grant was applied before this: it ends by +TTL
+    ok(c.kv("meta", "put", "e2e/keepalive/k", "held", "--lease", lease_id))
+    proc = subprocess.Popen(c.kv_cmd("lease", "keepalive", lease_id, "--json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=c.host_env())
+    try:
+        lines = Lines(proc)
+        kept = lines.next_json()
+        assert kept["ok"] and str(kept["id"]) == lease_id and kept["ttl"] == ttl, kept
+        listed = json.loads(ok(c.kv("lease", "list", "--json")))["leases"]
+        mine = [x for x in listed if str(x["id"]) == lease_id]
+        assert len(mine) == 1 and mine[0]["ttl"] == ttl, listed
+        assert mine[0]["keys"] == ["e2e/keepalive/k"], mine
+        assert lease_id in ok(c.kv("lease", "list")), "the table lists the lease"
+        # alive at every check, the last one begun twice the TTL after the grant (unkept,
+        # the lease would have ended by one TTL after it, plus the leader's 1 s check)
+        checks = 0
+        while True:
+            began = time.monotonic() - granted_at
+            left = json.loads(ok(c.kv("lease", "ttl", lease_id, "--json")))
+            assert 0 < left["remaining"] <= ttl, left
+            assert ok(c.kv("meta", "get", "e2e/keepalive/k")).strip() == "held"
+            checks += 1
+            if began >= 2 * ttl:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "keepalive ended by itself"
+    finally:
+        rc, err = interrupt(proc)
+    stopped_at = time.monotonic()
+    assert rc == 130 and "Traceback" not in err, (rc, err)
+    print(f"\nlease alive at {checks} checks, the last begun {began:.1f}s after the grant "
+          f"(TTL {ttl}s)")
+    # no longer refreshed: gone within its TTL plus the leader's 1 s expiry check (and the
+    # slack of a loaded machine); its key goes with it
+    gone = wait_for("the lease expires", lambda: c.kv("lease", "ttl", lease_id).returncode == 1,
+                    timeout=ttl + 30)
+    print(f"lease gone {time.monotonic() - stopped_at:.1f}s after Ctrl-C")
+    assert gone and c.kv("meta", "get", "e2e/keepalive/k").returncode == 3
+    listed = json.loads(ok(c.kv("lease", "list", "--json")))["leases"]
+    assert all(str(x["id"]) != lease_id for x in listed), listed
