@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RECONNECT_WAIT = 0.25  # seconds a refused call waits for the channel to (re)connect
+REDIAL_EVERY = 0.25  # at most this often per peer, a channel backing off is replaced
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -45,6 +46,9 @@ CHANNEL_OPTIONS = [
     # health check passes; a Kubernetes pod's record appears with the pod): look it up
     # again within a second, not after gRPC's default 30 s between resolutions.
     ("grpc.dns_min_time_between_resolutions_ms", 1_000),
+    # Each channel its own connection (not one from gRPC's process-wide pool, which would
+    # hand a new channel the old one's backoff): see `_redial_if_backing_off`.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
@@ -119,6 +123,8 @@ class GrpcTransport:
         self.addresses: dict[str, str] = {}
         self.channels: dict[str, tuple[tuple[str, int], grpc.aio.Channel,
                                        pb_grpc.InternodeStub]] = {}
+        self._redialed: dict[str, float] = {}  # peer -> loop time of its last redial
+        self._retired: set[grpc.aio.Channel] = set()  # replaced channels not yet closed
         self.coalescer = Coalescer(node_id, self._send)
         self.lanes: list[Coalescer] = []
         self.faults = FaultFilter()  # chaos (kv chaos): consulted before every batch
@@ -160,6 +166,33 @@ class GrpcTransport:
         self.channels[peer] = (key, channel, stub)
         return stub
 
+    def _redial_if_backing_off(self, peer: str, now: float) -> None:
+        """Replace the channel to `peer` by a new one if it is backing off.
+
+        After failed connects gRPC waits out a backoff (up to max_reconnect_backoff_ms)
+        before it dials again, however soon the peer is back; a peer that restarted after a
+        few seconds down was then unreachable from here for up to a second more while
+        gossip already called it up, and every batch to it waited RECONNECT_WAIT and
+        failed (the 0.3-0.7 s stalls of bench/background_p99.py's hints phase). A new
+        channel dials at once. At most once per REDIAL_EVERY per peer, so a peer that
+        stays down costs one refused connect per REDIAL_EVERY, as the backoff did."""
+        old = self.channels[peer][1]
+        if (old.get_state(try_to_connect=False) != grpc.ChannelConnectivity.TRANSIENT_FAILURE
+                or now - self._redialed.get(peer, float("-inf")) < REDIAL_EVERY):
+            return
+        self._redialed[peer] = now
+        del self.channels[peer]
+        self._stub(peer)  # the new channel, dialled by the caller's channel_ready()
+        # Closed a little later: another batch may still be waiting on its readiness.
+        self._retired.add(old)
+        loop = asyncio.get_running_loop()
+        loop.call_later(2 * RECONNECT_WAIT, lambda: loop.create_task(self._retire(old)))
+
+    async def _retire(self, channel: grpc.aio.Channel) -> None:
+        if channel in self._retired:
+            self._retired.discard(channel)
+            await channel.close()
+
     async def _send(self, peer: str, batch: pb.PeerBatch, timeout: float) -> pb.PeerBatchReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -188,7 +221,8 @@ class GrpcTransport:
         # Not delivered (or safe to repeat). The channel may still be backing off from an
         # earlier failed connect (a peer that just started, restarted or moved): give it a
         # moment to connect, then send once more with the time that is left.
-        channel = self.channels[peer][1]
+        self._redial_if_backing_off(peer, loop.time())
+        stub, channel = self._stub(peer), self.channels[peer][1]
         wait = min(RECONNECT_WAIT, deadline - loop.time())
         try:
             await asyncio.wait_for(channel.channel_ready(), wait)
@@ -213,6 +247,8 @@ class GrpcTransport:
         await self.coalescer.close()
         for lane in self.lanes:
             await lane.close()
+        for channel in list(self._retired):
+            await self._retire(channel)
         for _, channel, _ in self.channels.values():
             await channel.close()
         self.channels.clear()
