@@ -28,6 +28,7 @@ import threading
 import time
 
 import pytest
+from foreground import as_foreground
 
 from .conftest import ROOT, ComposeCluster, kv_command, run
 
@@ -377,8 +378,9 @@ def test_meta_watch_prefix_from_a_revision_then_live_until_ctrl_c(
     ok(c.kv("meta", "put", "e2e/watch/config/b", "2"))
     ok(c.kv("meta", "put", "e2e/watch/other", "x"))  # outside the prefix: not shown
     ok(c.kv("meta", "delete", "e2e/watch/config/a"))
-    proc = subprocess.Popen(c.kv_cmd("meta", "watch", "e2e/watch/config/", "--prefix",
-                                     "--rev", str(first["revision"]), "--json"),
+    proc = subprocess.Popen(as_foreground(c.kv_cmd(
+                                "meta", "watch", "e2e/watch/config/", "--prefix",
+                                "--rev", str(first["revision"]), "--json")),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env=c.host_env())
     try:
@@ -410,7 +412,7 @@ def test_lease_keepalive_until_ctrl_c_then_the_lease_expires(cluster: ComposeClu
     lease_id = str(json.loads(ok(c.kv("lease", "grant", str(ttl), "--json")))["id"])
     granted_at = time.monotonic()  # the grant was applied before this: it ends by +TTL
     ok(c.kv("meta", "put", "e2e/keepalive/k", "held", "--lease", lease_id))
-    proc = subprocess.Popen(c.kv_cmd("lease", "keepalive", lease_id, "--json"),
+    proc = subprocess.Popen(as_foreground(c.kv_cmd("lease", "keepalive", lease_id, "--json")),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env=c.host_env())
     try:

@@ -14,6 +14,7 @@ import time
 import pytest
 from conftest import kv_in_process as kv
 from conftest import start_cluster
+from foreground import as_foreground
 
 pytestmark = pytest.mark.integration
 
@@ -167,9 +168,9 @@ def test_watch_prints_changes_in_order_from_a_revision(eps) -> None:
     _code, put = jkv(eps, "meta", "put", "w/a", "1")
     kv(eps, "meta", "put", "w/b", "2")
     kv(eps, "meta", "delete", "w/a")
-    proc = subprocess.Popen([sys.executable, "-m", "kvstore", "--endpoints", eps, "meta",
-                             "watch", "w/", "--prefix", "--rev", str(put["revision"]),
-                             "--json"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(as_foreground([
+        sys.executable, "-m", "kvstore", "--endpoints", eps, "meta", "watch", "w/", "--prefix",
+        "--rev", str(put["revision"]), "--json"]), stdout=subprocess.PIPE, text=True)
     try:
         evs = [json.loads(proc.stdout.readline()) for _ in range(3)]
         assert [(e["type"], e["kv"]["key"]) for e in evs] == [
